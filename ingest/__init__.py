@@ -1,0 +1,50 @@
+"""``ingest``: async bulk ingestion of directory trees into knowledge-base platforms.
+
+From async code::
+
+    import ingest
+    summary = await ingest.run(ingest.RunConfig(source=ingest.SourceConfig(path="docs")))
+
+The CLI (``ingest run``) is a thin layer over the same call.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from ingest.config import EngineConfig, MoiTargetConfig, RunConfig, SourceConfig
+from ingest.exceptions import (
+    AuthError,
+    CapacityError,
+    ConfigError,
+    IngestError,
+    InterruptedRun,
+    PermanentError,
+    RateLimitedError,
+    RemoteError,
+    SourceFileError,
+    TransientError,
+)
+from ingest.report import RunSummary
+from ingest.runner import retry_failed, run
+
+__all__ = [
+    "AuthError",
+    "CapacityError",
+    "ConfigError",
+    "EngineConfig",
+    "IngestError",
+    "InterruptedRun",
+    "MoiTargetConfig",
+    "PermanentError",
+    "RateLimitedError",
+    "RemoteError",
+    "RunConfig",
+    "RunSummary",
+    "SourceConfig",
+    "SourceFileError",
+    "TransientError",
+    "__version__",
+    "retry_failed",
+    "run",
+]

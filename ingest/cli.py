@@ -1,0 +1,456 @@
+"""The command line: argument parsing only. It builds a ``RunConfig`` and calls ``ingest.runner``.
+
+Exit codes (a contract scripts rely on): 0 every file done, 1 some files failed (listed),
+2 usage or configuration error, 130 interrupted (the manifest is consistent; rerun to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import anyio
+from pydantic import ValidationError
+
+from ingest import __version__
+from ingest.config import RunConfig, load_toml, parse_size, validation_message
+from ingest.exceptions import ConfigError, IngestError, InterruptedRun
+from ingest.manifest import Manifest
+from ingest.models import FileState
+from ingest.report import RunSummary
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+#: Environment variables holding each target's secrets: never pass secrets on the command line if
+#: others can read your process list.
+SECRET_ENV: dict[str, dict[str, str]] = {"moi": {"api_key": "MOI_KEY"}}
+
+EPILOG = """\
+examples:
+  ingest run ./docs                          send ./docs to the embedded local MOI emulator
+  MOI_KEY=… ingest run ./docs --target moi --endpoint https://moi.example.com --volume-id 1001
+  ingest run ./docs --config configs/moi.toml --concurrency 64 --report run.json
+  ingest status --manifest ./run.db          what the run did, per state
+  ingest retry-failed --manifest ./run.db    re-send only the files that failed
+  ingest serve moi --port 8080 --data-dir ./moi-data --api-key devkey --volume 1001
+
+exit codes: 0 all files done, 1 some failed, 2 usage/config error, 130 interrupted (rerun resumes)
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"ingest: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="ingest",
+        description="Bulk-ingest directory trees into knowledge-base platforms, resumably.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"ingest {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    _add_run(sub)
+    _add_retry(sub)
+    _add_status(sub)
+    _add_serve(sub)
+    return parser
+
+
+def _add_target_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("destination (omit all of these to use the embedded local emulator)")
+    g.add_argument("--target", choices=["moi"], help="the platform to send to")
+    g.add_argument("--endpoint", metavar="URL", help="the platform's API base URL, e.g. http://127.0.0.1:8080")
+    g.add_argument("--volume-id", metavar="ID", help="MOI: the volume to load files into")
+    g.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help="MOI: API key (prefer the MOI_KEY environment variable: the command line is visible to others)",
+    )
+    g.add_argument(
+        "--file-status-table",
+        choices=["seed", "v5"],
+        help="MOI: status codes of /task/files: 'seed' (4 failed, 5 success; default) or 'v5' (3 failed, 4 success)",
+    )
+
+
+def _add_engine_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sending")
+    g.add_argument("--concurrency", type=int, metavar="N", help="uploads in parallel (default 16)")
+    g.add_argument(
+        "--batch-files",
+        type=int,
+        metavar="N",
+        help="small files per upload request where the platform allows it (MOI: up to 20, the default); "
+        "1 = no batching",
+    )
+    g.add_argument("--batch-bytes", type=_size, metavar="SIZE", help="bytes per batched request (default 32MiB)")
+    g.add_argument(
+        "--max-attempts",
+        type=int,
+        metavar="N",
+        help="sends per file in a run, counting the platform's own retries of failed files (default 3)",
+    )
+    g.add_argument(
+        "--request-retries",
+        type=int,
+        metavar="N",
+        help="repeats of one request after connection errors, 5xx and 429 (default 8)",
+    )
+    g.add_argument(
+        "--task-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="how long a file may stay processing on the platform before it counts as failed (default 3600)",
+    )
+    g.add_argument(
+        "--dedup",
+        choices=["resume", "always", "never"],
+        help="ask the platform to skip files it already holds: only files a crash left mid-upload "
+        "(resume, default), every file (always), or never",
+    )
+    g.add_argument("--chunk-size", type=_size, metavar="SIZE", help="read/stream chunk size (default 1MiB)")
+
+
+def _add_output_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("output")
+    g.add_argument(
+        "--manifest",
+        type=Path,
+        metavar="PATH",
+        help="the SQLite manifest that makes the run resumable (default: under ./.ingest/manifests/)",
+    )
+    g.add_argument("--report", type=Path, metavar="FILE.json", help="write one JSON record per file at the end")
+    g.add_argument("-q", "--quiet", action="store_true", default=None, help="print only errors")
+    g.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bars (default: on when stderr is a terminal)",
+    )
+    g.add_argument("--json", action="store_true", help="print the final summary as JSON on stdout")
+    g.add_argument("-v", "--verbose", action="count", default=0, help="log retries and decisions (-vv: debug)")
+
+
+def _add_run(sub: Any) -> None:
+    p = sub.add_parser(
+        "run",
+        help="send a folder's files to a platform",
+        description="Send every file under SOURCE to the destination, resumably: files already done and "
+        "unchanged are skipped without any network call; files caught mid-upload by a crash are re-sent "
+        "with the platform's dedup option; changed files are sent again.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("source", nargs="?", type=Path, help="the folder to ingest (or source.path in --config)")
+    p.add_argument("--config", type=Path, metavar="FILE.toml", help="settings file; flags override it")
+    g = p.add_argument_group("which files")
+    g.add_argument(
+        "--include",
+        action="append",
+        metavar="GLOB",
+        help="send only matching files; repeatable ('*.pdf', 'docs/**/*.md')",
+    )
+    g.add_argument("--exclude", action="append", metavar="GLOB", help="leave out matching files or folders; repeatable")
+    g.add_argument("--hidden", action="store_true", default=None, help="include dot-files and dot-folders")
+    g.add_argument(
+        "--follow-symlinks",
+        action="store_true",
+        default=None,
+        help="follow symbolic links (loops are detected and skipped)",
+    )
+    g.add_argument("--max-size", type=_size, metavar="SIZE", help="leave out files larger than SIZE (e.g. 200MiB)")
+    _add_target_flags(p)
+    _add_engine_flags(p)
+    _add_output_flags(p)
+
+
+def _add_retry(sub: Any) -> None:
+    p = sub.add_parser(
+        "retry-failed",
+        help="re-send only the files a run recorded as failed",
+        description="Re-send the files the manifest records as failed, with the source and destination of "
+        "the run that wrote it. Secrets are never stored: provide them again (MOI_KEY).",
+    )
+    p.add_argument("--manifest", type=Path, required=True, metavar="PATH", help="the manifest of the earlier run")
+    p.add_argument("--api-key", metavar="KEY", help="MOI: API key (prefer MOI_KEY)")
+    _add_engine_flags(p)
+    g = p.add_argument_group("output")
+    g.add_argument("--report", type=Path, metavar="FILE.json", help="write one JSON record per file at the end")
+    g.add_argument("-q", "--quiet", action="store_true", default=None, help="print only errors")
+    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bars")
+    g.add_argument("--json", action="store_true", help="print the final summary as JSON on stdout")
+    g.add_argument("-v", "--verbose", action="count", default=0, help="log retries and decisions")
+
+
+def _add_status(sub: Any) -> None:
+    p = sub.add_parser(
+        "status",
+        help="show what a manifest records",
+        description="Counts of files per state, the source and destination, and the last runs.",
+    )
+    p.add_argument("--manifest", type=Path, required=True, metavar="PATH")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--failed", action="store_true", help="list every failed file with its error")
+
+
+def _add_serve(sub: Any) -> None:
+    from ingest.emulators import emulator_specs
+
+    p = sub.add_parser(
+        "serve",
+        help="run a local emulator of a platform's API",
+        description="Serve a faithful local emulator of a platform's API, for tests, benchmarks and trying "
+        "ingest without an account. Stop it with Ctrl-C.",
+    )
+    platforms = p.add_subparsers(dest="platform", metavar="PLATFORM", parser_class=_Parser)
+    platforms.required = True
+    for name, spec in emulator_specs().items():
+        sp = platforms.add_parser(name, help=spec.help, description=spec.help)
+        sp.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+        sp.add_argument("--port", type=int, default=8080, help="port to listen on; 0 picks a free one (default 8080)")
+        spec.add_arguments(sp)
+
+
+# ----- building the config ---------------------------------------------------------------------------
+
+
+def _set(tree: dict[str, Any], section: str | None, key: str, value: Any) -> None:
+    if value is None:
+        return
+    node = tree if section is None else tree.setdefault(section, {})
+    node[key] = value
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """Defaults < --config file < environment secrets < flags."""
+    tree: dict[str, Any] = load_toml(args.config) if args.config else {}
+    origin = f"config file {args.config}" if args.config else "settings"
+    if args.source is not None:
+        _set(tree, "source", "path", str(args.source))
+    for key in ("include", "exclude"):
+        values = getattr(args, key)
+        if values:
+            tree.setdefault("source", {})[key] = [*tree.get("source", {}).get(key, []), *values]
+    for key in ("hidden", "follow_symlinks", "max_size"):
+        _set(tree, "source", key, getattr(args, key))
+    _engine_flags(tree, args)
+    _target_flags(tree, args)
+    for key in ("manifest", "report"):
+        value = getattr(args, key)
+        _set(tree, None, key, str(value) if value is not None else None)
+    _set(tree, None, "quiet", args.quiet)
+    _set(tree, None, "progress", args.progress)
+    if "source" not in tree or "path" not in tree["source"]:
+        raise ConfigError("no source folder: pass it as `ingest run DIR` or set source.path in --config")
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(validation_message(exc, origin)) from None
+
+
+def _engine_flags(tree: dict[str, Any], args: argparse.Namespace) -> None:
+    for key in (
+        "concurrency",
+        "batch_files",
+        "batch_bytes",
+        "max_attempts",
+        "request_retries",
+        "task_timeout",
+        "dedup",
+        "chunk_size",
+    ):
+        _set(tree, "engine", key, getattr(args, key, None))
+
+
+def _target_flags(tree: dict[str, Any], args: argparse.Namespace) -> None:
+    flags = {
+        "endpoint": args.endpoint,
+        "volume_id": args.volume_id,
+        "api_key": args.api_key,
+        "file_status_table": args.file_status_table,
+    }
+    given = {k: v for k, v in flags.items() if v is not None}
+    target = tree.get("target")
+    if args.target is None and target is None:
+        if given:
+            names = ", ".join("--" + k.replace("_", "-") for k in given)
+            raise ConfigError(f"{names} given without --target; add --target moi (or drop them for the local emulator)")
+        return
+    target = dict(target or {})
+    if args.target is not None:
+        target["type"] = args.target
+    target.update(given)
+    kind = str(target.get("type", "moi"))
+    target.setdefault("type", kind)
+    for key, env in SECRET_ENV.get(kind, {}).items():
+        if key not in given and os.environ.get(env):
+            target[key] = os.environ[env]
+        if key not in target:
+            raise ConfigError(
+                f"target {kind} needs its {key.replace('_', ' ')}: set {env} (or --{key.replace('_', '-')})"
+            )
+    tree["target"] = target
+
+
+# ----- commands --------------------------------------------------------------------------------------
+
+
+def _print_summary(summary: RunSummary, args: argparse.Namespace) -> None:
+    if args.json:
+        print(json.dumps(summary.to_json(), ensure_ascii=False, indent=2))
+        return
+    if args.quiet:
+        for path, reason in summary.failures:
+            print(f"failed: {path}: {reason}", file=sys.stderr)
+        return
+    for line in summary.lines():
+        print(line)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from ingest.runner import run
+
+    config = config_from_args(args)
+    if config.target is None and not config.quiet and not args.json:
+        print("no --target given: sending to the embedded local MOI emulator (files under ./.ingest/local)")
+    summary = anyio.run(lambda: run(config, handle_signals=True))
+    _print_summary(summary, args)
+    return summary.exit_code
+
+
+def _cmd_retry(args: argparse.Namespace) -> int:
+    from ingest.runner import retry_failed, saved_config
+
+    config = saved_config(args.manifest, {"api_key": args.api_key or os.environ.get("MOI_KEY")})
+    overrides: dict[str, Any] = {}
+    _engine_flags(overrides, args)
+    updates: dict[str, Any] = {"report": args.report, "quiet": args.quiet, "progress": args.progress}
+    try:
+        engine = config.engine.model_validate({**config.engine.model_dump(), **overrides.get("engine", {})})
+    except ValidationError as exc:
+        raise ConfigError(validation_message(exc, "flags")) from None
+    config = config.model_copy(update={"engine": engine, **{k: v for k, v in updates.items() if v is not None}})
+    if config.target is not None and not config.target.api_key.get_secret_value():
+        raise ConfigError("retry-failed needs the API key again: set MOI_KEY (secrets are never stored)")
+    summary = anyio.run(lambda: retry_failed(config, handle_signals=True))
+    _print_summary(summary, args)
+    return summary.exit_code
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    if not args.manifest.exists():
+        raise ConfigError(f"manifest {args.manifest} does not exist")
+    manifest = Manifest(args.manifest)
+    try:
+        counts = manifest.counts()
+        runs = manifest.runs()
+        info: dict[str, Any] = {
+            "manifest": str(args.manifest),
+            "source": manifest.get_meta("source"),
+            "destination": manifest.get_meta("target"),
+            "files": counts,
+            "total": sum(counts.values()),
+            "last_run": runs[-1] if runs else None,
+            "runs": len(runs),
+        }
+        failed = (
+            [{"path": r.path, "error": r.last_error} for r in manifest.iter_files(states=(FileState.FAILED,))]
+            if args.failed
+            else None
+        )
+    finally:
+        manifest.close()
+    if args.json:
+        if failed is not None:
+            info["failed_files"] = failed
+        print(json.dumps(info, ensure_ascii=False, indent=2))
+    else:
+        print(f"manifest:    {info['manifest']}")
+        print(f"source:      {info['source']}")
+        print(f"destination: {info['destination']}")
+        for state in FileState:
+            print(f"  {state.value:<11} {counts[state.value]:>10}")
+        print(f"  {'total':<11} {info['total']:>10}")
+        last = info["last_run"]
+        if last:
+            print(f"last run:    #{last['id']} {last['command']} {last['status']}")
+        for entry in failed or []:
+            print(f"failed: {entry['path']}: {entry['error']}")
+    return EXIT_OK
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from ingest.emulators import emulator_specs
+    from ingest.emulators._server import serve_forever
+
+    spec = emulator_specs()[args.platform]
+    app = spec.build_app(args)
+
+    def ready(url: str) -> None:
+        print(f"{spec.name} emulator listening on {url} (Ctrl-C to stop)", flush=True)
+
+    try:
+        anyio.run(lambda: serve_forever(app, args.host, args.port, on_ready=ready))
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    return EXIT_OK
+
+
+COMMANDS = {"run": _cmd_run, "retry-failed": _cmd_retry, "status": _cmd_status, "serve": _cmd_serve}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    verbose = getattr(args, "verbose", 0)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose >= 2 else logging.INFO if verbose == 1 else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return COMMANDS[args.command](args)
+    except InterruptedRun as exc:
+        print(f"ingest: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print("ingest: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except ConfigError as exc:
+        print(f"ingest: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except IngestError as exc:
+        print(f"ingest: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:
+        if verbose:
+            raise
+        print(
+            f"ingest: unexpected error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+            "(rerun with -v for details, and please report it)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

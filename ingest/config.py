@@ -1,0 +1,169 @@
+"""Configuration: frozen pydantic models, loaded from a TOML file, environment variables and flags.
+
+Precedence, lowest first: built-in defaults < ``--config FILE.toml`` < environment (secrets only) <
+command-line flags. Secrets are ``SecretStr``: they print as ``**********`` and are excluded from
+everything persisted (the manifest keeps ``RunConfig.public_dump()``, which drops them).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from ingest.exceptions import ConfigError
+
+__all__ = [
+    "EngineConfig",
+    "MoiTargetConfig",
+    "RunConfig",
+    "SourceConfig",
+    "TargetConfig",
+    "load_toml",
+    "parse_size",
+    "validation_message",
+]
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4}
+
+
+def parse_size(text: str | int) -> int:
+    """``"10MB"`` → 10_000_000, ``"64MiB"`` → 67_108_864, ``"4k"`` → 4000, ``123`` → 123."""
+    if isinstance(text, int):
+        return text
+    m = _SIZE.match(text)
+    if not m:
+        raise ValueError(f"{text!r} is not a size; write e.g. 500KB, 64MiB or 2GB")
+    number, unit = float(m.group(1)), (m.group(2) or "").lower()
+    binary = "i" in unit
+    unit = unit.replace("i", "").replace("b", "")
+    factor = 1024 ** ("kmgt".index(unit) + 1) if binary and unit else _UNITS[unit]
+    return int(number * factor)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SourceConfig(_Model):
+    """Which files to send."""
+
+    path: Path
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    hidden: bool = False
+    follow_symlinks: bool = False
+    max_size: int | None = Field(default=None, ge=0)
+
+    @field_validator("max_size", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> Any:
+        return parse_size(value) if isinstance(value, str) else value
+
+
+class EngineConfig(_Model):
+    """How hard and how patiently to send."""
+
+    concurrency: int = Field(default=16, ge=1, le=1024)
+    #: Files per upload request when the target allows batching; ``None`` = the target's default.
+    batch_files: int | None = Field(default=None, ge=1, le=1000)
+    batch_bytes: int | None = Field(default=None, ge=1)
+    #: Sends of one file per run, counting the platform's failures and retries.
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    #: Repeats of one request after connection errors, 5xx and 429.
+    request_retries: int = Field(default=8, ge=0, le=100)
+    #: Seconds a file may stay processing on the platform before it is recorded as failed.
+    task_timeout: float = Field(default=3600.0, gt=0)
+    poll_initial: float = Field(default=0.2, gt=0)
+    poll_max: float = Field(default=5.0, gt=0)
+    chunk_size: int = Field(default=1024 * 1024, ge=4096, le=64 * 1024 * 1024)
+    #: When to ask the platform to skip files it already holds: only for files a crash left
+    #: mid-upload (``resume``), for every file (``always``), or never.
+    dedup: Literal["resume", "always", "never"] = "resume"
+    #: Files accepted by the platform but not yet finished, at most; bounds memory for huge trees.
+    max_in_flight: int = Field(default=20_000, ge=1)
+
+    @field_validator("batch_bytes", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> Any:
+        return parse_size(value) if isinstance(value, str) else value
+
+
+class MoiTargetConfig(_Model):
+    """MatrixOne Intelligence: upload into a volume through ``/connectors/upload``."""
+
+    type: Literal["moi"] = "moi"
+    endpoint: str
+    api_key: SecretStr
+    volume_id: str = Field(min_length=1)
+    #: Which table of ``/task/files`` status codes the platform speaks: the seed document's
+    #: (4 failed, 5 success) or MOI 5.0's (3 failed, 4 success).
+    file_status_table: Literal["seed", "v5"] = "seed"
+    #: ``moi-key`` (the seed) or ``x-api-key`` (MOI 5.0, with ``workspace_id``).
+    auth_header: Literal["moi-key", "x-api-key"] = "moi-key"
+    workspace_id: str | None = None
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"{value!r} is not an http(s) URL; write e.g. http://127.0.0.1:8080")
+        return value.rstrip("/")
+
+
+TargetConfig = Annotated[MoiTargetConfig, Field(discriminator="type")]
+
+
+class RunConfig(_Model):
+    """Everything one ``ingest run`` needs. ``target=None`` means the embedded local emulator."""
+
+    source: SourceConfig
+    target: TargetConfig | None = None
+    engine: EngineConfig = EngineConfig()
+    manifest: Path | None = None
+    report: Path | None = None
+    quiet: bool = False
+    progress: bool | None = None  # None: bars when stderr is a terminal and not quiet
+
+    def public_dump(self) -> dict[str, Any]:
+        """The config without secrets, for the manifest and reports."""
+        data = self.model_dump(mode="json")
+        if data.get("target"):
+            for key in ("api_key", "secret_key", "access_key", "token"):
+                data["target"].pop(key, None)
+        return data
+
+
+def validation_message(exc: ValidationError, origin: str) -> str:
+    """A one-line message for the first problem pydantic found, naming the field."""
+    err = exc.errors()[0]
+    field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown setting; check the spelling against `ingest run --help`"
+    elif err["type"] == "missing":
+        msg = "required but not set"
+    return f"{origin}: {field}: {msg}"
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    """Read a config file into plain data; errors name the file and line."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+
+
+def env_secret(name: str) -> str | None:
+    value = os.environ.get(name)
+    return value if value else None

@@ -1,0 +1,74 @@
+"""Value types that flow between the stages of the engine."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ingest.filetypes import FileType
+
+__all__ = ["FileItem", "FileState", "Receipt", "RemoteState", "RemoteStatus"]
+
+
+class FileState(enum.StrEnum):
+    """Where one file stands, as recorded in the manifest.
+
+    ``pending`` -> ``uploading`` -> ``processing`` -> ``done`` | ``failed``
+
+    - ``pending``: seen by the walker, nothing sent yet.
+    - ``uploading``: the intent to send is durably recorded; the body may be on the wire. A crash here
+      is resolved on resume by sending again with the platform's dedup option (or checking remotely).
+    - ``processing``: the platform accepted the file and returned its ids; only polling remains.
+    - ``done``: the platform says it finished.
+    - ``failed``: the platform or the local file said no; ``last_error`` says why.
+    """
+
+    PENDING = "pending"
+    UPLOADING = "uploading"
+    PROCESSING = "processing"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class FileItem:
+    """One source file, as the walker found it."""
+
+    #: Path relative to the source root, POSIX separators. The identity of the file everywhere.
+    rel_path: str
+    #: Where to read it from.
+    abs_path: Path
+    size: int
+    mtime_ns: int
+    file_type: FileType = FileType.NIL
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What the platform handed back for one submitted file.
+
+    ``error`` set means the platform refused this file permanently while accepting the request.
+    """
+
+    rel_path: str
+    remote_id: str | None = None
+    task_id: str | None = None
+    error: str | None = None
+    #: Target-specific extras the poller or retry call needs (kept small; stored in the manifest).
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class RemoteState(enum.StrEnum):
+    """The platform's view of one submitted file, reduced to what the engine acts on."""
+
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteStatus:
+    rel_path: str
+    state: RemoteState
+    reason: str | None = None

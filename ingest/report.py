@@ -1,0 +1,112 @@
+"""The per-file JSON report (``--report FILE.json``) and the end-of-run summary."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ingest.exceptions import ConfigError
+from ingest.manifest import Manifest
+
+__all__ = ["RunSummary", "write_report"]
+
+
+@dataclass(slots=True)
+class RunSummary:
+    """What one run did. ``exit_code`` follows the CLI contract: 0 all done, 1 some failed."""
+
+    destination: str
+    manifest: Path
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0
+    resumed: int = 0
+    sent_files: int = 0
+    sent_bytes: int = 0
+    elapsed: float = 0.0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    stopped_reason: str | None = None
+    report: Path | None = None
+    stored_at: Path | None = None  # where the embedded emulator keeps the files
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed or self.stopped_reason else 0
+
+    @property
+    def files_per_second(self) -> float:
+        return (self.done + self.failed) / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def mb_per_second(self) -> float:
+        return self.sent_bytes / 1e6 / self.elapsed if self.elapsed > 0 else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "destination": self.destination,
+            "manifest": str(self.manifest),
+            "done": self.done,
+            "failed": self.failed,
+            "skipped": self.skipped,
+            "resumed": self.resumed,
+            "sent_files": self.sent_files,
+            "sent_bytes": self.sent_bytes,
+            "elapsed_s": round(self.elapsed, 3),
+            "files_per_s": round(self.files_per_second, 1),
+            "mb_per_s": round(self.mb_per_second, 2),
+            "stopped_reason": self.stopped_reason,
+            "failures": [{"path": p, "error": e} for p, e in self.failures[:100]],
+        }
+
+    def lines(self, *, max_failures: int = 20) -> list[str]:
+        out = [
+            f"{self.done} done, {self.failed} failed, {self.skipped} skipped (unchanged)"
+            + (f", {self.resumed} resumed" if self.resumed else "")
+            + f" -> {self.destination}",
+            f"sent {_human_bytes(self.sent_bytes)} in {self.elapsed:.1f}s "
+            f"({self.files_per_second:.1f} files/s, {self.mb_per_second:.1f} MB/s)",
+        ]
+        if self.stored_at is not None:
+            out.append(f"files stored by the embedded local MOI emulator under {self.stored_at}")
+        if self.stopped_reason:
+            out.append(f"stopped sending: {self.stopped_reason}")
+        if self.failures:
+            out.append("failed files:")
+            out.extend(f"  {path}: {reason}" for path, reason in self.failures[:max_failures])
+            if self.failed > max_failures:
+                out.append(
+                    f"  … and {self.failed - max_failures} more (ingest status --manifest {self.manifest} --failed)"
+                )
+            out.append(f"re-send only the failed files with: ingest retry-failed --manifest {self.manifest}")
+        out.append(f"manifest: {self.manifest}" + (f", report: {self.report}" if self.report else ""))
+        return out
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def write_report(manifest: Manifest, run_id: int, path: Path) -> None:
+    """One JSON record per file in the manifest, streamed (memory stays flat for millions of files).
+
+    ``this_run`` tells the files this run touched from those it skipped as already done.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("[\n")
+            first = True
+            for record in manifest.iter_files():
+                entry = record.to_json()
+                entry["this_run"] = record.run_id == run_id
+                f.write(("" if first else ",\n") + json.dumps(entry, ensure_ascii=False))
+                first = False
+            f.write("\n]\n")
+    except OSError as exc:
+        raise ConfigError(f"cannot write report {path}: {exc.strerror or exc}") from None

@@ -1,0 +1,60 @@
+"""Fixtures shared by the suite: the anyio backend, source trees, and emulators on real loopback ports."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+# Tests must never touch a real platform or the user's own ingest state.
+os.environ.pop("MOI_KEY", None)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # aiohttp runs on asyncio
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Run in a fresh folder so ./.ingest (default manifests, embedded data) is per test."""
+    monkeypatch.chdir(tmp_path)
+    yield tmp_path
+
+
+def md5_of(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def make_tree(root: Path, count: int = 30, *, size: int = 100, nested: bool = True) -> dict[str, str]:
+    """Create ``count`` small files (some in subfolders, one empty, one with a non-ASCII name);
+    return ``{relative path: md5}``."""
+    files: dict[str, str] = {}
+    for i in range(count):
+        rel = f"d{i % 3}/f{i:04d}.txt" if nested and i % 2 else f"f{i:04d}.txt"
+        if i == 0:
+            rel = "empty.txt"
+        if i == 1:
+            rel = "文档/红楼梦 第1回.md"
+        data = b"" if i == 0 else (f"file {i}\n".encode() * (size // 8 + 1))[:size]
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        files[rel] = hashlib.md5(data).hexdigest()
+    return files
+
+
+@pytest.fixture
+async def moi_emulator(tmp_path: Path) -> AsyncIterator[object]:
+    """A MOI emulator on 127.0.0.1 with a free port, volume 1001, key 'test-key'."""
+    from tests.harness import MOI
+
+    async with MOI.start(tmp_path / "moi-data") as deployment:
+        yield deployment

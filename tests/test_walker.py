@@ -1,0 +1,137 @@
+"""The directory source: filters, symlink policy, loop safety, odd names, streaming order."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from ingest.filetypes import FileType
+from ingest.models import FileItem
+from ingest.walker import Rejected, WalkOptions, WalkStats, walk
+
+pytestmark = pytest.mark.anyio
+
+
+def make_tree(root: Path, files: dict[str, bytes]) -> None:
+    for rel, data in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+
+async def collect(root: Path, **options: object) -> tuple[list[FileItem | Rejected], WalkStats]:
+    stats = WalkStats()
+    items = [e async for e in walk(root, WalkOptions(**options), stats)]  # type: ignore[arg-type]
+    return items, stats
+
+
+async def test_yields_relative_posix_paths_with_size_mtime_and_type(tmp_path: Path) -> None:
+    """Every regular file comes out once, relative to the root, in a stable sorted order."""
+    make_tree(tmp_path, {"b.pdf": b"12345", "a/x.md": b"", "a/y/z.txt": b"zz"})
+    items, stats = await collect(tmp_path)
+    assert [i.rel_path for i in items if isinstance(i, FileItem)] == ["b.pdf", "a/x.md", "a/y/z.txt"]
+    by_path = {i.rel_path: i for i in items if isinstance(i, FileItem)}
+    assert by_path["b.pdf"].size == 5
+    assert by_path["b.pdf"].file_type is FileType.PDF
+    assert by_path["a/x.md"].file_type is FileType.MARKDOWN
+    assert by_path["a/y/z.txt"].mtime_ns == os.stat(tmp_path / "a/y/z.txt").st_mtime_ns
+    assert stats.files_seen == 3
+
+
+async def test_include_exclude_and_max_size(tmp_path: Path) -> None:
+    """Include keeps only matches, exclude removes files and whole folders, max_size drops big files."""
+    make_tree(
+        tmp_path,
+        {"a.pdf": b"x", "b.txt": b"x", "skip/c.pdf": b"x", "d/big.pdf": b"x" * 100, "d/e.pdf": b"x"},
+    )
+    items, stats = await collect(tmp_path, include=("*.pdf",), exclude=("skip",), max_size=10)
+    assert sorted(i.rel_path for i in items) == ["a.pdf", "d/e.pdf"]
+    assert stats.too_large == 1
+    assert stats.excluded == 2  # b.txt and the skip folder
+
+
+async def test_hidden_files_skipped_by_default(tmp_path: Path) -> None:
+    """Dot-files and dot-folders are left out unless asked for."""
+    make_tree(tmp_path, {".env": b"s", ".git/config": b"c", "a.txt": b"a"})
+    items, _ = await collect(tmp_path)
+    assert [i.rel_path for i in items] == ["a.txt"]
+    items, _ = await collect(tmp_path, hidden=True)
+    assert sorted(i.rel_path for i in items) == [".env", ".git/config", "a.txt"]
+
+
+async def test_symlinks_not_followed_by_default(tmp_path: Path) -> None:
+    """Links to files and folders are skipped unless --follow-symlinks."""
+    make_tree(tmp_path / "src", {"a.txt": b"a"})
+    make_tree(tmp_path / "elsewhere", {"b.txt": b"b"})
+    (tmp_path / "src" / "link.txt").symlink_to(tmp_path / "src" / "a.txt")
+    (tmp_path / "src" / "dir").symlink_to(tmp_path / "elsewhere")
+    items, stats = await collect(tmp_path / "src")
+    assert [i.rel_path for i in items] == ["a.txt"]
+    assert stats.symlinks == 2
+    items, _ = await collect(tmp_path / "src", follow_symlinks=True)
+    assert sorted(i.rel_path for i in items) == ["a.txt", "dir/b.txt", "link.txt"]
+
+
+async def test_symlink_loops_end(tmp_path: Path) -> None:
+    """A link back up the tree is visited once, never forever."""
+    make_tree(tmp_path, {"a/b.txt": b"b"})
+    (tmp_path / "a" / "loop").symlink_to(tmp_path)
+    (tmp_path / "a" / "self").symlink_to(tmp_path / "a")
+    items, stats = await collect(tmp_path, follow_symlinks=True)
+    assert [i.rel_path for i in items] == ["a/b.txt"]
+    assert stats.loops == 2
+
+
+async def test_dangling_symlink_is_ignored_when_following(tmp_path: Path) -> None:
+    """A link to nothing is not a file to send."""
+    make_tree(tmp_path, {"a.txt": b"a"})
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    items, _ = await collect(tmp_path, follow_symlinks=True)
+    assert [i.rel_path for i in items] == ["a.txt"]
+
+
+async def test_non_utf8_name_is_rejected_with_a_clear_reason(tmp_path: Path) -> None:
+    """A name that is not UTF-8 cannot travel in JSON or HTTP: it is reported, escaped, not sent."""
+    make_tree(tmp_path, {"ok.txt": b"a"})
+    bad = os.path.join(os.fsencode(tmp_path), b"caf\xe9.txt")
+    with open(bad, "wb") as f:
+        f.write(b"x")
+    items, _ = await collect(tmp_path)
+    rejected = [i for i in items if isinstance(i, Rejected)]
+    assert [r.rel_path for r in rejected] == ["caf\\xe9.txt"]
+    assert "not valid UTF-8" in rejected[0].reason
+
+
+async def test_special_files_are_skipped(tmp_path: Path) -> None:
+    """FIFOs and sockets are not documents."""
+    make_tree(tmp_path, {"a.txt": b"a"})
+    os.mkfifo(tmp_path / "pipe")
+    items, stats = await collect(tmp_path)
+    assert [i.rel_path for i in items] == ["a.txt"]
+    assert stats.special == 1
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can read any folder")
+async def test_unreadable_folder_is_reported(tmp_path: Path) -> None:
+    """A folder that cannot be listed is reported once, and the walk goes on."""
+    make_tree(tmp_path, {"locked/a.txt": b"a", "b.txt": b"b"})
+    (tmp_path / "locked").chmod(0)
+    try:
+        items, _ = await collect(tmp_path)
+    finally:
+        (tmp_path / "locked").chmod(0o755)
+    assert any(isinstance(i, Rejected) and i.rel_path == "locked/" for i in items)
+
+
+async def test_walk_is_lazy(tmp_path: Path) -> None:
+    """The walker yields before it has seen the whole tree (it never lists it all up front)."""
+    make_tree(tmp_path, {f"d{i}/f.txt": b"x" for i in range(50)})
+    gen = walk(tmp_path, WalkOptions())
+    first = await gen.__anext__()
+    # Folders not yet visited can vanish without the walk noticing: nothing was read ahead.
+    for i in range(10, 50):
+        (tmp_path / f"d{i}" / "f.txt").unlink()
+        (tmp_path / f"d{i}").rmdir()
+    rest = [e async for e in gen]
+    assert isinstance(first, FileItem)
+    assert len(rest) == 9
