@@ -35,6 +35,7 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ingest import _failpoints
+from ingest._aio import first_leaf
 from ingest.config import EngineConfig
 from ingest.exceptions import (
     CapacityError,
@@ -543,7 +544,7 @@ async def run_engine(
         async with anyio.create_task_group() as tg:
             _start(tg, run, source, work_send, work_recv, rcpt_send, rcpt_recv)
     except BaseExceptionGroup as group:
-        raise _primary(group) from None
+        raise first_leaf(group, (ConfigError, Exception)) from None
     return stats
 
 
@@ -568,22 +569,3 @@ def _start(
     # Each stage holds its own clone; drop the originals so streams end when their users do.
     work_recv.close()
     rcpt_send.close()
-
-
-def _primary(group: BaseExceptionGroup) -> BaseException:
-    """The exception that explains a failed task group: a configuration problem first, then the rest."""
-    leaves: list[BaseException] = []
-
-    def collect(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for sub in exc.exceptions:
-                collect(sub)
-        else:
-            leaves.append(exc)
-
-    collect(group)
-    for kind in (ConfigError, Exception):
-        for exc in leaves:
-            if isinstance(exc, kind):
-                return exc
-    return leaves[0]

@@ -8,6 +8,7 @@ failed ones. Dedup uses ``{"by": ["name", "md5"], "strategy": "skip"}``.
 
 from __future__ import annotations
 
+import functools
 import json
 import mimetypes
 from collections import defaultdict
@@ -15,8 +16,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
-import anyio
 
+from ingest._aio import run_concurrently
 from ingest.config import MoiTargetConfig
 from ingest.exceptions import (
     AuthError,
@@ -217,15 +218,9 @@ class MoiTarget(Target):
                 )
             else:
                 by_task[receipt.task_id].append(receipt)
-        limiter = anyio.CapacityLimiter(POLL_PARALLEL_TASKS)
-
-        async def poll_task(task_id: str, wanted: list[Receipt]) -> None:
-            async with limiter:
-                statuses.extend(await self._poll_task(task_id, wanted))
-
-        async with anyio.create_task_group() as tg:
-            for task_id, wanted in by_task.items():
-                tg.start_soon(poll_task, task_id, wanted)
+        calls = [functools.partial(self._poll_task, task_id, wanted) for task_id, wanted in by_task.items()]
+        for found in await run_concurrently(calls, limit=POLL_PARALLEL_TASKS):
+            statuses.extend(found)
         return statuses
 
     async def _poll_task(self, task_id: str, wanted: list[Receipt]) -> list[RemoteStatus]:

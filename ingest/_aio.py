@@ -1,0 +1,53 @@
+"""Small structured-concurrency helpers."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar
+
+import anyio
+
+__all__ = ["first_leaf", "run_concurrently"]
+
+T = TypeVar("T")
+
+
+def first_leaf(group: BaseExceptionGroup, prefer: tuple[type[BaseException], ...] = (Exception,)) -> BaseException:
+    """The exception that best explains a failed task group: the first leaf of a preferred type."""
+    leaves: list[BaseException] = []
+
+    def collect(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for sub in exc.exceptions:
+                collect(sub)
+        else:
+            leaves.append(exc)
+
+    collect(group)
+    for kind in prefer:
+        for exc in leaves:
+            if isinstance(exc, kind):
+                return exc
+    return leaves[0]
+
+
+async def run_concurrently(calls: Iterable[Callable[[], Awaitable[T]]], *, limit: int) -> list[T]:
+    """Await every call, at most ``limit`` at once; results in completion order.
+
+    The first failure cancels the rest and is raised as itself, not wrapped in an exception group, so
+    callers (and retry loops) see the error type they expect.
+    """
+    limiter = anyio.CapacityLimiter(limit)
+    results: list[T] = []
+
+    async def one(call: Callable[[], Awaitable[T]]) -> None:
+        async with limiter:
+            results.append(await call())
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for call in calls:
+                tg.start_soon(one, call)
+    except BaseExceptionGroup as group:
+        raise first_leaf(group) from None
+    return results

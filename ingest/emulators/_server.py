@@ -1,0 +1,55 @@
+"""Running an emulator app on a real socket: in the background for tests, or until cancelled for the CLI."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import anyio
+from aiohttp import web
+
+__all__ = ["serve_forever", "serve_in_background"]
+
+#: Seconds a shutdown waits for in-flight requests. Emulator requests are short; don't hang a test run.
+SHUTDOWN_TIMEOUT = 2.0
+
+
+def _url_host(host: str) -> str:
+    """The host to put in a URL for a server bound to ``host`` (wildcards mean "this machine")."""
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host  # a name such as "localhost"
+    return f"[{host}]" if address.version == 6 else host
+
+
+@asynccontextmanager
+async def serve_in_background(app: web.Application, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+    """Start ``app`` on ``host:port`` and yield its base URL, e.g. ``http://127.0.0.1:40123``.
+
+    ``port=0`` binds a free port, read back from the bound socket, so parallel tests never collide.
+    The server is shut down (and the app's cleanup hooks run) when the block exits, even on cancel.
+    """
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound_port = runner.addresses[0][1]
+        yield f"http://{_url_host(host)}:{bound_port}"
+    finally:
+        # Shielded: cleanup must finish even when the surrounding scope is being cancelled.
+        with anyio.CancelScope(shield=True):
+            await runner.cleanup()
+
+
+async def serve_forever(app: web.Application, host: str, port: int, *, on_ready: Callable[[str], None]) -> None:
+    """Serve ``app`` until cancelled (Ctrl-C in ``ingest serve``); ``on_ready`` gets the base URL."""
+    async with serve_in_background(app, host, port) as url:
+        on_ready(url)
+        await anyio.sleep_forever()
