@@ -405,3 +405,9 @@ class Manifest:
     def close(self) -> None:
         self._rconn.close()
         self._wconn.close()
+
+    def __enter__(self) -> Manifest:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -94,7 +94,8 @@ async def run(
         walk_stats = WalkStats()
         source = _failed_files(manifest, root) if only_failed else walk(root, _walk_options(config), walk_stats)
         status = "failed"
-        summary = RunSummary(destination=target.describe(), manifest=manifest_path, report=config.report)
+        described = "the embedded local MOI emulator" if stored_at is not None else target.describe()
+        summary = RunSummary(destination=described, manifest=manifest_path, report=config.report)
         summary.stored_at = stored_at
         try:
             async with manifest.writer():

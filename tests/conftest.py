@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -16,13 +16,6 @@ os.environ.pop("MOI_KEY", None)
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"  # aiohttp runs on asyncio
-
-
-@pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """Run in a fresh folder so ./.ingest (default manifests, embedded data) is per test."""
-    monkeypatch.chdir(tmp_path)
-    yield tmp_path
 
 
 def md5_of(path: Path) -> str:

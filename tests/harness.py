@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -146,18 +147,22 @@ HARNESSES = [MOI]
 class ServerProcess:
     """An emulator in its own process (``ingest serve``), read back through its test hooks."""
 
-    def __init__(self, command: list[str]) -> None:
+    def __init__(self, command: list[str], *, env: dict[str, str] | None = None) -> None:
+        # stderr goes to a file: an undrained pipe would block the server once it filled up.
+        self._stderr = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ}
+            command, stdout=subprocess.PIPE, stderr=self._stderr, text=True, env={**os.environ, **(env or {})}
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if "http://" not in line:
-            self.proc.kill()
-            raise RuntimeError(
-                f"emulator did not start: {line!r} {self.proc.stderr.read() if self.proc.stderr else ''}"
-            )
+            self.stop()
+            raise RuntimeError(f"emulator did not start: {line!r} {self.stderr()}")
         self.url = line[line.index("http://") :].split()[0]
+
+    def stderr(self) -> str:
+        self._stderr.seek(0)
+        return self._stderr.read()
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -166,6 +171,9 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._stderr.close()
 
 
 def run_cli(

@@ -45,7 +45,8 @@ async def test_sends_every_file_exactly_once(harness: Any, tmp_path: Path) -> No
     assert (summary.done, summary.failed) == (40, 0)
     assert {p: f.md5 for p, f in stored.items()} == files
     assert all(f.uploads == 1 for f in stored.values())
-    assert Manifest(tmp_path / "m.db").counts()["done"] == 40
+    with Manifest(tmp_path / "m.db") as manifest:
+        assert manifest.counts()["done"] == 40
 
 
 async def test_rerun_skips_unchanged_files_without_network_calls(harness: Any, tmp_path: Path) -> None:
@@ -88,7 +89,8 @@ async def test_files_failing_every_attempt_are_recorded_failed(harness: Any, tmp
         summary = await ingest.run(config_for(dep, tmp_path / "src", tmp_path / "m.db", max_attempts=2))
     assert summary.exit_code == 1
     assert summary.failed == 5
-    records = list(Manifest(tmp_path / "m.db").iter_files())
+    with Manifest(tmp_path / "m.db") as manifest:
+        records = list(manifest.iter_files())
     assert all(r.state.value == "failed" and r.last_error and "after 2 attempts" in r.last_error for r in records)
 
 

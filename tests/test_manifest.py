@@ -1,6 +1,8 @@
 """The manifest: resume decisions, group commit, binding, and crash consistency of its writes."""
 
+import contextlib
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -13,13 +15,29 @@ from ingest.models import FileItem, FileState, Receipt
 pytestmark = pytest.mark.anyio
 
 
+_opened: list[Manifest] = []
+
+
+def open_manifest(path: Path) -> Manifest:
+    manifest = Manifest(path)
+    _opened.append(manifest)
+    return manifest
+
+
+@pytest.fixture(autouse=True)
+def _close_manifests() -> Iterator[None]:
+    yield
+    while _opened:
+        _opened.pop().close()
+
+
 def item(path: str = "a.txt", size: int = 10, mtime_ns: int = 1) -> FileItem:
     return FileItem(path, Path("/src") / path, size, mtime_ns)
 
 
 async def test_records_every_step_of_a_file(tmp_path: Path) -> None:
     """uploading -> processing (with ids) -> done, one row per file."""
-    m = Manifest(tmp_path / "m.db")
+    m = open_manifest(tmp_path / "m.db")
     async with m.writer():
         await m.mark_uploading([item()], run_id=1, dedup=False)
         assert m.lookup("a.txt").state is FileState.UPLOADING  # type: ignore[union-attr]
@@ -37,20 +55,20 @@ async def test_records_every_step_of_a_file(tmp_path: Path) -> None:
 
 async def test_group_commit_batches_concurrent_writes(tmp_path: Path) -> None:
     """Hundreds of concurrent writers share a handful of transactions, and all are durable."""
-    m = Manifest(tmp_path / "m.db")
+    m = open_manifest(tmp_path / "m.db")
     async with m.writer(), anyio.create_task_group() as tg:
         for i in range(500):
             tg.start_soon(lambda i=i: m.mark_uploading([item(f"f{i}")], 1, dedup=False))
     assert m.counts()["uploading"] == 500
     assert m.commits < 100
     # Visible to an independent reader: committed, not cached.
-    other = sqlite3.connect(tmp_path / "m.db")
-    assert other.execute("SELECT COUNT(*) FROM files").fetchone()[0] == 500
+    with contextlib.closing(sqlite3.connect(tmp_path / "m.db")) as other:
+        assert other.execute("SELECT COUNT(*) FROM files").fetchone()[0] == 500
 
 
 async def test_failed_records_keep_the_reason_and_create_rows(tmp_path: Path) -> None:
     """A file that never got sent still gets a row saying why."""
-    m = Manifest(tmp_path / "m.db")
+    m = open_manifest(tmp_path / "m.db")
     async with m.writer():
         await m.mark_failed([("bad\\xe9.txt", "file name is not valid UTF-8")], run_id=3)
     rec = m.lookup("bad\\xe9.txt")
@@ -73,7 +91,7 @@ async def test_failed_records_keep_the_reason_and_create_rows(tmp_path: Path) ->
 )
 async def test_resume_decisions(tmp_path: Path, state: FileState | None, same: bool, expected: Decision) -> None:
     """Done+unchanged is skipped, accepted files are polled, crash leftovers are sent with dedup."""
-    m = Manifest(tmp_path / "m.db")
+    m = open_manifest(tmp_path / "m.db")
     async with m.writer():
         if state is not None:
             await m.mark_uploading([item()], run_id=1, dedup=False)
@@ -89,7 +107,7 @@ async def test_resume_decisions(tmp_path: Path, state: FileState | None, same: b
 
 async def test_manifest_is_bound_to_one_source_and_destination(tmp_path: Path) -> None:
     """Reusing a manifest for another source or destination is refused with a clear message."""
-    m = Manifest(tmp_path / "m.db")
+    m = open_manifest(tmp_path / "m.db")
     m.bind("/src", "moi:http://x/volume/1")
     m.bind("/src", "moi:http://x/volume/1")
     with pytest.raises(ConfigError, match="use another --manifest"):
@@ -106,7 +124,7 @@ def test_not_a_database_gives_a_clear_error(tmp_path: Path) -> None:
 
 async def test_iter_files_pages_through_everything(tmp_path: Path) -> None:
     """Iteration is paged by path, so it never loads the whole table and still sees every row."""
-    m = Manifest(tmp_path / "m.db")
+    m = open_manifest(tmp_path / "m.db")
     async with m.writer():
         await m.mark_uploading([item(f"f{i:03d}") for i in range(250)], run_id=1, dedup=False)
         await m.mark_failed([(f"f{i:03d}", "x") for i in range(0, 250, 5)], run_id=1)

@@ -19,6 +19,11 @@ def make_tree(root: Path, files: dict[str, bytes]) -> None:
         path.write_bytes(data)
 
 
+def write_bytes_name(path: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(b"x")
+
+
 async def collect(root: Path, **options: object) -> tuple[list[FileItem | Rejected], WalkStats]:
     stats = WalkStats()
     items = [e async for e in walk(root, WalkOptions(**options), stats)]  # type: ignore[arg-type]
@@ -93,9 +98,7 @@ async def test_dangling_symlink_is_ignored_when_following(tmp_path: Path) -> Non
 async def test_non_utf8_name_is_rejected_with_a_clear_reason(tmp_path: Path) -> None:
     """A name that is not UTF-8 cannot travel in JSON or HTTP: it is reported, escaped, not sent."""
     make_tree(tmp_path, {"ok.txt": b"a"})
-    bad = os.path.join(os.fsencode(tmp_path), b"caf\xe9.txt")
-    with open(bad, "wb") as f:
-        f.write(b"x")
+    write_bytes_name(os.path.join(os.fsencode(tmp_path), b"caf\xe9.txt"))
     items, _ = await collect(tmp_path)
     rejected = [i for i in items if isinstance(i, Rejected)]
     assert [r.rel_path for r in rejected] == ["caf\\xe9.txt"]

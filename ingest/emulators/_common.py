@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+import random
 import threading
 import time
 from collections.abc import Mapping
@@ -57,21 +58,26 @@ def now_ms() -> int:
 
 
 class SnowflakeIds:
-    """Decimal-string ids shaped like the platforms' snowflakes: ``(ms since 2020) << 22 | sequence``.
+    """Decimal-string ids shaped like the platforms' snowflakes: ``ms since 2020 | worker | sequence``.
 
     Ids only grow, also across restarts: the generator starts above the largest id already persisted,
-    so an old task id is never handed out again even if the clock stepped back.
+    so an old task id is never handed out again even if the clock stepped back. The random worker bits
+    keep two emulators sharing a data dir from minting the same id in the same millisecond.
     """
 
     _EPOCH_MS = 1_577_836_800_000  # 2020-01-01T00:00:00Z
+    _WORKER_BITS = 10
+    _SEQUENCE_BITS = 12
 
     def __init__(self, floor: int = 0) -> None:
         self._last = floor
+        self._worker = random.SystemRandom().getrandbits(self._WORKER_BITS)
         self._lock = threading.Lock()
 
     def next_id(self) -> str:
         with self._lock:
-            candidate = (now_ms() - self._EPOCH_MS) << 22
+            millis = now_ms() - self._EPOCH_MS
+            candidate = ((millis << self._WORKER_BITS) | self._worker) << self._SEQUENCE_BITS
             self._last = max(candidate, self._last + 1)
             return str(self._last)
 

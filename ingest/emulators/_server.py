@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 from aiohttp import web
@@ -15,17 +16,17 @@ __all__ = ["serve_forever", "serve_in_background"]
 SHUTDOWN_TIMEOUT = 2.0
 
 
-def _url_host(host: str) -> str:
-    """The host to put in a URL for a server bound to ``host`` (wildcards mean "this machine")."""
-    if host in ("", "0.0.0.0"):
-        return "127.0.0.1"
-    if host == "::":
-        return "[::1]"
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return host  # a name such as "localhost"
-    return f"[{host}]" if address.version == 6 else host
+def _base_url(bound: tuple[Any, ...]) -> str:
+    """The URL for a socket bound at ``bound`` (from ``getsockname``); wildcards mean "this machine".
+
+    Built from the bound address rather than the requested host: a name such as ``localhost`` may bind
+    one socket per address family, each on its own free port, and the URL must name one of them exactly.
+    """
+    host, port = str(bound[0]), int(bound[1])
+    address = ipaddress.ip_address(host.split("%", 1)[0])
+    if address.is_unspecified:
+        address = ipaddress.ip_address("::1" if address.version == 6 else "127.0.0.1")
+    return f"http://[{address}]:{port}" if address.version == 6 else f"http://{address}:{port}"
 
 
 @asynccontextmanager
@@ -40,8 +41,7 @@ async def serve_in_background(app: web.Application, host: str = "127.0.0.1", por
     try:
         site = web.TCPSite(runner, host, port)
         await site.start()
-        bound_port = runner.addresses[0][1]
-        yield f"http://{_url_host(host)}:{bound_port}"
+        yield _base_url(runner.addresses[0])
     finally:
         # Shielded: cleanup must finish even when the surrounding scope is being cancelled.
         with anyio.CancelScope(shield=True):

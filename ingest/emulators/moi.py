@@ -11,7 +11,8 @@ Every answer uses the MOI envelope ``{"code","msg","data","request_id"}``. Uploa
 to ``<data_dir>/.staging`` while their md5 is computed, and moved to ``<data_dir>/<volume>/<path>`` only
 once the whole request is valid. Volumes, stored files and tasks live in SQLite
 (``<data_dir>/.emulator.db``), so a restarted emulator still answers for old task ids. Task progress is
-computed from timestamps when asked: no background work, nothing to stop. One emulator per data dir.
+computed from timestamps when asked: no background work, nothing to stop. One emulator per data dir is
+the intended use; a second one on the same dir is tolerated (ids and staged bodies do not collide).
 
 Status codes follow the MOI document: file 1 waiting, 2 uploading, 3 paused, 4 failed, 5 success,
 6 retrying; task 1 running, 2 pausing, 3 paused, 4 finished.
@@ -29,7 +30,6 @@ import logging
 import os
 import random
 import re
-import shutil
 import sqlite3
 import threading
 import time
@@ -101,6 +101,8 @@ READ_CHUNK = 1 << 16
 WRITE_BUFFER = 1 << 20
 #: Largest non-file form field (``meta`` of 20 files is a few KiB).
 TEXT_FIELD_LIMIT = 1 << 20
+#: Staging entries untouched this long are leftovers of a killed emulator.
+STALE_STAGING_SECONDS = 3600
 #: The user every task and file is attributed to (the seed's examples say "admin").
 EMULATOR_USER = "admin"
 #: Reason recorded for a file failed by ``task_fail_rate``.
@@ -166,9 +168,10 @@ class MoiEmulatorConfig:
     #: Fraction of task files that end failed (status 4) with a reason.
     task_fail_rate: float = 0.0
     seed: int | None = None
-    #: MOI 5.0 limits: files per upload request and bytes per file.
+    #: Files per upload request (MOI 5.0 documents 20).
     max_files_per_request: int = 20
-    max_file_size: int = 200 * 1024 * 1024
+    #: Bytes per file; ``None`` = no limit, as in the seed document (MOI 5.0 documents 200 MiB).
+    max_file_size: int | None = None
 
     def problems(self) -> list[str]:
         """Every invalid setting, one sentence each (empty when the config is usable)."""
@@ -184,7 +187,7 @@ class MoiEmulatorConfig:
         )
         if self.rate_limit is not None and not self.rate_limit > 0:
             found.append(f"rate_limit must be positive, got {self.rate_limit}")
-        if self.max_files_per_request < 1 or self.max_file_size < 1:
+        if self.max_files_per_request < 1 or (self.max_file_size is not None and self.max_file_size < 1):
             found.append("max_files_per_request and max_file_size must be at least 1")
         found.extend(
             f"volume id {volume!r} must be 1-64 letters, digits, '_' or '-'"
@@ -324,10 +327,8 @@ class _Store:
     def __init__(self, data_dir: Path, seed: int | None) -> None:
         self.data_dir = data_dir
         self.staging_dir = data_dir / ".staging"
-        data_dir.mkdir(parents=True, exist_ok=True)
-        # Leftovers of a killed emulator: a staged body is never referenced once its request is gone.
-        shutil.rmtree(self.staging_dir, ignore_errors=True)
-        self.staging_dir.mkdir()
+        self.staging_dir.mkdir(parents=True, exist_ok=True)
+        _remove_stale_staging(self.staging_dir)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(data_dir / ".emulator.db", isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -632,6 +633,19 @@ class _Store:
                 "SELECT volume_id, path, size, md5, uploads FROM stored_files ORDER BY volume_id, path"
             ).fetchall()
         return [dict(zip(("volume_id", "path", "size", "md5", "uploads"), row, strict=True)) for row in rows]
+
+
+def _remove_stale_staging(staging_dir: Path) -> None:
+    """Remove bodies that killed emulators left in staging.
+
+    Only old ones: another emulator on the same data dir may be receiving a body right now, and a body
+    being received is written every few milliseconds, so an hour-old one belongs to no live request.
+    """
+    cutoff = time.time() - STALE_STAGING_SECONDS
+    for entry in staging_dir.iterdir():
+        with suppress(OSError):
+            if entry.is_file() and entry.stat().st_mtime < cutoff:
+                entry.unlink()
 
 
 def _task_file(values: tuple[Any, ...] | list[Any]) -> _TaskFile:
@@ -1038,7 +1052,7 @@ async def _stage_file(part: BodyPartReader, index: int, state: MoiState, staged:
     async with aiofiles.open(path, "wb") as out:
         while chunk := await part.read_chunk(READ_CHUNK):
             size += len(chunk)
-            if size > state.config.max_file_size:
+            if state.config.max_file_size is not None and size > state.config.max_file_size:
                 raise _bad(f"file part {index} is larger than the {state.config.max_file_size}-byte limit")
             digest.update(chunk)
             buffer += chunk
@@ -1466,6 +1480,25 @@ def _volume_id(text: str) -> str:
     return text
 
 
+def _size(text: str) -> int:
+    from ingest.config import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
 def add_moi_arguments(parser: argparse.ArgumentParser) -> None:
     """The MOI emulator's flags (``--host``/``--port`` are the CLI's)."""
     env_key = os.environ.get("MOI_KEY")
@@ -1506,6 +1539,14 @@ def add_moi_arguments(parser: argparse.ArgumentParser) -> None:
         help="fraction of task files that end failed with a reason, 0-1 (default: 0)",
     )  # fmt: skip
     parser.add_argument(
+        "--max-file-size", type=_size, default=None, metavar="SIZE",
+        help="largest file accepted, e.g. 200MiB as MOI 5.0 documents (default: no limit, as the seed document)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-files-per-request", type=_positive_int, default=20, metavar="N",
+        help="files accepted in one upload request (default: 20, as MOI 5.0 documents)",
+    )  # fmt: skip
+    parser.add_argument(
         "--seed", type=int, default=None, metavar="N",
         help="seed for the fault and failure draws, for reproducible runs",
     )  # fmt: skip
@@ -1524,5 +1565,7 @@ def build_moi_app(args: argparse.Namespace) -> web.Application:
         reset_rate=args.reset_rate,
         task_fail_rate=args.task_fail_rate,
         seed=args.seed,
+        max_file_size=args.max_file_size,
+        max_files_per_request=args.max_files_per_request,
     )
     return create_moi_app(config)

@@ -1,0 +1,191 @@
+"""The command line as users meet it: exit codes, one-line errors, the embedded default, secrets."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import make_tree
+from tests.harness import MOI, ServerProcess, run_cli
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One MOI emulator process for the module (each test uses its own manifest and files)."""
+    proc = ServerProcess(MOI.serve_command(tmp_path_factory.mktemp("moi-data")))
+    yield proc
+    proc.stop()
+
+
+def moi_args(server: ServerProcess) -> tuple[list[str], dict[str, str]]:
+    return MOI.cli(server.url)
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+def test_embedded_default_needs_no_account(tmp_path: Path) -> None:
+    """`ingest run DIR` with no target sends to the local emulator, says where, and exits 0."""
+    files = make_tree(tmp_path / "docs", 12)
+    result = run_cli(["run", "docs"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "12 done, 0 failed" in result.stdout
+    assert ".ingest/local" in result.stdout
+    stored = tmp_path / ".ingest/local/1"
+    assert sorted(str(p.relative_to(stored)) for p in stored.rglob("*") if p.is_file()) == sorted(files)
+    again = run_cli(["run", "docs"], cwd=tmp_path)
+    assert again.returncode == 0
+    assert "0 done, 0 failed, 12 skipped" in again.stdout
+
+
+def test_run_status_and_json_summary(server: ServerProcess, tmp_path: Path) -> None:
+    """A run against an endpoint, then `status` counts per state, in text and JSON."""
+    make_tree(tmp_path / "docs", 10)
+    flags, env = moi_args(server)
+    manifest = tmp_path / "run.db"
+    result = run_cli(["run", "docs", *flags, "--manifest", str(manifest), "--json"], env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["done"], summary["failed"]) == (10, 0)
+    status = run_cli(["status", "--manifest", str(manifest), "--json"])
+    assert json.loads(status.stdout)["files"]["done"] == 10
+    text = run_cli(["status", "--manifest", str(manifest)])
+    assert "done" in text.stdout
+    assert "10" in text.stdout
+
+
+def test_wrong_key_is_exit_2_and_never_printed(server: ServerProcess, tmp_path: Path) -> None:
+    """A rejected key stops the run before any upload, with a one-line hint, key not echoed."""
+    make_tree(tmp_path / "docs", 3)
+    flags, _ = moi_args(server)
+    result = run_cli(["run", "docs", *flags, "--manifest", "m.db", "-v"], env={"MOI_KEY": "wr0ng-k3y"}, cwd=tmp_path)
+    assert result.returncode == 2
+    line = one_line_error(result)
+    assert "MOI_KEY" in line
+    assert "wr0ng-k3y" not in result.stdout + result.stderr
+
+
+def test_unknown_volume_is_exit_2(server: ServerProcess, tmp_path: Path) -> None:
+    """A volume id that does not exist is named in the error."""
+    make_tree(tmp_path / "docs", 2)
+    flags, env = moi_args(server)
+    flags[flags.index("--volume-id") + 1] = "999999"
+    result = run_cli(["run", "docs", *flags, "--manifest", "m.db"], env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "volume 999999 does not exist" in one_line_error(result)
+
+
+def test_unreachable_endpoint_is_exit_2(tmp_path: Path) -> None:
+    """Nothing listening: a clear message after a few quick retries."""
+    make_tree(tmp_path / "docs", 1)
+    result = run_cli(
+        ["run", "docs", "--target", "moi", "--endpoint", "http://127.0.0.1:9", "--volume-id", "1",
+         "--request-retries", "1"],
+        env={"MOI_KEY": "k"},
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "check --endpoint" in one_line_error(result)
+
+
+@pytest.mark.parametrize(
+    ("args", "toml", "expected"),
+    [
+        (["run"], None, "no source folder"),
+        (["run", "missing-dir"], None, "does not exist"),
+        (["run", "docs", "--concurrency", "0"], None, "engine.concurrency"),
+        (["run", "docs", "--endpoint", "http://x"], None, "without --target"),
+        (["run", "docs", "--target", "moi", "--endpoint", "http://x", "--volume-id", "1"], None, "MOI_KEY"),
+        (["run", "--config", "bad.toml"], "[source]\npath = 'docs'\nthreads = 3\n", "source.threads: unknown setting"),
+        (["run", "--config", "bad.toml"], "[engine\n", "not valid TOML"),
+        (["run", "--config", "bad.toml"], "[source]\npath='docs'\n[engine]\nconcurrency='many'\n", "concurrency"),
+        (["run", "docs", "--max-size", "lots"], None, "not a size"),
+        (["run", "docs", "--bogus"], None, "unrecognized arguments"),
+        (["status", "--manifest", "nope.db"], None, "does not exist"),
+        (["retry-failed", "--manifest", "nope.db"], None, "does not exist"),
+    ],
+)
+def test_usage_and_config_errors_are_exit_2(tmp_path: Path, args: list[str], toml: str | None, expected: str) -> None:
+    """Every bad flag or setting is one line naming the field, exit code 2, no traceback."""
+    (tmp_path / "docs").mkdir()
+    if toml is not None:
+        (tmp_path / "bad.toml").write_text(toml)
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert expected in one_line_error(result)
+
+
+def test_non_utf8_name_fails_that_file_only(server: ServerProcess, tmp_path: Path) -> None:
+    """A name that is not UTF-8 is recorded failed with advice; the other files go; exit 1."""
+    make_tree(tmp_path / "docs", 4)
+    with open(os.path.join(os.fsencode(tmp_path / "docs"), b"caf\xe9.txt"), "wb") as f:
+        f.write(b"x")
+    flags, env = moi_args(server)
+    result = run_cli(["run", "docs", *flags, "--manifest", "m.db"], env=env, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "4 done, 1 failed" in result.stdout
+    assert "caf\\xe9.txt: file name is not valid UTF-8" in result.stdout
+    row = sqlite3.connect(tmp_path / "m.db").execute("SELECT state FROM files WHERE path = 'caf\\xe9.txt'").fetchone()
+    assert row == ("failed",)
+
+
+def test_unreadable_file_fails_that_file_only(server: ServerProcess, tmp_path: Path) -> None:
+    """A file without read permission is recorded failed naming the fix; the rest are sent; exit 1."""
+    make_tree(tmp_path / "docs", 3)
+    locked = tmp_path / "docs" / "secret.txt"
+    locked.write_text("no")
+    locked.chmod(0)
+    # Root reads anything; drop the capabilities that let it, so permissions apply as for a user.
+    prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"] if os.geteuid() == 0 else []
+    if prefix and shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: permissions cannot be enforced")
+    flags, env = moi_args(server)
+    full_env = {k: v for k, v in os.environ.items() if k != "MOI_KEY"} | env
+    try:
+        result = subprocess.run(
+            [*prefix, sys.executable, "-m", "ingest", "run", "docs", *flags, "--manifest", "m.db"],
+            cwd=tmp_path, env=full_env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        locked.chmod(stat.S_IRUSR | stat.S_IWUSR)
+    assert result.returncode == 1, result.stderr
+    assert "secret.txt: permission denied" in result.stdout
+    assert "3 done, 1 failed" in result.stdout
+
+
+def test_secrets_never_reach_output_manifest_or_report(server: ServerProcess, tmp_path: Path) -> None:
+    """The key appears nowhere we write: stdout, stderr (even -vv), manifest, report."""
+    make_tree(tmp_path / "docs", 5)
+    flags, _ = moi_args(server)
+    key = MOI.api_key
+    result = run_cli(
+        ["run", "docs", *flags, "--manifest", "m.db", "--report", "r.json", "-vv", "--json"],
+        env={"MOI_KEY": key},
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert key not in result.stdout + result.stderr
+    assert key.encode() not in (tmp_path / "m.db").read_bytes()
+    assert key not in (tmp_path / "r.json").read_text()
+
+
+def test_help_teaches_the_flags() -> None:
+    """`--help` documents the contract flags and the exit codes."""
+    result = run_cli(["run", "--help"])
+    for flag in ("--target", "--endpoint", "--volume-id", "--manifest", "--concurrency", "--include", "--exclude",
+                 "--follow-symlinks", "--max-size", "--batch-files", "--batch-bytes", "--task-timeout",
+                 "--max-attempts", "--report", "--quiet", "exit codes"):  # fmt: skip
+        assert flag in result.stdout
