@@ -12,7 +12,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from ingest.config import EngineConfig, MoiTargetConfig, RunConfig, SourceConfig
+from ingest.config import EngineConfig, RunConfig, SourceConfig, TargetConfigBase
 from ingest.exceptions import (
     AuthError,
     CapacityError,
@@ -27,6 +27,7 @@ from ingest.exceptions import (
 )
 from ingest.report import RunSummary
 from ingest.runner import retry_failed, run
+from ingest.targets.moi import MoiTargetConfig
 
 __all__ = [
     "AuthError",
@@ -43,6 +44,7 @@ __all__ = [
     "RunSummary",
     "SourceConfig",
     "SourceFileError",
+    "TargetConfigBase",
     "TransientError",
     "__version__",
     "retry_failed",

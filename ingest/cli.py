@@ -24,14 +24,11 @@ from ingest.exceptions import ConfigError, IngestError, InterruptedRun
 from ingest.manifest import Manifest
 from ingest.models import FileState
 from ingest.report import RunSummary
+from ingest.targets.base import Target, get_target_class, registered_targets
 
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-#: Environment variables holding each target's secrets: never pass secrets on the command line if
-#: others can read your process list.
-SECRET_ENV: dict[str, dict[str, str]] = {"moi": {"api_key": "MOI_KEY"}}
 
 EPILOG = """\
 examples:
@@ -75,21 +72,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _target_classes() -> list[type[Target]]:
+    return [get_target_class(name) for name in registered_targets()]
+
+
 def _add_target_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("destination (omit all of these to use the embedded local emulator)")
-    g.add_argument("--target", choices=["moi"], help="the platform to send to")
+    g.add_argument("--target", choices=registered_targets(), help="the platform to send to")
     g.add_argument("--endpoint", metavar="URL", help="the platform's API base URL, e.g. http://127.0.0.1:8080")
-    g.add_argument("--volume-id", metavar="ID", help="MOI: the volume to load files into")
-    g.add_argument(
-        "--api-key",
-        metavar="KEY",
-        help="MOI: API key (prefer the MOI_KEY environment variable: the command line is visible to others)",
-    )
-    g.add_argument(
-        "--file-status-table",
-        choices=["seed", "v5"],
-        help="MOI: status codes of /task/files: 'seed' (4 failed, 5 success; default) or 'v5' (3 failed, 4 success)",
-    )
+    added: dict[str, str] = {}
+    for cls in _target_classes():
+        for opt in cls.cli_options:
+            if opt.flag in added:
+                if added[opt.flag] != opt.field:
+                    raise RuntimeError(f"{cls.name} reuses {opt.flag} for another setting")
+                continue
+            added[opt.flag] = opt.field
+            dest = "target_" + opt.field
+            if opt.kind == "switch":
+                g.add_argument(opt.flag, dest=dest, action="store_true", default=None, help=opt.help)
+            else:
+                extra: dict[str, Any] = {"type": opt.convert} if opt.convert is not None else {}
+                g.add_argument(
+                    opt.flag,
+                    dest=dest,
+                    metavar=opt.metavar,
+                    choices=opt.choices,
+                    action="append" if opt.kind == "repeat" else "store",
+                    help=opt.help,
+                    **extra,
+                )
 
 
 def _add_engine_flags(p: argparse.ArgumentParser) -> None:
@@ -127,7 +139,9 @@ def _add_engine_flags(p: argparse.ArgumentParser) -> None:
         help="ask the platform to skip files it already holds: only files a crash left mid-upload "
         "(resume, default), every file (always), or never",
     )
-    g.add_argument("--chunk-size", type=_size, metavar="SIZE", help="read/stream chunk size (default 1MiB)")
+    g.add_argument(
+        "--read-chunk-size", dest="chunk_size", type=_size, metavar="SIZE", help="file read/stream chunk (default 1MiB)"
+    )
 
 
 def _add_output_flags(p: argparse.ArgumentParser) -> None:
@@ -282,32 +296,38 @@ def _engine_flags(tree: dict[str, Any], args: argparse.Namespace) -> None:
 
 
 def _target_flags(tree: dict[str, Any], args: argparse.Namespace) -> None:
-    flags = {
-        "endpoint": args.endpoint,
-        "volume_id": args.volume_id,
-        "api_key": args.api_key,
-        "file_status_table": args.file_status_table,
-    }
-    given = {k: v for k, v in flags.items() if v is not None}
+    """Fill ``[target]`` from --target, --endpoint, the chosen target's own flags and its secret env."""
+    given_by_flag: dict[str, tuple[str, Any]] = {}
+    for cls in _target_classes():
+        for opt in cls.cli_options:
+            value = getattr(args, "target_" + opt.field, None)
+            if value is not None:
+                given_by_flag[opt.flag] = (opt.field, value)
     target = tree.get("target")
     if args.target is None and target is None:
-        if given:
-            names = ", ".join("--" + k.replace("_", "-") for k in given)
-            raise ConfigError(f"{names} given without --target; add --target moi (or drop them for the local emulator)")
+        if given_by_flag or args.endpoint:
+            names = ", ".join(([" --endpoint"] if args.endpoint else []) + list(given_by_flag)).strip()
+            raise ConfigError(f"{names} given without --target; add --target (or drop them for the local emulator)")
         return
     target = dict(target or {})
     if args.target is not None:
         target["type"] = args.target
-    target.update(given)
-    kind = str(target.get("type", "moi"))
-    target.setdefault("type", kind)
-    for key, env in SECRET_ENV.get(kind, {}).items():
-        if key not in given and os.environ.get(env):
+    kind = str(target.setdefault("type", "moi"))
+    cls = get_target_class(kind)
+    own = {opt.flag for opt in cls.cli_options}
+    foreign = [flag for flag in given_by_flag if flag not in own]
+    if foreign:
+        raise ConfigError(f"{', '.join(foreign)} does not apply to --target {kind}; see `ingest run --help`")
+    if args.endpoint:
+        target["endpoint"] = args.endpoint
+    target.update(dict(given_by_flag.values()))
+    for key, env in cls.secret_env.items():
+        if key not in target and os.environ.get(env):
             target[key] = os.environ[env]
         if key not in target:
-            raise ConfigError(
-                f"target {kind} needs its {key.replace('_', ' ')}: set {env} (or --{key.replace('_', '-')})"
-            )
+            flag = next((o.flag for o in cls.cli_options if o.field == key), None)
+            hint = f" (or {flag})" if flag else ""
+            raise ConfigError(f"target {kind} needs its {key.replace('_', ' ')}: set {env}{hint}")
     tree["target"] = target
 
 
@@ -340,7 +360,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_retry(args: argparse.Namespace) -> int:
     from ingest.runner import retry_failed, saved_config
 
-    config = saved_config(args.manifest, {"api_key": args.api_key or os.environ.get("MOI_KEY")})
+    config = saved_config(args.manifest, _saved_secrets(args))
     overrides: dict[str, Any] = {}
     _engine_flags(overrides, args)
     updates: dict[str, Any] = {"report": args.report, "quiet": args.quiet, "progress": args.progress}
@@ -349,11 +369,19 @@ def _cmd_retry(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         raise ConfigError(validation_message(exc, "flags")) from None
     config = config.model_copy(update={"engine": engine, **{k: v for k, v in updates.items() if v is not None}})
-    if config.target is not None and not config.target.api_key.get_secret_value():
-        raise ConfigError("retry-failed needs the API key again: set MOI_KEY (secrets are never stored)")
     summary = anyio.run(lambda: retry_failed(config, handle_signals=True))
     _print_summary(summary, args)
     return summary.exit_code
+
+
+def _saved_secrets(args: argparse.Namespace) -> dict[str, dict[str, str | None]]:
+    """Secrets for whichever target the manifest names: from the environment, or --api-key."""
+    secrets: dict[str, dict[str, str | None]] = {}
+    for cls in _target_classes():
+        secrets[cls.name] = {key: os.environ.get(env) for key, env in cls.secret_env.items()}
+    if args.api_key:
+        secrets["moi"]["api_key"] = args.api_key
+    return secrets
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

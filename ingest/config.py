@@ -11,18 +11,17 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, SerializeAsAny, ValidationError, field_validator
 
 from ingest.exceptions import ConfigError
 
 __all__ = [
     "EngineConfig",
-    "MoiTargetConfig",
     "RunConfig",
     "SourceConfig",
-    "TargetConfig",
+    "TargetConfigBase",
     "load_toml",
     "parse_size",
     "validation_message",
@@ -94,19 +93,15 @@ class EngineConfig(_Model):
         return parse_size(value) if isinstance(value, str) else value
 
 
-class MoiTargetConfig(_Model):
-    """MatrixOne Intelligence: upload into a volume through ``/connectors/upload``."""
+class TargetConfigBase(_Model):
+    """What every target's settings have: the platform's name and its API endpoint.
 
-    type: Literal["moi"] = "moi"
+    Each target module subclasses this (``MoiTargetConfig`` in ``ingest.targets.moi``, …);
+    ``RunConfig`` picks the subclass by ``type`` through the target registry.
+    """
+
+    type: str
     endpoint: str
-    api_key: SecretStr
-    volume_id: str = Field(min_length=1)
-    #: Which table of ``/task/files`` status codes the platform speaks: the seed document's
-    #: (4 failed, 5 success) or MOI 5.0's (3 failed, 4 success).
-    file_status_table: Literal["seed", "v5"] = "seed"
-    #: ``moi-key`` (the seed) or ``x-api-key`` (MOI 5.0, with ``workspace_id``).
-    auth_header: Literal["moi-key", "x-api-key"] = "moi-key"
-    workspace_id: str | None = None
 
     @field_validator("endpoint")
     @classmethod
@@ -115,27 +110,44 @@ class MoiTargetConfig(_Model):
             raise ValueError(f"{value!r} is not an http(s) URL; write e.g. http://127.0.0.1:8080")
         return value.rstrip("/")
 
-
-TargetConfig = Annotated[MoiTargetConfig, Field(discriminator="type")]
+    def public_dump(self) -> dict[str, Any]:
+        """The settings without secrets (every ``SecretStr`` field is left out)."""
+        data = self.model_dump(mode="json")
+        for name, info in type(self).model_fields.items():
+            if info.annotation in (SecretStr, SecretStr | None):
+                data.pop(name, None)
+        return data
 
 
 class RunConfig(_Model):
     """Everything one ``ingest run`` needs. ``target=None`` means the embedded local emulator."""
 
     source: SourceConfig
-    target: TargetConfig | None = None
+    target: SerializeAsAny[TargetConfigBase] | None = None
     engine: EngineConfig = EngineConfig()
     manifest: Path | None = None
     report: Path | None = None
     quiet: bool = False
     progress: bool | None = None  # None: bars when stderr is a terminal and not quiet
 
+    @field_validator("target", mode="before")
+    @classmethod
+    def _target_by_type(cls, value: Any) -> Any:
+        """Validate ``[target]`` with the settings model of the target its ``type`` names."""
+        if not isinstance(value, dict):
+            return value
+        from ingest.targets.base import get_target_class, registered_targets
+
+        kind = value.get("type")
+        if kind not in registered_targets():
+            raise ValueError(f"type must be one of {', '.join(registered_targets())}, got {kind!r}")
+        return get_target_class(str(kind)).config_model.model_validate(value)
+
     def public_dump(self) -> dict[str, Any]:
         """The config without secrets, for the manifest and reports."""
         data = self.model_dump(mode="json")
-        if data.get("target"):
-            for key in ("api_key", "secret_key", "access_key", "token"):
-                data["target"].pop(key, None)
+        if self.target is not None:
+            data["target"] = self.target.public_dump()
         return data
 
 

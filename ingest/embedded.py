@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from ingest.config import MoiTargetConfig
+from ingest.targets.moi import MoiTargetConfig
 
 __all__ = ["EMBEDDED_DATA_DIR", "EMBEDDED_VOLUME", "embedded_moi"]
 

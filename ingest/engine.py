@@ -339,8 +339,8 @@ async def _send(run: _Run, batch: list[_Work], to_poller: MemoryObjectSendStream
         return
     except CapacityError as exc:
         run.stop_sending = True
-        run.stats.stopped_reason = str(exc)
-        await _give_up(run, ready, str(exc))
+        run.stats.stopped_reason = exc.detail
+        await _give_up(run, ready, exc.detail)
         return
     except PermanentError as exc:
         if len(ready) > 1:
@@ -349,10 +349,10 @@ async def _send(run: _Run, batch: list[_Work], to_poller: MemoryObjectSendStream
                 w.dedup = True
                 await _send(run, [w], to_poller)
             return
-        await _give_up(run, ready, str(exc))
+        await _give_up(run, ready, exc.detail)
         return
     except TransientError as exc:
-        await _give_up(run, ready, f"{exc} (gave up after {run.policy.attempts} attempts)")
+        await _give_up(run, ready, f"{exc.detail} (gave up after {run.policy.attempts} attempts)")
         return
     _failpoints.failpoint("after-submit")
     run.stats.sent_files += len(items)

@@ -64,10 +64,14 @@ class SourceFileError(IngestError):
 class RemoteError(IngestError):
     """The platform (or the network in front of it) answered with an error."""
 
-    def __init__(self, message: str, *, status: int | None = None, code: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, status: int | None = None, code: str | None = None, detail: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
+        #: The message without the operation it interrupted, for per-file records (the file is the row).
+        self.detail = detail or message
 
 
 class TransientError(RemoteError):
@@ -82,8 +86,9 @@ class TransientError(RemoteError):
         status: int | None = None,
         code: str | None = None,
         retry_after: float | None = None,
+        detail: str | None = None,
     ) -> None:
-        super().__init__(message, status=status, code=code)
+        super().__init__(message, status=status, code=code, detail=detail)
         #: Seconds the platform asked us to wait (``Retry-After``), if it said.
         self.retry_after = retry_after
 

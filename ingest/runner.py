@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from pydantic import SecretStr, ValidationError
+from pydantic import ValidationError
 
 from ingest.config import RunConfig, validation_message
 from ingest.embedded import EMBEDDED_DATA_DIR, EMBEDDED_VOLUME, embedded_moi
@@ -191,24 +191,26 @@ async def _failed_files(manifest: Manifest, root: Path) -> AsyncIterator[FileIte
         yield FileItem(record.path, path, st.st_size, st.st_mtime_ns, file_type_for(record.path))
 
 
-def saved_config(manifest_path: Path, secrets: dict[str, str | None]) -> RunConfig:
+def saved_config(manifest_path: Path, secrets: dict[str, dict[str, str | None]]) -> RunConfig:
     """The config of the last run recorded in a manifest, with secrets supplied again by the caller
-    (they are never stored)."""
+    (they are never stored): ``secrets[target type][field]``."""
     if not manifest_path.exists():
         raise ConfigError(f"manifest {manifest_path} does not exist; pass the --manifest of an earlier run")
-    manifest = Manifest(manifest_path)
-    try:
+    with Manifest(manifest_path) as manifest:
         raw = manifest.get_meta("run_config")
-    finally:
-        manifest.close()
     if raw is None:
         raise ConfigError(f"manifest {manifest_path} records no run; nothing to retry")
     data = json.loads(raw)
     target = data.get("target")
     if target:
-        for key, value in secrets.items():
-            if value is not None:
-                target[key] = SecretStr(value)
+        cls = get_target_class(str(target.get("type")))
+        for key, env in cls.secret_env.items():
+            value = secrets.get(cls.name, {}).get(key)
+            if not value:
+                raise ConfigError(
+                    f"retry-failed needs the {key.replace('_', ' ')} again: set {env} (secrets are never stored)"
+                )
+            target[key] = value
     data["manifest"] = str(manifest_path)
     try:
         return RunConfig.model_validate(data)

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import aiohttp
 from pydantic import SecretStr
 
-from ingest.config import MoiTargetConfig
+from ingest.targets.moi import MoiTargetConfig
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,7 @@ def test_sigkill_at_any_point_then_rerun_stores_every_file_once(harness: Any, ki
     server = ServerProcess(harness.serve_command(tmp_path / "data", Faults(task_delay_ms=150, latency_ms=5)))
     try:
         flags, env = harness.cli(server.url)
-        args = ["run", "docs", *flags, "--manifest", "m.db", "--concurrency", "4", "--chunk-size", "64KiB", "-q"]
+        args = ["run", "docs", *flags, "--manifest", "m.db", "--concurrency", "4", "--read-chunk-size", "64KiB", "-q"]
         if kill_at == "timer":
             full_env = {k: v for k, v in os.environ.items() if k != "INGEST_FAILPOINT"} | env
             proc = subprocess.Popen([sys.executable, "-m", "ingest", *args], cwd=tmp_path, env=full_env)

@@ -214,7 +214,8 @@ class HttpClient:
             for body in file_bodies:
                 if body.failure is not None:
                     raise body.failure from None
-            raise TransientError(f"{what}: connection to {self.base_url} failed ({_describe(exc)})") from exc
+            text = f"connection to {self.base_url} failed ({_describe(exc)})"
+            raise TransientError(f"{what}: {text}", detail=text) from exc
         try:
             decoded: Any = json.loads(raw) if raw else None
         except ValueError:

@@ -26,13 +26,14 @@ Edge cases every implementation must honour (the conformance suite checks them):
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from ingest.models import FileItem, Receipt, RemoteStatus
 
 __all__ = [
+    "CliOption",
     "Target",
     "TargetContext",
     "TargetFeatures",
@@ -66,6 +67,12 @@ class Target(abc.ABC):
     #: The ``--target`` name.
     name: ClassVar[str]
     features: TargetFeatures
+    #: The pydantic model of ``[target]`` settings (a ``TargetConfigBase`` subclass).
+    config_model: ClassVar[type[Any]]
+    #: Secret config fields and the environment variables that supply them: ``{"api_key": "MOI_KEY"}``.
+    secret_env: ClassVar[Mapping[str, str]] = {}
+    #: Target-specific ``ingest run`` flags (``--endpoint`` and ``--target`` are common to all).
+    cli_options: ClassVar[tuple[CliOption, ...]] = ()
 
     @classmethod
     @abc.abstractmethod
@@ -112,6 +119,24 @@ class Target(abc.ABC):
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+@dataclass(frozen=True, slots=True)
+class CliOption:
+    """One ``ingest run`` flag a target adds, mapped to a field of its config model.
+
+    The CLI adds every registered target's options to ``ingest run --help`` and refuses an option
+    that does not belong to the chosen ``--target``.
+    """
+
+    flag: str
+    field: str
+    help: str
+    metavar: str | None = None
+    choices: tuple[str, ...] | None = None
+    #: ``value`` takes an argument; ``switch`` is a boolean on/off; ``repeat`` collects a list.
+    kind: Literal["value", "switch", "repeat"] = "value"
+    convert: Callable[[str], Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

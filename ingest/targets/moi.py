@@ -12,13 +12,14 @@ import functools
 import json
 import mimetypes
 from collections import defaultdict
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Literal
 
 import aiohttp
+from pydantic import Field, SecretStr
 
 from ingest._aio import run_concurrently
-from ingest.config import MoiTargetConfig
+from ingest.config import TargetConfigBase
 from ingest.exceptions import (
     AuthError,
     ConfigError,
@@ -29,9 +30,9 @@ from ingest.exceptions import (
 )
 from ingest.models import FileItem, Receipt, RemoteState, RemoteStatus
 from ingest.targets._http import FileBody, HttpClient, HttpReply
-from ingest.targets.base import Target, TargetContext, TargetFeatures, register_target
+from ingest.targets.base import CliOption, Target, TargetContext, TargetFeatures, register_target
 
-__all__ = ["MoiTarget", "check_envelope"]
+__all__ = ["MoiTarget", "MoiTargetConfig", "check_envelope"]
 
 _AUTH_CODES = {"errunauthorized", "errunauthenticated", "unauthorized", "unauthenticated"}
 _RATE_CODES = {"errdynamicserviceconcurrencylimit", "errdynamicserviceratelimit"}
@@ -48,6 +49,20 @@ _STATUS_TABLES: dict[str, dict[int, RemoteState]] = {
 DEDUP_SKIP = {"by": ["name", "md5"], "strategy": "skip"}
 TASK_FILES_PAGE = 1000
 POLL_PARALLEL_TASKS = 8
+
+
+class MoiTargetConfig(TargetConfigBase):
+    """MatrixOne Intelligence: upload into a volume through ``/connectors/upload``."""
+
+    type: Literal["moi"] = "moi"
+    api_key: SecretStr
+    volume_id: str = Field(min_length=1)
+    #: Which table of ``/task/files`` status codes the platform speaks: the seed document's
+    #: (4 failed, 5 success) or MOI 5.0's (3 failed, 4 success).
+    file_status_table: Literal["seed", "v5"] = "seed"
+    #: ``moi-key`` (the seed) or ``x-api-key`` (MOI 5.0, with ``workspace_id``).
+    auth_header: Literal["moi-key", "x-api-key"] = "moi-key"
+    workspace_id: str | None = None
 
 
 def check_envelope(reply: HttpReply, what: str) -> Any:
@@ -82,12 +97,31 @@ def check_envelope(reply: HttpReply, what: str) -> Any:
         )
     if 200 <= reply.status < 300 and not code:
         raise TransientError(f"{what}: MOI answered without an envelope ({detail})", status=reply.status)
-    raise PermanentError(f"{what}: MOI refused ({detail})", status=reply.status, code=code)
+    text = f"MOI refused ({detail})"
+    raise PermanentError(f"{what}: {text}", status=reply.status, code=code, detail=text)
 
 
 @register_target
 class MoiTarget(Target):
     name = "moi"
+    config_model = MoiTargetConfig
+    secret_env: ClassVar[Mapping[str, str]] = {"api_key": "MOI_KEY"}
+    cli_options = (
+        CliOption("--volume-id", "volume_id", "MOI: the volume to load files into", metavar="ID"),
+        CliOption(
+            "--api-key",
+            "api_key",
+            "MOI: API key (prefer the MOI_KEY environment variable: the command line is visible to others)",
+            metavar="KEY",
+        ),
+        CliOption(
+            "--file-status-table",
+            "file_status_table",
+            "MOI: status codes of /task/files: 'seed' (4 failed, 5 success; default) or 'v5' (3 failed, 4 success)",
+            choices=("seed", "v5"),
+        ),
+        CliOption("--workspace-id", "workspace_id", "MOI 5.0: workspace id, sent as X-Workspace-ID", metavar="ID"),
+    )
     features = TargetFeatures(
         # MOI 5.0 documents at most 20 files per upload request.
         max_batch_files=20,
