@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_retry(sub)
     _add_status(sub)
     _add_serve(sub)
+    for cls in _target_classes():
+        cls.add_commands(sub)
     return parser
 
 
@@ -455,8 +457,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if verbose >= 2 else logging.INFO if verbose == 1 else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    handler = getattr(args, "handler", None) or COMMANDS[args.command]
     try:
-        return COMMANDS[args.command](args)
+        return int(handler(args))
     except InterruptedRun as exc:
         print(f"ingest: {exc}", file=sys.stderr)
         return EXIT_INTERRUPTED

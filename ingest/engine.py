@@ -191,6 +191,11 @@ async def _plan(
                 run.progress.discovered(0)
                 await run.fail([(entry.rel_path, entry.reason)])
                 continue
+            refusal = run.target.refuse(entry)
+            if refusal is not None:
+                run.progress.discovered(0)
+                await run.fail([(entry.rel_path, refusal)])
+                continue
             decision = decide(run.manifest.lookup(entry.rel_path), entry)
             if decision is Decision.SKIP:
                 run.stats.skipped += 1

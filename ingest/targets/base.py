@@ -103,6 +103,21 @@ class Target(abc.ABC):
         """The platform's receipt for a file it already holds, or ``None``."""
         return None
 
+    def refuse(self, item: FileItem) -> str | None:
+        """Why the platform cannot take this file (type, size, name), or ``None``.
+
+        Called before anything is recorded or sent, so an unsupported file fails at once with a clear
+        reason instead of after an upload.
+        """
+        return None
+
+    @classmethod
+    def add_commands(cls, commands: Any) -> None:
+        """Add platform-specific subcommands (``ingest <name> …``) to the CLI's subparsers.
+
+        Each subcommand sets ``handler=callable(args) -> exit code`` with ``set_defaults``.
+        """
+
     @abc.abstractmethod
     def describe(self) -> str:
         """Where files go, for humans: ``MOI volume 1001 at http://…``. Never contains secrets."""
