@@ -111,7 +111,7 @@ class Target(abc.ABC):
         """
         return None
 
-    @classmethod
+    @classmethod  # noqa: B027 - optional hook, a no-op by default
     def add_commands(cls, commands: Any) -> None:
         """Add platform-specific subcommands (``ingest <name> …``) to the CLI's subparsers.
 
