@@ -57,6 +57,10 @@ log = logging.getLogger("ingest.engine")
 
 #: Receipts per ``Target.poll`` call.
 POLL_CHUNK = 500
+#: Longest a worker waits for more small files to fill a batch once the queue runs dry (seconds).
+BATCH_LINGER = 0.02
+#: Polls are cheap to repeat later: a short retry, then the files are simply polled again next round.
+POLL_RETRY = RetryPolicy(attempts=3, initial_delay=0.2, max_delay=2.0)
 
 
 @dataclass(slots=True)
@@ -259,24 +263,50 @@ async def _worker(
                     return
             batch = [first]
             if run.batchable(first.item):
-                size = first.item.size
-                while True:
-                    try:
-                        nxt = work.receive_nowait()
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        break
-                    if run.batchable(nxt.item) and run.fits(batch, size, nxt.item):
-                        batch.append(nxt)
-                        size += nxt.item.size
-                        if len(batch) >= run.batch_files:
-                            break
-                    else:
-                        carry = nxt
-                        break
+                carry = await _fill_batch(run, work, batch)
             if run.stop_sending:
                 run.completion.finish(len(batch))  # not sent, not recorded: the next run sends them
                 continue
             await _send(run, batch, to_poller)
+
+
+async def _fill_batch(run: _Run, work: MemoryObjectReceiveStream[_Work], batch: list[_Work]) -> _Work | None:
+    """Add queued small files to ``batch`` until it is full; return a file that did not fit, if any.
+
+    Takes what is already queued at once; when the queue runs dry, lingers up to ``BATCH_LINGER`` for
+    more (as Kafka's ``linger.ms`` does), so a walker that is only slightly slower than the workers
+    still yields full batches. Under backpressure the queue is never dry and nobody waits.
+    """
+    size = sum(w.item.size for w in batch)
+    deadline = time.monotonic() + BATCH_LINGER
+    while len(batch) < run.batch_files:
+        nxt = await _next_within(run, work, deadline)
+        if nxt is None:
+            return None
+        if not (run.batchable(nxt.item) and run.fits(batch, size, nxt.item)):
+            return nxt
+        batch.append(nxt)
+        size += nxt.item.size
+    return None
+
+
+async def _next_within(run: _Run, work: MemoryObjectReceiveStream[_Work], deadline: float) -> _Work | None:
+    """The next queued file, waiting no later than ``deadline`` (and not at all once the walk is over)."""
+    try:
+        return work.receive_nowait()
+    except anyio.EndOfStream:
+        return None
+    except anyio.WouldBlock:
+        pass
+    remaining = deadline - time.monotonic()
+    if remaining <= 0 or run.completion.walk_over:
+        return None
+    with anyio.move_on_after(remaining):
+        try:
+            return await work.receive()
+        except anyio.EndOfStream:
+            return None
+    return None
 
 
 def _refresh(work: _Work) -> _Work | str:
@@ -434,7 +464,7 @@ async def _poll_round(
 ) -> None:
     try:
         statuses = await retrying(
-            lambda: run.target.poll([t.receipt for t in due]), run.policy, what="polling", rng=run.rng
+            lambda: run.target.poll([t.receipt for t in due]), POLL_RETRY, what="polling", rng=run.rng
         )
     except TransientError as exc:
         # The platform is unreachable for now: try these again later rather than failing them.
@@ -466,8 +496,14 @@ async def _poll_round(
         else:
             t.interval = min(t.interval * 1.5, run.config.poll_max)
             t.next_poll = now + t.interval
-    # A target that forgot a receipt must not stall the run.
-    failed.extend((t, "the platform did not report on this file") for t in due if t.item.rel_path not in seen)
+    # No news of a file this round (a transient error on its lookup): ask again later, within its deadline.
+    for t in due:
+        if t.item.rel_path not in seen:
+            if now > t.deadline:
+                failed.append((t, f"no status from the platform within {run.config.task_timeout:g}s"))
+            else:
+                t.interval = min(t.interval * 1.5, run.config.poll_max)
+                t.next_poll = now + t.interval
     if done:
         await run.manifest.mark_done([t.item.rel_path for t in done], run.run_id)
         _failpoints.failpoint("after-done")
@@ -488,33 +524,39 @@ async def _retry(
     outstanding: dict[str, _Tracked],
     resubmit: MemoryObjectSendStream[_Work],
 ) -> None:
-    run.stats.platform_retries += len(to_retry)
     for t, reason in to_retry:
         await run.manifest.note_error(t.item.rel_path, reason)
     if run.target.features.server_retry:
         try:
             receipts = await retrying(
                 lambda: run.target.retry([t.receipt for t, _ in to_retry]),
-                run.policy,
+                POLL_RETRY,
                 what="retrying failed files",
                 rng=run.rng,
             )
-        except (TransientError, PermanentError) as exc:
-            await run.fail([(t.item.rel_path, f"{reason}; retry refused: {exc}") for t, reason in to_retry])
+        except TransientError:
+            receipts = []  # nothing retried this round: the next poll finds them failed and asks again
+        except PermanentError as exc:
+            await run.fail([(t.item.rel_path, f"{reason}; retry refused: {exc.detail}") for t, reason in to_retry])
             for t, _ in to_retry:
                 outstanding.pop(t.item.rel_path, None)
             run.completion.finish(len(to_retry))
             return
+        run.stats.platform_retries += len(receipts)
         await run.manifest.mark_processing(receipts, run.run_id, retried=True)
         by_path = {r.rel_path: r for r in receipts}
         now = time.monotonic()
         for t, _ in to_retry:
-            t.receipt = by_path.get(t.item.rel_path, t.receipt)
-            t.attempts += 1
-            t.interval = run.config.poll_initial
+            t.interval = (
+                run.config.poll_initial if t.item.rel_path in by_path else min(t.interval * 1.5, run.config.poll_max)
+            )
             t.next_poll = now + t.interval
-            t.deadline = now + run.config.task_timeout
+            if t.item.rel_path in by_path:
+                t.receipt = by_path[t.item.rel_path]
+                t.attempts += 1
+                t.deadline = now + run.config.task_timeout
         return
+    run.stats.platform_retries += len(to_retry)
     # No server-side retry: send the file again. It stays admitted (counted outstanding) throughout.
     for t, _ in to_retry:
         outstanding.pop(t.item.rel_path, None)

@@ -17,8 +17,9 @@ Edge cases every implementation must honour (the conformance suite checks them):
   again from scratch on retry. It never reads a whole body into memory.
 - ``submit(dedup=True)`` must not store a second copy of a file the platform already holds (the resume
   path after a crash mid-upload). Targets without ``server_dedup`` are asked ``find_existing`` instead.
-- ``poll`` returns one ``RemoteStatus`` per receipt it knows about; an unknown receipt is ``FAILED``
-  with a reason, never silently dropped.
+- ``poll`` returns a ``RemoteStatus`` for each receipt it has news of. A receipt left out of the answer
+  (say its lookup hit a transient error while the others succeeded) is polled again later, until the
+  task timeout; a receipt the platform does not know is ``FAILED`` with a reason.
 - Errors are ``ingest.exceptions`` types: ``TransientError`` (retried by the engine),
   ``PermanentError`` (recorded), ``AuthError``/``ConfigError`` (stop the run).
 """
@@ -96,7 +97,11 @@ class Target(abc.ABC):
         """Current state of each receipt."""
 
     async def retry(self, receipts: Sequence[Receipt]) -> list[Receipt]:
-        """Ask the platform to redo failed files; returns their (possibly new) receipts."""
+        """Ask the platform to redo failed files; returns the (possibly new) receipts of those it took.
+
+        A receipt left out (a transient error on its request) is still failed on the platform; the
+        engine finds it so at the next poll and asks again.
+        """
         raise NotImplementedError(f"target {self.name} has no server-side retry")
 
     async def find_existing(self, item: FileItem) -> Receipt | None:
