@@ -164,6 +164,15 @@ def test_unreadable_file_fails_that_file_only(server: ServerProcess, tmp_path: P
     assert result.returncode == 1, result.stderr
     assert "secret.txt: permission denied" in result.stdout
     assert "3 done, 1 failed" in result.stdout
+    assert "ingest retry-failed --manifest m.db" in result.stdout
+
+    # Fixed, it goes with retry-failed, which sends only that file (secrets supplied again by env).
+    retried = run_cli(["retry-failed", "--manifest", "m.db", "--json"], env=env, cwd=tmp_path)
+    assert retried.returncode == 0, retried.stderr
+    assert (json.loads(retried.stdout)["done"], json.loads(retried.stdout)["sent_files"]) == (1, 1)
+    without_key = run_cli(["retry-failed", "--manifest", "m.db"], cwd=tmp_path)
+    assert without_key.returncode == 2
+    assert "MOI_KEY" in one_line_error(without_key)
 
 
 def test_secrets_never_reach_output_manifest_or_report(server: ServerProcess, tmp_path: Path) -> None:
