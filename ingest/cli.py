@@ -55,7 +55,9 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, with_emulators: bool = True) -> argparse.ArgumentParser:
+    """The whole command line. ``with_emulators=False`` leaves ``serve``'s platforms out, which spares
+    every other command the import of the emulators and aiohttp's server (a noticeable start-up cost)."""
     parser = _Parser(
         prog="ingest",
         description="Bulk-ingest directory trees into knowledge-base platforms, resumably.",
@@ -68,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     _add_retry(sub)
     _add_status(sub)
-    _add_serve(sub)
+    _add_serve(sub, with_emulators)
     for cls in _target_classes():
         cls.add_commands(sub)
     return parser
@@ -228,9 +230,7 @@ def _add_status(sub: Any) -> None:
     p.add_argument("--failed", action="store_true", help="list every failed file with its error")
 
 
-def _add_serve(sub: Any) -> None:
-    from ingest.emulators import emulator_specs
-
+def _add_serve(sub: Any, with_emulators: bool) -> None:
     p = sub.add_parser(
         "serve",
         help="run a local emulator of a platform's API",
@@ -239,6 +239,10 @@ def _add_serve(sub: Any) -> None:
     )
     platforms = p.add_subparsers(dest="platform", metavar="PLATFORM", parser_class=_Parser)
     platforms.required = True
+    if not with_emulators:
+        return
+    from ingest.emulators import emulator_specs
+
     for name, spec in emulator_specs().items():
         sp = platforms.add_parser(name, help=spec.help, description=spec.help)
         sp.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -451,7 +455,8 @@ COMMANDS = {"run": _cmd_run, "retry-failed": _cmd_retry, "status": _cmd_status, 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(with_emulators="serve" in argv).parse_args(argv)
     verbose = getattr(args, "verbose", 0)
     logging.basicConfig(
         level=logging.DEBUG if verbose >= 2 else logging.INFO if verbose == 1 else logging.WARNING,

@@ -155,6 +155,9 @@ class _Run:
         self.batch_file_limit = features.max_batched_file_size or self.batch_bytes
         self.stop_sending = False
         self.in_flight = 0
+        self.gathering = anyio.Lock()
+        #: A brand-new manifest has nothing to look up: skip the per-file query.
+        self.fresh_manifest = manifest.is_empty()
 
     # ----- shared helpers ------------------------------------------------------------------------
 
@@ -200,7 +203,7 @@ async def _plan(
                 run.progress.discovered(0)
                 await run.fail([(entry.rel_path, refusal)])
                 continue
-            decision = decide(run.manifest.lookup(entry.rel_path), entry)
+            decision = decide(None if run.fresh_manifest else run.manifest.lookup(entry.rel_path), entry)
             if decision is Decision.SKIP:
                 run.stats.skipped += 1
                 run.stats.skipped_bytes += entry.size
@@ -263,7 +266,10 @@ async def _worker(
                     return
             batch = [first]
             if run.batchable(first.item):
-                carry = await _fill_batch(run, work, batch)
+                # One worker gathers at a time: the others wait here instead of each grabbing a
+                # single file, so batches come out full even while the walker is just starting.
+                async with run.gathering:
+                    carry = await _fill_batch(run, work, batch)
             if run.stop_sending:
                 run.completion.finish(len(batch))  # not sent, not recorded: the next run sends them
                 continue

@@ -241,6 +241,9 @@ class Manifest:
         row = self._rconn.execute(f"SELECT {_COLUMNS} FROM files WHERE path = ?", (path,)).fetchone()
         return None if row is None else _record(row)
 
+    def is_empty(self) -> bool:
+        return self._rconn.execute("SELECT 1 FROM files LIMIT 1").fetchone() is None
+
     def counts(self) -> dict[str, int]:
         found = dict(self._rconn.execute("SELECT state, COUNT(*) FROM files GROUP BY state").fetchall())
         return {state.value: int(found.get(state.value, 0)) for state in FileState}

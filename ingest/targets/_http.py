@@ -121,6 +121,8 @@ class FileBody(AsyncIterablePayload):
                     self._on_bytes(len(chunk))
                 yield chunk
                 _failpoints.failpoint("mid-body")
+                if len(chunk) < want:
+                    break  # a buffered read comes back short only at end of file: no need to ask again
             if sent != item.size:
                 raise SourceFileError(item.rel_path, "file shrank while being sent; rerun to send it")
         finally:
