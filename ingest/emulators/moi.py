@@ -4,15 +4,22 @@ Emulated (wire names as in the MOI document and ``API-NOTES.md`` section 4):
 
 - ``POST /catalog/volume/create``, ``POST /catalog/volume/info``
 - ``POST /connectors/upload`` (multipart: ``file`` x N, ``VolumeID``, ``meta``, ``dedup``, ...)
-- ``GET /task/get``, ``GET /task/files``, ``GET /task/list``, ``POST /task/retry|pause|resume``
+- connectors: ``POST /connectors``, ``/connectors/validate``, ``GET /connectors/list``,
+  ``/connectors/files/list``, ``/connectors/summary``, ``PUT|DELETE /connectors/{id}``
+  (``moi_connectors.py``; S3/OSS buckets are read for real through ``moi_sources.py``)
+- tasks: ``POST /task`` (connector load tasks, ``moi_loadtasks.py``), ``GET /task/get``,
+  ``/task/files``, ``/task/list``, ``POST /task/retry|pause|resume|update|delete``, answering for
+  load tasks and upload tasks alike
 - test hooks without auth or faults: ``GET /_emulator/files``, ``GET /_emulator/stats``
 
 Every answer uses the MOI envelope ``{"code","msg","data","request_id"}``. Uploaded bodies are streamed
 to ``<data_dir>/.staging`` while their md5 is computed, and moved to ``<data_dir>/<volume>/<path>`` only
-once the whole request is valid. Volumes, stored files and tasks live in SQLite
-(``<data_dir>/.emulator.db``), so a restarted emulator still answers for old task ids. Task progress is
-computed from timestamps when asked: no background work, nothing to stop. One emulator per data dir is
-the intended use; a second one on the same dir is tolerated (ids and staged bodies do not collide).
+once the whole request is valid. Volumes, stored files, connectors and tasks live in SQLite
+(``<data_dir>/.emulator.db``), so a restarted emulator still answers for old task ids. Upload task
+progress is computed from timestamps when asked; load tasks are worked by one background worker per
+app, started and stopped with it. One emulator per data dir is the intended use; a second one on the
+same dir is tolerated (ids and staged bodies do not collide), except that a starting emulator restarts
+the load-task copies it finds in flight, assuming they were cut short by a stop.
 
 Status codes follow the MOI document: file 1 waiting, 2 uploading, 3 paused, 4 failed, 5 success,
 6 retrying; task 1 running, 2 pausing, 3 paused, 4 finished.
@@ -21,8 +28,8 @@ Status codes follow the MOI document: file 1 waiting, 2 uploading, 3 paused, 4 f
 from __future__ import annotations
 
 import argparse
+import asyncio
 import collections
-import enum
 import hashlib
 import hmac
 import json
@@ -35,7 +42,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +63,38 @@ from ingest.emulators._common import (
     safe_join,
 )
 from ingest.emulators._faults import Fault, FaultInjector, FaultSettings, is_test_hook
+from ingest.emulators.moi_connectors import CONNECTORS_SCHEMA, ConnectorStore, add_connector_routes
+from ingest.emulators.moi_loadtasks import (
+    LOAD_SCHEMA,
+    LOADS,
+    LoadService,
+    add_load_routes,
+    files_view,
+    load_task_json,
+    retry_ids,
+)
+from ingest.emulators.moi_wire import (
+    ALREADY_EXISTS,
+    METHOD_NOT_ALLOWED,
+    MULTIPLE_CREDENTIALS,
+    NOT_FOUND,
+    PARAM_INVALID,
+    RATE_LIMITED,
+    SERVER_ERROR,
+    UNAUTHORIZED,
+    FileStatus,
+    TaskStatus,
+)
+from ingest.emulators.moi_wire import bad as _bad
+from ingest.emulators.moi_wire import check_keys as _check_keys
+from ingest.emulators.moi_wire import error as _error
+from ingest.emulators.moi_wire import ok as _ok
+from ingest.emulators.moi_wire import query_bool as _query_bool
+from ingest.emulators.moi_wire import query_id as _query_id
+from ingest.emulators.moi_wire import query_int as _query_int
+from ingest.emulators.moi_wire import query_paging as _query_paging
+from ingest.emulators.moi_wire import required_id as _required_id
+from ingest.emulators.moi_wire import short as _short
 from ingest.filetypes import FileType, file_type_for
 
 __all__ = [
@@ -70,18 +109,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-# --- error codes (API-NOTES section 4, "Error codes") ----------------------------------------------------
-
-PARAM_INVALID = "ErrParamInvalid"
-UNAUTHORIZED = "ErrUnauthorized"
-NOT_FOUND = "ErrNotFound"
-ALREADY_EXISTS = "ErrAlreadyExists"
-MULTIPLE_CREDENTIALS = "ErrMultipleAuthCredentials"
-RATE_LIMITED = "ErrDynamicServiceRateLimit"
-SERVER_ERROR = "ErrServer"
-#: Not in the documented table; used only for a wrong HTTP method, which the real gateway answers itself.
-METHOD_NOT_ALLOWED = "ErrMethodNotAllowed"
 
 _CODE_FOR_STATUS = {
     400: PARAM_INVALID,
@@ -113,37 +140,17 @@ LOCAL_UPLOAD_CONNECTOR_TYPE = 0
 LOAD_ONCE = 4
 
 _VOLUME_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-_DECIMAL_ID_RE = re.compile(r"[0-9]{1,20}")
 _TEXT_FIELDS = frozenset(
     {"VolumeID", "meta", "dedup", "file_types", "path_regex", "unzip_keep_structure", "table_config"}
 )
 _FILE_FIELD = "file"
+#: The seed's first upload example sends its files in a part named "data", without meta: such parts
+#: are stored under their own file names.
+_DATA_FIELD = "data"
 _EMPTY_FIELD = "__empty"
 _DEDUP_KEYS = frozenset({"name", "md5"})
 _DEDUP_STRATEGIES = {"skip": "skip", "replace": "replace", "overwrite": "replace"}
 _TASK_ORDER_FIELDS = ("created_at", "updated_at", "start_at", "end_at", "id", "status")
-
-
-class FileStatus(enum.IntEnum):
-    """File load status in ``/task/files`` (MOI document table)."""
-
-    UNKNOWN = 0
-    WAITING = 1
-    UPLOADING = 2
-    PAUSED = 3
-    FAILED = 4
-    SUCCESS = 5
-    RETRYING = 6
-
-
-class TaskStatus(enum.IntEnum):
-    """Task status in ``/task/get`` and ``/task/list`` (MOI document table)."""
-
-    UNKNOWN = 0
-    RUNNING = 1
-    PAUSING = 2
-    PAUSED = 3
-    FINISHED = 4
 
 
 # --- configuration ----------------------------------------------------------------------------------------
@@ -172,6 +179,11 @@ class MoiEmulatorConfig:
     max_files_per_request: int = 20
     #: Bytes per file; ``None`` = no limit, as in the seed document (MOI 5.0 documents 200 MiB).
     max_file_size: int | None = None
+    #: How much faster than real time periodic load tasks come round: 60 makes an "hourly" task run
+    #: every minute. Only the schedule is sped up; copies take the time they take.
+    clock_speed: float = 1.0
+    #: Files load tasks copy at the same time, over all tasks.
+    load_concurrency: int = 4
 
     def problems(self) -> list[str]:
         """Every invalid setting, one sentence each (empty when the config is usable)."""
@@ -187,6 +199,10 @@ class MoiEmulatorConfig:
         )
         if self.rate_limit is not None and not self.rate_limit > 0:
             found.append(f"rate_limit must be positive, got {self.rate_limit}")
+        if not self.clock_speed > 0:
+            found.append(f"clock_speed must be positive, got {self.clock_speed}")
+        if self.load_concurrency < 1:
+            found.append(f"load_concurrency must be at least 1, got {self.load_concurrency}")
         if self.max_files_per_request < 1 or (self.max_file_size is not None and self.max_file_size < 1):
             found.append("max_files_per_request and max_file_size must be at least 1")
         found.extend(
@@ -333,7 +349,7 @@ class _Store:
         self._db = sqlite3.connect(data_dir / ".emulator.db", isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        self._db.executescript(_SCHEMA + CONNECTORS_SCHEMA + LOAD_SCHEMA)
         self.ids = SnowflakeIds(floor=self._largest_id())
         # Task fates are drawn under the lock, so the sequence is reproducible for sequential requests.
         self._rng = random.Random(None if seed is None else f"moi-tasks-{seed}")
@@ -353,13 +369,25 @@ class _Store:
                 raise
             self._db.execute("COMMIT")
 
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        """One write transaction under the store's lock (for the connector and load-task parts)."""
+        return self._transaction()
+
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """The database, for reads, under the store's lock."""
+        with self._lock:
+            yield self._db
+
     def _largest_id(self) -> int:
         row = self._db.execute(
             "SELECT MAX(v) FROM ("
             " SELECT MAX(CAST(id AS INTEGER)) AS v FROM tasks"
             " UNION ALL SELECT MAX(CAST(file_id AS INTEGER)) FROM task_files"
             " UNION ALL SELECT MAX(CAST(file_id AS INTEGER)) FROM stored_files"
-            " UNION ALL SELECT MAX(CAST(id AS INTEGER)) FROM volumes)"
+            " UNION ALL SELECT MAX(CAST(id AS INTEGER)) FROM volumes"
+            " UNION ALL SELECT MAX(CAST(id AS INTEGER)) FROM load_tasks"
+            " UNION ALL SELECT MAX(CAST(file_id AS INTEGER)) FROM load_files)"
         ).fetchone()
         return int(row[0] or 0)
 
@@ -392,6 +420,62 @@ class _Store:
         with self._lock:
             row = self._db.execute("SELECT * FROM volumes WHERE id = ?", (volume_id,)).fetchone()
         return None if row is None else _Volume(*row)
+
+    def volume_name(self, volume_id: str) -> str | None:
+        volume = self.volume(volume_id)
+        return None if volume is None else volume.name
+
+    # files loaded by connector load tasks
+
+    def store_loaded_file(
+        self,
+        volume_id: str,
+        dest: str,
+        staged: Path,
+        size: int,
+        md5: str,
+        file_id: str,
+        also: Callable[[sqlite3.Connection], None] | None = None,
+    ) -> None:
+        """Move a copied object into the volume and record it, as an upload would (a re-load replaces it).
+
+        ``also`` runs in the same transaction: the load task records the file's success with it, so a
+        stop between the two can never make a restarted emulator copy the file a second time.
+        """
+        now = now_ms()
+        with self._transaction() as db:
+            if db.execute("SELECT 1 FROM volumes WHERE id = ?", (volume_id,)).fetchone() is None:
+                raise ApiError(404, NOT_FOUND, f"volume {volume_id} no longer exists")
+            self._check_conflicts(db, volume_id, [dest])
+            self._move_into_place(volume_id, _IncomingFile(dest, staged, size, md5))
+            db.execute(
+                "INSERT INTO stored_files VALUES (?, ?, ?, ?, ?, 1, ?, ?)"
+                " ON CONFLICT (volume_id, path) DO UPDATE SET file_id = excluded.file_id,"
+                " size = excluded.size, md5 = excluded.md5, uploads = uploads + 1,"
+                " updated_ms = excluded.updated_ms",
+                (volume_id, dest, file_id, size, md5, now, now),
+            )
+            if also is not None:
+                also(db)
+
+    def has_stored_file(self, volume_id: str, dest: str) -> bool:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM stored_files WHERE volume_id = ? AND path = ?", (volume_id, dest)
+            ).fetchone()
+        return row is not None and (self.data_dir / volume_id / dest).is_file()
+
+    def upload_task_exists(self, task_id: str) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM tasks WHERE id = ?", (task_id,)).fetchone() is not None
+
+    def delete_upload_task(self, task_id: str) -> None:
+        """Forget an upload task and its file list; the stored files stay in the volume."""
+        with self._transaction() as db:
+            if db.execute("SELECT 1 FROM tasks WHERE id = ?", (task_id,)).fetchone() is None:
+                raise ApiError(404, NOT_FOUND, f"task {task_id} not found")
+            db.execute("DELETE FROM task_files WHERE task_id = ?", (task_id,))
+            db.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
 
     # uploads
 
@@ -767,25 +851,6 @@ def _state(request: web.Request) -> MoiState:
 # --- envelope ---------------------------------------------------------------------------------------------
 
 
-def _request_id(request: web.Request) -> str:
-    """The caller's ``X-Request-ID`` when it is a sane token, else a fresh uuid."""
-    given = request.headers.get("X-Request-ID", "")
-    if 0 < len(given) <= 128 and given.isascii() and given.isprintable():
-        return given
-    return str(uuid.uuid4())
-
-
-def _ok(request: web.Request, data: Any) -> web.Response:
-    return json_response({"code": "OK", "msg": "OK", "data": data, "request_id": _request_id(request)})
-
-
-def _error(
-    request: web.Request, status: int, code: str, msg: str, headers: Mapping[str, str] | None = None
-) -> web.Response:
-    body = {"code": code, "msg": msg, "data": None, "request_id": _request_id(request)}
-    return json_response(body, status=status, headers=headers)
-
-
 def _fault_response(request: web.Request, fault: Fault) -> web.StreamResponse:
     if fault is Fault.RATE_LIMITED:
         return _error(request, 429, RATE_LIMITED, "rate limit exceeded; retry after the Retry-After delay")
@@ -855,77 +920,6 @@ async def _authenticate(request: web.Request, handler: Handler) -> web.StreamRes
     return await handler(request)
 
 
-# --- request parsing helpers ------------------------------------------------------------------------------
-
-
-def _bad(msg: str) -> ApiError:
-    return ApiError(400, PARAM_INVALID, msg)
-
-
-def _short(value: str, limit: int = 64) -> str:
-    """A client-supplied value, shortened for an error message."""
-    return value if len(value) <= limit else value[:limit] + "…"
-
-
-def _check_keys(body: Mapping[str, Any], allowed: set[str], where: str = "request body") -> None:
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise _bad(f"{where} has unknown field {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
-
-
-def _id_value(value: Any, name: str) -> str:
-    """An id given as a decimal string or a JSON integer (the Go SDK sends int64)."""
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise _bad(f"{name} must be a decimal id string")
-    text = str(value).strip()
-    if not _DECIMAL_ID_RE.fullmatch(text):
-        raise _bad(f"{name} must be a decimal id, got {_short(text)!r}")
-    return text
-
-
-def _required_id(body: Mapping[str, Any], name: str) -> str:
-    if name not in body or body[name] in (None, ""):
-        raise _bad(f"{name} is required")
-    return _id_value(body[name], name)
-
-
-def _query_id(request: web.Request, name: str) -> str:
-    value = request.query.get(name)
-    if value is None or not value.strip():
-        raise _bad(f"query parameter {name} is required")
-    return _id_value(value, name)
-
-
-def _query_int(request: web.Request, name: str, default: int | None, low: int, high: int) -> int | None:
-    raw = request.query.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise _bad(f"query parameter {name} must be an integer, got {_short(raw)!r}") from None
-    if not low <= value <= high:
-        raise _bad(f"query parameter {name} must be between {low} and {high}, got {value}")
-    return value
-
-
-def _query_paging(request: web.Request) -> tuple[int, int]:
-    page = _query_int(request, "page", 1, 1, 1_000_000)
-    page_size = _query_int(request, "page_size", 10, 1, 1000)
-    assert page is not None
-    assert page_size is not None
-    return page, page_size
-
-
-def _query_bool(request: web.Request, name: str) -> bool:
-    raw = request.query.get(name, "").strip().lower()
-    if raw in ("", "false", "0"):
-        return False
-    if raw in ("true", "1"):
-        return True
-    raise _bad(f"query parameter {name} must be true or false, got {_short(raw)!r}")
-
-
 # --- volumes ----------------------------------------------------------------------------------------------
 
 
@@ -989,6 +983,8 @@ class _StagedPart:
     path: Path
     size: int
     md5: str
+    field: str = _FILE_FIELD
+    filename: str = ""
 
 
 @dataclass
@@ -1015,7 +1011,7 @@ async def _receive_form(request: web.Request, state: MoiState, staged: list[Path
 
 async def _receive_part(part: BodyPartReader, form: _Form, state: MoiState, staged: list[Path]) -> None:
     name = part.name
-    if name == _FILE_FIELD:
+    if name in (_FILE_FIELD, _DATA_FIELD):
         if len(form.files) >= state.config.max_files_per_request:
             raise _bad(f"too many files: at most {state.config.max_files_per_request} per request")
         form.files.append(await _stage_file(part, len(form.files), state, staged))
@@ -1026,7 +1022,7 @@ async def _receive_part(part: BodyPartReader, form: _Form, state: MoiState, stag
             raise _bad(f"form field {name} is given twice")
         form.fields[name] = await _read_text(part, name)
     else:
-        known = ", ".join(sorted({*_TEXT_FIELDS, _FILE_FIELD}))
+        known = ", ".join(sorted({*_TEXT_FIELDS, _FILE_FIELD, _DATA_FIELD}))
         raise _bad(f"unknown form field {_short(name or '')!r}; expected one of: {known}")
 
 
@@ -1061,7 +1057,7 @@ async def _stage_file(part: BodyPartReader, index: int, state: MoiState, staged:
                 buffer.clear()
         if buffer:
             await out.write(bytes(buffer))
-    return _StagedPart(path, size, digest.hexdigest())
+    return _StagedPart(path, size, digest.hexdigest(), part.name or _FILE_FIELD, part.filename or "")
 
 
 def _discard(paths: list[Path]) -> None:
@@ -1109,6 +1105,14 @@ def _parse_meta(fields: Mapping[str, str], file_count: int) -> list[_MetaEntry]:
             raise _bad(f"meta[{index}]: {entry.dest!r} is also the destination of meta[{seen[entry.dest]}]")
         seen[entry.dest] = index
     return entries
+
+
+def _data_part_entry(index: int, part: _StagedPart) -> _MetaEntry:
+    """A ``data`` part without meta goes to the volume under its own file name."""
+    problem = relative_path_problem(part.filename) if part.filename else "is missing"
+    if problem is not None:
+        raise _bad(f"data part {index}: the file name {_short(part.filename)!r} {problem}; send meta instead")
+    return _MetaEntry(part.filename, part.filename, None)
 
 
 def _parse_meta_entry(index: int, entry: Any) -> _MetaEntry:
@@ -1230,7 +1234,10 @@ async def _accept_upload(request: web.Request, state: MoiState, form: _Form) -> 
     volume = await anyio.to_thread.run_sync(state.store.volume, volume_id)
     if volume is None:
         raise ApiError(404, NOT_FOUND, f"volume {_short(volume_id)} not found")
-    entries = _parse_meta(fields, len(form.files))
+    if "meta" not in fields and form.files and all(p.field == _DATA_FIELD for p in form.files):
+        entries = [_data_part_entry(index, part) for index, part in enumerate(form.files)]
+    else:
+        entries = _parse_meta(fields, len(form.files))
     for index, (entry, part) in enumerate(zip(entries, form.files, strict=True)):
         if entry.declared_size is not None and entry.declared_size != part.size:
             raise _bad(
@@ -1283,6 +1290,9 @@ def _upload_data(task_id: str, results: list[_FileResult]) -> dict[str, Any]:
 
 async def get_task(request: web.Request) -> web.Response:
     task_id = _query_id(request, "task_id")
+    load = await anyio.to_thread.run_sync(request.app[LOADS].loads.task, task_id)
+    if load is not None:
+        return _ok(request, {"task": load_task_json(load)})
     task = await anyio.to_thread.run_sync(_state(request).store.task, task_id)
     if task is None:
         # As the real service does (API-NOTES): an unknown task is an ErrServer inside HTTP 200.
@@ -1294,6 +1304,9 @@ async def task_files(request: web.Request) -> web.Response:
     task_id = _query_id(request, "task_id")
     wanted = _query_int(request, "status", None, 0, max(FileStatus))
     page, page_size = _query_paging(request)
+    load = await anyio.to_thread.run_sync(request.app[LOADS].loads.task, task_id)
+    if load is not None:
+        return _ok(request, files_view(load, wanted, page, page_size))
     task = await anyio.to_thread.run_sync(_state(request).store.task, task_id)
     if task is None:
         raise ApiError(404, NOT_FOUND, f"task {task_id} not found")
@@ -1336,10 +1349,15 @@ async def list_tasks(request: web.Request) -> web.Response:
         raise _bad(f"query parameter order_by must be one of: {', '.join(_TASK_ORDER_FIELDS)}")
     intervals = _load_interval_types(request)
     tasks = await anyio.to_thread.run_sync(_state(request).store.tasks)
+    loads = await anyio.to_thread.run_sync(request.app[LOADS].loads.tasks)
     now = now_ms()
-    views = [_task_json(task, now) for task in tasks]
-    if intervals is not None and LOAD_ONCE not in intervals:
-        views = []
+    views = [_task_json(task, now) for task in tasks] + [load_task_json(load) for load in loads]
+    if intervals is not None:
+        views = [
+            v
+            for v in views
+            if v["source_config"]["common_file_task_config"]["load_mode_config"]["load_interval_type"] in intervals
+        ]
     views = [v for v in views if wanted is None or v["status"] == wanted]
     # Ids are snowflakes: ordering them numerically is ordering by creation, the natural tie-breaker.
     views.sort(key=lambda v: (int(v[order_by]), int(v["id"])), reverse=descending)
@@ -1349,33 +1367,41 @@ async def list_tasks(request: web.Request) -> web.Response:
 async def retry_task(request: web.Request) -> web.Response:
     body = await read_json_object(request, code=PARAM_INVALID)
     _check_keys(body, {"task_id", "ids"})
-    task_id = _required_id(body, "task_id")
-    ids = body.get("ids")
-    if not isinstance(ids, list) or not ids:
-        raise _bad("ids is required: a non-empty array of failed file ids")
-    file_ids = [_id_value(value, f"ids[{index}]") for index, value in enumerate(ids)]
+    task_id, file_ids = retry_ids(body)
     state = _state(request)
+    service = request.app[LOADS]
+    if await anyio.to_thread.run_sync(service.loads.knows, task_id):
+        await anyio.to_thread.run_sync(service.loads.retry, task_id, file_ids)
+        service.wake()
+        return _ok(request, None)
     await anyio.to_thread.run_sync(
         lambda: state.store.retry(task_id, file_ids, delay_ms=state.task_delay_ms, fail_rate=state.task_fail_rate)
     )
     return _ok(request, None)
 
 
-async def _task_action(request: web.Request, action: Callable[[_Store, str], None]) -> web.Response:
+async def _task_action(
+    request: web.Request, action: Callable[[_Store, str], None], load_action: Callable[[str], None]
+) -> web.Response:
     body = await read_json_object(request, code=PARAM_INVALID)
     _check_keys(body, {"task_id"})
     task_id = _required_id(body, "task_id")
+    service = request.app[LOADS]
+    if await anyio.to_thread.run_sync(service.loads.knows, task_id):
+        await anyio.to_thread.run_sync(load_action, task_id)
+        service.wake()
+        return _ok(request, None)
     store = _state(request).store
     await anyio.to_thread.run_sync(action, store, task_id)
     return _ok(request, None)
 
 
 async def pause_task(request: web.Request) -> web.Response:
-    return await _task_action(request, _Store.pause)
+    return await _task_action(request, _Store.pause, request.app[LOADS].loads.pause)
 
 
 async def resume_task(request: web.Request) -> web.Response:
-    return await _task_action(request, _Store.resume)
+    return await _task_action(request, _Store.resume, request.app[LOADS].loads.resume)
 
 
 # --- test hooks -------------------------------------------------------------------------------------------
@@ -1404,7 +1430,15 @@ async def _open_store(app: web.Application) -> AsyncIterator[None]:
     try:
         await anyio.to_thread.run_sync(store.ensure_volumes, state.config.volumes)
         state._store = store
-        yield
+        # The load worker lives as long as the app. aiohttp's cleanup context is an async generator, which an
+        # anyio task group must not span, so the worker is a plain asyncio task, cancelled and awaited below.
+        worker = asyncio.get_running_loop().create_task(app[LOADS].run())
+        try:
+            yield
+        finally:
+            worker.cancel()
+            with anyio.CancelScope(shield=True), suppress(asyncio.CancelledError):
+                await worker
     finally:
         state._store = None
         with anyio.CancelScope(shield=True):
@@ -1426,6 +1460,16 @@ def create_moi_app(config: MoiEmulatorConfig) -> web.Application:
     state = MoiState(config, config.task_delay_ms, config.task_fail_rate, faults)
     app = web.Application(middlewares=[_count_requests, _envelope_errors, faults.middleware, _authenticate])
     app[MOI_STATE] = state
+    connectors = ConnectorStore(state)
+    add_connector_routes(app, connectors)
+    loads = LoadService(
+        state,
+        connectors,
+        clock_speed=config.clock_speed,
+        concurrency=config.load_concurrency,
+        seed=config.seed,
+    )
+    add_load_routes(app, loads)
     app.cleanup_ctx.append(_open_store)
     app.router.add_post("/catalog/volume/create", create_volume)
     app.router.add_post("/catalog/volume/info", volume_info)
@@ -1547,6 +1591,15 @@ def add_moi_arguments(parser: argparse.ArgumentParser) -> None:
         help="files accepted in one upload request (default: 20, as MOI 5.0 documents)",
     )  # fmt: skip
     parser.add_argument(
+        "--clock-speed", type=_positive_float, default=1.0, metavar="F",
+        help="run periodic load tasks F times faster than real time, e.g. 3600 makes 'hourly' every second"
+        " (default: 1)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--load-concurrency", type=_positive_int, default=4, metavar="N",
+        help="files connector load tasks copy at the same time (default: 4)",
+    )  # fmt: skip
+    parser.add_argument(
         "--seed", type=int, default=None, metavar="N",
         help="seed for the fault and failure draws, for reproducible runs",
     )  # fmt: skip
@@ -1567,5 +1620,7 @@ def build_moi_app(args: argparse.Namespace) -> web.Application:
         seed=args.seed,
         max_file_size=args.max_file_size,
         max_files_per_request=args.max_files_per_request,
+        clock_speed=args.clock_speed,
+        load_concurrency=args.load_concurrency,
     )
     return create_moi_app(config)
