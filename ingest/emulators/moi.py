@@ -1045,7 +1045,8 @@ async def _stage_file(part: BodyPartReader, index: int, state: MoiState, staged:
     digest = hashlib.md5(usedforsecurity=False)
     size = 0
     buffer = bytearray()
-    async with aiofiles.open(path, "wb") as out:
+    out: Any = None  # opened at the first full buffer: a small part is written in one thread hop
+    try:
         while chunk := await part.read_chunk(READ_CHUNK):
             size += len(chunk)
             if state.config.max_file_size is not None and size > state.config.max_file_size:
@@ -1053,10 +1054,17 @@ async def _stage_file(part: BodyPartReader, index: int, state: MoiState, staged:
             digest.update(chunk)
             buffer += chunk
             if len(buffer) >= WRITE_BUFFER:
+                if out is None:
+                    out = await aiofiles.open(path, "wb")
                 await out.write(bytes(buffer))
                 buffer.clear()
-        if buffer:
+        if out is None:
+            await anyio.to_thread.run_sync(path.write_bytes, bytes(buffer))
+        elif buffer:
             await out.write(bytes(buffer))
+    finally:
+        if out is not None:
+            await out.close()
     return _StagedPart(path, size, digest.hexdigest(), part.name or _FILE_FIELD, part.filename or "")
 
 
