@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 # Tests must never touch a real platform or the user's own ingest state.
-os.environ.pop("MOI_KEY", None)
+for _secret in ("MOI_KEY", "KEYUE_TOKEN", "VOLC_ACCESSKEY", "VOLC_SECRETKEY"):
+    os.environ.pop(_secret, None)
 
 
 @pytest.fixture

@@ -98,7 +98,7 @@ def test_sigint_exits_130_with_a_consistent_manifest(harness: Any, tmp_path: Pat
         proc = subprocess.Popen(
             [sys.executable, "-m", "ingest", *args], cwd=tmp_path, env=full_env, stderr=subprocess.PIPE, text=True
         )
-        time.sleep(1.5)
+        wait_for_progress(tmp_path / "m.db", proc, done=2)  # mid-run whatever the machine's load
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
         assert proc.returncode == 130, err
