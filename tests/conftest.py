@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 
 # Tests must never touch a real platform or the user's own ingest state.
-for _secret in ("MOI_KEY", "KEYUE_TOKEN", "VOLC_ACCESSKEY", "VOLC_SECRETKEY"):
+SECRET_ENV = (
+    "MOI_KEY",
+    "KEYUE_TOKEN",
+    "VOLC_ACCESSKEY",
+    "VOLC_SECRETKEY",
+    "VOLC_STAGING_ACCESSKEY",
+    "VOLC_STAGING_SECRETKEY",
+)
+for _secret in SECRET_ENV:
     os.environ.pop(_secret, None)
 
 

@@ -7,10 +7,12 @@ in ``HARNESSES``; a new target joins them by adding its harness here, in the man
 
 from __future__ import annotations
 
+import atexit
 import os
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -20,7 +22,10 @@ from typing import Any, Protocol
 import aiohttp
 from pydantic import SecretStr
 
+from ingest.targets.keyue_config import KeyueTargetConfig
 from ingest.targets.moi import MoiTargetConfig
+from ingest.targets.viking_config import VikingTargetConfig
+from tests.conftest import SECRET_ENV
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,10 @@ class StoredFile:
     uploads: int
 
 
+#: The config field holding each target's secret, for the wrong-credentials checks.
+SECRET_FIELD = {"moi": "api_key", "keyue": "token", "viking": "secret_key"}
+
+
 class Deployment(Protocol):
     """A running emulator, seen from a test."""
 
@@ -51,12 +60,18 @@ class Deployment(Protocol):
     env: dict[str, str]
 
     async def stored(self) -> dict[str, StoredFile]: ...
+    def with_wrong_credentials(self, secret: str) -> Any:
+        """The target config with its secret replaced by ``secret``."""
+        ...
+
     async def request_counts(self) -> dict[str, int]: ...
     def set_faults(self, **changes: Any) -> None: ...
 
 
 @dataclass
 class MoiDeployment:
+    """A running MOI emulator (see ``Deployment``)."""
+
     url: str
     app: Any
     volume_id: str
@@ -72,6 +87,9 @@ class MoiDeployment:
         )
         self.cli_flags = ["--target", "moi", "--endpoint", self.url, "--volume-id", self.volume_id]
         self.env = {"MOI_KEY": self.api_key}
+
+    def with_wrong_credentials(self, secret: str) -> Any:
+        return self.target_config.model_copy(update={SECRET_FIELD[self.target_config.type]: SecretStr(secret)})
 
     async def _get(self, path: str) -> Any:
         async with aiohttp.ClientSession() as s, s.get(self.url + path) as r:
@@ -141,7 +159,282 @@ class MoiHarness:
 
 
 MOI = MoiHarness()
-HARNESSES = [MOI]
+
+
+@dataclass
+class KeyueDeployment:
+    url: str
+    app: Any
+    harness: KeyueHarness
+    target_config: KeyueTargetConfig = field(init=False)
+    cli_flags: list[str] = field(init=False)
+    env: dict[str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        h = self.harness
+        self.target_config = KeyueTargetConfig(
+            endpoint=self.url, token=SecretStr(h.token), uid=h.uid, username=h.username, dir_id="0", mirror_dirs=True
+        )
+        self.cli_flags, self.env = h.cli(self.url)
+
+    def with_wrong_credentials(self, secret: str) -> Any:
+        return self.target_config.model_copy(update={SECRET_FIELD[self.target_config.type]: SecretStr(secret)})
+
+    async def _get(self, path: str) -> Any:
+        async with aiohttp.ClientSession() as s, s.get(self.url + path) as r:
+            r.raise_for_status()
+            return await r.json()
+
+    async def stored(self) -> dict[str, StoredFile]:
+        """Documents by directory path + name, below the default directory (the destination)."""
+        return {
+            f["path"]: StoredFile(f["path"], f["size"], f["md5"], f["uploads"])
+            for f in await self._get("/_emulator/files")
+        }
+
+    async def request_counts(self) -> dict[str, int]:
+        return dict((await self._get("/_emulator/stats"))["requests"])
+
+    def set_faults(self, **changes: Any) -> None:
+        from ingest.emulators.keyue import KEYUE_STATE
+
+        state = self.app[KEYUE_STATE]
+        for key, value in changes.items():
+            if key == "task_fail_rate":
+                state.fail_rate = value
+            elif key == "task_delay_ms":
+                state.learn_delay_ms = value
+            else:
+                setattr(state.faults.settings, key, value)
+
+
+class KeyueHarness:
+    """Keyue with ``--mirror-dirs``: documents keep their folders, so stored paths match the source
+    tree (without it, every file lands in one directory and equal names in different folders collide).
+    Learning takes ``task_delay_ms``, then enhancement half as long (learnStatus 2 is waited out)."""
+
+    name = "keyue"
+    token = "test-token"
+    uid = "u1"
+    username = "alice"
+
+    @asynccontextmanager
+    async def start(
+        self, data_dir: Path, faults: Faults = Faults(), *, seed: int | None = 7
+    ) -> AsyncIterator[KeyueDeployment]:
+        from ingest.emulators._server import serve_in_background
+        from ingest.emulators.keyue import KeyueEmulatorConfig, create_keyue_app
+
+        app = create_keyue_app(
+            KeyueEmulatorConfig(
+                data_dir=data_dir,
+                token=self.token,
+                learn_delay_ms=faults.task_delay_ms,
+                enhance_delay_ms=faults.task_delay_ms // 2,
+                fail_rate=faults.task_fail_rate,
+                latency_ms=faults.latency_ms,
+                error_rate=faults.error_rate,
+                rate_limit=faults.rate_limit,
+                reset_rate=faults.reset_rate,
+                seed=seed,
+            )
+        )
+        async with serve_in_background(app) as url:
+            yield KeyueDeployment(url, app, self)
+
+    def serve_command(self, data_dir: Path, faults: Faults = Faults()) -> list[str]:
+        """``ingest serve keyue`` on a free port, for tests that kill the client process."""
+        return [
+            sys.executable, "-m", "ingest", "serve", "keyue", "--port", "0", "--data-dir", str(data_dir),
+            "--token", self.token, "--learn-delay-ms", str(faults.task_delay_ms),
+            "--enhance-delay-ms", str(faults.task_delay_ms // 2), "--latency-ms", str(faults.latency_ms),
+        ]  # fmt: skip
+
+    def cli(self, url: str) -> tuple[list[str], dict[str, str]]:
+        flags = ["--target", "keyue", "--endpoint", url, "--uid", self.uid, "--username", self.username]
+        return [*flags, "--dir-id", "0", "--mirror-dirs"], {"KEYUE_TOKEN": self.token}
+
+
+KEYUE = KeyueHarness()
+
+
+class MotoS3:
+    """One moto S3 server (``moto.server.ThreadedMotoServer``) on loopback for the whole test session,
+    with the staging bucket, started on first use and stopped at exit.
+
+    It runs in its own process: moto is pure Python, and sharing the test process's GIL with the engine
+    and the emulator would slow every test that stages files. It outlives every client and emulator
+    process a test starts (crash tests kill clients; staged objects must survive), and it stops when
+    the test process ends even if that one is killed (it exits when its stdin closes).
+    """
+
+    bucket = "ingest-stage"
+    region = "cn-beijing"
+    _SERVER = (
+        "import logging, sys\n"
+        "import moto.backends\n"
+        "from moto.server import ThreadedMotoServer\n"
+        "logging.getLogger('werkzeug').setLevel(logging.WARNING)\n"
+        # moto lists its own package folder on every request (half its time per request); list it once.
+        "modules = tuple(moto.backends.list_of_moto_modules())\n"
+        "moto.backends.list_of_moto_modules = lambda: modules\n"
+        "server = ThreadedMotoServer(ip_address='127.0.0.1', port=0, verbose=False)\n"
+        "server.start()\n"
+        "print('http://%s:%d' % server.get_host_and_port(), flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._url: str | None = None
+
+    def url(self) -> str:
+        with self._lock:
+            if self._url is None:
+                import boto3
+
+                proc = subprocess.Popen(
+                    [sys.executable, "-c", self._SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+                )
+                assert proc.stdout is not None
+                url = proc.stdout.readline().strip()
+                if not url.startswith("http://"):
+                    proc.kill()
+                    raise RuntimeError(f"moto did not start: {url!r}")
+                atexit.register(_stop, proc)
+                s3 = boto3.client(
+                    "s3", endpoint_url=url, region_name=self.region, aws_access_key_id="x", aws_secret_access_key="x"
+                )
+                s3.create_bucket(Bucket=self.bucket, CreateBucketConfiguration={"LocationConstraint": self.region})
+                self._url = url
+            return self._url
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    for stream in (proc.stdin, proc.stdout):
+        if stream is not None:
+            stream.close()
+
+
+MOTO = MotoS3()
+
+
+@dataclass
+class VikingDeployment:
+    url: str
+    app: Any
+    harness: VikingHarness
+    target_config: VikingTargetConfig = field(init=False)
+    cli_flags: list[str] = field(init=False)
+    env: dict[str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        h = self.harness
+        self.target_config = VikingTargetConfig(
+            endpoint=self.url,
+            region=MOTO.region,
+            access_key=SecretStr(h.access_key),
+            secret_key=SecretStr(h.secret_key),
+            collection_name=h.collection,
+            staging={"endpoint": MOTO.url(), "bucket": MOTO.bucket},
+        )
+        self.cli_flags, self.env = h.cli(self.url)
+
+    def with_wrong_credentials(self, secret: str) -> Any:
+        return self.target_config.model_copy(update={SECRET_FIELD[self.target_config.type]: SecretStr(secret)})
+
+    async def _get(self, path: str) -> Any:
+        async with aiohttp.ClientSession() as s, s.get(self.url + path) as r:
+            r.raise_for_status()
+            return await r.json()
+
+    async def stored(self) -> dict[str, StoredFile]:
+        """Documents of the knowledge base by the source path the client recorded on the staged object."""
+        return {
+            f["path"]: StoredFile(f["path"], f["size"], f["md5"], f["uploads"])
+            for f in await self._get("/_emulator/files")
+            if f["collection"] == self.harness.collection
+        }
+
+    async def request_counts(self) -> dict[str, int]:
+        return dict((await self._get("/_emulator/stats"))["requests"])
+
+    def set_faults(self, **changes: Any) -> None:
+        from ingest.emulators.viking import VIKING_STATE
+
+        state = self.app[VIKING_STATE]
+        for key, value in changes.items():
+            if key == "task_fail_rate":
+                state.fail_rate = value
+            elif key == "task_delay_ms":
+                state.process_delay_ms = value
+            else:
+                setattr(state.faults.settings, key, value)
+
+
+class VikingHarness:
+    """VikingDB: files are staged in a moto S3 server (``MOTO``), which the emulator reads by tos_path.
+    ``task_fail_rate`` makes documents end with process_status 1; the engine adds them again."""
+
+    name = "viking"
+    access_key = "AKLTtestaccesskey"
+    secret_key = "test-secret-key"
+    collection = "kb1"
+
+    @asynccontextmanager
+    async def start(
+        self, data_dir: Path, faults: Faults = Faults(), *, seed: int | None = 7
+    ) -> AsyncIterator[VikingDeployment]:
+        import anyio
+
+        from ingest.emulators._server import serve_in_background
+        from ingest.emulators.viking import VikingEmulatorConfig, create_viking_app
+
+        s3_url = await anyio.to_thread.run_sync(MOTO.url)
+        app = create_viking_app(
+            VikingEmulatorConfig(
+                data_dir=data_dir,
+                access_key=self.access_key,
+                secret_key=self.secret_key,
+                collections=(self.collection,),
+                tos_endpoint=s3_url,
+                process_delay_ms=faults.task_delay_ms,
+                fail_rate=faults.task_fail_rate,
+                latency_ms=faults.latency_ms,
+                error_rate=faults.error_rate,
+                rate_limit=faults.rate_limit,
+                reset_rate=faults.reset_rate,
+                seed=seed,
+            )
+        )
+        async with serve_in_background(app) as url:
+            yield VikingDeployment(url, app, self)
+
+    def serve_command(self, data_dir: Path, faults: Faults = Faults()) -> list[str]:
+        """``ingest serve viking`` on a free port, reading staged files from the shared moto server."""
+        return [
+            sys.executable, "-m", "ingest", "serve", "viking", "--port", "0", "--data-dir", str(data_dir),
+            "--access-key", self.access_key, "--secret-key", self.secret_key, "--collection", self.collection,
+            "--tos-endpoint", MOTO.url(), "--process-delay-ms", str(faults.task_delay_ms),
+            "--latency-ms", str(faults.latency_ms),
+        ]  # fmt: skip
+
+    def cli(self, url: str) -> tuple[list[str], dict[str, str]]:
+        flags = [
+            "--target", "viking", "--endpoint", url, "--region", MOTO.region, "--collection", self.collection,
+            "--staging-endpoint", MOTO.url(), "--staging-bucket", MOTO.bucket,
+        ]  # fmt: skip
+        return flags, {"VOLC_ACCESSKEY": self.access_key, "VOLC_SECRETKEY": self.secret_key}
+
+
+VIKING = VikingHarness()
+HARNESSES = [MOI, KEYUE, VIKING]
 
 
 class ServerProcess:
@@ -180,7 +473,7 @@ def run_cli(
     args: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
     """``python -m ingest ARGS`` in a subprocess, with a clean environment plus ``env``."""
-    full_env = {k: v for k, v in os.environ.items() if k not in ("MOI_KEY", "INGEST_FAILPOINT")}
+    full_env = {k: v for k, v in os.environ.items() if k not in (*SECRET_ENV, "INGEST_FAILPOINT")}
     full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "ingest", *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout

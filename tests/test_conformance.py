@@ -129,7 +129,7 @@ async def test_wrong_credentials_stop_the_run_with_a_clear_error(harness: Any, t
     """A rejected key is a configuration error naming what to fix, and it is never echoed."""
     make_tree(tmp_path / "src", 3)
     async with harness.start(tmp_path / "data") as dep:
-        bad = dep.target_config.model_copy(update={"api_key": ingest.config.SecretStr("wrong-secret-123")})
+        bad = dep.with_wrong_credentials("wrong-secret-123")
         config = config_for(dep, tmp_path / "src", tmp_path / "m.db").model_copy(update={"target": bad})
         with pytest.raises(ingest.AuthError) as err:
             await ingest.run(config)

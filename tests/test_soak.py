@@ -36,6 +36,7 @@ def many_files(root: Path, count: int, seed: int = 1) -> dict[str, int]:
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(3600)  # full scale takes minutes on 2 cores; CI's reduced scale takes seconds
 @pytest.mark.anyio
 @pytest.mark.parametrize("harness", HARNESSES, ids=lambda h: h.name)
 async def test_every_fault_at_once(harness: Any, tmp_path: Path) -> None:
@@ -61,6 +62,7 @@ async def test_every_fault_at_once(harness: Any, tmp_path: Path) -> None:
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(3600)
 @pytest.mark.parametrize("harness", HARNESSES, ids=lambda h: h.name)
 def test_repeated_crashes_converge(harness: Any, tmp_path: Path) -> None:
     """Killed again and again at random instants, reruns still end with every file stored once."""

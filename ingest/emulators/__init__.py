@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from ingest.emulators import moi
+from ingest.emulators import keyue, moi, viking
 from ingest.emulators._server import serve_forever, serve_in_background
 
 __all__ = ["EmulatorSpec", "emulator_specs", "serve_forever", "serve_in_background"]
@@ -46,6 +46,18 @@ def emulator_specs() -> dict[str, EmulatorSpec]:
             help="MatrixOne Intelligence (MOI): volumes, /connectors/upload, tasks",
             add_arguments=moi.add_moi_arguments,
             build_app=moi.build_moi_app,
+        ),
+        EmulatorSpec(
+            name="keyue",
+            help="Baidu Keyue (客悦): knowledge directories, llm_document_import, document learning",
+            add_arguments=keyue.add_keyue_arguments,
+            build_app=keyue.build_keyue_app,
+        ),
+        EmulatorSpec(
+            name="viking",
+            help="Volcengine VikingDB knowledge base: signed doc/add (tos, url), doc/info|list|delete, task/info",
+            add_arguments=viking.add_viking_arguments,
+            build_app=viking.build_viking_app,
         ),
     ]
     return {spec.name: spec for spec in specs}

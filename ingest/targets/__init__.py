@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-_BUILTIN = ("ingest.targets.moi",)
+_BUILTIN = ("ingest.targets.moi", "ingest.targets.keyue", "ingest.targets.viking")
 
 
 def load_builtin_targets() -> None:
