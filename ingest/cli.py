@@ -38,6 +38,9 @@ examples:
   ingest status --manifest ./run.db          what the run did, per state
   ingest retry-failed --manifest ./run.db    re-send only the files that failed
   ingest serve moi --port 8080 --data-dir ./moi-data --api-key devkey --volume 1001
+  KEYUE_TOKEN=… ingest run ./docs --target keyue --endpoint URL --uid u1 --username alice --dir-id 0 --mirror-dirs
+  VOLC_ACCESSKEY=… VOLC_SECRETKEY=… ingest run ./docs --target viking --collection kb1 --staging-bucket stage
+  ingest migrate --connector 7 --volume-id 1001 --manifest m.db   bucket -> MOI volume via load tasks
 
 exit codes: 0 all files done, 1 some failed, 2 usage/config error, 130 interrupted (rerun resumes)
 """

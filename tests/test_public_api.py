@@ -22,7 +22,8 @@ def test_all_names_exist_and_are_public() -> None:
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_example_configs_load(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each annotated example in configs/ is a valid configuration (with its secret from the env)."""
-    monkeypatch.setenv("MOI_KEY", "example-key")
+    for env in ("MOI_KEY", "KEYUE_TOKEN", "VOLC_ACCESSKEY", "VOLC_SECRETKEY"):
+        monkeypatch.setenv(env, "example-key")
     args = build_parser().parse_args(["run", "--config", str(path)])
     config = config_from_args(args)
     assert config.source.path
@@ -32,4 +33,4 @@ def test_example_configs_load(path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_there_are_example_configs() -> None:
     """configs/ holds the annotated examples the README points to."""
-    assert {p.name for p in CONFIGS} >= {"moi.toml", "migration.toml", "local.toml"}
+    assert {p.name for p in CONFIGS} >= {"moi.toml", "migration.toml", "local.toml", "keyue.toml", "viking.toml"}
