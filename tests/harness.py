@@ -13,11 +13,11 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import aiohttp
 from pydantic import SecretStr
@@ -68,9 +68,53 @@ class Deployment(Protocol):
     def set_faults(self, **changes: Any) -> None: ...
 
 
+class _EmulatorHooks:
+    """The parts of a ``Deployment`` every platform does alike: the emulator's test hooks (the same
+    ``/_emulator/files`` and ``/_emulator/stats`` everywhere), the secret swap, and faults changed live."""
+
+    url: str
+    app: Any
+    target_config: Any
+    #: The neutral ``Faults`` fields the emulator keeps on its state, by its own attribute name; every
+    #: other field is one of the shared ``faults.settings``.
+    state_fields: ClassVar[Mapping[str, str]]
+
+    def _state(self) -> Any:
+        """The running emulator's state object (imported late: the harness loads no emulator by itself)."""
+        raise NotImplementedError
+
+    def with_wrong_credentials(self, secret: str) -> Any:
+        return self.target_config.model_copy(update={SECRET_FIELD[self.target_config.type]: SecretStr(secret)})
+
+    async def _get(self, path: str) -> Any:
+        async with aiohttp.ClientSession() as s, s.get(self.url + path) as r:
+            r.raise_for_status()
+            return await r.json()
+
+    async def _stored_where(self, keep: Callable[[dict[str, Any]], bool]) -> dict[str, StoredFile]:
+        return {
+            f["path"]: StoredFile(f["path"], f["size"], f["md5"], f["uploads"])
+            for f in await self._get("/_emulator/files")
+            if keep(f)
+        }
+
+    async def request_counts(self) -> dict[str, int]:
+        return dict((await self._get("/_emulator/stats"))["requests"])
+
+    def set_faults(self, **changes: Any) -> None:
+        state = self._state()
+        for key, value in changes.items():
+            if key in self.state_fields:
+                setattr(state, self.state_fields[key], value)
+            else:
+                setattr(state.faults.settings, key, value)
+
+
 @dataclass
-class MoiDeployment:
+class MoiDeployment(_EmulatorHooks):
     """A running MOI emulator (see ``Deployment``)."""
+
+    state_fields: ClassVar[Mapping[str, str]] = {"task_fail_rate": "task_fail_rate", "task_delay_ms": "task_delay_ms"}
 
     url: str
     app: Any
@@ -88,33 +132,13 @@ class MoiDeployment:
         self.cli_flags = ["--target", "moi", "--endpoint", self.url, "--volume-id", self.volume_id]
         self.env = {"MOI_KEY": self.api_key}
 
-    def with_wrong_credentials(self, secret: str) -> Any:
-        return self.target_config.model_copy(update={SECRET_FIELD[self.target_config.type]: SecretStr(secret)})
-
-    async def _get(self, path: str) -> Any:
-        async with aiohttp.ClientSession() as s, s.get(self.url + path) as r:
-            r.raise_for_status()
-            return await r.json()
-
-    async def stored(self) -> dict[str, StoredFile]:
-        return {
-            f["path"]: StoredFile(f["path"], f["size"], f["md5"], f["uploads"])
-            for f in await self._get("/_emulator/files")
-            if str(f["volume_id"]) == self.volume_id
-        }
-
-    async def request_counts(self) -> dict[str, int]:
-        return dict((await self._get("/_emulator/stats"))["requests"])
-
-    def set_faults(self, **changes: Any) -> None:
+    def _state(self) -> Any:
         from ingest.emulators.moi import MOI_STATE
 
-        state = self.app[MOI_STATE]
-        for key, value in changes.items():
-            if key in ("task_fail_rate", "task_delay_ms"):
-                setattr(state, key, value)
-            else:
-                setattr(state.faults.settings, key, value)
+        return self.app[MOI_STATE]
+
+    async def stored(self) -> dict[str, StoredFile]:
+        return await self._stored_where(lambda f: str(f["volume_id"]) == self.volume_id)
 
 
 class MoiHarness:
@@ -162,7 +186,9 @@ MOI = MoiHarness()
 
 
 @dataclass
-class KeyueDeployment:
+class KeyueDeployment(_EmulatorHooks):
+    state_fields: ClassVar[Mapping[str, str]] = {"task_fail_rate": "fail_rate", "task_delay_ms": "learn_delay_ms"}
+
     url: str
     app: Any
     harness: KeyueHarness
@@ -177,35 +203,14 @@ class KeyueDeployment:
         )
         self.cli_flags, self.env = h.cli(self.url)
 
-    def with_wrong_credentials(self, secret: str) -> Any:
-        return self.target_config.model_copy(update={SECRET_FIELD[self.target_config.type]: SecretStr(secret)})
+    def _state(self) -> Any:
+        from ingest.emulators.keyue import KEYUE_STATE
 
-    async def _get(self, path: str) -> Any:
-        async with aiohttp.ClientSession() as s, s.get(self.url + path) as r:
-            r.raise_for_status()
-            return await r.json()
+        return self.app[KEYUE_STATE]
 
     async def stored(self) -> dict[str, StoredFile]:
         """Documents by directory path + name, below the default directory (the destination)."""
-        return {
-            f["path"]: StoredFile(f["path"], f["size"], f["md5"], f["uploads"])
-            for f in await self._get("/_emulator/files")
-        }
-
-    async def request_counts(self) -> dict[str, int]:
-        return dict((await self._get("/_emulator/stats"))["requests"])
-
-    def set_faults(self, **changes: Any) -> None:
-        from ingest.emulators.keyue import KEYUE_STATE
-
-        state = self.app[KEYUE_STATE]
-        for key, value in changes.items():
-            if key == "task_fail_rate":
-                state.fail_rate = value
-            elif key == "task_delay_ms":
-                state.learn_delay_ms = value
-            else:
-                setattr(state.faults.settings, key, value)
+        return await self._stored_where(lambda f: True)
 
 
 class KeyueHarness:
@@ -326,7 +331,9 @@ MOTO = MotoS3()
 
 
 @dataclass
-class VikingDeployment:
+class VikingDeployment(_EmulatorHooks):
+    state_fields: ClassVar[Mapping[str, str]] = {"task_fail_rate": "fail_rate", "task_delay_ms": "process_delay_ms"}
+
     url: str
     app: Any
     harness: VikingHarness
@@ -346,36 +353,14 @@ class VikingDeployment:
         )
         self.cli_flags, self.env = h.cli(self.url)
 
-    def with_wrong_credentials(self, secret: str) -> Any:
-        return self.target_config.model_copy(update={SECRET_FIELD[self.target_config.type]: SecretStr(secret)})
+    def _state(self) -> Any:
+        from ingest.emulators.viking import VIKING_STATE
 
-    async def _get(self, path: str) -> Any:
-        async with aiohttp.ClientSession() as s, s.get(self.url + path) as r:
-            r.raise_for_status()
-            return await r.json()
+        return self.app[VIKING_STATE]
 
     async def stored(self) -> dict[str, StoredFile]:
         """Documents of the knowledge base by the source path the client recorded on the staged object."""
-        return {
-            f["path"]: StoredFile(f["path"], f["size"], f["md5"], f["uploads"])
-            for f in await self._get("/_emulator/files")
-            if f["collection"] == self.harness.collection
-        }
-
-    async def request_counts(self) -> dict[str, int]:
-        return dict((await self._get("/_emulator/stats"))["requests"])
-
-    def set_faults(self, **changes: Any) -> None:
-        from ingest.emulators.viking import VIKING_STATE
-
-        state = self.app[VIKING_STATE]
-        for key, value in changes.items():
-            if key == "task_fail_rate":
-                state.fail_rate = value
-            elif key == "task_delay_ms":
-                state.process_delay_ms = value
-            else:
-                setattr(state.faults.settings, key, value)
+        return await self._stored_where(lambda f: f["collection"] == self.harness.collection)
 
 
 class VikingHarness:

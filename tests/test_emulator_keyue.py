@@ -8,17 +8,16 @@ import io
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from ingest.emulators import emulator_specs
-from ingest.emulators._server import serve_in_background
 from ingest.emulators.keyue import KEYUE_STATE, MESSAGES, KeyueEmulatorConfig, KeyueState, create_keyue_app
+from tests.emulator_client import ServedEmulator, serving
 
 pytestmark = pytest.mark.anyio
 
@@ -36,19 +35,10 @@ def config(tmp_path: Path) -> KeyueEmulatorConfig:
     return KeyueEmulatorConfig(data_dir=tmp_path / "ky", token=TOKEN, learn_delay_ms=0)
 
 
-@dataclass
-class Emulator:
-    url: str
-    app: web.Application
-    http: aiohttp.ClientSession
-
+class Emulator(ServedEmulator):
     @property
     def state(self) -> KeyueState:
         return self.app[KEYUE_STATE]
-
-    async def call(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
-        async with self.http.request(method, path, **kwargs) as response:
-            return response.status, await response.json()
 
     async def ok(self, method: str, path: str, **kwargs: Any) -> Any:
         status, body = await self.call(method, API + path, **kwargs)
@@ -105,12 +95,8 @@ def form(name: str, data: bytes, task_extend: str | None = AUTO, **fields: str) 
 
 @asynccontextmanager
 async def running(config: KeyueEmulatorConfig) -> AsyncIterator[Emulator]:
-    app = create_keyue_app(config)
-    async with (
-        serve_in_background(app) as url,
-        aiohttp.ClientSession(base_url=url, headers=HEADERS) as http,
-    ):
-        yield Emulator(url, app, http)
+    async with serving(create_keyue_app(config), Emulator, HEADERS) as emulator:
+        yield emulator
 
 
 @pytest.fixture

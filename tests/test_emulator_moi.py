@@ -8,19 +8,18 @@ import io
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import anyio
 import pytest
-from aiohttp import web
 
 from ingest.emulators import emulator_specs
 from ingest.emulators._common import relative_path_problem, safe_join
-from ingest.emulators._server import serve_in_background
 from ingest.emulators.moi import MOI_STATE, FileStatus, MoiEmulatorConfig, MoiState, TaskStatus, create_moi_app
+from tests.emulator_client import ServedEmulator, serving
 
 pytestmark = pytest.mark.anyio
 
@@ -34,19 +33,10 @@ def config(tmp_path: Path) -> MoiEmulatorConfig:
     return MoiEmulatorConfig(data_dir=tmp_path / "moi", api_key=KEY, volumes=(VOLUME,), task_delay_ms=DELAY_MS)
 
 
-@dataclass
-class Emulator:
-    url: str
-    app: web.Application
-    http: aiohttp.ClientSession
-
+class Emulator(ServedEmulator):
     @property
     def state(self) -> MoiState:
         return self.app[MOI_STATE]
-
-    async def call(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
-        async with self.http.request(method, path, **kwargs) as response:
-            return response.status, await response.json()
 
     async def files(self) -> list[dict[str, Any]]:
         return (await self.call("GET", "/_emulator/files"))[1]  # type: ignore[no-any-return]
@@ -75,12 +65,8 @@ class Emulator:
 
 @asynccontextmanager
 async def running(config: MoiEmulatorConfig) -> AsyncIterator[Emulator]:
-    app = create_moi_app(config)
-    async with (
-        serve_in_background(app) as url,
-        aiohttp.ClientSession(base_url=url, headers={"moi-key": KEY}) as http,
-    ):
-        yield Emulator(url, app, http)
+    async with serving(create_moi_app(config), Emulator, {"moi-key": KEY}) as emulator:
+        yield emulator
 
 
 @pytest.fixture

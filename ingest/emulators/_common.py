@@ -1,4 +1,4 @@
-"""Pieces every platform emulator shares: ids, safe paths, JSON bodies and the error they all raise.
+"""Pieces every platform emulator shares: ids, safe paths, request parsing and the error they all raise.
 
 Nothing here knows a platform's wire format; each emulator renders ``ApiError`` in its own envelope.
 """
@@ -10,21 +10,27 @@ import posixpath
 import random
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
 __all__ = [
     "ApiError",
+    "Refusal",
     "SnowflakeIds",
     "json_response",
     "now_ms",
+    "query_int",
+    "read_body",
     "read_json_object",
     "relative_path_problem",
     "safe_join",
+    "short",
 ]
+
+_Default = TypeVar("_Default", int, int | None)
 
 #: Upper bound of a JSON request body. Emulated APIs take small JSON documents; anything bigger is a bug.
 MAX_JSON_BODY = 1 << 20
@@ -50,6 +56,12 @@ class ApiError(Exception):
         self.code = code
         self.message = message
         self.headers: dict[str, str] = dict(headers or {})
+
+
+#: Builds a platform's refusal from one sentence naming the field at fault: the checks shared by every
+#: emulator word the sentence, the platform picks the status and code (MOI 400 ``ErrParamInvalid``,
+#: Keyue 200 with 4002012, …).
+Refusal = Callable[[str], ApiError]
 
 
 def now_ms() -> int:
@@ -124,6 +136,11 @@ def safe_join(root: Path, rel_path: str) -> Path:
     return target
 
 
+def short(value: str, limit: int = 64) -> str:
+    """A client-supplied value, shortened for an error message."""
+    return value if len(value) <= limit else value[:limit] + "…"
+
+
 def json_response(payload: Any, *, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
     """A JSON response that keeps non-ASCII text readable (the platforms answer in Chinese too)."""
     return web.Response(
@@ -134,16 +151,22 @@ def json_response(payload: Any, *, status: int = 200, headers: Mapping[str, str]
     )
 
 
-async def read_json_object(request: web.Request, *, code: str) -> dict[str, Any]:
-    """The request body as a JSON object; ``ApiError(400, code)`` for anything else.
+async def read_body(request: web.Request, *, code: str) -> bytes:
+    """The whole (small) request body; ``ApiError(400, code)`` once it grows past ``MAX_JSON_BODY``.
 
-    The body is read through a size cap so a runaway client cannot make the emulator buffer gigabytes.
+    Read through the cap so a runaway client cannot make the emulator buffer gigabytes.
     """
     body = bytearray()
     while chunk := await request.content.read(MAX_JSON_BODY + 1 - len(body)):
         body += chunk
         if len(body) > MAX_JSON_BODY:
             raise ApiError(400, code, f"request body is larger than {MAX_JSON_BODY} bytes")
+    return bytes(body)
+
+
+async def read_json_object(request: web.Request, *, code: str) -> dict[str, Any]:
+    """The request body (see ``read_body``) as a JSON object; ``ApiError(400, code)`` for anything else."""
+    body = await read_body(request, code=code)
     if not body.strip():
         raise ApiError(400, code, "request body is empty; send a JSON object")
     try:
@@ -152,4 +175,20 @@ async def read_json_object(request: web.Request, *, code: str) -> dict[str, Any]
         raise ApiError(400, code, f"request body is not valid JSON ({exc})") from exc
     if not isinstance(value, dict):
         raise ApiError(400, code, "request body must be a JSON object")
+    return value
+
+
+def query_int(
+    request: web.Request, name: str, default: _Default, low: int, high: int, *, fail: Refusal
+) -> int | _Default:
+    """Query parameter ``name`` as an integer in [low, high]; ``default`` when absent or blank."""
+    raw = request.query.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise fail(f"query parameter {name} must be an integer, got {short(raw)!r}") from None
+    if not low <= value <= high:
+        raise fail(f"query parameter {name} must be between {low} and {high}, got {value}")
     return value

@@ -19,12 +19,13 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import anyio
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-__all__ = ["ErrorBuilder", "Fault", "FaultInjector", "FaultSettings", "is_test_hook"]
+__all__ = ["ErrorBuilder", "Fault", "FaultFields", "FaultInjector", "FaultSettings", "fault_settings", "is_test_hook"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,29 @@ class FaultSettings:
     rate_limit: float | None = None
     #: Fraction of resettable requests (uploads) whose connection is dropped mid-body.
     reset_rate: float = 0.0
+
+
+class FaultFields(Protocol):
+    """Where the settings come from: every emulator config names its fault fields alike."""
+
+    @property
+    def latency_ms(self) -> int: ...
+    @property
+    def error_rate(self) -> float: ...
+    @property
+    def rate_limit(self) -> float | None: ...
+    @property
+    def reset_rate(self) -> float: ...
+
+
+def fault_settings(source: FaultFields) -> FaultSettings:
+    """Fresh settings from ``source``: a running app changes its own copy, never the frozen config."""
+    return FaultSettings(
+        latency_ms=source.latency_ms,
+        error_rate=source.error_rate,
+        rate_limit=source.rate_limit,
+        reset_rate=source.reset_rate,
+    )
 
 
 def is_test_hook(request: web.Request) -> bool:

@@ -32,19 +32,22 @@ import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiofiles
 import anyio
-from aiohttp import BodyPartReader, MultipartReader, web
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp import BodyPartReader, web
 from aiohttp.typedefs import Handler
 
-from ingest.emulators._common import ApiError, json_response, now_ms, read_json_object
-from ingest.emulators._faults import Fault, FaultInjector, FaultSettings, is_test_hook
+from ingest.emulators import _cli
+from ingest.emulators._common import ApiError, json_response, now_ms, query_int, read_json_object
+from ingest.emulators._common import short as _short
+from ingest.emulators._faults import Fault, FaultInjector, fault_settings, is_test_hook
+from ingest.emulators._multipart import READ_CHUNK, WRITE_BUFFER, read_text_part, receive_parts
+from ingest.emulators._stats import RequestCounter
+from ingest.emulators._store import discard_staged
 from ingest.emulators.keyue_store import (
     INVALID,
     ROOT_DIR,
@@ -83,10 +86,6 @@ MESSAGES = {
     429: "请求过于频繁,请稍后重试",
 }
 
-#: Bytes per read from a multipart part; also the unit md5 is updated with.
-READ_CHUNK = 1 << 16
-#: Staged bytes are written once this much is buffered: few thread hops, flat memory per upload.
-WRITE_BUFFER = 1 << 20
 #: Largest text form field (``taskExtend`` and ``multipleFileKey`` are a few hundred bytes).
 TEXT_FIELD_LIMIT = 64 * 1024
 #: Page size limit of ``/llm/document/list`` (undocumented; large enough for efficient polling).
@@ -206,16 +205,6 @@ def _fault_response(request: web.Request, fault: Fault) -> web.StreamResponse:
 
 
 @web.middleware
-async def _count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Count every API request received, before anything can reject it."""
-    if not is_test_hook(request):
-        resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else request.path
-        _state(request).requests[f"{request.method} {route}"] += 1
-    return await handler(request)
-
-
-@web.middleware
 async def _envelope_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Render every error, including aiohttp's own 404/405/413, in the Keyue failure envelope."""
     try:
@@ -263,10 +252,6 @@ async def _authenticate(request: web.Request, handler: Handler) -> web.StreamRes
 # --- request parsing helpers ------------------------------------------------------------------------------
 
 
-def _short(value: str, limit: int = 64) -> str:
-    return value if len(value) <= limit else value[:limit] + "…"
-
-
 def _check_query(request: web.Request, allowed: set[str]) -> None:
     unknown = sorted(set(request.query) - allowed)
     if unknown:
@@ -274,16 +259,7 @@ def _check_query(request: web.Request, allowed: set[str]) -> None:
 
 
 def _query_int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise invalid(f"query parameter {name} must be an integer, got {_short(raw)!r}") from None
-    if not low <= value <= high:
-        raise invalid(f"query parameter {name} must be between {low} and {high}, got {value}")
-    return value
+    return query_int(request, name, default, low, high, fail=invalid)
 
 
 def _query_flag(request: web.Request, name: str) -> int | None:
@@ -422,17 +398,8 @@ class _Form:
 
 async def _receive_form(request: web.Request, state: KeyueState, staged: list[Path]) -> _Form:
     """Parse the multipart body, streaming the ``file`` part to staging (its path goes to ``staged``)."""
-    if request.content_type != "multipart/form-data":
-        raise invalid(f"request body must be multipart/form-data, not {_short(request.content_type)!r}")
     form = _Form()
-    try:
-        reader = await request.multipart()
-        while (part := await reader.next()) is not None:
-            if isinstance(part, MultipartReader):
-                raise invalid("nested multipart parts are not supported")
-            await _receive_part(part, form, state, staged)
-    except (ValueError, HttpProcessingError) as exc:
-        raise invalid(f"malformed multipart body: {exc}") from exc
+    await receive_parts(request, lambda part: _receive_part(part, form, state, staged), invalid)
     return form
 
 
@@ -445,21 +412,9 @@ async def _receive_part(part: BodyPartReader, form: _Form, state: KeyueState, st
     elif name in _TEXT_FIELDS:
         if name in form.fields:
             raise invalid(f"form field {name} is given twice")
-        form.fields[name] = await _read_text(part, name)
+        form.fields[name] = await read_text_part(part, name, TEXT_FIELD_LIMIT, invalid)
     else:
         raise invalid(f"unknown form field {_short(name or '')!r}; expected file, taskExtend or multipleFileKey")
-
-
-async def _read_text(part: BodyPartReader, name: str) -> str:
-    data = bytearray()
-    while chunk := await part.read_chunk(READ_CHUNK):
-        data += chunk
-        if len(data) > TEXT_FIELD_LIMIT:
-            raise invalid(f"form field {name} is larger than {TEXT_FIELD_LIMIT} bytes")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise invalid(f"form field {name} is not valid UTF-8") from None
 
 
 async def _stage_file(part: BodyPartReader, state: KeyueState, staged: list[Path]) -> _StagedFile:
@@ -496,13 +451,6 @@ async def _stage_file(part: BodyPartReader, state: KeyueState, staged: list[Path
         if buffer:
             await out.write(bytes(buffer))
     return _StagedFile(filename, path, size, digest.hexdigest(), characters or 0)
-
-
-def _discard(paths: list[Path]) -> None:
-    """Remove staged files that were not moved into the store (moved ones are already gone)."""
-    for path in paths:
-        with suppress(FileNotFoundError):
-            path.unlink()
 
 
 # --- handlers ---------------------------------------------------------------------------------------------
@@ -542,7 +490,7 @@ async def import_document(request: web.Request) -> web.Response:
         document = await anyio.to_thread.run_sync(state.store.commit_import, incoming, state.timing())
     finally:
         # Whatever happened (invalid request, dropped connection, cancellation), no staged body survives.
-        _discard(staged)
+        discard_staged(staged)
     created = format_time(document.created_ms)
     return _ok(
         {
@@ -668,11 +616,6 @@ async def emulator_files(request: web.Request) -> web.Response:
     return json_response(await anyio.to_thread.run_sync(_state(request).store.stored_files, under))
 
 
-async def emulator_stats(request: web.Request) -> web.Response:
-    """Requests received per route, so a test can prove a run made no calls at all."""
-    return json_response({"requests": dict(sorted(_state(request).requests.items()))})
-
-
 # --- the app ----------------------------------------------------------------------------------------------
 
 _IMPORT_PATHS = frozenset(f"{prefix}{API_BASE}/task/create/llm_document_import" for prefix in PREFIXES)
@@ -700,15 +643,10 @@ def create_keyue_app(config: KeyueEmulatorConfig) -> web.Application:
     if problems:
         raise ValueError("invalid Keyue emulator config: " + "; ".join(problems))
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    settings = FaultSettings(
-        latency_ms=config.latency_ms,
-        error_rate=config.error_rate,
-        rate_limit=config.rate_limit,
-        reset_rate=config.reset_rate,
-    )
-    faults = FaultInjector(settings, _fault_response, seed=config.seed, resettable=_is_import)
+    faults = FaultInjector(fault_settings(config), _fault_response, seed=config.seed, resettable=_is_import)
     state = KeyueState(config, config.learn_delay_ms, config.enhance_delay_ms, config.fail_rate, faults)
-    app = web.Application(middlewares=[_count_requests, _envelope_errors, faults.middleware, _authenticate])
+    requests = RequestCounter(state.requests)
+    app = web.Application(middlewares=[requests.middleware, _envelope_errors, faults.middleware, _authenticate])
     app[KEYUE_STATE] = state
     app.cleanup_ctx.append(_open_store)
     for prefix in PREFIXES:
@@ -720,42 +658,16 @@ def create_keyue_app(config: KeyueEmulatorConfig) -> web.Application:
         app.router.add_post(base + "/directory/create", create_directory)
         app.router.add_post(base + "/directory/update", update_directory)
     app.router.add_get("/_emulator/files", emulator_files, allow_head=False)
-    app.router.add_get("/_emulator/stats", emulator_stats, allow_head=False)
+    app.router.add_get("/_emulator/stats", requests.stats, allow_head=False)
     return app
 
 
 # --- command line (``ingest serve keyue``) ----------------------------------------------------------------
 
 
-def _number(kind: type[int] | type[float], low: float, high: float | None = None) -> Any:
-    """An argparse type: a number of ``kind`` in [low, high]."""
-
-    def convert(text: str) -> int | float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if value < low or (high is not None and value > high):
-            bounds = f"between {low:g} and {high:g}" if high is not None else f">= {low:g}"
-            raise argparse.ArgumentTypeError(f"expected a number {bounds}, got {text}")
-        return value
-
-    return convert
-
-
-def _size(text: str) -> int:
-    from ingest.config import parse_size
-
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def add_keyue_arguments(parser: argparse.ArgumentParser) -> None:
     """The Keyue emulator's flags (``--host``/``--port`` are the CLI's)."""
     env_token = os.environ.get("KEYUE_TOKEN")
-    fraction = _number(float, 0.0, 1.0)
     parser.add_argument(
         "--data-dir", type=Path, required=True, metavar="PATH",
         help="directory for imported documents and the emulator's state; reuse it to keep state across restarts",
@@ -769,41 +681,22 @@ def add_keyue_arguments(parser: argparse.ArgumentParser) -> None:
         "--username", default=None, help="require this username header (default: any non-empty username)"
     )
     parser.add_argument(
-        "--learn-delay-ms", type=_number(int, 0), default=500, metavar="N",
+        "--learn-delay-ms", type=_cli.non_negative_int, default=500, metavar="N",
         help="milliseconds a document spends learning (learnStatus 0) (default: 500)",
     )  # fmt: skip
     parser.add_argument(
-        "--enhance-delay-ms", type=_number(int, 0), default=0, metavar="N",
+        "--enhance-delay-ms", type=_cli.non_negative_int, default=0, metavar="N",
         help="milliseconds a learned document spends in knowledge enhancement (learnStatus 2) (default: 0)",
     )  # fmt: skip
     parser.add_argument(
-        "--fail-rate", type=fraction, default=0.0, metavar="F",
+        "--fail-rate", type=_cli.fraction, default=0.0, metavar="F",
         help="fraction of documents whose learning fails (learnStatus -1), 0-1 (default: 0)",
     )  # fmt: skip
     parser.add_argument(
-        "--latency-ms", type=_number(int, 0), default=0, metavar="N",
-        help="milliseconds added to every request (default: 0)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--error-rate", type=fraction, default=0.0, metavar="F",
-        help="fraction of requests answered 500, 0-1 (default: 0)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--rate-limit", type=_number(float, 1e-9), default=None, metavar="RPS",
-        help="requests per second allowed; excess gets 429 with Retry-After (default: unlimited)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--reset-rate", type=fraction, default=0.0, metavar="F",
-        help="fraction of imports whose connection is dropped mid-body, 0-1 (default: 0)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--max-file-size", type=_size, default=None, metavar="SIZE",
+        "--max-file-size", type=_cli.size, default=None, metavar="SIZE",
         help="largest document accepted, e.g. 100MiB (default: no limit; Keyue's own is undocumented)",
     )  # fmt: skip
-    parser.add_argument(
-        "--seed", type=int, default=None, metavar="N",
-        help="seed for the fault and failure draws, for reproducible runs",
-    )  # fmt: skip
+    _cli.add_fault_arguments(parser, server_error="500", rate_limited="429 with Retry-After", resettable="imports")
 
 
 def build_keyue_app(args: argparse.Namespace) -> web.Application:
@@ -817,11 +710,7 @@ def build_keyue_app(args: argparse.Namespace) -> web.Application:
             learn_delay_ms=args.learn_delay_ms,
             enhance_delay_ms=args.enhance_delay_ms,
             fail_rate=args.fail_rate,
-            latency_ms=args.latency_ms,
-            error_rate=args.error_rate,
-            rate_limit=args.rate_limit,
-            reset_rate=args.reset_rate,
-            seed=args.seed,
             max_file_size=args.max_file_size,
+            **_cli.fault_options(args),
         )
     )

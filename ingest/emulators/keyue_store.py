@@ -15,16 +15,14 @@ import base64
 import os
 import random
 import sqlite3
-import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ingest.emulators._common import ApiError, SnowflakeIds, now_ms
+from ingest.emulators._store import SqliteStore
 
 __all__ = [
     "INVALID",
@@ -43,8 +41,6 @@ INVALID = 4002012
 VERSION_CONFLICT = 4000526
 #: The default directory every agent has; it is never listed and cannot be renamed.
 ROOT_DIR = "0"
-#: Staging entries untouched this long are leftovers of a killed emulator.
-STALE_STAGING_SECONDS = 3600
 #: Directory names: the real limit is undocumented; long enough for any local folder name.
 MAX_DIR_NAME = 255
 
@@ -167,21 +163,13 @@ _DOC_COLUMNS = (
 INJECTED_FAILURE = "文档学习失败 (document learning failed: injected fault)"
 
 
-class KeyueStore:
+class KeyueStore(SqliteStore):
     """Directories, documents and bodies of one emulated Keyue agent."""
 
     def __init__(self, data_dir: Path, seed: int | None) -> None:
-        self.data_dir = data_dir
-        self.staging_dir = data_dir / ".staging"
+        super().__init__(data_dir, ".emulator.db", _SCHEMA)
         self.documents_dir = data_dir / "documents"
-        self.staging_dir.mkdir(parents=True, exist_ok=True)
         self.documents_dir.mkdir(parents=True, exist_ok=True)
-        _remove_stale_staging(self.staging_dir)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(data_dir / ".emulator.db", isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
         row = self._db.execute("SELECT MAX(CAST(id AS INTEGER)) FROM directories").fetchone()
         self.ids = SnowflakeIds(floor=int(row[0] or 0))
         # Learning fates are drawn under the lock, so the sequence is reproducible for sequential requests.
@@ -189,21 +177,6 @@ class KeyueStore:
         with self._transaction() as db:
             self.agent_id = self._meta(db, "agent_id", lambda: str(uuid.uuid4()))
             self.tenant_id = self._meta(db, "tenant_id", lambda: str(random.SystemRandom().randrange(10**15, 10**16)))
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
 
     @staticmethod
     def _meta(db: sqlite3.Connection, key: str, default: Any) -> str:
@@ -413,16 +386,6 @@ class KeyueStore:
 
     def document_body(self, doc_id: str) -> Path:
         return self.documents_dir / doc_id
-
-
-def _remove_stale_staging(staging_dir: Path) -> None:
-    """Remove bodies that killed emulators left in staging (only old ones: another emulator on the
-    same data dir may be receiving a body right now)."""
-    cutoff = time.time() - STALE_STAGING_SECONDS
-    for entry in staging_dir.iterdir():
-        with suppress(OSError):
-            if entry.is_file() and entry.stat().st_mtime < cutoff:
-                entry.unlink()
 
 
 def document_json(document: Document, agent_id: str, now: int) -> dict[str, Any]:

@@ -38,7 +38,6 @@ import os
 import random
 import re
 import sqlite3
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -49,10 +48,10 @@ from typing import Any
 
 import aiofiles
 import anyio
-from aiohttp import BodyPartReader, MultipartReader, web
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp import BodyPartReader, web
 from aiohttp.typedefs import Handler
 
+from ingest.emulators import _cli
 from ingest.emulators._common import (
     ApiError,
     SnowflakeIds,
@@ -62,7 +61,10 @@ from ingest.emulators._common import (
     relative_path_problem,
     safe_join,
 )
-from ingest.emulators._faults import Fault, FaultInjector, FaultSettings, is_test_hook
+from ingest.emulators._faults import Fault, FaultInjector, fault_settings, is_test_hook
+from ingest.emulators._multipart import READ_CHUNK, WRITE_BUFFER, read_text_part, receive_parts
+from ingest.emulators._stats import RequestCounter
+from ingest.emulators._store import SqliteStore, discard_staged
 from ingest.emulators.moi_connectors import CONNECTORS_SCHEMA, ConnectorStore, add_connector_routes
 from ingest.emulators.moi_loadtasks import (
     LOAD_SCHEMA,
@@ -122,14 +124,8 @@ _CODE_FOR_STATUS = {
 
 # --- limits and fixed values ------------------------------------------------------------------------------
 
-#: Bytes per read from a multipart part; also the unit md5 is updated with.
-READ_CHUNK = 1 << 16
-#: Staged bytes are written once this much is buffered: few thread hops, flat memory per upload.
-WRITE_BUFFER = 1 << 20
 #: Largest non-file form field (``meta`` of 20 files is a few KiB).
 TEXT_FIELD_LIMIT = 1 << 20
-#: Staging entries untouched this long are leftovers of a killed emulator.
-STALE_STAGING_SECONDS = 3600
 #: The user every task and file is attributed to (the seed's examples say "admin").
 EMULATOR_USER = "admin"
 #: Reason recorded for a file failed by ``task_fail_rate``.
@@ -333,7 +329,7 @@ class _Decision:
     skip: bool
 
 
-class _Store:
+class _Store(SqliteStore):
     """Volumes, stored files and tasks in SQLite, plus the bodies on disk.
 
     Synchronous on purpose: every method runs in a worker thread (``anyio.to_thread``) under one lock,
@@ -341,33 +337,10 @@ class _Store:
     """
 
     def __init__(self, data_dir: Path, seed: int | None) -> None:
-        self.data_dir = data_dir
-        self.staging_dir = data_dir / ".staging"
-        self.staging_dir.mkdir(parents=True, exist_ok=True)
-        _remove_stale_staging(self.staging_dir)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(data_dir / ".emulator.db", isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA + CONNECTORS_SCHEMA + LOAD_SCHEMA)
+        super().__init__(data_dir, ".emulator.db", _SCHEMA + CONNECTORS_SCHEMA + LOAD_SCHEMA)
         self.ids = SnowflakeIds(floor=self._largest_id())
         # Task fates are drawn under the lock, so the sequence is reproducible for sequential requests.
         self._rng = random.Random(None if seed is None else f"moi-tasks-{seed}")
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
 
     def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
         """One write transaction under the store's lock (for the connector and load-task parts)."""
@@ -719,19 +692,6 @@ class _Store:
         return [dict(zip(("volume_id", "path", "size", "md5", "uploads"), row, strict=True)) for row in rows]
 
 
-def _remove_stale_staging(staging_dir: Path) -> None:
-    """Remove bodies that killed emulators left in staging.
-
-    Only old ones: another emulator on the same data dir may be receiving a body right now, and a body
-    being received is written every few milliseconds, so an hour-old one belongs to no live request.
-    """
-    cutoff = time.time() - STALE_STAGING_SECONDS
-    for entry in staging_dir.iterdir():
-        with suppress(OSError):
-            if entry.is_file() and entry.stat().st_mtime < cutoff:
-                entry.unlink()
-
-
 def _task_file(values: tuple[Any, ...] | list[Any]) -> _TaskFile:
     file_id, name, size, started_ms, uploading_ms, done_ms, retrying, fail_reason = values
     return _TaskFile(file_id, name, size, started_ms, uploading_ms, done_ms, bool(retrying), fail_reason)
@@ -861,16 +821,6 @@ def _fault_response(request: web.Request, fault: Fault) -> web.StreamResponse:
 
 
 @web.middleware
-async def _count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Count every API request received, before anything can reject it."""
-    if not is_test_hook(request):
-        resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else request.path
-        _state(request).requests[f"{request.method} {route}"] += 1
-    return await handler(request)
-
-
-@web.middleware
 async def _envelope_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Render every error, including aiohttp's own 404/405/413, in the MOI envelope."""
     try:
@@ -995,17 +945,8 @@ class _Form:
 
 async def _receive_form(request: web.Request, state: MoiState, staged: list[Path]) -> _Form:
     """Parse the multipart body, streaming ``file`` parts to staging (their paths go to ``staged``)."""
-    if request.content_type != "multipart/form-data":
-        raise _bad(f"request body must be multipart/form-data, not {_short(request.content_type)!r}")
     form = _Form()
-    try:
-        reader = await request.multipart()
-        while (part := await reader.next()) is not None:
-            if isinstance(part, MultipartReader):
-                raise _bad("nested multipart parts are not supported")
-            await _receive_part(part, form, state, staged)
-    except (ValueError, HttpProcessingError) as exc:
-        raise _bad(f"malformed multipart body: {exc}") from exc
+    await receive_parts(request, lambda part: _receive_part(part, form, state, staged), _bad)
     return form
 
 
@@ -1020,22 +961,10 @@ async def _receive_part(part: BodyPartReader, form: _Form, state: MoiState, stag
     elif name in _TEXT_FIELDS:
         if name in form.fields:
             raise _bad(f"form field {name} is given twice")
-        form.fields[name] = await _read_text(part, name)
+        form.fields[name] = await read_text_part(part, name, TEXT_FIELD_LIMIT, _bad)
     else:
         known = ", ".join(sorted({*_TEXT_FIELDS, _FILE_FIELD, _DATA_FIELD}))
         raise _bad(f"unknown form field {_short(name or '')!r}; expected one of: {known}")
-
-
-async def _read_text(part: BodyPartReader, name: str) -> str:
-    data = bytearray()
-    while chunk := await part.read_chunk(READ_CHUNK):
-        data += chunk
-        if len(data) > TEXT_FIELD_LIMIT:
-            raise _bad(f"form field {name} is larger than {TEXT_FIELD_LIMIT} bytes")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise _bad(f"form field {name} is not valid UTF-8") from None
 
 
 async def _stage_file(part: BodyPartReader, index: int, state: MoiState, staged: list[Path]) -> _StagedPart:
@@ -1066,13 +995,6 @@ async def _stage_file(part: BodyPartReader, index: int, state: MoiState, staged:
         if out is not None:
             await out.close()
     return _StagedPart(path, size, digest.hexdigest(), part.name or _FILE_FIELD, part.filename or "")
-
-
-def _discard(paths: list[Path]) -> None:
-    """Remove staged files that were not moved into a volume (moved ones are already gone)."""
-    for path in paths:
-        with suppress(FileNotFoundError):
-            path.unlink()
 
 
 # --- upload: validating the fields ------------------------------------------------------------------------
@@ -1233,7 +1155,7 @@ async def upload(request: web.Request) -> web.Response:
         return await _accept_upload(request, state, form)
     finally:
         # Whatever happened (invalid request, dropped connection, cancellation), no staged body survives.
-        _discard(staged)
+        discard_staged(staged)
 
 
 async def _accept_upload(request: web.Request, state: MoiState, form: _Form) -> web.Response:
@@ -1420,11 +1342,6 @@ async def emulator_files(request: web.Request) -> web.Response:
     return json_response(await anyio.to_thread.run_sync(_state(request).store.stored_files))
 
 
-async def emulator_stats(request: web.Request) -> web.Response:
-    """Requests received per route, so a test can prove a run made no calls at all."""
-    return json_response({"requests": dict(sorted(_state(request).requests.items()))})
-
-
 # --- the app ----------------------------------------------------------------------------------------------
 
 
@@ -1458,15 +1375,10 @@ def create_moi_app(config: MoiEmulatorConfig) -> web.Application:
     problems = config.problems()
     if problems:
         raise ValueError("invalid MOI emulator config: " + "; ".join(problems))
-    settings = FaultSettings(
-        latency_ms=config.latency_ms,
-        error_rate=config.error_rate,
-        rate_limit=config.rate_limit,
-        reset_rate=config.reset_rate,
-    )
-    faults = FaultInjector(settings, _fault_response, seed=config.seed, resettable=_is_upload)
+    faults = FaultInjector(fault_settings(config), _fault_response, seed=config.seed, resettable=_is_upload)
     state = MoiState(config, config.task_delay_ms, config.task_fail_rate, faults)
-    app = web.Application(middlewares=[_count_requests, _envelope_errors, faults.middleware, _authenticate])
+    requests = RequestCounter(state.requests)
+    app = web.Application(middlewares=[requests.middleware, _envelope_errors, faults.middleware, _authenticate])
     app[MOI_STATE] = state
     connectors = ConnectorStore(state)
     add_connector_routes(app, connectors)
@@ -1489,66 +1401,17 @@ def create_moi_app(config: MoiEmulatorConfig) -> web.Application:
     app.router.add_post("/task/pause", pause_task)
     app.router.add_post("/task/resume", resume_task)
     app.router.add_get("/_emulator/files", emulator_files, allow_head=False)
-    app.router.add_get("/_emulator/stats", emulator_stats, allow_head=False)
+    app.router.add_get("/_emulator/stats", requests.stats, allow_head=False)
     return app
 
 
 # --- command line (``ingest serve moi``) ------------------------------------------------------------------
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
-    return value
-
-
 def _volume_id(text: str) -> str:
     if not _VOLUME_ID_RE.fullmatch(text):
         raise argparse.ArgumentTypeError(f"volume id must be 1-64 letters, digits, '_' or '-', got {text!r}")
     return text
-
-
-def _size(text: str) -> int:
-    from ingest.config import parse_size
-
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
-    return value
 
 
 def add_moi_arguments(parser: argparse.ArgumentParser) -> None:
@@ -1567,50 +1430,33 @@ def add_moi_arguments(parser: argparse.ArgumentParser) -> None:
         help="create a volume with this id at start-up (repeatable), e.g. --volume 1001",
     )  # fmt: skip
     parser.add_argument(
-        "--task-delay-ms", type=_non_negative_int, default=200, metavar="N",
+        "--task-delay-ms", type=_cli.non_negative_int, default=200, metavar="N",
         help="milliseconds a task file takes to go waiting -> uploading -> done (default: 200)",
     )  # fmt: skip
     parser.add_argument(
-        "--latency-ms", type=_non_negative_int, default=0, metavar="N",
-        help="milliseconds added to every request (default: 0)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--error-rate", type=_fraction, default=0.0, metavar="F",
-        help="fraction of requests answered 500 ErrServer, 0-1 (default: 0)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--rate-limit", type=_positive_float, default=None, metavar="RPS",
-        help="requests per second allowed; excess gets 429 with Retry-After (default: unlimited)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--reset-rate", type=_fraction, default=0.0, metavar="F",
-        help="fraction of uploads whose connection is dropped mid-body, 0-1 (default: 0)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--task-fail-rate", type=_fraction, default=0.0, metavar="F",
+        "--task-fail-rate", type=_cli.fraction, default=0.0, metavar="F",
         help="fraction of task files that end failed with a reason, 0-1 (default: 0)",
     )  # fmt: skip
     parser.add_argument(
-        "--max-file-size", type=_size, default=None, metavar="SIZE",
+        "--max-file-size", type=_cli.size, default=None, metavar="SIZE",
         help="largest file accepted, e.g. 200MiB as MOI 5.0 documents (default: no limit, as the seed document)",
     )  # fmt: skip
     parser.add_argument(
-        "--max-files-per-request", type=_positive_int, default=20, metavar="N",
+        "--max-files-per-request", type=_cli.positive_int, default=20, metavar="N",
         help="files accepted in one upload request (default: 20, as MOI 5.0 documents)",
     )  # fmt: skip
     parser.add_argument(
-        "--clock-speed", type=_positive_float, default=1.0, metavar="F",
+        "--clock-speed", type=_cli.positive_float, default=1.0, metavar="F",
         help="run periodic load tasks F times faster than real time, e.g. 3600 makes 'hourly' every second"
         " (default: 1)",
     )  # fmt: skip
     parser.add_argument(
-        "--load-concurrency", type=_positive_int, default=4, metavar="N",
+        "--load-concurrency", type=_cli.positive_int, default=4, metavar="N",
         help="files connector load tasks copy at the same time (default: 4)",
     )  # fmt: skip
-    parser.add_argument(
-        "--seed", type=int, default=None, metavar="N",
-        help="seed for the fault and failure draws, for reproducible runs",
-    )  # fmt: skip
+    _cli.add_fault_arguments(
+        parser, server_error="500 ErrServer", rate_limited="429 with Retry-After", resettable="uploads"
+    )
 
 
 def build_moi_app(args: argparse.Namespace) -> web.Application:
@@ -1620,15 +1466,11 @@ def build_moi_app(args: argparse.Namespace) -> web.Application:
         api_key=args.api_key,
         volumes=tuple(args.volumes),
         task_delay_ms=args.task_delay_ms,
-        latency_ms=args.latency_ms,
-        error_rate=args.error_rate,
-        rate_limit=args.rate_limit,
-        reset_rate=args.reset_rate,
         task_fail_rate=args.task_fail_rate,
-        seed=args.seed,
         max_file_size=args.max_file_size,
         max_files_per_request=args.max_files_per_request,
         clock_speed=args.clock_speed,
         load_concurrency=args.load_concurrency,
+        **_cli.fault_options(args),
     )
     return create_moi_app(config)

@@ -15,7 +15,8 @@ from typing import Any
 
 from aiohttp import web
 
-from ingest.emulators._common import ApiError, json_response
+from ingest.emulators import _common
+from ingest.emulators._common import ApiError, json_response, short
 
 __all__ = [
     "ALREADY_EXISTS",
@@ -113,11 +114,6 @@ def bad(msg: str) -> ApiError:
     return ApiError(400, PARAM_INVALID, msg)
 
 
-def short(value: str, limit: int = 64) -> str:
-    """A client-supplied value, shortened for an error message."""
-    return value if len(value) <= limit else value[:limit] + "…"
-
-
 def check_keys(body: Mapping[str, Any], allowed: set[str] | frozenset[str], where: str = "request body") -> None:
     unknown = sorted(set(body) - allowed)
     if unknown:
@@ -148,16 +144,7 @@ def query_id(request: web.Request, name: str) -> str:
 
 
 def query_int(request: web.Request, name: str, default: int | None, low: int, high: int) -> int | None:
-    raw = request.query.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise bad(f"query parameter {name} must be an integer, got {short(raw)!r}") from None
-    if not low <= value <= high:
-        raise bad(f"query parameter {name} must be between {low} and {high}, got {value}")
-    return value
+    return _common.query_int(request, name, default, low, high, fail=bad)
 
 
 def query_paging(request: web.Request) -> tuple[int, int]:

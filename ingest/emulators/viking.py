@@ -55,8 +55,11 @@ import anyio
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from ingest.emulators._common import MAX_JSON_BODY, ApiError, json_response, now_ms
-from ingest.emulators._faults import Fault, FaultInjector, FaultSettings, is_test_hook
+from ingest.emulators import _cli
+from ingest.emulators._common import ApiError, json_response, now_ms, read_body
+from ingest.emulators._common import short as _short
+from ingest.emulators._faults import Fault, FaultInjector, fault_settings, is_test_hook
+from ingest.emulators._stats import RequestCounter
 from ingest.emulators.viking_fetch import (
     Fetched,
     FetchFailed,
@@ -267,15 +270,6 @@ def _fault_response(request: web.Request, fault: Fault) -> web.StreamResponse:
 
 
 @web.middleware
-async def _count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if not is_test_hook(request):
-        resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else request.path
-        _state(request).requests[f"{request.method} {route}"] += 1
-    return await handler(request)
-
-
-@web.middleware
 async def _envelope_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Render every error, including aiohttp's own 404/405, in the platform's envelope."""
     try:
@@ -303,12 +297,11 @@ async def _envelope_errors(request: web.Request, handler: Handler) -> web.Stream
 
 
 async def _read_body(request: web.Request) -> bytes:
-    body = bytearray()
-    while chunk := await request.content.read(MAX_JSON_BODY + 1 - len(body)):
-        body += chunk
-        if len(body) > MAX_JSON_BODY:
-            raise _invalid(f"request body is larger than {MAX_JSON_BODY} bytes")
-    return bytes(body)
+    """The raw body, which the signature covers, read through the cap; refused in VikingDB's words."""
+    try:
+        return await read_body(request, code=str(INVALID_REQUEST))
+    except ApiError as exc:
+        raise _invalid(exc.message) from None
 
 
 @web.middleware
@@ -355,10 +348,6 @@ def _json_body(request: web.Request, allowed: set[str]) -> dict[str, Any]:
     if unknown:
         raise _invalid(f"unknown field {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
     return value
-
-
-def _short(value: str, limit: int = 64) -> str:
-    return value if len(value) <= limit else value[:limit] + "…"
 
 
 def _string(body: Mapping[str, Any], name: str, *, required: bool = False, max_len: int | None = None) -> str | None:
@@ -892,10 +881,6 @@ async def emulator_files(request: web.Request) -> web.Response:
     )
 
 
-async def emulator_stats(request: web.Request) -> web.Response:
-    return json_response({"requests": dict(sorted(_state(request).requests.items()))})
-
-
 async def emulator_create_task(request: web.Request) -> web.Response:
     """Create a download task over a knowledge base: ``{collection_name|resource_id, project?, fail?}``."""
     request[_BODY] = await _read_body(request)
@@ -970,16 +955,11 @@ def create_viking_app(config: VikingEmulatorConfig) -> web.Application:
     if problems:
         raise ValueError("invalid VikingDB emulator config: " + "; ".join(problems))
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    settings = FaultSettings(
-        latency_ms=config.latency_ms,
-        error_rate=config.error_rate,
-        rate_limit=config.rate_limit,
-        reset_rate=config.reset_rate,
-    )
-    faults = FaultInjector(settings, _fault_response, seed=config.seed, resettable=_is_doc_add)
+    faults = FaultInjector(fault_settings(config), _fault_response, seed=config.seed, resettable=_is_doc_add)
     state = VikingState(config, config.process_delay_ms, config.fail_rate, config.max_docs, faults)
     state._rng.seed(None if config.seed is None else f"viking-docs-{config.seed}")
-    app = web.Application(middlewares=[_count_requests, _envelope_errors, faults.middleware, _authenticate])
+    requests = RequestCounter(state.requests)
+    app = web.Application(middlewares=[requests.middleware, _envelope_errors, faults.middleware, _authenticate])
     app[VIKING_STATE] = state
     app.cleanup_ctx.append(_open_resources)
     app.router.add_get("/ping", ping, allow_head=False)
@@ -992,50 +972,13 @@ def create_viking_app(config: VikingEmulatorConfig) -> web.Application:
     app.router.add_post("/api/knowledge/doc/delete", delete_doc)
     app.router.add_post("/api/knowledge/task/info", task_info)
     app.router.add_get("/_emulator/files", emulator_files, allow_head=False)
-    app.router.add_get("/_emulator/stats", emulator_stats, allow_head=False)
+    app.router.add_get("/_emulator/stats", requests.stats, allow_head=False)
     app.router.add_post("/_emulator/tasks", emulator_create_task)
     app.router.add_get("/_emulator/attachments/{task_id}.zip", emulator_attachment, allow_head=False)
     return app
 
 
 # --- command line (``ingest serve viking``) ---------------------------------------------------------------
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = _non_negative_int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
-    return value
 
 
 def _collection_name(text: str) -> str:
@@ -1098,11 +1041,11 @@ def add_viking_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tos-secret-key", default=None, metavar="SK", help="its secret key (default: --secret-key)")
     parser.add_argument("--tos-region", default=None, metavar="REGION", help="its region (default: --region)")
     parser.add_argument(
-        "--process-delay-ms", type=_non_negative_int, default=200, metavar="N",
+        "--process-delay-ms", type=_cli.non_negative_int, default=200, metavar="N",
         help="milliseconds a document takes to be processed or deleted (default: 200)",
     )  # fmt: skip
     parser.add_argument(
-        "--fail-rate", type=_fraction, default=0.0, metavar="F",
+        "--fail-rate", type=_cli.fraction, default=0.0, metavar="F",
         help="fraction of documents that end failed (process_status 1), 0-1 (default: 0)",
     )  # fmt: skip
     parser.add_argument(
@@ -1110,25 +1053,15 @@ def add_viking_arguments(parser: argparse.ArgumentParser) -> None:
         help="failed_code values injected failures draw from, e.g. 10002,30001 (default: all documented)",
     )  # fmt: skip
     parser.add_argument(
-        "--max-docs", type=_positive_int, default=10000, metavar="N",
+        "--max-docs", type=_cli.positive_int, default=10000, metavar="N",
         help="documents per knowledge base before doc/add answers 1001010 (default: 10000)",
     )  # fmt: skip
-    parser.add_argument(
-        "--rate-limit", type=_positive_float, default=None, metavar="RPS",
-        help="requests per second allowed; excess gets 429 with code 1000029 (default: unlimited)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--latency-ms", type=_non_negative_int, default=0, metavar="N", help="milliseconds added to every request"
+    _cli.add_fault_arguments(
+        parser,
+        server_error="500 with code 1000028",
+        rate_limited="429 with code 1000029",
+        resettable="doc/add requests",
     )
-    parser.add_argument(
-        "--error-rate", type=_fraction, default=0.0, metavar="F",
-        help="fraction of requests answered 500 with code 1000028, 0-1 (default: 0)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--reset-rate", type=_fraction, default=0.0, metavar="F",
-        help="fraction of doc/add requests whose connection is dropped mid-body, 0-1 (default: 0)",
-    )  # fmt: skip
-    parser.add_argument("--seed", type=int, default=None, metavar="N", help="seed for fault and failure draws")
 
 
 def build_viking_app(args: argparse.Namespace) -> web.Application:
@@ -1150,10 +1083,6 @@ def build_viking_app(args: argparse.Namespace) -> web.Application:
         fail_rate=args.fail_rate,
         fail_codes=args.fail_codes,
         max_docs=args.max_docs,
-        latency_ms=args.latency_ms,
-        error_rate=args.error_rate,
-        rate_limit=args.rate_limit,
-        reset_rate=args.reset_rate,
-        seed=args.seed,
+        **_cli.fault_options(args),
     )
     return create_viking_app(config)

@@ -15,15 +15,14 @@ import json
 import os
 import secrets
 import sqlite3
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ingest.emulators._common import ApiError, now_ms
+from ingest.emulators._store import SqliteStore
 
 __all__ = [
     "COLLECTION_EXISTS",
@@ -46,9 +45,6 @@ COLLECTION_EXISTS = 1000004
 COLLECTION_NOT_EXIST = 1000005
 DOC_NOT_EXIST = 1001001
 DOC_IS_FULL = 1001010
-
-#: Staged bodies untouched this long are leftovers of a killed emulator.
-STALE_STAGING_SECONDS = 3600
 
 
 class ProcessStatus(enum.IntEnum):
@@ -199,32 +195,9 @@ class Task:
     fails: bool
 
 
-class VikingStore:
+class VikingStore(SqliteStore):
     def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        self.staging_dir = data_dir / ".staging"
-        self.staging_dir.mkdir(parents=True, exist_ok=True)
-        _remove_stale(self.staging_dir)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(data_dir / ".viking.db", isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        super().__init__(data_dir, ".viking.db", _SCHEMA)
 
     def new_staging_path(self) -> Path:
         return self.staging_dir / f"{secrets.token_hex(16)}.part"
@@ -409,12 +382,3 @@ def _doc_from_row(row: tuple[Any, ...]) -> Doc:
     values = list(row)
     values[12] = bool(values[12])
     return Doc(*values)
-
-
-def _remove_stale(staging_dir: Path) -> None:
-    """Remove bodies a killed emulator left half-fetched; only old ones (another emulator may be fetching)."""
-    cutoff = time.time() - STALE_STAGING_SECONDS
-    for entry in staging_dir.iterdir():
-        with suppress(OSError):
-            if entry.is_file() and entry.stat().st_mtime < cutoff:
-                entry.unlink()

@@ -21,7 +21,7 @@ from ingest import _failpoints
 from ingest.exceptions import SourceFileError, TransientError
 from ingest.models import FileItem
 
-__all__ = ["FileBody", "HttpClient", "HttpReply", "open_checked", "parse_retry_after"]
+__all__ = ["FileBody", "HttpClient", "HttpReply", "one_line", "open_checked", "parse_retry_after"]
 
 DEFAULT_CHUNK_SIZE = 1024 * 1024
 
@@ -42,6 +42,11 @@ def parse_retry_after(value: str | None) -> float | None:
     import datetime as _dt
 
     return max(0.0, (when - _dt.datetime.now(_dt.UTC)).total_seconds())
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """A platform's message on one line, white space folded and cut to ``limit``, for our error messages."""
+    return " ".join(text.split())[:limit]
 
 
 def open_checked(item: FileItem) -> IO[bytes]:

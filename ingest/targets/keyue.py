@@ -22,7 +22,7 @@ from ingest._aio import run_concurrently
 from ingest.exceptions import AuthError, ConfigError, PermanentError, TransientError
 from ingest.models import FileItem, Receipt, RemoteState, RemoteStatus
 from ingest.targets.base import CliOption, Target, TargetContext, TargetFeatures, register_target
-from ingest.targets.keyue_api import PAGE_SIZE, KeyueApi
+from ingest.targets.keyue_api import PAGE_SIZE, KeyueApi, as_int
 from ingest.targets.keyue_config import KeyueTargetConfig
 from ingest.targets.keyue_dirs import ROOT_DIR, DirectoryTree
 
@@ -44,15 +44,6 @@ def _split(rel_path: str) -> tuple[str, str]:
     """``a/b/c.txt`` → (``a/b``, ``c.txt``): the folder and the document name Keyue sees."""
     folder, _, name = rel_path.rpartition("/")
     return folder, name
-
-
-def _int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
 
 
 @register_target
@@ -210,7 +201,7 @@ class KeyueTarget(Target):
         except PermanentError:
             return None  # the directory cannot be listed: the import will say why, for this file alone
         for doc in found:
-            if _int(doc.get("size")) == item.size:
+            if as_int(doc.get("size")) == item.size:
                 return Receipt(item.rel_path, remote_id=str(doc["id"]), extra={"dir_id": dir_id, "name": name})
         return None
 
@@ -232,7 +223,7 @@ class KeyueTarget(Target):
             page = await self.api.documents(dir_id, pn=pn, keyword=keyword)
             docs = [d for d in page.get("list") or [] if isinstance(d, dict)]
             yield docs
-            size, total = _int(page.get("ps")) or PAGE_SIZE, _int(page.get("total"))
+            size, total = as_int(page.get("ps")) or PAGE_SIZE, as_int(page.get("total"))
             if not docs or (pn * size >= total if total is not None else len(docs) < size):
                 return
             pn += 1
@@ -282,8 +273,8 @@ class KeyueTarget(Target):
         try:
             first = await self.api.documents(dir_id, pn=1)
             take(first.get("list") or [])
-            page_size = max(1, _int(first.get("ps")) or PAGE_SIZE)
-            total = _int(first.get("total"))
+            page_size = max(1, as_int(first.get("ps")) or PAGE_SIZE)
+            total = as_int(first.get("total"))
             pages_left = math.ceil(total / page_size) - 1 if total is not None else None
             missing = [r for doc_id, r in want.items() if doc_id not in seen]
             if missing and pages_left is not None and len(missing) < pages_left:
@@ -304,7 +295,7 @@ class KeyueTarget(Target):
         if doc is None:
             reason = f"Keyue directory {receipt.extra.get('dir_id')} no longer lists document {receipt.remote_id}"
             return RemoteStatus(receipt.rel_path, RemoteState.FAILED, reason)
-        status = _int(doc.get("learnStatus"))
+        status = as_int(doc.get("learnStatus"))
         if status in _FAILED:
             detail = str(doc.get("errorMsg") or doc.get("failReason") or "").strip()
             reason = f"{_FAILED[status]}: {detail}" if detail else _FAILED[status]

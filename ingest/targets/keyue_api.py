@@ -18,11 +18,11 @@ import aiohttp
 
 from ingest.exceptions import AuthError, PermanentError, RateLimitedError, TransientError
 from ingest.models import FileItem
-from ingest.targets._http import FileBody, HttpClient, HttpReply
+from ingest.targets._http import FileBody, HttpClient, HttpReply, one_line
 from ingest.targets.base import TargetContext
 from ingest.targets.keyue_config import KeyueTargetConfig
 
-__all__ = ["INVALID", "SUCCESS", "VERSION_CONFLICT", "KeyueApi", "VersionConflict", "check_envelope"]
+__all__ = ["INVALID", "SUCCESS", "VERSION_CONFLICT", "KeyueApi", "VersionConflict", "as_int", "check_envelope"]
 
 SUCCESS = 200
 #: "服务器处理该请求失败,请检查请求是否合法": the request was rejected as invalid.
@@ -38,7 +38,8 @@ class VersionConflict(PermanentError):
     """Code 4000526: the directory tree changed since its version was read; re-read and try again."""
 
 
-def _code(value: Any) -> int | None:
+def as_int(value: Any) -> int | None:
+    """An integer Keyue sent as a JSON number or a numeric string; ``None`` for anything else (booleans too)."""
     if isinstance(value, bool):
         return None
     try:
@@ -47,17 +48,13 @@ def _code(value: Any) -> int | None:
         return None
 
 
-def _one_line(text: str, limit: int = 300) -> str:
-    return " ".join(text.split())[:limit]
-
-
 def check_envelope(reply: HttpReply, what: str, *, secret: str = "") -> Any:
     """Return ``data`` of a successful Keyue envelope, or raise the matching ``IngestError``.
 
     ``secret`` (the token) is scrubbed from anything quoted, should a server ever echo it.
     """
     body = reply.body if isinstance(reply.body, dict) else {}
-    code = _code(body.get("code"))
+    code = as_int(body.get("code"))
     if 200 <= reply.status < 300 and code == SUCCESS:
         return body.get("data")
     msg = str(body.get("msg") or body.get("message") or "").strip()
@@ -67,7 +64,7 @@ def check_envelope(reply: HttpReply, what: str, *, secret: str = "") -> Any:
         detail = f"{detail} ({tip})" if tip else detail
     else:
         detail = f"HTTP {reply.status}" + (f": {reply.body}" if reply.body else "")
-    detail = _one_line(detail or f"HTTP {reply.status}")
+    detail = one_line(detail or f"HTTP {reply.status}")
     if secret:
         detail = detail.replace(secret, "***")
     status_code = str(code) if code is not None else None

@@ -33,6 +33,7 @@ from ingest.config import load_toml, validation_message
 from ingest.exceptions import ConfigError
 from ingest.models import FileItem, Receipt, RemoteState, RemoteStatus
 from ingest.signing.volc import Credentials
+from ingest.targets._http import one_line
 from ingest.targets.base import CliOption, Target, TargetContext, TargetFeatures, register_target
 from ingest.targets.viking_api import TaskInfo, VikingApi
 from ingest.targets.viking_config import StagingConfig, VikingTargetConfig, parse_meta_flag
@@ -356,7 +357,7 @@ def _status(receipt: Receipt, doc: Mapping[str, Any] | None) -> RemoteStatus:
         return RemoteStatus(receipt.rel_path, RemoteState.DONE)
     if code == 1:
         failed_code = status.get("failed_code")
-        message = " ".join(str(status.get("failed_msg") or "").split())[:300]
+        message = one_line(str(status.get("failed_msg") or ""))
         meaning = message or FAILED_CODES.get(failed_code if isinstance(failed_code, int) else -1, "unknown reason")
         return RemoteStatus(
             receipt.rel_path,

@@ -27,7 +27,7 @@ from ingest.exceptions import (
     TransientError,
 )
 from ingest.signing.volc import Credentials, sign
-from ingest.targets._http import HttpClient, HttpReply
+from ingest.targets._http import HttpClient, HttpReply, one_line
 
 __all__ = [
     "COLLECTION_NOT_EXIST",
@@ -61,20 +61,16 @@ class TaskInfo:
     attachment_link: str
 
 
-def _one_line(text: str, limit: int = 300) -> str:
-    return " ".join(text.split())[:limit]
-
-
 def check_reply(reply: HttpReply, what: str, *, kb: str, endpoint: str) -> Any:
     """``data`` of a successful reply (``{}`` when absent), or the matching ``IngestError``."""
     body = reply.body if isinstance(reply.body, dict) else {}
     raw_code = body.get("code")
     code = raw_code if isinstance(raw_code, int) and not isinstance(raw_code, bool) else None
-    message = _one_line(str(body.get("message") or ""))
+    message = one_line(str(body.get("message") or ""))
     if reply.status == 200 and code == 0:
         data = body.get("data")
         return {} if data is None else data
-    shown = f"{code} {message}".strip() if code is not None else (message or _one_line(str(reply.body or "")))
+    shown = f"{code} {message}".strip() if code is not None else (message or one_line(str(reply.body or "")))
     detail = shown or f"HTTP {reply.status}"
     if code == UNAUTHORIZED or reply.status == 401:
         raise AuthError(

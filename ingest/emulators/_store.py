@@ -1,0 +1,78 @@
+"""The on-disk state every emulator keeps: one SQLite database behind one lock, and a staging folder.
+
+Synchronous on purpose: a store's methods run in worker threads (``anyio.to_thread``) under its one
+lock, which also makes each check-then-write atomic against concurrent requests. Bodies are received
+into ``<data_dir>/.staging`` and moved into place only once their request is valid.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+__all__ = ["STALE_STAGING_SECONDS", "SqliteStore", "discard_staged", "remove_stale_staging"]
+
+#: Staging entries untouched this long are leftovers of a killed emulator.
+STALE_STAGING_SECONDS = 3600
+
+
+class SqliteStore:
+    """Opens ``<data_dir>/<db_name>`` (WAL, autocommit) with ``schema`` applied, and the staging folder.
+
+    Subclasses keep their data in ``self._db``, read it under ``self._lock`` and write it in
+    ``self._transaction()``.
+    """
+
+    def __init__(self, data_dir: Path, db_name: str, schema: str) -> None:
+        self.data_dir = data_dir
+        self.staging_dir = data_dir / ".staging"
+        self.staging_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_staging(self.staging_dir)
+        self._lock = threading.Lock()
+        # One connection shared by the worker threads, serialised by the lock; transactions are explicit.
+        self._db = sqlite3.connect(data_dir / db_name, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(schema)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction under the lock. ``BEGIN IMMEDIATE`` takes SQLite's write lock up front,
+        so a read-then-write cannot fail half-way because another connection (a second emulator on the
+        same data dir) started writing meanwhile."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+
+def remove_stale_staging(staging_dir: Path) -> None:
+    """Remove bodies that killed emulators left in staging, half received or half fetched.
+
+    Only old ones: another emulator on the same data dir may be receiving a body right now, and a body
+    being received is written every few milliseconds, so an hour-old one belongs to no live request.
+    """
+    cutoff = time.time() - STALE_STAGING_SECONDS
+    for entry in staging_dir.iterdir():
+        with suppress(OSError):
+            if entry.is_file() and entry.stat().st_mtime < cutoff:
+                entry.unlink()
+
+
+def discard_staged(paths: Iterable[Path]) -> None:
+    """Remove staged files that were not moved into place (moved ones are already gone)."""
+    for path in paths:
+        with suppress(FileNotFoundError):
+            path.unlink()
