@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -445,8 +446,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     def ready(url: str) -> None:
         print(f"{spec.name} emulator listening on {url} (Ctrl-C to stop)", flush=True)
 
+    async def serve_until_signalled() -> None:
+        # SIGINT and SIGTERM both stop the server cleanly (its state store is closed on the way out),
+        # also when a non-interactive shell started it in the background with SIGINT ignored.
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: serve_forever(app, args.host, args.port, on_ready=ready))
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    tg.cancel_scope.cancel()
+                    return
+
     try:
-        anyio.run(lambda: serve_forever(app, args.host, args.port, on_ready=ready))
+        anyio.run(serve_until_signalled)
     except KeyboardInterrupt:
         pass
     except OSError as exc:

@@ -7,19 +7,41 @@ body strictly and reads small text fields through a cap. Every refusal is built 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 
-from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp import BodyPartReader, MultipartReader, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.multipart import content_disposition_filename, parse_content_disposition
 
 from ingest.emulators._common import Refusal, short
 
-__all__ = ["READ_CHUNK", "WRITE_BUFFER", "read_text_part", "receive_parts"]
+__all__ = ["READ_CHUNK", "WRITE_BUFFER", "PartNames", "part_names", "read_text_part", "receive_parts"]
 
 #: Bytes per read from a multipart part; also the unit md5 is updated with.
 READ_CHUNK = 1 << 16
 #: Staged bytes are written once this much is buffered: few thread hops, flat memory per upload.
 WRITE_BUFFER = 1 << 20
+
+
+#: ``form-data; name="…"`` with an optional plain ``filename="…"``: what clients almost always send.
+_SIMPLE_DISPOSITION = re.compile(r'form-data; name="([^"\\]*)"(?:; filename="([^"\\]*)")?\Z')
+
+PartNames = tuple[str | None, str | None]
+
+
+def part_names(part: BodyPartReader) -> PartNames:
+    """A part's form field name and file name, from its Content-Disposition.
+
+    The common simple header is read with one regex; anything else (escapes, ``filename*``, odd
+    spacing) goes to aiohttp's full parser. Same answers, but aiohttp's parser costs ~0.15 ms a call,
+    which at thousands of parts a second was a third of the emulator's CPU.
+    """
+    header = part.headers.get(hdrs.CONTENT_DISPOSITION, "")
+    if m := _SIMPLE_DISPOSITION.match(header):
+        return m.group(1), m.group(2)
+    _, params = parse_content_disposition(header)
+    return params.get("name"), content_disposition_filename(params, "filename")
 
 
 async def receive_parts(

@@ -45,7 +45,7 @@ from ingest.emulators import _cli
 from ingest.emulators._common import ApiError, json_response, now_ms, query_int, read_json_object
 from ingest.emulators._common import short as _short
 from ingest.emulators._faults import Fault, FaultInjector, fault_settings, is_test_hook
-from ingest.emulators._multipart import READ_CHUNK, WRITE_BUFFER, read_text_part, receive_parts
+from ingest.emulators._multipart import READ_CHUNK, WRITE_BUFFER, part_names, read_text_part, receive_parts
 from ingest.emulators._stats import RequestCounter
 from ingest.emulators._store import discard_staged
 from ingest.emulators.keyue_store import (
@@ -404,11 +404,11 @@ async def _receive_form(request: web.Request, state: KeyueState, staged: list[Pa
 
 
 async def _receive_part(part: BodyPartReader, form: _Form, state: KeyueState, staged: list[Path]) -> None:
-    name = part.name
+    name, filename = part_names(part)
     if name == _FILE_FIELD:
         if form.file is not None:
             raise invalid("one document per request: form field file is given twice")
-        form.file = await _stage_file(part, state, staged)
+        form.file = await _stage_file(part, filename, state, staged)
     elif name in _TEXT_FIELDS:
         if name in form.fields:
             raise invalid(f"form field {name} is given twice")
@@ -417,9 +417,8 @@ async def _receive_part(part: BodyPartReader, form: _Form, state: KeyueState, st
         raise invalid(f"unknown form field {_short(name or '')!r}; expected file, taskExtend or multipleFileKey")
 
 
-async def _stage_file(part: BodyPartReader, state: KeyueState, staged: list[Path]) -> _StagedFile:
+async def _stage_file(part: BodyPartReader, filename: str | None, state: KeyueState, staged: list[Path]) -> _StagedFile:
     """Stream the document to a staging file, hashing (and counting characters) as it goes."""
-    filename = part.filename
     if not filename:
         raise invalid("form field file must be a file part with a filename")
     problem = _name_problem(filename, directory=False)

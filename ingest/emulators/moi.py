@@ -62,7 +62,14 @@ from ingest.emulators._common import (
     safe_join,
 )
 from ingest.emulators._faults import Fault, FaultInjector, fault_settings, is_test_hook
-from ingest.emulators._multipart import READ_CHUNK, WRITE_BUFFER, read_text_part, receive_parts
+from ingest.emulators._multipart import (
+    READ_CHUNK,
+    WRITE_BUFFER,
+    PartNames,
+    part_names,
+    read_text_part,
+    receive_parts,
+)
 from ingest.emulators._stats import RequestCounter
 from ingest.emulators._store import SqliteStore, discard_staged
 from ingest.emulators.moi_connectors import CONNECTORS_SCHEMA, ConnectorStore, add_connector_routes
@@ -951,11 +958,11 @@ async def _receive_form(request: web.Request, state: MoiState, staged: list[Path
 
 
 async def _receive_part(part: BodyPartReader, form: _Form, state: MoiState, staged: list[Path]) -> None:
-    name = part.name
+    name, filename = part_names(part)
     if name in (_FILE_FIELD, _DATA_FIELD):
         if len(form.files) >= state.config.max_files_per_request:
             raise _bad(f"too many files: at most {state.config.max_files_per_request} per request")
-        form.files.append(await _stage_file(part, len(form.files), state, staged))
+        form.files.append(await _stage_file(part, (name, filename), len(form.files), state, staged))
     elif name == _EMPTY_FIELD:
         await part.release()  # the SDK's placeholder that keeps an upload without files multipart
     elif name in _TEXT_FIELDS:
@@ -967,7 +974,9 @@ async def _receive_part(part: BodyPartReader, form: _Form, state: MoiState, stag
         raise _bad(f"unknown form field {_short(name or '')!r}; expected one of: {known}")
 
 
-async def _stage_file(part: BodyPartReader, index: int, state: MoiState, staged: list[Path]) -> _StagedPart:
+async def _stage_file(
+    part: BodyPartReader, names: PartNames, index: int, state: MoiState, staged: list[Path]
+) -> _StagedPart:
     """Stream one file part to a staging file, hashing as it goes; never holds more than a buffer."""
     path = state.store.staging_dir / f"{uuid.uuid4().hex}.part"
     staged.append(path)  # registered first, so even a half-written file is cleaned up
@@ -994,7 +1003,7 @@ async def _stage_file(part: BodyPartReader, index: int, state: MoiState, staged:
     finally:
         if out is not None:
             await out.close()
-    return _StagedPart(path, size, digest.hexdigest(), part.name or _FILE_FIELD, part.filename or "")
+    return _StagedPart(path, size, digest.hexdigest(), names[0] or _FILE_FIELD, names[1] or "")
 
 
 # --- upload: validating the fields ------------------------------------------------------------------------
