@@ -142,6 +142,15 @@ def _add_engine_flags(p: argparse.ArgumentParser) -> None:
         help="how long a file may stay processing on the platform before it counts as failed (default 3600)",
     )
     g.add_argument(
+        "--poll-initial",
+        type=float,
+        metavar="SECONDS",
+        help="first status check after a file is accepted; the interval then grows 1.5x (default 0.1)",
+    )
+    g.add_argument(
+        "--poll-max", type=float, metavar="SECONDS", help="longest interval between status checks (default 5)"
+    )
+    g.add_argument(
         "--dedup",
         choices=["resume", "always", "never"],
         help="ask the platform to skip files it already holds: only files a crash left mid-upload "
@@ -301,6 +310,8 @@ def _engine_flags(tree: dict[str, Any], args: argparse.Namespace) -> None:
         "task_timeout",
         "dedup",
         "chunk_size",
+        "poll_initial",
+        "poll_max",
     ):
         _set(tree, "engine", key, getattr(args, key, None))
 

@@ -78,7 +78,7 @@ class EngineConfig(_Model):
     request_retries: int = Field(default=8, ge=0, le=100)
     #: Seconds a file may stay processing on the platform before it is recorded as failed.
     task_timeout: float = Field(default=3600.0, gt=0)
-    poll_initial: float = Field(default=0.2, gt=0)
+    poll_initial: float = Field(default=0.1, gt=0)
     poll_max: float = Field(default=5.0, gt=0)
     chunk_size: int = Field(default=1024 * 1024, ge=4096, le=64 * 1024 * 1024)
     #: When to ask the platform to skip files it already holds: only for files a crash left
