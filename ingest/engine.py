@@ -74,7 +74,6 @@ class EngineStats:
     resumed: int = 0
     sent_files: int = 0
     sent_bytes: int = 0
-    requests: int = 0
     platform_retries: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
     stopped_reason: str | None = None
@@ -154,7 +153,6 @@ class _Run:
         self.batch_bytes = config.batch_bytes or features.max_batch_bytes or 0
         self.batch_file_limit = features.max_batched_file_size or self.batch_bytes
         self.stop_sending = False
-        self.in_flight = 0
         self.gathering = anyio.Lock()
         #: A brand-new manifest has nothing to look up: skip the per-file query.
         self.fresh_manifest = manifest.is_empty()
@@ -355,7 +353,6 @@ async def _send(run: _Run, batch: list[_Work], to_poller: MemoryObjectSendStream
         run.progress.unsent(run.stats.sent_bytes - sent_before)
 
     try:
-        run.stats.requests += 1
         receipts = await retrying(
             lambda: run.target.submit(items, dedup=dedup),
             run.policy,
@@ -430,7 +427,6 @@ async def _poller(
         async with incoming:
             async for tracked in incoming:
                 outstanding[tracked.item.rel_path] = tracked
-                run.in_flight = len(outstanding)
                 arrived.set()
 
     async with anyio.create_task_group() as tg:
@@ -446,7 +442,6 @@ async def _poller(
                 continue
             for start in range(0, len(due), POLL_CHUNK):
                 await _poll_round(run, due[start : start + POLL_CHUNK], outstanding, resubmit)
-            run.in_flight = len(outstanding)
             run.progress.in_flight(len(outstanding))
         tg.cancel_scope.cancel()
 

@@ -30,6 +30,8 @@ class RunSummary:
     stopped_reason: str | None = None
     report: Path | None = None
     stored_at: Path | None = None  # where the embedded emulator keeps the files
+    #: Files the walk passed over on purpose, by reason ("hidden", "excluded", …): not failures.
+    passed_over: dict[str, int] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
@@ -57,6 +59,7 @@ class RunSummary:
             "files_per_s": round(self.files_per_second, 1),
             "mb_per_s": round(self.mb_per_second, 2),
             "stopped_reason": self.stopped_reason,
+            "passed_over": self.passed_over,
             "failures": [{"path": p, "error": e} for p, e in self.failures[:100]],
         }
 
@@ -68,6 +71,9 @@ class RunSummary:
             f"sent {_human_bytes(self.sent_bytes)} in {self.elapsed:.1f}s "
             f"({self.files_per_second:.1f} files/s, {self.mb_per_second:.1f} MB/s)",
         ]
+        if any(self.passed_over.values()):
+            reasons = ", ".join(f"{n} {why}" for why, n in self.passed_over.items() if n)
+            out.append(f"passed over: {reasons}")
         if self.stored_at is not None:
             out.append(f"files stored by the embedded local MOI emulator under {self.stored_at}")
         if self.stopped_reason:

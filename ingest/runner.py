@@ -115,6 +115,14 @@ async def run(
         finally:
             progress.close()
             _fill(summary, stats, time.monotonic() - started)
+            summary.passed_over = {
+                "hidden (use --hidden)": walk_stats.hidden,
+                "symlinks (use --follow-symlinks)": walk_stats.symlinks,
+                "excluded by --include/--exclude": walk_stats.excluded,
+                "larger than --max-size": walk_stats.too_large,
+                "not regular files": walk_stats.special,
+                "symlink loops": walk_stats.loops,
+            }
             manifest.finish_run(run_id, status, summary.to_json())
         if config.report is not None:
             write_report(manifest, run_id, config.report)
