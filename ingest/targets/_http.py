@@ -214,7 +214,7 @@ class HttpClient:
             req_headers.setdefault("Content-Type", "application/json")
         try:
             async with session.request(method, url, params=params, data=body, headers=req_headers) as resp:
-                raw = await resp.read()  # replies are small JSON envelopes, never file bodies
+                raw = await _read_reply(resp, what)
                 status, resp_headers = resp.status, dict(resp.headers)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             # A source file that failed mid-body surfaces as a connection error; report the file.
@@ -233,6 +233,19 @@ class HttpClient:
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()
+
+
+#: Platform replies are JSON envelopes; anything larger is not one, and is not held in memory.
+MAX_REPLY_BYTES = 16 * 1024 * 1024
+
+
+async def _read_reply(resp: aiohttp.ClientResponse, what: str) -> bytes:
+    body = bytearray()
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        body += chunk
+        if len(body) > MAX_REPLY_BYTES:
+            raise TransientError(f"{what}: the reply is larger than {MAX_REPLY_BYTES} bytes; not an API answer")
+    return bytes(body)
 
 
 def _describe(exc: BaseException) -> str:
