@@ -94,7 +94,12 @@ class VikingTarget(Target):
             metavar="URL",
         ),
         CliOption("--staging-bucket", "staging_bucket", "VikingDB: the staging bucket", metavar="BUCKET"),
-        CliOption("--staging-prefix", "staging_prefix", "VikingDB: key prefix of staged files (default ingest/)"),
+        CliOption(
+            "--staging-prefix",
+            "staging_prefix",
+            "VikingDB: key prefix of staged files (default ingest/)",
+            metavar="PREFIX",
+        ),
         CliOption(
             "--staging-path-style",
             "staging_path_style",
