@@ -142,6 +142,12 @@ def _add_engine_flags(p: argparse.ArgumentParser) -> None:
         help="how long a file may stay processing on the platform before it counts as failed (default 3600)",
     )
     g.add_argument(
+        "--max-in-flight",
+        type=int,
+        metavar="N",
+        help="files accepted by the platform but not yet finished, at most; bounds memory (default 20000)",
+    )
+    g.add_argument(
         "--poll-initial",
         type=float,
         metavar="SECONDS",
@@ -312,6 +318,7 @@ def _engine_flags(tree: dict[str, Any], args: argparse.Namespace) -> None:
         "chunk_size",
         "poll_initial",
         "poll_max",
+        "max_in_flight",
     ):
         _set(tree, "engine", key, getattr(args, key, None))
 
