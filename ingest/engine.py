@@ -201,7 +201,8 @@ async def _plan(
                 run.progress.discovered(0)
                 await run.fail([(entry.rel_path, refusal)])
                 continue
-            decision = decide(None if run.fresh_manifest else run.manifest.lookup(entry.rel_path), entry)
+            record = None if run.fresh_manifest else run.manifest.lookup(entry.rel_path)
+            decision = decide(record, entry)
             if decision is Decision.SKIP:
                 run.stats.skipped += 1
                 run.stats.skipped_bytes += entry.size
@@ -209,8 +210,7 @@ async def _plan(
             await run.completion.admit()
             run.progress.discovered(entry.size)
             if decision is Decision.POLL:
-                record = run.manifest.lookup(entry.rel_path)
-                assert record is not None
+                assert record is not None  # POLL is only decided for a recorded file
                 run.stats.resumed += 1
                 await to_poller.send(_track(run, entry, record.receipt(), attempts=record.attempts))
                 continue

@@ -22,6 +22,7 @@ from ingest.config import RunConfig, validation_message
 from ingest.embedded import EMBEDDED_DATA_DIR, EMBEDDED_VOLUME, embedded_moi
 from ingest.engine import EngineStats, run_engine
 from ingest.exceptions import ConfigError, InterruptedRun, TransientError
+from ingest.filetypes import file_type_for
 from ingest.manifest import Manifest
 from ingest.models import FileItem, FileState
 from ingest.progress import Progress
@@ -187,8 +188,6 @@ def _walk_options(config: RunConfig) -> WalkOptions:
 
 async def _failed_files(manifest: Manifest, root: Path) -> AsyncIterator[FileItem | Rejected]:
     """The manifest's failed files, re-read from disk, as the source of ``retry-failed``."""
-    from ingest.filetypes import file_type_for
-
     for record in manifest.iter_files(states=(FileState.FAILED,)):
         path = root / record.path
         try:
