@@ -13,7 +13,8 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from ingest.config import EngineConfig, RunConfig, SourceConfig, TargetConfigBase
-from ingest.exceptions import (
+from ingest.engine.run import retry_failed, run
+from ingest.errors import (
     AuthError,
     CapacityError,
     ConfigError,
@@ -25,9 +26,8 @@ from ingest.exceptions import (
     SourceFileError,
     TransientError,
 )
+from ingest.platforms.moi.target import MoiTargetConfig
 from ingest.report import RunSummary
-from ingest.runner import retry_failed, run
-from ingest.targets.moi import MoiTargetConfig
 
 __all__ = [
     "AuthError",

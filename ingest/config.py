@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, SerializeAsAny, ValidationError, field_validator
 
-from ingest.exceptions import ConfigError
+from ingest.errors import ConfigError
 
 __all__ = [
     "EngineConfig",
@@ -96,7 +96,7 @@ class EngineConfig(_Model):
 class TargetConfigBase(_Model):
     """What every target's settings have: the platform's name and its API endpoint.
 
-    Each target module subclasses this (``MoiTargetConfig`` in ``ingest.targets.moi``, …);
+    Each target module subclasses this (``MoiTargetConfig`` in ``ingest.platforms.moi.target``, …);
     ``RunConfig`` picks the subclass by ``type`` through the target registry.
     """
 
@@ -136,7 +136,7 @@ class RunConfig(_Model):
         """Validate ``[target]`` with the settings model of the target its ``type`` names."""
         if not isinstance(value, dict):
             return value
-        from ingest.targets.base import get_target_class, registered_targets
+        from ingest.platforms.base import get_target_class, registered_targets
 
         kind = value.get("type")
         if kind not in registered_targets():

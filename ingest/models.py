@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ingest.filetypes import FileType
+from ingest.platforms.moi.filetypes import FileType
 
 __all__ = ["FileItem", "FileState", "Receipt", "RemoteState", "RemoteStatus"]
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ingest.exceptions import ConfigError
-from ingest.manifest import Manifest
+from ingest.errors import ConfigError
+from ingest.manifest.sqlite import Manifest
 
 __all__ = ["RunSummary", "write_report"]
 

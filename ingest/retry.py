@@ -12,7 +12,7 @@ from typing import TypeVar
 
 import anyio
 
-from ingest.exceptions import RateLimitedError, TransientError
+from ingest.errors import RateLimitedError, TransientError
 
 __all__ = ["AdaptiveLimiter", "RetryPolicy", "retrying"]
 

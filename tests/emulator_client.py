@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import aiohttp
 from aiohttp import web
 
-from ingest.emulators._server import serve_in_background
+from ingest.emulators.kit.server import serve_in_background
 
 
 @dataclass

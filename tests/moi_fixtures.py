@@ -20,10 +20,10 @@ import anyio
 import pytest
 from pydantic import SecretStr
 
-from ingest.clients.moi import MoiClient
-from ingest.clients.moi_models import OssConfig, S3Config
-from ingest.emulators._server import serve_in_background
-from ingest.emulators.moi import MOI_STATE, MoiEmulatorConfig, MoiState, create_moi_app
+from ingest.emulators.kit.server import serve_in_background
+from ingest.emulators.moi.app import MOI_STATE, MoiEmulatorConfig, MoiState, create_moi_app
+from ingest.platforms.moi.client import MoiClient
+from ingest.platforms.moi.wire import OssConfig, S3Config
 
 KEY = "test-key"
 VOLUME = "1001"

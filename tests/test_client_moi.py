@@ -1,4 +1,4 @@
-"""Every MOI endpoint of the seed document through ``ingest.clients.moi.MoiClient`` against the emulator,
+"""Every MOI endpoint of the seed document through ``ingest.platforms.moi.client.MoiClient`` against the emulator,
 with real S3 buckets (moto) behind the connectors: the happy paths and the error paths."""
 
 from __future__ import annotations
@@ -11,8 +11,11 @@ import anyio
 import pytest
 from pydantic import SecretStr
 
-from ingest.clients.moi import MoiClient
-from ingest.clients.moi_models import (
+from ingest.errors import AuthError, PermanentError
+from ingest.models import FileItem
+from ingest.platforms.moi.client import MoiClient
+from ingest.platforms.moi.filetypes import FileType
+from ingest.platforms.moi.wire import (
     Connector,
     ConnectorCreate,
     ConnectorQuery,
@@ -30,9 +33,6 @@ from ingest.clients.moi_models import (
     TaskStatus,
     TaskUpdate,
 )
-from ingest.exceptions import AuthError, PermanentError
-from ingest.filetypes import FileType
-from ingest.models import FileItem
 from tests.moi_fixtures import KEY, SECRET, VOLUME, Bucket, Moi, bucket, eventually, moi, moto_endpoint, running_moi
 
 pytestmark = pytest.mark.anyio

@@ -17,8 +17,8 @@ import anyio
 import pytest
 
 from ingest.emulators import emulator_specs
-from ingest.emulators._common import relative_path_problem, safe_join
-from ingest.emulators.moi import MOI_STATE, FileStatus, MoiEmulatorConfig, MoiState, TaskStatus, create_moi_app
+from ingest.emulators.kit.common import relative_path_problem, safe_join
+from ingest.emulators.moi.app import MOI_STATE, FileStatus, MoiEmulatorConfig, MoiState, TaskStatus, create_moi_app
 from tests.emulator_client import ServedEmulator, serving
 
 pytestmark = pytest.mark.anyio

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from aiohttp.multipart import content_disposition_filename, parse_content_disposition
 
-from ingest.emulators._multipart import part_names
+from ingest.emulators.kit.multipart import part_names
 
 
 def part(header: str) -> Any:

@@ -16,13 +16,13 @@ import pytest
 
 import ingest
 from ingest.config import EngineConfig, RunConfig, SourceConfig
-from ingest.engine import EngineStats, run_engine
-from ingest.manifest import Manifest
+from ingest.engine.pipeline import EngineStats, run_engine
+from ingest.manifest.sqlite import Manifest
 from ingest.models import FileItem
+from ingest.platforms.base import TargetContext
+from ingest.platforms.moi.target import MoiTarget
 from ingest.progress import Progress
-from ingest.targets.base import TargetContext
-from ingest.targets.moi import MoiTarget
-from ingest.walker import Rejected, WalkOptions, walk
+from ingest.sources.local import Rejected, WalkOptions, walk
 from tests.conftest import make_tree
 from tests.harness import MOI, Faults
 

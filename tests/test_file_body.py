@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from ingest.exceptions import SourceFileError
+from ingest.errors import SourceFileError
+from ingest.http import FileBody, parse_retry_after
 from ingest.models import FileItem
-from ingest.targets._http import FileBody, parse_retry_after
 
 pytestmark = pytest.mark.anyio
 

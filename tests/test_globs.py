@@ -2,7 +2,7 @@
 
 import pytest
 
-from ingest.globs import GlobSet
+from ingest.sources.globs import GlobSet
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from ingest.exceptions import ConfigError
-from ingest.manifest import Decision, Manifest, decide
+from ingest.errors import ConfigError
+from ingest.manifest.sqlite import Decision, Manifest, decide
 from ingest.models import FileItem, FileState, Receipt
 
 pytestmark = pytest.mark.anyio

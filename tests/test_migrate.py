@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from ingest.clients.moi_models import ConnectorCreate, IntervalType, SourceType
-from ingest.migrate import MigrateConfig, migrate
+from ingest.platforms.moi.loadtasks import MigrateConfig, migrate
+from ingest.platforms.moi.wire import ConnectorCreate, IntervalType, SourceType
 from tests.harness import ServerProcess, run_cli
 from tests.moi_fixtures import KEY, VOLUME, Bucket, Moi, bucket, eventually, moi, moto_endpoint, running_moi
 
@@ -253,7 +253,7 @@ def test_unknown_connector_or_volume_is_a_one_line_usage_error(
     served: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An unknown connector or volume stops before anything is created, with exit 2 and one line."""
-    from ingest.cli import main
+    from ingest.cli.main import main
 
     manifest = tmp_path / "m.db"
     monkeypatch.setenv("MOI_KEY", KEY)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from ingest.cli import main
+from ingest.cli.main import main
 from tests.harness import ServerProcess
 from tests.moi_fixtures import ACCESS_KEY, KEY, SECRET, VOLUME, Bucket, bucket, moto_endpoint
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import ingest
-from ingest.cli import build_parser, config_from_args
+from ingest.cli.main import build_parser, config_from_args
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.toml"))
 

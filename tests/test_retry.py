@@ -5,7 +5,7 @@ import random
 import anyio
 import pytest
 
-from ingest.exceptions import PermanentError, RateLimitedError, TransientError
+from ingest.errors import PermanentError, RateLimitedError, TransientError
 from ingest.retry import AdaptiveLimiter, RetryPolicy, retrying
 
 pytestmark = pytest.mark.anyio

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from ingest.signing.volc import Credentials, SignatureProblem, sha256_hex, sign, verify
+from ingest.platforms.viking.signing import Credentials, SignatureProblem, sha256_hex, sign, verify
 
 NOW = dt.datetime(2024, 1, 1, 12, 0, 0, tzinfo=dt.UTC)
 BODY = (

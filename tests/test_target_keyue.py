@@ -17,13 +17,13 @@ from pydantic import SecretStr, ValidationError
 
 import ingest
 from ingest.config import EngineConfig, RunConfig, SourceConfig, validation_message
-from ingest.exceptions import AuthError, ConfigError, PermanentError, RateLimitedError, TransientError
+from ingest.errors import AuthError, ConfigError, PermanentError, RateLimitedError, TransientError
+from ingest.http import HttpReply
 from ingest.models import FileItem, Receipt, RemoteState
-from ingest.targets._http import HttpReply
-from ingest.targets.base import TargetContext
-from ingest.targets.keyue import KeyueTarget
-from ingest.targets.keyue_api import VersionConflict, check_envelope
-from ingest.targets.keyue_config import KeyueTargetConfig
+from ingest.platforms.base import TargetContext
+from ingest.platforms.keyue.api import VersionConflict, check_envelope
+from ingest.platforms.keyue.config import KeyueTargetConfig
+from ingest.platforms.keyue.target import KeyueTarget
 from tests.conftest import make_tree
 from tests.harness import KEYUE, Faults, KeyueDeployment, ServerProcess, run_cli
 
@@ -218,7 +218,7 @@ def item(root: Path, rel: str, data: bytes = b"hello") -> FileItem:
 
 
 def state(dep: KeyueDeployment) -> Any:
-    from ingest.emulators.keyue import KEYUE_STATE
+    from ingest.emulators.keyue.app import KEYUE_STATE
 
     return dep.app[KEYUE_STATE]
 

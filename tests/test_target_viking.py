@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 import ingest
 from ingest.config import EngineConfig, RunConfig, SourceConfig
-from ingest.exceptions import (
+from ingest.errors import (
     AuthError,
     CapacityError,
     ConfigError,
@@ -29,13 +29,13 @@ from ingest.exceptions import (
     SourceFileError,
     TransientError,
 )
+from ingest.http import HttpReply
 from ingest.models import FileItem
-from ingest.targets._http import HttpReply
-from ingest.targets.base import TargetContext
-from ingest.targets.viking import VikingTarget
-from ingest.targets.viking_api import check_reply
-from ingest.targets.viking_config import VikingTargetConfig
-from ingest.targets.viking_naming import doc_id_for, meta_for
+from ingest.platforms.base import TargetContext
+from ingest.platforms.viking.api import check_reply
+from ingest.platforms.viking.config import VikingTargetConfig
+from ingest.platforms.viking.naming import doc_id_for, meta_for
+from ingest.platforms.viking.target import VikingTarget
 from tests.conftest import make_tree
 from tests.harness import MOTO, VIKING, ServerProcess, VikingDeployment, run_cli
 
@@ -227,7 +227,7 @@ async def test_full_knowledge_base_stops_sending_and_says_so(tmp_path: Path) -> 
     """At 1001010 the run stops sending new files, fails what it tried, and reports why."""
     make_tree(tmp_path / "src", 10)
     async with VIKING.start(tmp_path / "data") as dep:
-        from ingest.emulators.viking import VIKING_STATE
+        from ingest.emulators.viking.app import VIKING_STATE
 
         dep.app[VIKING_STATE].max_docs = 3
         config = run_config(dep, tmp_path / "src", tmp_path / "m.db")
@@ -330,8 +330,8 @@ def test_cli_run_stages_adds_and_finishes_every_file_once(server: ServerProcess,
 
 
 async def doc_info(url: str, rel_path: str) -> dict[str, Any]:
-    from ingest.signing.volc import Credentials
-    from ingest.targets.viking_api import VikingApi
+    from ingest.platforms.viking.api import VikingApi
+    from ingest.platforms.viking.signing import Credentials
 
     credentials = Credentials(VIKING.access_key, VIKING.secret_key, MOTO.region)
     api = VikingApi(url, credentials, kb_fields={"collection_name": VIKING.collection}, kb_label="kb1")
@@ -389,9 +389,9 @@ def test_ingest_imports_without_the_s3_library(tmp_path: Path) -> None:
     code = (
         "import sys; sys.modules['aiobotocore'] = None\n"
         "import anyio, ingest\n"
-        "from ingest.targets.base import get_target_class\n"
-        "from ingest.targets.viking import VikingTarget, VikingTargetConfig\n"
-        "from ingest.targets.base import TargetContext\n"
+        "from ingest.platforms.base import get_target_class\n"
+        "from ingest.platforms.viking.target import VikingTarget, VikingTargetConfig\n"
+        "from ingest.platforms.base import TargetContext\n"
         "cfg = VikingTargetConfig(endpoint='http://127.0.0.1:1', access_key='a', secret_key='b',"
         " collection_name='kb', staging={'bucket': 'stage'})\n"
         "t = VikingTarget(cfg, TargetContext())\n"

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from ingest.filetypes import FileType
 from ingest.models import FileItem
-from ingest.walker import Rejected, WalkOptions, WalkStats, walk
+from ingest.platforms.moi.filetypes import FileType
+from ingest.sources.local import Rejected, WalkOptions, WalkStats, walk
 
 pytestmark = pytest.mark.anyio
 

@@ -18,8 +18,10 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from ingest.emulators import keyue, moi, viking
-from ingest.emulators._server import serve_forever, serve_in_background
+from ingest.emulators.keyue import app as keyue
+from ingest.emulators.kit.server import serve_forever, serve_in_background
+from ingest.emulators.moi import app as moi
+from ingest.emulators.viking import app as viking
 
 __all__ = ["EmulatorSpec", "emulator_specs", "serve_forever", "serve_in_background"]
 

@@ -1,0 +1,7 @@
+"""The command line: argument parsing and output only (see ``ingest.cli.main``)."""
+
+from __future__ import annotations
+
+from ingest.cli.main import main
+
+__all__ = ["main"]

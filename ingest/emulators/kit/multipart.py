@@ -1,0 +1,77 @@
+"""Receiving a multipart upload body, part by part, for the emulators whose upload API is a form (MOI, Keyue).
+
+What each part means, and how a file part is staged, is the platform's; this module only walks the
+body strictly and reads small text fields through a cap. Every refusal is built by the caller's
+``fail`` (a ``_common.Refusal``), since each platform codes it in its own envelope.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+
+from aiohttp import BodyPartReader, MultipartReader, hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.multipart import content_disposition_filename, parse_content_disposition
+
+from ingest.emulators.kit.common import Refusal, short
+
+__all__ = ["READ_CHUNK", "WRITE_BUFFER", "PartNames", "part_names", "read_text_part", "receive_parts"]
+
+#: Bytes per read from a multipart part; also the unit md5 is updated with.
+READ_CHUNK = 1 << 16
+#: Staged bytes are written once this much is buffered: few thread hops, flat memory per upload.
+WRITE_BUFFER = 1 << 20
+
+
+#: ``form-data; name="…"`` with an optional plain ``filename="…"``: what clients almost always send.
+_SIMPLE_DISPOSITION = re.compile(r'form-data; name="([^"\\]*)"(?:; filename="([^"\\]*)")?\Z')
+
+PartNames = tuple[str | None, str | None]
+
+
+def part_names(part: BodyPartReader) -> PartNames:
+    """A part's form field name and file name, from its Content-Disposition.
+
+    The common simple header is read with one regex; anything else (escapes, ``filename*``, odd
+    spacing) goes to aiohttp's full parser. Same answers, but aiohttp's parser costs ~0.15 ms a call,
+    which at thousands of parts a second was a third of the emulator's CPU.
+    """
+    header = part.headers.get(hdrs.CONTENT_DISPOSITION, "")
+    if m := _SIMPLE_DISPOSITION.match(header):
+        return m.group(1), m.group(2)
+    _, params = parse_content_disposition(header)
+    return params.get("name"), content_disposition_filename(params, "filename")
+
+
+async def receive_parts(
+    request: web.Request, on_part: Callable[[BodyPartReader], Awaitable[None]], fail: Refusal
+) -> None:
+    """Hand every part of a ``multipart/form-data`` body to ``on_part``, in order.
+
+    ``on_part`` runs inside the parsing guard: a malformed body noticed while it reads a part is
+    refused as malformed too, whichever part was being read.
+    """
+    if request.content_type != "multipart/form-data":
+        raise fail(f"request body must be multipart/form-data, not {short(request.content_type)!r}")
+    try:
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if isinstance(part, MultipartReader):
+                raise fail("nested multipart parts are not supported")
+            await on_part(part)
+    except (ValueError, HttpProcessingError) as exc:
+        raise fail(f"malformed multipart body: {exc}") from exc
+
+
+async def read_text_part(part: BodyPartReader, name: str, limit: int, fail: Refusal) -> str:
+    """A text form field as UTF-8, refused once it grows past ``limit`` bytes."""
+    data = bytearray()
+    while chunk := await part.read_chunk(READ_CHUNK):
+        data += chunk
+        if len(data) > limit:
+            raise fail(f"form field {name} is larger than {limit} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise fail(f"form field {name} is not valid UTF-8") from None

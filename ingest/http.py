@@ -1,0 +1,257 @@
+"""The HTTP layer every target shares: one aiohttp session, streamed file bodies, and the translation
+of transport failures into ``ingest.errors`` (done once, here).
+
+Platform-specific envelopes and error codes are decoded by each target; this module only knows HTTP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import IO, Any
+
+import aiohttp
+import anyio
+from aiohttp.payload import AsyncIterablePayload
+
+from ingest import _failpoints
+from ingest.errors import SourceFileError, TransientError
+from ingest.models import FileItem
+
+__all__ = ["FileBody", "HttpClient", "HttpReply", "one_line", "open_checked", "parse_retry_after"]
+
+DEFAULT_CHUNK_SIZE = 1024 * 1024
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date); ``None`` if absent/bad."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    import datetime as _dt
+
+    return max(0.0, (when - _dt.datetime.now(_dt.UTC)).total_seconds())
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """A platform's message on one line, white space folded and cut to ``limit``, for our error messages."""
+    return " ".join(text.split())[:limit]
+
+
+def open_checked(item: FileItem) -> IO[bytes]:
+    """Open a source file for sending, turning every OS failure into a one-line ``SourceFileError``."""
+    try:
+        return open(item.abs_path, "rb")
+    except FileNotFoundError:
+        raise SourceFileError(item.rel_path, "file disappeared between the walk and the upload") from None
+    except PermissionError:
+        raise SourceFileError(
+            item.rel_path, "permission denied; make it readable or leave it out with --exclude"
+        ) from None
+    except IsADirectoryError:
+        raise SourceFileError(item.rel_path, "became a folder after the walk") from None
+    except OSError as exc:
+        raise SourceFileError(item.rel_path, f"cannot open: {exc.strerror or exc}") from None
+
+
+def _read_and_hash(f: IO[bytes], n: int, digest: Any) -> bytes:
+    chunk = f.read(n)
+    digest.update(chunk)  # hashlib releases the GIL on large buffers: this stays off the loop
+    return chunk
+
+
+class FileBody(AsyncIterablePayload):
+    """A file streamed as a request body (or one multipart part) in fixed-size chunks.
+
+    Its size is declared up front, so requests carry ``Content-Length`` like curl's do. Reading and
+    md5 hashing happen together in a worker thread. If the file is shorter or longer than the walk
+    said, the send is aborted with ``SourceFileError``: a truncated or mixed body must never reach the
+    platform under that name. One ``FileBody`` is good for one send: retries build a new one.
+    """
+
+    def __init__(
+        self,
+        item: FileItem,
+        *,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        on_bytes: Callable[[int], None] | None = None,
+        content_type: str = "application/octet-stream",
+        filename: str | None = None,
+    ) -> None:
+        self.item = item
+        self.md5 = hashlib.md5(usedforsecurity=False)
+        self._chunk_size = chunk_size
+        self._on_bytes = on_bytes
+        self._file = open_checked(item)
+        #: Set when the file itself made the send fail (changed, unreadable): not a network problem.
+        self.failure: SourceFileError | None = None
+        super().__init__(self._chunks(), content_type=content_type, filename=filename)
+        self._size = item.size
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._read():
+                yield chunk
+        except SourceFileError as exc:
+            self.failure = exc
+            raise
+
+    async def _read(self) -> AsyncIterator[bytes]:
+        f, item = self._file, self.item
+        sent = 0
+        try:
+            while True:
+                want = min(self._chunk_size, item.size - sent + 1)  # +1 notices a file that grew
+                try:
+                    chunk = await anyio.to_thread.run_sync(_read_and_hash, f, want, self.md5)
+                except OSError as exc:
+                    raise SourceFileError(item.rel_path, f"read failed: {exc.strerror or exc}") from None
+                if not chunk:
+                    break
+                sent += len(chunk)
+                if sent > item.size:
+                    raise SourceFileError(item.rel_path, "file grew while being sent; rerun to send it")
+                if self._on_bytes is not None:
+                    self._on_bytes(len(chunk))
+                yield chunk
+                _failpoints.failpoint("mid-body")
+                if len(chunk) < want:
+                    break  # a buffered read comes back short only at end of file: no need to ask again
+            if sent != item.size:
+                raise SourceFileError(item.rel_path, "file shrank while being sent; rerun to send it")
+        finally:
+            f.close()
+
+    def close_now(self) -> None:
+        """Release the file handle of a body that will not be sent."""
+        self._file.close()
+
+    @property
+    def hexdigest(self) -> str:
+        return self.md5.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class HttpReply:
+    status: int
+    headers: Mapping[str, str]
+    body: Any  # decoded JSON, or the text when the body is not JSON
+
+    @property
+    def retry_after(self) -> float | None:
+        return parse_retry_after(self.headers.get("Retry-After"))
+
+
+class HttpClient:
+    """One pooled aiohttp session for one platform endpoint.
+
+    ``headers`` may hold secrets: they are sent, never logged or put in messages. Connection-level
+    failures become ``TransientError`` naming the endpoint and the operation; HTTP statuses are left
+    to the caller, who knows the platform's envelope.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        connections: int = 64,
+        connect_timeout: float = 30.0,
+        read_timeout: float = 300.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._headers = dict(headers or {})
+        self._connections = connections
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=read_timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _ensure_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self._connections, limit_per_host=self._connections)
+            self._session = aiohttp.ClientSession(
+                headers=self._headers,
+                timeout=self._timeout,
+                connector=connector,
+                # Bodies are ours to stream; never let aiohttp buffer a response body we did not ask for.
+                auto_decompress=True,
+            )
+        return self._session
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        what: str,
+        params: Mapping[str, str | int] | None = None,
+        json_body: Any = None,
+        data: Any = None,
+        headers: Mapping[str, str] | None = None,
+        file_bodies: Sequence[FileBody] = (),
+    ) -> HttpReply:
+        """Send one request; return status, headers and the decoded body.
+
+        ``what`` names the operation in error messages (``upload of docs/a.pdf``); ``file_bodies``
+        are the streamed files inside ``data``, consulted when the send fails.
+        """
+        session = self._ensure_session()
+        url = self.base_url + path
+        body: Any = data
+        req_headers = dict(headers or {})
+        if json_body is not None:
+            body = json.dumps(json_body, ensure_ascii=False).encode()
+            req_headers.setdefault("Content-Type", "application/json")
+        try:
+            async with session.request(method, url, params=params, data=body, headers=req_headers) as resp:
+                raw = await _read_reply(resp, what)
+                status, resp_headers = resp.status, dict(resp.headers)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            # A source file that failed mid-body surfaces as a connection error; report the file.
+            for body in file_bodies:
+                if body.failure is not None:
+                    raise body.failure from None
+            text = f"connection to {self.base_url} failed ({_describe(exc)})"
+            raise TransientError(f"{what}: {text}", detail=text) from exc
+        try:
+            decoded: Any = json.loads(raw) if raw else None
+        except ValueError:
+            decoded = raw[:500].decode("utf-8", "replace")
+        return HttpReply(status, resp_headers, decoded)
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+
+#: Platform replies are JSON envelopes; anything larger is not one, and is not held in memory.
+MAX_REPLY_BYTES = 16 * 1024 * 1024
+
+
+async def _read_reply(resp: aiohttp.ClientResponse, what: str) -> bytes:
+    body = bytearray()
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        body += chunk
+        if len(body) > MAX_REPLY_BYTES:
+            raise TransientError(f"{what}: the reply is larger than {MAX_REPLY_BYTES} bytes; not an API answer")
+    return bytes(body)
+
+
+def _describe(exc: BaseException) -> str:
+    """A short, secret-free description of a transport error."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    text = str(exc) or type(exc).__name__
+    # aiohttp messages can be long; the first line is the useful part.
+    return text.splitlines()[0][:200]

@@ -1,0 +1,314 @@
+"""Baidu Keyue (客悦): local files into a knowledge directory through ``llm_document_import``.
+
+One import request carries one file (``file`` + the ``taskExtend`` training options) into one
+directory, and returns the document id. Learning is followed through ``/llm/document/list``: one
+listing per directory per poll round (newest first, stopping as soon as every document sought is
+seen), or a lookup by name when that is cheaper. ``learnStatus`` -1 is failed, 0 learning, 1 learned,
+2 knowledge enhancement (done or not, by ``treat_enhancing_as_done``). Failed documents are retried
+with ``batchRetrain``. Keyue has no documented dedup, so a file a crash left mid-upload is looked up
+by name (and size) in its directory before it is sent again.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections import defaultdict
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from contextlib import aclosing
+from typing import Any, ClassVar
+
+from ingest._aio import run_concurrently
+from ingest.errors import AuthError, ConfigError, PermanentError, TransientError
+from ingest.models import FileItem, Receipt, RemoteState, RemoteStatus
+from ingest.platforms.base import CliOption, Target, TargetContext, TargetFeatures, register_target
+from ingest.platforms.keyue.api import PAGE_SIZE, KeyueApi, as_int
+from ingest.platforms.keyue.config import KeyueTargetConfig
+from ingest.platforms.keyue.dirs import ROOT_DIR, DirectoryTree
+
+__all__ = ["KeyueTarget", "KeyueTargetConfig"]
+
+#: Directories listed at once in one poll round.
+POLL_PARALLEL_DIRS = 8
+#: Ids per ``batchRetrain`` request.
+RETRAIN_BATCH = 100
+#: Pages of name matches read when looking a document up by name.
+MAX_NAME_PAGES = 50
+
+# learnStatus (API-NOTES section 3; -2 "crawl failed" and 3 "crawling" from the web list page).
+_FAILED = {-1: "Keyue could not learn the document (learnStatus -1)", -2: "Keyue could not fetch it (learnStatus -2)"}
+_LEARNED, _ENHANCING = 1, 2
+
+
+def _split(rel_path: str) -> tuple[str, str]:
+    """``a/b/c.txt`` → (``a/b``, ``c.txt``): the folder and the document name Keyue sees."""
+    folder, _, name = rel_path.rpartition("/")
+    return folder, name
+
+
+@register_target
+class KeyueTarget(Target):
+    name = "keyue"
+    config_model = KeyueTargetConfig
+    secret_env: ClassVar[Mapping[str, str]] = {"token": "KEYUE_TOKEN"}
+    cli_options = (
+        CliOption(
+            "--token",
+            "token",
+            "Keyue: the robot's API key (prefer the KEYUE_TOKEN environment variable: the command line is visible)",
+            metavar="TOKEN",
+        ),
+        CliOption("--uid", "uid", "Keyue: user id (uid header), from the Keyue console", metavar="UID"),
+        CliOption("--username", "username", "Keyue: user name (username header)", metavar="NAME"),
+        CliOption(
+            "--dir-id", "dir_id", "Keyue: destination directory id (default 0, the default directory)", metavar="ID"
+        ),
+        CliOption(
+            "--mirror-dirs",
+            "mirror_dirs",
+            "Keyue: recreate the local folder tree as directories under --dir-id, each file in its folder's",
+            kind="switch",
+        ),
+        CliOption(
+            "--split-by",
+            "split_by",
+            "Keyue taskExtend: chunk boundaries, punc or wrap (the doc calls punc newline and wrap punctuation "
+            "splitting); default: automatic",
+            choices=("punc", "wrap"),
+        ),
+        CliOption(
+            "--chunk-size",
+            "chunk_size",
+            "Keyue taskExtend: maximum characters per chunk, 200-800 (default: automatic)",
+            metavar="N",
+        ),
+        CliOption(
+            "--overlap",
+            "overlap_proportion",
+            "Keyue taskExtend: overlap between chunks in percent, 0-20 (default: automatic)",
+            metavar="PCT",
+        ),
+        CliOption(
+            "--pre-handle-text",
+            "pre_handle_text",
+            "Keyue taskExtend: remove repeated spaces, newlines and tabs",
+            kind="switch",
+        ),
+        CliOption(
+            "--pre-handle-directory",
+            "pre_handle_directory",
+            "Keyue taskExtend: remove tables of contents, headers and footers",
+            kind="switch",
+        ),
+        CliOption(
+            "--treat-enhancing-as-done",
+            "treat_enhancing_as_done",
+            "Keyue: count a learned document as done while knowledge enhancement (learnStatus 2) still runs",
+            kind="switch",
+        ),
+        CliOption(
+            "--api-prefix",
+            "api_prefix",
+            "Keyue: API path, open (/open/v1/api/v2, default) or csp-service (/csp-service/open/v1/api/v2)",
+            choices=("open", "csp-service"),
+        ),
+    )
+    # One document per import request; learning states come by directory listing; no dedup.
+    features = TargetFeatures(max_batch_files=1, batch_poll=True, server_dedup=False, server_retry=True)
+
+    def __init__(self, config: KeyueTargetConfig, context: TargetContext) -> None:
+        self.config = config
+        self.context = context
+        self.api = KeyueApi(config, context)
+        self.tree = DirectoryTree(self.api, config.dir_id)
+        self._task_extend = config.task_extend()
+
+    @classmethod
+    def from_config(cls, config: Any, context: TargetContext) -> KeyueTarget:
+        if not isinstance(config, KeyueTargetConfig):
+            raise TypeError("KeyueTarget needs a KeyueTargetConfig")
+        return cls(config, context)
+
+    def describe(self) -> str:
+        mirrored = ", mirroring folders as directories" if self.config.mirror_dirs else ""
+        return f"Keyue directory {self.config.dir_id} at {self.config.endpoint}{mirrored}"
+
+    def identity(self) -> str:
+        c = self.config
+        return f"keyue:{c.endpoint}{c.api_base}/user/{c.uid}/dir/{c.dir_id}" + ("/mirror" if c.mirror_dirs else "")
+
+    async def open(self) -> None:
+        """Check the credentials and the destination directory with one directory listing."""
+        c = self.config
+        try:
+            await self.tree.load()
+        except PermanentError as exc:
+            if exc.status == 404:
+                raise ConfigError(
+                    f"no Keyue API at {c.endpoint}{c.api_base} (HTTP 404); check --endpoint and --api-prefix"
+                ) from None
+            # Listing directories takes no parameters: a refusal can only be about the headers.
+            raise AuthError(
+                f"Keyue refused the credentials: {exc.detail}; check KEYUE_TOKEN (or --token), --uid and --username"
+            ) from None
+        if c.dir_id == ROOT_DIR:
+            return
+        found = self.tree.get(c.dir_id)
+        if found is None:
+            raise ConfigError(
+                f"Keyue directory {c.dir_id} does not exist at {c.endpoint}; pass the id of an existing directory "
+                "with --dir-id (0 is the default directory)"
+            )
+        if not found.has_perm:
+            raise ConfigError(f"user {c.uid} has no permission on Keyue directory {c.dir_id} ({found.name!r})")
+
+    # ----- import --------------------------------------------------------------------------------
+
+    async def _directory_of(self, item: FileItem, *, create: bool) -> str | None:
+        folder, _ = _split(item.rel_path)
+        if not self.config.mirror_dirs or not folder:
+            return self.config.dir_id
+        return await self.tree.ensure(folder) if create else self.tree.lookup(folder)
+
+    async def submit(self, items: Sequence[FileItem], *, dedup: bool) -> list[Receipt]:
+        receipts = []
+        for item in items:  # one document per request: ``max_batch_files`` is 1
+            existing = await self.find_existing(item) if dedup else None
+            receipts.append(existing or await self._import(item))
+        return receipts
+
+    async def _import(self, item: FileItem) -> Receipt:
+        dir_id = await self._directory_of(item, create=True)
+        assert dir_id is not None
+        _, name = _split(item.rel_path)
+        data, md5 = await self.api.import_document(item, name, dir_id, self._task_extend)
+        doc_id = data.get("id") if isinstance(data, dict) else None
+        if doc_id in (None, "") or isinstance(doc_id, bool):
+            return Receipt(item.rel_path, error="Keyue accepted the file but returned no document id to follow")
+        extra = {"dir_id": dir_id, "name": name, "md5": md5}
+        if isinstance(data, dict) and data.get("taskStatus") is not None:
+            extra["task_status"] = str(data["taskStatus"])
+        return Receipt(item.rel_path, remote_id=str(doc_id), extra=extra)
+
+    async def find_existing(self, item: FileItem) -> Receipt | None:
+        """The document a crash mid-upload may have left: same name and size in the file's directory."""
+        dir_id = await self._directory_of(item, create=False)
+        if dir_id is None:
+            return None  # its directory was never created, so neither was the document
+        _, name = _split(item.rel_path)
+        try:
+            found = await self._by_name(dir_id, name)
+        except PermanentError:
+            return None  # the directory cannot be listed: the import will say why, for this file alone
+        for doc in found:
+            if as_int(doc.get("size")) == item.size:
+                return Receipt(item.rel_path, remote_id=str(doc["id"]), extra={"dir_id": dir_id, "name": name})
+        return None
+
+    async def _by_name(self, dir_id: str, name: str) -> list[dict[str, Any]]:
+        """Documents of ``dir_id`` named exactly ``name`` (the keyword search also finds near names)."""
+        matches: list[dict[str, Any]] = []
+        async with aclosing(self._pages(dir_id, keyword=name, max_pages=MAX_NAME_PAGES)) as pages:
+            async for docs in pages:
+                matches.extend(d for d in docs if d.get("name") == name and d.get("id") not in (None, ""))
+        return matches
+
+    async def _pages(
+        self, dir_id: str, *, keyword: str | None = None, start: int = 1, max_pages: int | None = None
+    ) -> AsyncGenerator[list[dict[str, Any]], None]:
+        """Pages of a directory listing from ``start`` on, until the last one (by ``total`` when the
+        platform gives it, else by a short or empty page)."""
+        pn = start
+        while max_pages is None or pn < start + max_pages:
+            page = await self.api.documents(dir_id, pn=pn, keyword=keyword)
+            docs = [d for d in page.get("list") or [] if isinstance(d, dict)]
+            yield docs
+            size, total = as_int(page.get("ps")) or PAGE_SIZE, as_int(page.get("total"))
+            if not docs or (pn * size >= total if total is not None else len(docs) < size):
+                return
+            pn += 1
+
+    # ----- polling -------------------------------------------------------------------------------
+
+    async def poll(self, receipts: Sequence[Receipt]) -> list[RemoteStatus]:
+        by_dir: dict[str, list[Receipt]] = defaultdict(list)
+        statuses: list[RemoteStatus] = []
+        for receipt in receipts:
+            dir_id = receipt.extra.get("dir_id")
+            if receipt.remote_id is None or not dir_id:
+                reason = "Keyue gave no document id or directory to follow"
+                statuses.append(RemoteStatus(receipt.rel_path, RemoteState.FAILED, reason))
+            else:
+                by_dir[dir_id].append(receipt)
+        calls = [functools.partial(self._poll_dir_or_later, dir_id, wanted) for dir_id, wanted in by_dir.items()]
+        results = await run_concurrently(calls, limit=POLL_PARALLEL_DIRS)
+        errors = [error for _, error in results if error is not None]
+        if results and len(errors) == len(results):
+            raise errors[0]  # Keyue is unreachable for now: let the engine back off
+        for found, _ in results:
+            statuses.extend(found)
+        return statuses
+
+    async def _poll_dir_or_later(
+        self, dir_id: str, wanted: list[Receipt]
+    ) -> tuple[list[RemoteStatus], TransientError | None]:
+        """One directory's statuses; a listing that failed transiently leaves them pending, so one
+        failed request among hundreds of directories does not cost the whole round."""
+        try:
+            return await self._poll_dir(dir_id, wanted), None
+        except TransientError as exc:
+            return [RemoteStatus(r.rel_path, RemoteState.PENDING) for r in wanted], exc
+
+    async def _poll_dir(self, dir_id: str, wanted: list[Receipt]) -> list[RemoteStatus]:
+        """The documents of one directory: page through its listing (newest first) until every one
+        sought is seen, or look the rest up by name when that takes fewer requests."""
+        want = {str(r.remote_id): r for r in wanted}
+        seen: dict[str, dict[str, Any]] = {}
+
+        def take(docs: list[Any]) -> None:
+            for d in docs:
+                if isinstance(d, dict) and str(d.get("id")) in want:
+                    seen[str(d["id"])] = d
+
+        try:
+            first = await self.api.documents(dir_id, pn=1)
+            take(first.get("list") or [])
+            page_size = max(1, as_int(first.get("ps")) or PAGE_SIZE)
+            total = as_int(first.get("total"))
+            pages_left = math.ceil(total / page_size) - 1 if total is not None else None
+            missing = [r for doc_id, r in want.items() if doc_id not in seen]
+            if missing and pages_left is not None and len(missing) < pages_left:
+                for r in missing:
+                    take(await self._by_name(dir_id, r.extra.get("name") or _split(r.rel_path)[1]))
+            elif missing and len(first.get("list") or []) >= page_size and pages_left != 0:
+                async with aclosing(self._pages(dir_id, start=2)) as pages:
+                    async for docs in pages:
+                        take(docs)
+                        if len(seen) == len(want):
+                            break
+        except PermanentError as exc:
+            # The directory itself is refused (deleted meanwhile?): its documents cannot be followed.
+            return [RemoteStatus(r.rel_path, RemoteState.FAILED, exc.detail) for r in wanted]
+        return [self._status(r, seen.get(doc_id)) for doc_id, r in want.items()]
+
+    def _status(self, receipt: Receipt, doc: dict[str, Any] | None) -> RemoteStatus:
+        if doc is None:
+            reason = f"Keyue directory {receipt.extra.get('dir_id')} no longer lists document {receipt.remote_id}"
+            return RemoteStatus(receipt.rel_path, RemoteState.FAILED, reason)
+        status = as_int(doc.get("learnStatus"))
+        if status in _FAILED:
+            detail = str(doc.get("errorMsg") or doc.get("failReason") or "").strip()
+            reason = f"{_FAILED[status]}: {detail}" if detail else _FAILED[status]
+            return RemoteStatus(receipt.rel_path, RemoteState.FAILED, reason)
+        if status == _LEARNED or (status == _ENHANCING and self.config.treat_enhancing_as_done):
+            return RemoteStatus(receipt.rel_path, RemoteState.DONE)
+        return RemoteStatus(receipt.rel_path, RemoteState.PENDING)  # learning, enhancing, crawling, unknown
+
+    async def retry(self, receipts: Sequence[Receipt]) -> list[Receipt]:
+        ids = [r.remote_id for r in receipts if r.remote_id is not None]
+        for start in range(0, len(ids), RETRAIN_BATCH):
+            await self.api.retrain(ids[start : start + RETRAIN_BATCH])
+        return list(receipts)
+
+    async def aclose(self) -> None:
+        await self.api.aclose()

@@ -1,0 +1,233 @@
+"""MatrixOne Intelligence (MOI): local files into a volume through ``POST /connectors/upload``.
+
+One upload request carries up to ``max_batch_files`` files as repeated ``file`` parts with a ``meta``
+array in the seed document's form (``file_name`` = the relative path, ``file_size``, ``mime_type``)
+and creates one MOI task; ``/task/files`` reports each file's status and ``/task/retry`` re-runs the
+failed ones. Dedup uses ``{"by": ["name", "md5"], "strategy": "skip"}``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, SecretStr
+
+from ingest._aio import run_concurrently
+from ingest.config import TargetConfigBase
+from ingest.errors import ConfigError, PermanentError, RemoteError, TransientError
+from ingest.models import FileItem, Receipt, RemoteState, RemoteStatus
+from ingest.platforms.base import CliOption, Target, TargetContext, TargetFeatures, register_target
+from ingest.platforms.moi.client import MoiClient, check_envelope
+from ingest.platforms.moi.wire import FILE_STATUS_TABLES, DedupConfig, UploadFileResult, UploadResult
+
+__all__ = ["MoiTarget", "MoiTargetConfig", "check_envelope"]
+
+DEDUP_SKIP = DedupConfig(by=["name", "md5"], strategy="skip")
+TASK_FILES_PAGE = 1000
+POLL_PARALLEL_TASKS = 8
+
+
+class MoiTargetConfig(TargetConfigBase):
+    """MatrixOne Intelligence: upload into a volume through ``/connectors/upload``."""
+
+    type: Literal["moi"] = "moi"
+    api_key: SecretStr
+    volume_id: str = Field(min_length=1)
+    #: Which table of ``/task/files`` status codes the platform speaks: the seed document's
+    #: (4 failed, 5 success) or MOI 5.0's (3 failed, 4 success).
+    file_status_table: Literal["seed", "v5"] = "seed"
+    #: ``moi-key`` (the seed) or ``x-api-key`` (MOI 5.0, with ``workspace_id``).
+    auth_header: Literal["moi-key", "x-api-key"] = "moi-key"
+    workspace_id: str | None = None
+
+
+@register_target
+class MoiTarget(Target):
+    name = "moi"
+    config_model = MoiTargetConfig
+    secret_env: ClassVar[Mapping[str, str]] = {"api_key": "MOI_KEY"}
+    cli_options = (
+        CliOption("--volume-id", "volume_id", "MOI: the volume to load files into", metavar="ID"),
+        CliOption(
+            "--api-key",
+            "api_key",
+            "MOI: API key (prefer the MOI_KEY environment variable: the command line is visible to others)",
+            metavar="KEY",
+        ),
+        CliOption(
+            "--file-status-table",
+            "file_status_table",
+            "MOI: status codes of /task/files: 'seed' (4 failed, 5 success; default) or 'v5' (3 failed, 4 success)",
+            choices=("seed", "v5"),
+        ),
+        CliOption("--workspace-id", "workspace_id", "MOI 5.0: workspace id, sent as X-Workspace-ID", metavar="ID"),
+    )
+    features = TargetFeatures(
+        # MOI 5.0 documents at most 20 files per upload request.
+        max_batch_files=20,
+        max_batch_bytes=32 * 1024 * 1024,
+        max_batched_file_size=4 * 1024 * 1024,
+        batch_poll=True,
+        server_dedup=True,
+        server_retry=True,
+    )
+
+    def __init__(self, config: MoiTargetConfig, context: TargetContext) -> None:
+        self.config = config
+        self.context = context
+        # Requests are sent once each: the engine owns retries (with backoff, Retry-After and dedup).
+        self.client = MoiClient(
+            config.endpoint,
+            config.api_key,
+            auth_header=config.auth_header,
+            workspace_id=config.workspace_id,
+            connections=context.connections,
+            request_timeout=context.request_timeout,
+            retries=None,
+        )
+        self._status_table = FILE_STATUS_TABLES[config.file_status_table]
+
+    @classmethod
+    def from_config(cls, config: Any, context: TargetContext) -> MoiTarget:
+        if not isinstance(config, MoiTargetConfig):
+            raise TypeError("MoiTarget needs a MoiTargetConfig")
+        return cls(config, context)
+
+    @classmethod
+    def add_commands(cls, commands: Any) -> None:
+        """``ingest moi connectors|tasks …`` and ``ingest migrate`` (see ``ingest.platforms.moi.commands``)."""
+        from ingest.platforms.moi.commands import add_moi_commands
+
+        add_moi_commands(commands)
+
+    def describe(self) -> str:
+        return f"MOI volume {self.config.volume_id} at {self.config.endpoint}"
+
+    def identity(self) -> str:
+        return f"moi:{self.config.endpoint}/volume/{self.config.volume_id}"
+
+    async def open(self) -> None:
+        """Check the key and the volume with one cheap call, so a typo fails before any upload."""
+        try:
+            await self.client.volume_info(self.config.volume_id)
+        except PermanentError as exc:
+            if exc.status == 404 or (exc.code or "").lower() == "errnotfound":
+                raise ConfigError(
+                    f"MOI volume {self.config.volume_id} does not exist at {self.config.endpoint}; "
+                    "create it or pass the id of an existing volume with --volume-id"
+                ) from None
+            raise ConfigError(str(exc)) from None
+
+    # ----- upload --------------------------------------------------------------------------------
+
+    async def submit(self, items: Sequence[FileItem], *, dedup: bool) -> list[Receipt]:
+        what = f"upload of {items[0].rel_path}" + (f" and {len(items) - 1} more" if len(items) > 1 else "")
+        reply = await self.client.upload_files(
+            self.config.volume_id,
+            items,
+            dedup=DEDUP_SKIP if dedup else None,
+            chunk_size=self.context.chunk_size,
+            on_bytes=self.context.on_bytes,
+        )
+        return self._receipts(items, reply.result, reply.md5s, what)
+
+    def _receipts(self, items: Sequence[FileItem], data: UploadResult, md5s: Sequence[str], what: str) -> list[Receipt]:
+        task = data.task_id or None
+        results = data.results
+        if not results:
+            # Single-file replies may carry only the top-level file_id.
+            results = [UploadFileResult(success=data.success, file_id=data.file_id)]
+        if len(results) != len(items):
+            raise TransientError(f"{what}: MOI returned {len(results)} results for {len(items)} files")
+        receipts = []
+        for item, result, md5 in zip(items, results, md5s, strict=True):
+            if not result.success:
+                reason = result.message or "rejected by MOI"
+                receipts.append(Receipt(item.rel_path, error=f"MOI refused the file: {reason}"))
+                continue
+            receipts.append(Receipt(item.rel_path, remote_id=result.file_id or None, task_id=task, extra={"md5": md5}))
+        return receipts
+
+    # ----- polling -------------------------------------------------------------------------------
+
+    async def poll(self, receipts: Sequence[Receipt]) -> list[RemoteStatus]:
+        by_task: dict[str, list[Receipt]] = defaultdict(list)
+        statuses: list[RemoteStatus] = []
+        for receipt in receipts:
+            if receipt.task_id is None or receipt.remote_id is None:
+                statuses.append(
+                    RemoteStatus(receipt.rel_path, RemoteState.FAILED, "MOI gave no task or file id to follow")
+                )
+            else:
+                by_task[receipt.task_id].append(receipt)
+        calls = [functools.partial(self._poll_task_or_skip, task_id, wanted) for task_id, wanted in by_task.items()]
+        for found in await run_concurrently(calls, limit=POLL_PARALLEL_TASKS):
+            statuses.extend(found)
+        return statuses
+
+    async def _poll_task_or_skip(self, task_id: str, wanted: list[Receipt]) -> list[RemoteStatus]:
+        """One task's statuses; none this round if MOI hiccups, so one flaky task never stalls a batch."""
+        try:
+            return await self._poll_task(task_id, wanted)
+        except TransientError:
+            return []
+
+    async def _poll_task(self, task_id: str, wanted: list[Receipt]) -> list[RemoteStatus]:
+        found: dict[str, tuple[int, str]] = {}
+        want_ids = {r.remote_id for r in wanted}
+        page = 1
+        while True:
+            try:
+                data = await self.client.task_files(task_id, page=page, page_size=TASK_FILES_PAGE)
+            except PermanentError as exc:
+                if exc.status == 404:
+                    reason = f"MOI no longer knows task {task_id}"
+                    return [RemoteStatus(r.rel_path, RemoteState.FAILED, reason) for r in wanted]
+                raise
+            for f in data.files:
+                if f.id in want_ids:
+                    found[f.id] = (f.status, f.reason)
+            if len(found) == len(want_ids) or not data.files or page * TASK_FILES_PAGE >= data.total:
+                break
+            page += 1
+        out = []
+        for r in wanted:
+            if r.remote_id not in found:
+                out.append(
+                    RemoteStatus(r.rel_path, RemoteState.FAILED, f"MOI task {task_id} does not list file {r.remote_id}")
+                )
+                continue
+            code, reason = found[r.remote_id]
+            state = self._status_table.get(code, RemoteState.PENDING)
+            out.append(
+                RemoteStatus(
+                    r.rel_path,
+                    state,
+                    (reason or f"MOI file status {code}") if state is RemoteState.FAILED else None,
+                )
+            )
+        return out
+
+    async def retry(self, receipts: Sequence[Receipt]) -> list[Receipt]:
+        by_task: dict[str, list[Receipt]] = defaultdict(list)
+        for receipt in receipts:
+            if receipt.task_id is not None and receipt.remote_id is not None:
+                by_task[receipt.task_id].append(receipt)
+        retried: list[Receipt] = []
+        for task_id, group in by_task.items():
+            try:
+                await self.client.retry_task(task_id, [str(r.remote_id) for r in group])
+            except TransientError:
+                continue  # left out: the engine asks again after the next poll
+            retried.extend(group)
+        return retried
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+def is_remote_error(exc: BaseException) -> bool:
+    return isinstance(exc, RemoteError)

@@ -1,0 +1,301 @@
+"""Staging local files in an S3-compatible store (TOS on Volcengine) through aiobotocore, so that
+VikingDB's ``doc/add`` can read them by ``tos_path`` or by a presigned URL.
+
+A file up to ``part_size`` goes up in one PUT; a larger one as a multipart upload, one part at a time.
+Either way the file is read in ``chunk_size`` pieces (off the event loop, hashing as it goes) into one
+part buffer, so memory per upload is bounded by ``part_size`` whatever the file size. Each PUT carries
+``Content-MD5``, so the store itself rejects a body damaged in transit. A file that changes size while
+being read fails with ``SourceFileError``; a multipart upload that fails is aborted.
+
+aiobotocore is the ``viking`` extra: it is imported when a ``Staging`` opens, never by ``import ingest``.
+botocore's flexible checksums are limited to "when required": S3-compatible stores do not all accept them.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import importlib
+import io
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack, suppress
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING, Any, TypeVar
+
+import aiohttp
+import anyio
+
+from ingest import _failpoints
+from ingest.errors import (
+    AuthError,
+    ConfigError,
+    PermanentError,
+    RateLimitedError,
+    SourceFileError,
+    TransientError,
+)
+from ingest.http import open_checked
+from ingest.models import FileItem
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
+    from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
+
+__all__ = ["Staged", "Staging", "StagingSettings"]
+
+T = TypeVar("T")
+
+_AUTH_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled", "InvalidToken"}
+_THROTTLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests"}
+_RETRYABLE_CODES = {"InternalError", "RequestTimeout", "ServiceUnavailable", "BadDigest", "NoSuchUpload"}
+
+
+@dataclass(frozen=True, slots=True)
+class StagingSettings:
+    """Resolved staging settings (defaults applied, secrets as plain strings: never print this)."""
+
+    endpoint: str
+    bucket: str
+    prefix: str
+    region: str
+    access_key: str
+    secret_key: str
+    path_style: bool
+    part_size: int
+
+    def __repr__(self) -> str:
+        return f"StagingSettings(endpoint={self.endpoint!r}, bucket={self.bucket!r}, prefix={self.prefix!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Staged:
+    """A staged object: where it is and what was sent."""
+
+    key: str
+    size: int
+    md5: str
+
+
+def _read_chunk(f: IO[bytes], n: int, digests: tuple[Any, ...]) -> bytes:
+    chunk = f.read(n)
+    for digest in digests:
+        digest.update(chunk)  # hashlib releases the GIL on large buffers: this stays off the loop
+    return chunk
+
+
+class Staging:
+    """One S3 client for one staging bucket. ``open`` checks the bucket; ``aclose`` releases the client."""
+
+    def __init__(
+        self,
+        settings: StagingSettings,
+        *,
+        chunk_size: int = 1024 * 1024,
+        on_bytes: Callable[[int], None] | None = None,
+        connections: int = 64,
+        read_timeout: float = 300.0,
+    ) -> None:
+        self.settings = settings
+        self._chunk_size = chunk_size
+        self._on_bytes = on_bytes
+        self._connections = connections
+        self._read_timeout = read_timeout
+        self._stack = AsyncExitStack()
+        self._client: S3Client | None = None
+
+    def describe(self) -> str:
+        return f"{self.settings.bucket}/{self.settings.prefix} at {self.settings.endpoint}"
+
+    async def open(self) -> None:
+        """Create the client and check that the bucket exists and the credentials reach it."""
+        if self._client is None:
+            try:
+                # botocore's import takes a few hundred ms of CPU: off the loop, other checks go on meanwhile.
+                await anyio.to_thread.run_sync(importlib.import_module, "aiobotocore.session")
+                from aiobotocore.config import AioConfig
+                from aiobotocore.session import get_session
+            except ImportError:
+                raise ConfigError(
+                    "the viking target stages files through aiobotocore: pip install 'ingest[viking]'"
+                ) from None
+            s = self.settings
+            config = AioConfig(
+                s3={"addressing_style": "path" if s.path_style else "virtual"},
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+                retries={"total_max_attempts": 3, "mode": "standard"},
+                max_pool_connections=self._connections,
+                connect_timeout=30,
+                read_timeout=self._read_timeout,
+            )
+            self._client = await self._stack.enter_async_context(
+                get_session().create_client(
+                    "s3",
+                    endpoint_url=s.endpoint,
+                    region_name=s.region,
+                    aws_access_key_id=s.access_key,
+                    aws_secret_access_key=s.secret_key,
+                    config=config,
+                )
+            )
+        bucket = self.settings.bucket
+        await self._guard(f"checking staging bucket {bucket}", lambda: self.client.head_bucket(Bucket=bucket))
+
+    @property
+    def client(self) -> S3Client:
+        if self._client is None:
+            raise RuntimeError("the staging store is not open")
+        return self._client
+
+    async def aclose(self) -> None:
+        self._client = None
+        await self._stack.aclose()
+
+    async def put(self, item: FileItem, key: str, metadata: Mapping[str, str]) -> Staged:
+        """Upload ``item`` to ``key`` with user ``metadata``; returns the whole file's md5."""
+        digest = hashlib.md5(usedforsecurity=False)
+        f = open_checked(item)
+        try:
+            if item.size <= self.settings.part_size:
+                body, md5 = await self._read_part(f, item, item.size, digest, last=True)
+                await self._guard(
+                    f"staging {item.rel_path}",
+                    lambda: self.client.put_object(
+                        Bucket=self.settings.bucket,
+                        Key=key,
+                        Body=body,
+                        ContentLength=item.size,
+                        ContentMD5=md5,
+                        Metadata=dict(metadata),
+                    ),
+                )
+            else:
+                await self._put_multipart(f, item, key, metadata, digest)
+        finally:
+            f.close()
+        return Staged(key, item.size, digest.hexdigest())
+
+    async def _put_multipart(
+        self, f: IO[bytes], item: FileItem, key: str, metadata: Mapping[str, str], digest: Any
+    ) -> None:
+        what = f"staging {item.rel_path}"
+        bucket = self.settings.bucket
+        created = await self._guard(
+            what, lambda: self.client.create_multipart_upload(Bucket=bucket, Key=key, Metadata=dict(metadata))
+        )
+        upload_id = created["UploadId"]
+        try:
+            parts: list[CompletedPartTypeDef] = []
+            offset = 0
+            while offset < item.size:
+                want = min(self.settings.part_size, item.size - offset)
+                offset += want
+                body, md5 = await self._read_part(f, item, want, digest, last=offset >= item.size)
+                number = len(parts) + 1
+                reply = await self._guard(what, self._upload_part(key, upload_id, number, body, want, md5))
+                del body  # one part in memory at a time
+                parts.append({"ETag": reply["ETag"], "PartNumber": number})
+            await self._guard(
+                what,
+                lambda: self.client.complete_multipart_upload(
+                    Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+                ),
+            )
+        except BaseException:
+            # Leave no half-uploaded parts behind (they cost storage); best effort, even when cancelled.
+            with anyio.CancelScope(shield=True), suppress(Exception):
+                await self.client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+            raise
+
+    def _upload_part(
+        self, key: str, upload_id: str, number: int, body: io.BytesIO, size: int, md5: str
+    ) -> Callable[[], Awaitable[Any]]:
+        def call() -> Awaitable[Any]:
+            body.seek(0)  # botocore may send it again after a transient failure
+            return self.client.upload_part(
+                Bucket=self.settings.bucket,
+                Key=key,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=body,
+                ContentLength=size,
+                ContentMD5=md5,
+            )
+
+        return call
+
+    async def _read_part(
+        self, f: IO[bytes], item: FileItem, want: int, digest: Any, *, last: bool
+    ) -> tuple[io.BytesIO, str]:
+        """Read ``want`` bytes in chunks: the part (a buffer sent as is, never copied) and its base64 md5
+        (for ``Content-MD5``). On the last part, also check that the file did not grow."""
+        part_digest = hashlib.md5(usedforsecurity=False)
+        buffer = io.BytesIO()
+        got = 0
+        while got < want:
+            n = min(self._chunk_size, want - got)
+            try:
+                chunk = await anyio.to_thread.run_sync(_read_chunk, f, n, (digest, part_digest))
+            except OSError as exc:
+                raise SourceFileError(item.rel_path, f"read failed: {exc.strerror or exc}") from None
+            if not chunk:
+                raise SourceFileError(item.rel_path, "file shrank while being sent; rerun to send it")
+            buffer.write(chunk)
+            got += len(chunk)
+            if self._on_bytes is not None:
+                self._on_bytes(len(chunk))
+            _failpoints.failpoint("mid-body")
+        if last:
+            try:
+                extra = await anyio.to_thread.run_sync(f.read, 1)
+            except OSError as exc:
+                raise SourceFileError(item.rel_path, f"read failed: {exc.strerror or exc}") from None
+            if extra:
+                raise SourceFileError(item.rel_path, "file grew while being sent; rerun to send it")
+        buffer.seek(0)
+        return buffer, base64.b64encode(part_digest.digest()).decode()
+
+    async def presign(self, key: str, expires: int) -> str:
+        """A GET URL for ``key`` valid ``expires`` seconds (signed locally: no request is made)."""
+        url: str = await self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.settings.bucket, "Key": key}, ExpiresIn=expires
+        )
+        return url
+
+    async def _guard(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Run one S3 call, translating botocore's errors into ``ingest.errors``."""
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
+
+        where = f"the staging store {self.settings.endpoint}"
+        try:
+            return await call()
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+            code = str(error.get("Code") or status)
+            message = " ".join(str(error.get("Message") or "").split())[:200]
+            detail = f"{code}: {message}" if message else code
+            bucket = self.settings.bucket
+            if code in _AUTH_CODES or status == 403:
+                raise AuthError(
+                    f"{what}: {where} refused the credentials ({detail}); check the staging access key"
+                    " (by default the VikingDB one, VOLC_ACCESSKEY / VOLC_SECRETKEY)"
+                ) from None
+            if code == "NoSuchBucket" or (status == 404 and what.startswith("checking staging bucket")):
+                raise ConfigError(
+                    f"staging bucket {bucket} does not exist at {self.settings.endpoint}; create it or fix"
+                    " --staging-bucket / --staging-endpoint"
+                ) from None
+            if code in _THROTTLE_CODES or status in (429, 503):
+                raise RateLimitedError(f"{what}: {where} is throttling ({detail})", status=status, code=code) from None
+            if code in _RETRYABLE_CODES or status >= 500:
+                raise TransientError(f"{what}: {where} failed ({detail})", status=status, code=code) from None
+            text = f"{where} refused it ({detail})"
+            raise PermanentError(f"{what}: {text}", status=status, code=code, detail=text) from None
+        except (NoCredentialsError, PartialCredentialsError):
+            raise ConfigError(
+                "the staging store needs an access key pair; set VOLC_ACCESSKEY / VOLC_SECRETKEY"
+            ) from None
+        except (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            text = f"connection to {where} failed ({type(exc).__name__})"
+            raise TransientError(f"{what}: {text}", detail=text) from None

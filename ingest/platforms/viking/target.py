@@ -1,0 +1,425 @@
+"""Volcengine VikingDB knowledge base: each local file is staged in TOS (any S3-compatible store), then
+added with ``POST /api/knowledge/doc/add`` and followed with ``doc/list`` / ``doc/info`` until the
+platform says ``process_status`` 0 (done) or 1 (failed, with ``failed_code`` and ``failed_msg``).
+
+The platform has no upload API of its own (API-NOTES section 2): documents come from TOS (``add_type:
+tos``, ``tos_path`` = ``<bucket>/<key>``) or a URL (``add_type: url``, here a presigned GET URL of the
+staged object). Every file gets a deterministic ``doc_id`` from its relative path (``viking_naming``):
+the platform has no dedup the engine could ask for, so resuming after a crash looks the id up with
+``doc/info`` (``find_existing``), and a failed document is simply added again, which overwrites it.
+
+A knowledge base that is full (1001010) stops the run from sending more; a missing one (1000005) is a
+configuration error. ``ingest viking task-info ID`` shows a download task (``/api/knowledge/task/info``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import os
+import posixpath
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+from urllib.parse import unquote, urlsplit
+
+import anyio
+from pydantic import ValidationError
+
+from ingest._aio import run_concurrently
+from ingest.config import load_toml, validation_message
+from ingest.errors import ConfigError
+from ingest.http import one_line
+from ingest.models import FileItem, Receipt, RemoteState, RemoteStatus
+from ingest.platforms.base import CliOption, Target, TargetContext, TargetFeatures, register_target
+from ingest.platforms.viking.api import TaskInfo, VikingApi
+from ingest.platforms.viking.config import StagingConfig, VikingTargetConfig, parse_meta_flag
+from ingest.platforms.viking.doctypes import SIZE_LIMITS, doc_type_for, supported_extensions
+from ingest.platforms.viking.naming import doc_id_for, doc_name_for, meta_for, source_path_metadata, staging_key
+from ingest.platforms.viking.signing import Credentials
+from ingest.platforms.viking.staging import Staging, StagingSettings
+
+__all__ = ["VikingTarget", "VikingTargetConfig", "fetch_task_info"]
+
+log = logging.getLogger(__name__)
+
+#: Ids per ``doc/list`` call (the documented maximum ``limit``), and such calls in parallel.
+LIST_CHUNK = 100
+POLL_PARALLEL = 8
+
+#: What ``failed_code`` means (API-NOTES section 2), for messages when the platform's is empty.
+FAILED_CODES = {
+    10001: "download timeout",
+    10002: "download failed",
+    10003: "URL verification failed",
+    10005: "Feishu (lark) document access error",
+    30001: "file over the size limit",
+    40004: "more than 10,000 chunks",
+    45002: "more than 200 pages",
+}
+DELETING = 5
+
+
+def _meta_flag(text: str) -> str:
+    try:
+        parse_meta_flag(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+@register_target
+class VikingTarget(Target):
+    name = "viking"
+    config_model = VikingTargetConfig
+    secret_env: ClassVar[Mapping[str, str]] = {"access_key": "VOLC_ACCESSKEY", "secret_key": "VOLC_SECRETKEY"}
+    cli_options = (
+        CliOption(
+            "--region", "region", "VikingDB: the region requests are signed for (default cn-beijing)", metavar="REGION"
+        ),
+        CliOption("--collection", "collection_name", "VikingDB: the knowledge base's name", metavar="NAME"),
+        CliOption("--project", "project", "VikingDB: the knowledge base's project (default 'default')", metavar="NAME"),
+        CliOption(
+            "--resource-id",
+            "resource_id",
+            "VikingDB: the knowledge base's resource id (instead of a name)",
+            metavar="ID",
+        ),
+        CliOption(
+            "--staging-endpoint",
+            "staging_endpoint",
+            "VikingDB: S3-compatible store files are staged in (default: TOS of the region)",
+            metavar="URL",
+        ),
+        CliOption("--staging-bucket", "staging_bucket", "VikingDB: the staging bucket", metavar="BUCKET"),
+        CliOption(
+            "--staging-prefix",
+            "staging_prefix",
+            "VikingDB: key prefix of staged files (default ingest/)",
+            metavar="PREFIX",
+        ),
+        CliOption(
+            "--staging-path-style",
+            "staging_path_style",
+            "VikingDB: path-style staging URLs (default: only for IP addresses and localhost)",
+            kind="switch",
+        ),
+        CliOption(
+            "--add-type",
+            "add_type",
+            "VikingDB: how doc/add reads staged files: by tos_path (tos, default) or a presigned URL (url)",
+            choices=("tos", "url"),
+        ),
+        CliOption(
+            "--meta",
+            "meta",
+            "VikingDB: a meta field for every document, KEY=VALUE or KEY:TYPE=VALUE (repeatable); values may use "
+            "{path}, {top_folder}, {folder}, {name}, {stem}, {ext}",
+            metavar="KEY=VALUE",
+            kind="repeat",
+            convert=_meta_flag,
+        ),
+        CliOption(
+            "--doc-id-prefix", "doc_id_prefix", "VikingDB: prefix of every doc_id, to keep trees apart", metavar="P"
+        ),
+        CliOption(
+            "--access-key",
+            "access_key",
+            "VikingDB: access key (prefer VOLC_ACCESSKEY: the command line is visible to others)",
+            metavar="AK",
+        ),
+        CliOption("--secret-key", "secret_key", "VikingDB: secret key (prefer VOLC_SECRETKEY)", metavar="SK"),
+    )
+    features = TargetFeatures(
+        max_batch_files=1,  # doc/add takes one document
+        batch_poll=True,  # doc/list answers up to 100 doc ids at once
+        server_dedup=False,  # nothing to ask for: find_existing checks the deterministic doc_id instead
+        server_retry=False,  # re-adding the same doc_id overwrites: the engine sends failed files again
+    )
+
+    def __init__(self, config: VikingTargetConfig, context: TargetContext) -> None:
+        self.config = config
+        self.context = context
+        credentials = Credentials(
+            config.access_key.get_secret_value(), config.secret_key.get_secret_value(), config.region
+        )
+        if config.resource_id:
+            kb_fields = {"resource_id": config.resource_id}
+        else:
+            assert config.collection_name is not None
+            kb_fields = {"collection_name": config.collection_name, "project": config.project}
+        self.api = VikingApi(
+            config.endpoint,
+            credentials,
+            kb_fields=kb_fields,
+            kb_label=config.knowledge_base(),
+            connections=context.connections,
+            read_timeout=context.request_timeout,
+        )
+        self.staging = Staging(
+            _staging_settings(config),
+            chunk_size=context.chunk_size,
+            on_bytes=context.on_bytes,
+            connections=context.connections,
+            read_timeout=context.request_timeout,
+        )
+        self._warned_ids = False
+
+    @classmethod
+    def from_config(cls, config: Any, context: TargetContext) -> VikingTarget:
+        if not isinstance(config, VikingTargetConfig):
+            raise TypeError("VikingTarget needs a VikingTargetConfig")
+        return cls(config, context)
+
+    def describe(self) -> str:
+        return (
+            f"VikingDB knowledge base {self.config.knowledge_base()} at {self.config.endpoint}"
+            f" (staged in {self.staging.describe()})"
+        )
+
+    def identity(self) -> str:
+        kb = (
+            f"resource/{self.config.resource_id}"
+            if self.config.resource_id
+            else f"{self.config.project}/{self.config.collection_name}"
+        )
+        ids = f"#ids={self.config.doc_id_prefix}" if self.config.doc_id_prefix else ""
+        return f"viking:{self.config.endpoint}/{kb}{ids}"
+
+    async def open(self) -> None:
+        """Connectivity (``GET /ping``), credentials and the knowledge base; the staging bucket alongside."""
+
+        async def check_api() -> None:
+            await self.api.ping()
+            await self.api.collection_info()
+
+        await run_concurrently([check_api, self.staging.open], limit=2)
+
+    def refuse(self, item: FileItem) -> str | None:
+        doc_type = doc_type_for(item.rel_path)
+        if doc_type is None:
+            ext = posixpath.splitext(item.rel_path)[1]
+            what = f"{ext} files" if ext else "files without an extension"
+            leave_out = f"--exclude '*{ext}'" if ext else "--exclude"
+            return f"VikingDB does not take {what} (it takes {supported_extensions()}); leave them out with {leave_out}"
+        limit = SIZE_LIMITS.get(doc_type)
+        if limit is not None and item.size > limit:
+            return (
+                f"VikingDB takes {doc_type} files up to {limit // (1024 * 1024)} MiB and this one is"
+                f" {item.size / (1024 * 1024):.1f} MiB; leave it out with --max-size or split it"
+            )
+        return None
+
+    # ----- adding --------------------------------------------------------------------------------
+
+    def _doc_id(self, item: FileItem) -> str:
+        return doc_id_for(item.rel_path, self.config.doc_id_prefix)
+
+    async def submit(self, items: Sequence[FileItem], *, dedup: bool) -> list[Receipt]:
+        return [await self._add(item) for item in items]
+
+    async def _add(self, item: FileItem) -> Receipt:
+        doc_type = doc_type_for(item.rel_path)
+        if doc_type is None:  # refuse() keeps these out; a file renamed since the walk lands here
+            return Receipt(item.rel_path, error=self.refuse(item))
+        doc_id = self._doc_id(item)
+        key = staging_key(self.staging.settings.prefix, doc_id, item)
+        # doc_id in the object metadata is how the platform names a document added by tos_path.
+        staged = await self.staging.put(item, key, {"doc_id": doc_id, **source_path_metadata(item.rel_path)})
+        fields: dict[str, Any] = {
+            "add_type": self.config.add_type,
+            "doc_id": doc_id,
+            "doc_name": doc_name_for(item.rel_path),
+            "doc_type": doc_type,
+        }
+        if self.config.add_type == "tos":
+            fields["tos_path"] = f"{self.staging.settings.bucket}/{key}"
+        else:
+            fields["url"] = await self.staging.presign(key, self.config.url_expires)
+        if self.config.meta:
+            fields["meta"] = meta_for(self.config.meta, item.rel_path)
+        data = await self.api.add_doc(fields, what=f"adding {item.rel_path}")
+        given = str(data.get("doc_id") or doc_id)
+        if given != doc_id and not self._warned_ids:
+            self._warned_ids = True
+            log.warning(
+                "VikingDB named %s %s instead of %s: the staging store dropped the doc_id metadata, so a rerun"
+                " after a crash cannot recognise documents already added; consider --add-type url",
+                item.rel_path,
+                given,
+                doc_id,
+            )
+        return Receipt(item.rel_path, remote_id=given, extra={"md5": staged.md5, "key": key})
+
+    async def find_existing(self, item: FileItem) -> Receipt | None:
+        """The document for this version of the file, if a crash interrupted the run after its doc/add."""
+        doc_id = self._doc_id(item)
+        key = staging_key(self.staging.settings.prefix, doc_id, item)
+        doc = await self.api.doc_info(doc_id, what=f"looking up {item.rel_path}")
+        if doc is None or not self._from_key(doc, key):
+            return None  # never added, or added from an older version of the file: add it (again)
+        return Receipt(item.rel_path, remote_id=doc_id, extra={"key": key})
+
+    def _from_key(self, doc: Mapping[str, Any], key: str) -> bool:
+        """Whether the platform's document was added from the staged object ``key``."""
+        if doc.get("tos_path") == f"{self.staging.settings.bucket}/{key}":
+            return True
+        url = doc.get("url")
+        return isinstance(url, str) and unquote(urlsplit(url).path).endswith("/" + key)
+
+    # ----- polling -------------------------------------------------------------------------------
+
+    async def poll(self, receipts: Sequence[Receipt]) -> list[RemoteStatus]:
+        statuses: list[RemoteStatus] = []
+        pending: list[Receipt] = []
+        for receipt in receipts:
+            if receipt.remote_id is None:
+                statuses.append(RemoteStatus(receipt.rel_path, RemoteState.FAILED, "VikingDB gave no doc_id to follow"))
+            else:
+                pending.append(receipt)
+        chunks = [pending[i : i + LIST_CHUNK] for i in range(0, len(pending), LIST_CHUNK)]
+        calls = [functools.partial(self._poll_chunk, chunk) for chunk in chunks]
+        for found in await run_concurrently(calls, limit=POLL_PARALLEL):
+            statuses.extend(found)
+        return statuses
+
+    async def _poll_chunk(self, receipts: list[Receipt]) -> list[RemoteStatus]:
+        ids = [str(r.remote_id) for r in receipts]
+        docs = await self.api.list_docs(ids, what=f"status of {len(ids)} document(s)")
+        by_id = {str(d.get("doc_id")): d for d in docs}
+        out = []
+        for receipt in receipts:
+            doc = by_id.get(str(receipt.remote_id))
+            if doc is None:
+                # Not listed: ask for it alone before calling it lost (a list may lag behind an add).
+                doc = await self.api.doc_info(str(receipt.remote_id), what=f"status of {receipt.rel_path}")
+            out.append(_status(receipt, doc))
+        return out
+
+    async def aclose(self) -> None:
+        try:
+            await self.api.aclose()
+        finally:
+            await self.staging.aclose()
+
+    # ----- task/info -----------------------------------------------------------------------------
+
+    async def task_info(self, task_id: str) -> TaskInfo:
+        return await self.api.task_info(task_id)
+
+    @classmethod
+    def add_commands(cls, commands: Any) -> None:
+        parser = commands.add_parser(
+            "viking",
+            help="VikingDB knowledge-base tools (task-info)",
+            description="Tools for the VikingDB knowledge base beyond ingesting.",
+        )
+        tools = parser.add_subparsers(dest="viking_command", metavar="TOOL", parser_class=type(parser))
+        tools.required = True
+        p = tools.add_parser(
+            "task-info",
+            help="show a download task's status, progress and attachment link",
+            description="Ask /api/knowledge/task/info about a download task. Credentials come from "
+            "VOLC_ACCESSKEY / VOLC_SECRETKEY (or --access-key / --secret-key).",
+        )
+        p.add_argument("task_id", metavar="ID", help="the task id")
+        p.add_argument("--config", metavar="FILE.toml", help="take endpoint, region and keys from [target]")
+        p.add_argument("--endpoint", metavar="URL", help="the API base URL (default: the cn-beijing endpoint)")
+        p.add_argument("--region", metavar="REGION", help="the region requests are signed for (default cn-beijing)")
+        p.add_argument("--access-key", metavar="AK", help="access key (prefer VOLC_ACCESSKEY)")
+        p.add_argument("--secret-key", metavar="SK", help="secret key (prefer VOLC_SECRETKEY)")
+        p.add_argument("--json", action="store_true", help="print the task as JSON")
+        p.set_defaults(handler=_task_info_command)
+
+
+def _staging_settings(config: VikingTargetConfig) -> StagingSettings:
+    staging: StagingConfig = config.staging
+    access = staging.access_key or config.access_key
+    secret = staging.secret_key or config.secret_key
+    return StagingSettings(
+        endpoint=staging.endpoint_for(config.region),
+        bucket=staging.bucket,
+        prefix=staging.prefix,
+        region=staging.region or config.region,
+        access_key=access.get_secret_value(),
+        secret_key=secret.get_secret_value(),
+        path_style=staging.uses_path_style(config.region),
+        part_size=staging.part_size,
+    )
+
+
+def _status(receipt: Receipt, doc: Mapping[str, Any] | None) -> RemoteStatus:
+    if doc is None:
+        return RemoteStatus(
+            receipt.rel_path, RemoteState.FAILED, f"VikingDB no longer has document {receipt.remote_id}"
+        )
+    raw = doc.get("status")
+    status: Mapping[str, Any] = raw if isinstance(raw, dict) else {}
+    code = status.get("process_status")
+    if code == 0:
+        return RemoteStatus(receipt.rel_path, RemoteState.DONE)
+    if code == 1:
+        failed_code = status.get("failed_code")
+        message = one_line(str(status.get("failed_msg") or ""))
+        meaning = message or FAILED_CODES.get(failed_code if isinstance(failed_code, int) else -1, "unknown reason")
+        return RemoteStatus(
+            receipt.rel_path,
+            RemoteState.FAILED,
+            f"VikingDB failed to process it: {meaning} (failed_code {failed_code})",
+        )
+    if code == DELETING:
+        return RemoteStatus(
+            receipt.rel_path, RemoteState.FAILED, "VikingDB is deleting the document (process_status 5)"
+        )
+    return RemoteStatus(receipt.rel_path, RemoteState.PENDING)
+
+
+# ----- ``ingest viking task-info`` ------------------------------------------------------------------------
+
+
+async def fetch_task_info(config: VikingTargetConfig, task_id: str) -> TaskInfo:
+    """``task/info`` for ``task_id`` with the endpoint, region and keys of ``config``."""
+    credentials = Credentials(config.access_key.get_secret_value(), config.secret_key.get_secret_value(), config.region)
+    api = VikingApi(config.endpoint, credentials, kb_fields={}, kb_label=config.knowledge_base())
+    try:
+        return await api.task_info(task_id)
+    finally:
+        await api.aclose()
+
+
+def _task_info_command(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    tree: dict[str, Any] = {}
+    if args.config:
+        tree = dict(load_toml(Path(args.config)).get("target") or {})
+    settings = {
+        "endpoint": args.endpoint,
+        "region": args.region,
+        "access_key": args.access_key or os.environ.get("VOLC_ACCESSKEY"),
+        "secret_key": args.secret_key or os.environ.get("VOLC_SECRETKEY"),
+    }
+    tree.update({k: v for k, v in settings.items() if v})
+    tree["type"] = "viking"
+    for key, env in VikingTarget.secret_env.items():
+        if not tree.get(key):
+            raise ConfigError(f"task-info needs the {key.replace('_', ' ')}: set {env} (or --{key.replace('_', '-')})")
+    # The knowledge base and staging store play no part in task/info; placeholders satisfy the model.
+    tree.setdefault("collection_name", "unused")
+    tree.setdefault("staging", {"bucket": "unused"})
+    try:
+        config = VikingTargetConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(validation_message(exc, "task-info settings")) from None
+    info = anyio.run(fetch_task_info, config, args.task_id)
+    if args.json:
+        print(json.dumps({"task_id": info.task_id, "status": info.status, "percentage": info.percentage,
+                          "attachment_link": info.attachment_link}, ensure_ascii=False))  # fmt: skip
+    else:
+        print(f"task {info.task_id}: {info.status}, {info.percentage}%")
+        if info.attachment_link:
+            print(f"attachment: {info.attachment_link}")
+    sys.stdout.flush()
+    return 0

@@ -1,1 +1,0 @@
-"""Request signing schemes of the platforms, shared by the targets (which sign) and the emulators (which verify)."""
