@@ -12,7 +12,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from ingest.config import EngineConfig, RunConfig, SourceConfig, TargetConfigBase
+from ingest.config import EngineConfig, RunConfig, SourceConfig
 from ingest.engine.run import retry_failed, run
 from ingest.errors import (
     AuthError,
@@ -26,7 +26,10 @@ from ingest.errors import (
     SourceFileError,
     TransientError,
 )
+from ingest.platforms.base import TargetConfigBase
+from ingest.platforms.keyue.config import KeyueTargetConfig
 from ingest.platforms.moi.target import MoiTargetConfig
+from ingest.platforms.viking.config import VikingTargetConfig
 from ingest.report import RunSummary
 
 __all__ = [
@@ -36,6 +39,7 @@ __all__ = [
     "EngineConfig",
     "IngestError",
     "InterruptedRun",
+    "KeyueTargetConfig",
     "MoiTargetConfig",
     "PermanentError",
     "RateLimitedError",
@@ -46,6 +50,7 @@ __all__ = [
     "SourceFileError",
     "TargetConfigBase",
     "TransientError",
+    "VikingTargetConfig",
     "__version__",
     "retry_failed",
     "run",

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
 import anyio
 
-__all__ = ["first_leaf", "run_concurrently"]
+__all__ = ["first_leaf", "run_concurrently", "run_with_signals"]
 
 T = TypeVar("T")
 
@@ -51,3 +52,25 @@ async def run_concurrently(calls: Iterable[Callable[[], Awaitable[T]]], *, limit
     except BaseExceptionGroup as group:
         raise first_leaf(group) from None
     return results
+
+
+async def run_with_signals(handle: bool, work: Awaitable[object]) -> bool:
+    """Await ``work``; with ``handle``, SIGINT/SIGTERM cancel it cleanly (its cleanup runs). True if interrupted."""
+    if not handle:
+        await work
+        return False
+    interrupted = False
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            nonlocal interrupted
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    interrupted = True
+                    tg.cancel_scope.cancel()
+                    return
+
+        tg.start_soon(watch)
+        await work
+        tg.cancel_scope.cancel()
+    return interrupted

@@ -7,21 +7,21 @@ everything persisted (the manifest keeps ``RunConfig.public_dump()``, which drop
 
 from __future__ import annotations
 
-import os
 import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, SerializeAsAny, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
 
 from ingest.errors import ConfigError
+from ingest.platforms.base import TargetConfigBase
+from ingest.platforms.registry import get_spec, target_specs
 
 __all__ = [
     "EngineConfig",
     "RunConfig",
     "SourceConfig",
-    "TargetConfigBase",
     "load_toml",
     "parse_size",
     "validation_message",
@@ -93,32 +93,6 @@ class EngineConfig(_Model):
         return parse_size(value) if isinstance(value, str) else value
 
 
-class TargetConfigBase(_Model):
-    """What every target's settings have: the platform's name and its API endpoint.
-
-    Each target module subclasses this (``MoiTargetConfig`` in ``ingest.platforms.moi.target``, …);
-    ``RunConfig`` picks the subclass by ``type`` through the target registry.
-    """
-
-    type: str
-    endpoint: str
-
-    @field_validator("endpoint")
-    @classmethod
-    def _endpoint(cls, value: str) -> str:
-        if not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError(f"{value!r} is not an http(s) URL; write e.g. http://127.0.0.1:8080")
-        return value.rstrip("/")
-
-    def public_dump(self) -> dict[str, Any]:
-        """The settings without secrets (every ``SecretStr`` field is left out)."""
-        data = self.model_dump(mode="json")
-        for name, info in type(self).model_fields.items():
-            if info.annotation in (SecretStr, SecretStr | None):
-                data.pop(name, None)
-        return data
-
-
 class RunConfig(_Model):
     """Everything one ``ingest run`` needs. ``target=None`` means the embedded local emulator."""
 
@@ -136,12 +110,11 @@ class RunConfig(_Model):
         """Validate ``[target]`` with the settings model of the target its ``type`` names."""
         if not isinstance(value, dict):
             return value
-        from ingest.platforms.base import get_target_class, registered_targets
-
         kind = value.get("type")
-        if kind not in registered_targets():
-            raise ValueError(f"type must be one of {', '.join(registered_targets())}, got {kind!r}")
-        return get_target_class(str(kind)).config_model.model_validate(value)
+        known = [spec.name for spec in target_specs()]
+        if kind not in known:
+            raise ValueError(f"type must be one of {', '.join(known)}, got {kind!r}")
+        return get_spec(str(kind)).config_model.model_validate(value)
 
     def public_dump(self) -> dict[str, Any]:
         """The config without secrets, for the manifest and reports."""
@@ -174,8 +147,3 @@ def load_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
-
-
-def env_secret(name: str) -> str | None:
-    value = os.environ.get(name)
-    return value if value else None

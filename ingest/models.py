@@ -6,8 +6,6 @@ import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ingest.platforms.moi.filetypes import FileType
-
 __all__ = ["FileItem", "FileState", "Receipt", "RemoteState", "RemoteStatus"]
 
 
@@ -41,7 +39,6 @@ class FileItem:
     abs_path: Path
     size: int
     mtime_ns: int
-    file_type: FileType = FileType.NIL
 
 
 @dataclass(frozen=True, slots=True)

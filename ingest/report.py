@@ -29,7 +29,7 @@ class RunSummary:
     failures: list[tuple[str, str]] = field(default_factory=list)
     stopped_reason: str | None = None
     report: Path | None = None
-    stored_at: Path | None = None  # where the embedded emulator keeps the files
+    stored_at: Path | None = None  # where a local destination (the embedded default) keeps the files
     #: Files the walk passed over on purpose, by reason ("hidden", "excluded", …): not failures.
     passed_over: dict[str, int] = field(default_factory=dict)
 
@@ -75,7 +75,7 @@ class RunSummary:
             reasons = ", ".join(f"{n} {why}" for why, n in self.passed_over.items() if n)
             out.append(f"passed over: {reasons}")
         if self.stored_at is not None:
-            out.append(f"files stored by the embedded local MOI emulator under {self.stored_at}")
+            out.append(f"files stored by {self.destination} under {self.stored_at}")
         if self.stopped_reason:
             out.append(f"stopped sending: {self.stopped_reason}")
         if self.failures:

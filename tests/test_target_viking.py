@@ -389,7 +389,8 @@ def test_ingest_imports_without_the_s3_library(tmp_path: Path) -> None:
     code = (
         "import sys; sys.modules['aiobotocore'] = None\n"
         "import anyio, ingest\n"
-        "from ingest.platforms.base import get_target_class\n"
+        "from ingest.platforms.registry import get_spec\n"
+        "assert get_spec('viking').name == 'viking'\n"
         "from ingest.platforms.viking.target import VikingTarget, VikingTargetConfig\n"
         "from ingest.platforms.base import TargetContext\n"
         "cfg = VikingTargetConfig(endpoint='http://127.0.0.1:1', access_key='a', secret_key='b',"

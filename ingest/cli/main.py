@@ -24,7 +24,7 @@ from ingest.config import RunConfig, load_toml, parse_size, validation_message
 from ingest.errors import ConfigError, IngestError, InterruptedRun
 from ingest.manifest.sqlite import Manifest
 from ingest.models import FileState
-from ingest.platforms.base import Target, get_target_class, registered_targets
+from ingest.platforms.registry import CliOption, get_spec, target_specs
 from ingest.report import RunSummary
 
 __all__ = ["main"]
@@ -75,41 +75,42 @@ def build_parser(*, with_emulators: bool = True) -> argparse.ArgumentParser:
     _add_retry(sub)
     _add_status(sub)
     _add_serve(sub, with_emulators)
-    for cls in _target_classes():
-        cls.add_commands(sub)
+    for spec in target_specs():
+        if spec.add_commands is not None:
+            spec.add_commands(sub)
     return parser
-
-
-def _target_classes() -> list[type[Target]]:
-    return [get_target_class(name) for name in registered_targets()]
 
 
 def _add_target_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("destination (omit all of these to use the embedded local emulator)")
-    g.add_argument("--target", choices=registered_targets(), help="the platform to send to")
+    g.add_argument("--target", choices=[s.name for s in target_specs()], help="the platform to send to")
     g.add_argument("--endpoint", metavar="URL", help="the platform's API base URL, e.g. http://127.0.0.1:8080")
+    _add_options(g, [(spec.name, opt) for spec in target_specs() for opt in spec.cli_options])
+
+
+def _add_options(group: Any, options: Sequence[tuple[str, CliOption]]) -> None:
+    """Add platforms' flags to ``group``; a flag two platforms share must name the same setting."""
     added: dict[str, str] = {}
-    for cls in _target_classes():
-        for opt in cls.cli_options:
-            if opt.flag in added:
-                if added[opt.flag] != opt.field:
-                    raise RuntimeError(f"{cls.name} reuses {opt.flag} for another setting")
-                continue
-            added[opt.flag] = opt.field
-            dest = "target_" + opt.field
-            if opt.kind == "switch":
-                g.add_argument(opt.flag, dest=dest, action="store_true", default=None, help=opt.help)
-            else:
-                extra: dict[str, Any] = {"type": opt.convert} if opt.convert is not None else {}
-                g.add_argument(
-                    opt.flag,
-                    dest=dest,
-                    metavar=opt.metavar,
-                    choices=opt.choices,
-                    action="append" if opt.kind == "repeat" else "store",
-                    help=opt.help,
-                    **extra,
-                )
+    for platform, opt in options:
+        if opt.flag in added:
+            if added[opt.flag] != opt.field:
+                raise RuntimeError(f"{platform} reuses {opt.flag} for another setting")
+            continue
+        added[opt.flag] = opt.field
+        dest = "target_" + opt.field
+        if opt.kind == "switch":
+            group.add_argument(opt.flag, dest=dest, action="store_true", default=None, help=opt.help)
+        else:
+            extra: dict[str, Any] = {"type": opt.convert} if opt.convert is not None else {}
+            group.add_argument(
+                opt.flag,
+                dest=dest,
+                metavar=opt.metavar,
+                choices=opt.choices,
+                action="append" if opt.kind == "repeat" else "store",
+                help=opt.help,
+                **extra,
+            )
 
 
 def _add_engine_flags(p: argparse.ArgumentParser) -> None:
@@ -225,10 +226,16 @@ def _add_retry(sub: Any) -> None:
         "retry-failed",
         help="re-send only the files a run recorded as failed",
         description="Re-send the files the manifest records as failed, with the source and destination of "
-        "the run that wrote it. Secrets are never stored: provide them again (MOI_KEY).",
+        "the run that wrote it. Secrets are never stored: provide them again, from the environment ("
+        + ", ".join(env for spec in target_specs() for env in spec.secret_env.values())
+        + ") or a flag.",
     )
     p.add_argument("--manifest", type=Path, required=True, metavar="PATH", help="the manifest of the earlier run")
-    p.add_argument("--api-key", metavar="KEY", help="MOI: API key (prefer MOI_KEY)")
+    secrets = p.add_argument_group("secrets (never stored in the manifest: give them again)")
+    _add_options(
+        secrets,
+        [(spec.name, opt) for spec in target_specs() for opt in spec.cli_options if opt.field in spec.secret_env],
+    )
     _add_engine_flags(p)
     g = p.add_argument_group("output")
     g.add_argument("--report", type=Path, metavar="FILE.json", help="write one JSON record per file at the end")
@@ -326,8 +333,8 @@ def _engine_flags(tree: dict[str, Any], args: argparse.Namespace) -> None:
 def _target_flags(tree: dict[str, Any], args: argparse.Namespace) -> None:
     """Fill ``[target]`` from --target, --endpoint, the chosen target's own flags and its secret env."""
     given_by_flag: dict[str, tuple[str, Any]] = {}
-    for cls in _target_classes():
-        for opt in cls.cli_options:
+    for spec in target_specs():
+        for opt in spec.cli_options:
             value = getattr(args, "target_" + opt.field, None)
             if value is not None:
                 given_by_flag[opt.flag] = (opt.field, value)
@@ -340,20 +347,23 @@ def _target_flags(tree: dict[str, Any], args: argparse.Namespace) -> None:
     target = dict(target or {})
     if args.target is not None:
         target["type"] = args.target
-    kind = str(target.setdefault("type", "moi"))
-    cls = get_target_class(kind)
-    own = {opt.flag for opt in cls.cli_options}
+    if "type" not in target:
+        known = ", ".join(spec.name for spec in target_specs())
+        raise ConfigError(f"[target] needs a type ({known}); set it in the config file or pass --target")
+    kind = str(target["type"])
+    spec = get_spec(kind)
+    own = {opt.flag for opt in spec.cli_options}
     foreign = [flag for flag in given_by_flag if flag not in own]
     if foreign:
         raise ConfigError(f"{', '.join(foreign)} does not apply to --target {kind}; see `ingest run --help`")
     if args.endpoint:
         target["endpoint"] = args.endpoint
     target.update(dict(given_by_flag.values()))
-    for key, env in cls.secret_env.items():
+    for key, env in spec.secret_env.items():
         if key not in target and os.environ.get(env):
             target[key] = os.environ[env]
         if key not in target:
-            flag = next((o.flag for o in cls.cli_options if o.field == key), None)
+            flag = next((o.flag for o in spec.cli_options if o.field == key), None)
             hint = f" (or {flag})" if flag else ""
             raise ConfigError(f"target {kind} needs its {key.replace('_', ' ')}: set {env}{hint}")
     tree["target"] = target
@@ -403,12 +413,12 @@ def _cmd_retry(args: argparse.Namespace) -> int:
 
 
 def _saved_secrets(args: argparse.Namespace) -> dict[str, dict[str, str | None]]:
-    """Secrets for whichever target the manifest names: from the environment, or --api-key."""
+    """Secrets for whichever target the manifest names: each platform's flags, else its environment."""
     secrets: dict[str, dict[str, str | None]] = {}
-    for cls in _target_classes():
-        secrets[cls.name] = {key: os.environ.get(env) for key, env in cls.secret_env.items()}
-    if args.api_key:
-        secrets["moi"]["api_key"] = args.api_key
+    for spec in target_specs():
+        secrets[spec.name] = {
+            key: getattr(args, "target_" + key, None) or os.environ.get(env) for key, env in spec.secret_env.items()
+        }
     return secrets
 
 

@@ -7,25 +7,23 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
 
 import anyio
 from pydantic import ValidationError
 
+from ingest._aio import run_with_signals
 from ingest.config import RunConfig, validation_message
 from ingest.engine.pipeline import EngineStats, run_engine
 from ingest.errors import ConfigError, InterruptedRun, TransientError
 from ingest.manifest.sqlite import Manifest
 from ingest.models import FileItem, FileState
-from ingest.platforms.base import Target, TargetContext, get_target_class
-from ingest.platforms.moi.embedded import EMBEDDED_DATA_DIR, EMBEDDED_VOLUME, embedded_moi
-from ingest.platforms.moi.filetypes import file_type_for
+from ingest.platforms.base import Target, TargetConfigBase, TargetContext
+from ingest.platforms.registry import EmbeddedDestination, embedded_spec, get_spec
 from ingest.progress import Progress
 from ingest.report import RunSummary, write_report
 from ingest.retry import RetryPolicy, retrying
@@ -34,6 +32,8 @@ from ingest.sources.local import Rejected, WalkOptions, WalkStats, walk
 __all__ = ["default_manifest_path", "retry_failed", "run", "saved_config"]
 
 MANIFEST_DIR = Path(".ingest/manifests")
+#: Where the embedded default destination keeps its state and stored files.
+EMBEDDED_DATA_DIR = Path(".ingest/local")
 
 
 def default_manifest_path(source: Path, destination: str) -> Path:
@@ -63,14 +63,14 @@ async def run(
     root = root.resolve()
     started = time.monotonic()
     async with AsyncExitStack() as stack:
-        stored_at: Path | None = None
+        embedded: EmbeddedDestination | None = None
         if config.target is None:
-            target_config: Any = await stack.enter_async_context(embedded_moi(EMBEDDED_DATA_DIR))
-            stored_at = EMBEDDED_DATA_DIR.resolve() / EMBEDDED_VOLUME
-            destination = f"embedded-moi:{EMBEDDED_DATA_DIR.resolve()}"
+            factory = embedded_spec().embedded
+            assert factory is not None  # embedded_spec() returns the platform that has one
+            embedded = await stack.enter_async_context(factory(EMBEDDED_DATA_DIR))
+            target_config: TargetConfigBase = embedded.config
         else:
             target_config = config.target
-            destination = ""
         stats = EngineStats()
         progress = Progress(config.progress if config.progress is not None else sys.stderr.isatty(), quiet=config.quiet)
         stack.callback(progress.close)
@@ -82,9 +82,9 @@ async def run(
         context = TargetContext(
             connections=config.engine.concurrency + 8, chunk_size=config.engine.chunk_size, on_bytes=on_bytes
         )
-        target = get_target_class(target_config.type).from_config(target_config, context)
+        target = get_spec(target_config.type).factory(target_config, context)
         stack.push_async_callback(target.aclose)
-        destination = destination or target.identity()
+        destination = embedded.identity if embedded is not None else target.identity()
         manifest_path = config.manifest or default_manifest_path(root, destination)
         manifest = Manifest(manifest_path)
         stack.callback(manifest.close)
@@ -95,12 +95,15 @@ async def run(
         walk_stats = WalkStats()
         source = _failed_files(manifest, root) if only_failed else walk(root, _walk_options(config), walk_stats)
         status = "failed"
-        described = "the embedded local MOI emulator" if stored_at is not None else target.describe()
-        summary = RunSummary(destination=described, manifest=manifest_path, report=config.report)
-        summary.stored_at = stored_at
+        summary = RunSummary(
+            destination=embedded.description if embedded is not None else target.describe(),
+            manifest=manifest_path,
+            report=config.report,
+            stored_at=embedded.stored_at if embedded is not None else None,
+        )
         try:
             async with manifest.writer():
-                interrupted = await _run_with_signals(
+                interrupted = await run_with_signals(
                     handle_signals,
                     run_engine(
                         target=target,
@@ -141,28 +144,6 @@ async def _open_target(target: Target, retries: int) -> None:
         raise ConfigError(f"{exc}; check --endpoint and that the platform is up") from None
 
 
-async def _run_with_signals(handle: bool, engine: Any) -> bool:
-    """Await the engine; with ``handle``, SIGINT/SIGTERM cancel it cleanly. True if interrupted."""
-    if not handle:
-        await engine
-        return False
-    interrupted = False
-    async with anyio.create_task_group() as tg:
-
-        async def watch() -> None:
-            nonlocal interrupted
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for _ in signals:
-                    interrupted = True
-                    tg.cancel_scope.cancel()
-                    return
-
-        tg.start_soon(watch)
-        await engine
-        tg.cancel_scope.cancel()
-    return interrupted
-
-
 def _fill(summary: RunSummary, stats: EngineStats, elapsed: float) -> None:
     summary.done = stats.done
     summary.failed = stats.failed
@@ -195,7 +176,7 @@ async def _failed_files(manifest: Manifest, root: Path) -> AsyncIterator[FileIte
         except OSError:
             yield Rejected(record.path, f"not found under {root} any more (last error: {record.last_error})")
             continue
-        yield FileItem(record.path, path, st.st_size, st.st_mtime_ns, file_type_for(record.path))
+        yield FileItem(record.path, path, st.st_size, st.st_mtime_ns)
 
 
 def saved_config(manifest_path: Path, secrets: dict[str, dict[str, str | None]]) -> RunConfig:
@@ -210,9 +191,9 @@ def saved_config(manifest_path: Path, secrets: dict[str, dict[str, str | None]])
     data = json.loads(raw)
     target = data.get("target")
     if target:
-        cls = get_target_class(str(target.get("type")))
-        for key, env in cls.secret_env.items():
-            value = secrets.get(cls.name, {}).get(key)
+        spec = get_spec(str(target.get("type")))
+        for key, env in spec.secret_env.items():
+            value = secrets.get(spec.name, {}).get(key)
             if not value:
                 raise ConfigError(
                     f"retry-failed needs the {key.replace('_', ' ')} again: set {env} (secrets are never stored)"

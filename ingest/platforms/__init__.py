@@ -1,12 +1,3 @@
-"""Destination platforms. Each module registers its ``Target`` subclass on import."""
-
-from __future__ import annotations
-
-import importlib
-
-_BUILTIN = ("ingest.platforms.moi.target", "ingest.platforms.keyue.target", "ingest.platforms.viking.target")
-
-
-def load_builtin_targets() -> None:
-    for module in _BUILTIN:
-        importlib.import_module(module)
+"""Destination platforms: the runtime contract (``base``), the registry of platforms (``registry``) and
+one package per platform (``moi``, ``keyue``, ``viking``), each holding everything about it: API
+client, wire models, target, settings, its own CLI commands and its registration (``spec``)."""

@@ -27,21 +27,44 @@ Edge cases every implementation must honour (the conformance suite checks them):
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping, Sequence
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, SecretStr, field_validator
 
 from ingest.models import FileItem, Receipt, RemoteStatus
 
-__all__ = [
-    "CliOption",
-    "Target",
-    "TargetContext",
-    "TargetFeatures",
-    "get_target_class",
-    "register_target",
-    "registered_targets",
-]
+__all__ = ["Target", "TargetConfigBase", "TargetContext", "TargetFeatures"]
+
+
+class TargetConfigBase(BaseModel):
+    """What every target's settings have: the platform's name and its API endpoint.
+
+    Each target module subclasses this (``MoiTargetConfig`` in ``ingest.platforms.moi.target``, …);
+    ``RunConfig`` picks the subclass by ``type`` through the target registry.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: str
+    endpoint: str
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"{value!r} is not an http(s) URL; write e.g. http://127.0.0.1:8080")
+        return value.rstrip("/")
+
+    def public_dump(self) -> dict[str, Any]:
+        """The settings without secrets (every ``SecretStr`` field is left out)."""
+        data = self.model_dump(mode="json")
+        for name, info in type(self).model_fields.items():
+            if info.annotation in (SecretStr, SecretStr | None):
+                data.pop(name, None)
+        return data
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +77,6 @@ class TargetFeatures:
     max_batch_bytes: int = 0
     #: Files larger than this are never batched with others.
     max_batched_file_size: int = 0
-    #: ``poll`` answers many receipts at the cost of few requests.
-    batch_poll: bool = False
     #: ``submit(dedup=True)`` skips files the platform already holds.
     server_dedup: bool = False
     #: ``retry`` re-runs failed files on the platform without re-sending bodies.
@@ -63,17 +84,12 @@ class TargetFeatures:
 
 
 class Target(abc.ABC):
-    """A destination platform. Subclasses register themselves with ``@register_target``."""
+    """A destination platform at run time. Its registration (settings model, flags, secrets, commands)
+    is a ``TargetSpec`` in ``ingest.platforms.registry``."""
 
     #: The ``--target`` name.
     name: ClassVar[str]
     features: TargetFeatures
-    #: The pydantic model of ``[target]`` settings (a ``TargetConfigBase`` subclass).
-    config_model: ClassVar[type[Any]]
-    #: Secret config fields and the environment variables that supply them: ``{"api_key": "MOI_KEY"}``.
-    secret_env: ClassVar[Mapping[str, str]] = {}
-    #: Target-specific ``ingest run`` flags (``--endpoint`` and ``--target`` are common to all).
-    cli_options: ClassVar[tuple[CliOption, ...]] = ()
 
     @classmethod
     @abc.abstractmethod
@@ -116,13 +132,6 @@ class Target(abc.ABC):
         """
         return None
 
-    @classmethod  # noqa: B027 - optional hook, a no-op by default
-    def add_commands(cls, commands: Any) -> None:
-        """Add platform-specific subcommands (``ingest <name> …``) to the CLI's subparsers.
-
-        Each subcommand sets ``handler=callable(args) -> exit code`` with ``set_defaults``.
-        """
-
     @abc.abstractmethod
     def describe(self) -> str:
         """Where files go, for humans: ``MOI volume 1001 at http://…``. Never contains secrets."""
@@ -142,24 +151,6 @@ class Target(abc.ABC):
 
 
 @dataclass(frozen=True, slots=True)
-class CliOption:
-    """One ``ingest run`` flag a target adds, mapped to a field of its config model.
-
-    The CLI adds every registered target's options to ``ingest run --help`` and refuses an option
-    that does not belong to the chosen ``--target``.
-    """
-
-    flag: str
-    field: str
-    help: str
-    metavar: str | None = None
-    choices: tuple[str, ...] | None = None
-    #: ``value`` takes an argument; ``switch`` is a boolean on/off; ``repeat`` collects a list.
-    kind: Literal["value", "switch", "repeat"] = "value"
-    convert: Callable[[str], Any] | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class TargetContext:
     """What the engine lends a target: connection budget, body chunking and a byte counter."""
 
@@ -167,34 +158,3 @@ class TargetContext:
     chunk_size: int = 1024 * 1024
     on_bytes: Callable[[int], None] | None = None
     request_timeout: float = 300.0
-
-
-_REGISTRY: dict[str, type[Target]] = {}
-
-
-def register_target(cls: type[Target]) -> type[Target]:
-    """Class decorator: make ``cls`` available as ``--target cls.name``. Refuses duplicates."""
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise RuntimeError(f"target {cls.name!r} is registered twice")
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def get_target_class(name: str) -> type[Target]:
-    from ingest.platforms import load_builtin_targets
-
-    load_builtin_targets()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        known = ", ".join(sorted(_REGISTRY))
-        from ingest.errors import ConfigError
-
-        raise ConfigError(f"unknown target {name!r}; choose one of: {known}") from None
-
-
-def registered_targets() -> Sequence[str]:
-    from ingest.platforms import load_builtin_targets
-
-    load_builtin_targets()
-    return sorted(_REGISTRY)

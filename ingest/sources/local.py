@@ -17,7 +17,6 @@ from pathlib import Path
 import anyio
 
 from ingest.models import FileItem
-from ingest.platforms.moi.filetypes import file_type_for
 from ingest.sources.globs import GlobSet
 
 __all__ = ["Rejected", "WalkOptions", "WalkStats", "display_path", "walk"]
@@ -151,6 +150,5 @@ async def walk(root: Path, options: WalkOptions, stats: WalkStats | None = None)
                 abs_path=Path(directory, name),
                 size=st.st_size,
                 mtime_ns=st.st_mtime_ns,
-                file_type=file_type_for(rel),
             )
         stack.extend(reversed(subdirs))

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 
-from ingest.config import TargetConfigBase
+from ingest.platforms.base import TargetConfigBase
 
 __all__ = ["API_BASES", "CHUNK_SIZE_RANGE", "OVERLAP_RANGE", "KeyueTargetConfig"]
 

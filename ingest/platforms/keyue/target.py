@@ -14,14 +14,14 @@ from __future__ import annotations
 import functools
 import math
 from collections import defaultdict
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
-from typing import Any, ClassVar
+from typing import Any
 
 from ingest._aio import run_concurrently
 from ingest.errors import AuthError, ConfigError, PermanentError, TransientError
 from ingest.models import FileItem, Receipt, RemoteState, RemoteStatus
-from ingest.platforms.base import CliOption, Target, TargetContext, TargetFeatures, register_target
+from ingest.platforms.base import Target, TargetContext, TargetFeatures
 from ingest.platforms.keyue.api import PAGE_SIZE, KeyueApi, as_int
 from ingest.platforms.keyue.config import KeyueTargetConfig
 from ingest.platforms.keyue.dirs import ROOT_DIR, DirectoryTree
@@ -46,75 +46,10 @@ def _split(rel_path: str) -> tuple[str, str]:
     return folder, name
 
 
-@register_target
 class KeyueTarget(Target):
     name = "keyue"
-    config_model = KeyueTargetConfig
-    secret_env: ClassVar[Mapping[str, str]] = {"token": "KEYUE_TOKEN"}
-    cli_options = (
-        CliOption(
-            "--token",
-            "token",
-            "Keyue: the robot's API key (prefer the KEYUE_TOKEN environment variable: the command line is visible)",
-            metavar="TOKEN",
-        ),
-        CliOption("--uid", "uid", "Keyue: user id (uid header), from the Keyue console", metavar="UID"),
-        CliOption("--username", "username", "Keyue: user name (username header)", metavar="NAME"),
-        CliOption(
-            "--dir-id", "dir_id", "Keyue: destination directory id (default 0, the default directory)", metavar="ID"
-        ),
-        CliOption(
-            "--mirror-dirs",
-            "mirror_dirs",
-            "Keyue: recreate the local folder tree as directories under --dir-id, each file in its folder's",
-            kind="switch",
-        ),
-        CliOption(
-            "--split-by",
-            "split_by",
-            "Keyue taskExtend: chunk boundaries, punc or wrap (the doc calls punc newline and wrap punctuation "
-            "splitting); default: automatic",
-            choices=("punc", "wrap"),
-        ),
-        CliOption(
-            "--chunk-size",
-            "chunk_size",
-            "Keyue taskExtend: maximum characters per chunk, 200-800 (default: automatic)",
-            metavar="N",
-        ),
-        CliOption(
-            "--overlap",
-            "overlap_proportion",
-            "Keyue taskExtend: overlap between chunks in percent, 0-20 (default: automatic)",
-            metavar="PCT",
-        ),
-        CliOption(
-            "--pre-handle-text",
-            "pre_handle_text",
-            "Keyue taskExtend: remove repeated spaces, newlines and tabs",
-            kind="switch",
-        ),
-        CliOption(
-            "--pre-handle-directory",
-            "pre_handle_directory",
-            "Keyue taskExtend: remove tables of contents, headers and footers",
-            kind="switch",
-        ),
-        CliOption(
-            "--treat-enhancing-as-done",
-            "treat_enhancing_as_done",
-            "Keyue: count a learned document as done while knowledge enhancement (learnStatus 2) still runs",
-            kind="switch",
-        ),
-        CliOption(
-            "--api-prefix",
-            "api_prefix",
-            "Keyue: API path, open (/open/v1/api/v2, default) or csp-service (/csp-service/open/v1/api/v2)",
-            choices=("open", "csp-service"),
-        ),
-    )
     # One document per import request; learning states come by directory listing; no dedup.
-    features = TargetFeatures(max_batch_files=1, batch_poll=True, server_dedup=False, server_retry=True)
+    features = TargetFeatures(max_batch_files=1, server_dedup=False, server_retry=True)
 
     def __init__(self, config: KeyueTargetConfig, context: TargetContext) -> None:
         self.config = config

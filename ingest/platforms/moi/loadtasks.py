@@ -37,7 +37,7 @@ import anyio
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from ingest import _failpoints
-from ingest._aio import run_concurrently
+from ingest._aio import run_concurrently, run_with_signals
 from ingest.config import validation_message
 from ingest.errors import ConfigError, InterruptedRun, PermanentError, TransientError
 from ingest.manifest.sqlite import Decision, Manifest, decide
@@ -392,11 +392,7 @@ class _Migration:
 
 def _item(f: SourceFile) -> FileItem:
     """A source file as the manifest sees it: the uri is its path; MOI lists no modification time."""
-    try:
-        kind = FileType(f.type)
-    except ValueError:
-        kind = FileType.NIL
-    return FileItem(f.uri, Path(f.uri), f.size, 0, kind)
+    return FileItem(f.uri, Path(f.uri), f.size, 0)
 
 
 def _chunks(items: list[_Tracked], size: int) -> Iterable[list[_Tracked]]:
@@ -433,8 +429,6 @@ async def migrate(config: MigrateConfig, *, handle_signals: bool = False) -> Mig
     """
     import sys
 
-    from ingest.engine.run import _run_with_signals
-
     started = time.monotonic()
     retries = RetryPolicy(attempts=config.request_retries + 1, max_delay=5.0)
     async with MoiClient(
@@ -459,7 +453,7 @@ async def migrate(config: MigrateConfig, *, handle_signals: bool = False) -> Mig
             try:
                 migration = _Migration(config, client, manifest, run_id, progress, summary)
                 async with manifest.writer():
-                    interrupted = await _run_with_signals(handle_signals, migration.run(files))
+                    interrupted = await run_with_signals(handle_signals, migration.run(files))
                 status = "interrupted" if interrupted else "completed"
             finally:
                 progress.close()

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import functools
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Literal
+from collections.abc import Sequence
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 
 from ingest._aio import run_concurrently
-from ingest.config import TargetConfigBase
-from ingest.errors import ConfigError, PermanentError, RemoteError, TransientError
+from ingest.errors import ConfigError, PermanentError, TransientError
 from ingest.models import FileItem, Receipt, RemoteState, RemoteStatus
-from ingest.platforms.base import CliOption, Target, TargetContext, TargetFeatures, register_target
+from ingest.platforms.base import Target, TargetConfigBase, TargetContext, TargetFeatures
 from ingest.platforms.moi.client import MoiClient, check_envelope
 from ingest.platforms.moi.wire import FILE_STATUS_TABLES, DedupConfig, UploadFileResult, UploadResult
 
@@ -44,33 +43,13 @@ class MoiTargetConfig(TargetConfigBase):
     workspace_id: str | None = None
 
 
-@register_target
 class MoiTarget(Target):
     name = "moi"
-    config_model = MoiTargetConfig
-    secret_env: ClassVar[Mapping[str, str]] = {"api_key": "MOI_KEY"}
-    cli_options = (
-        CliOption("--volume-id", "volume_id", "MOI: the volume to load files into", metavar="ID"),
-        CliOption(
-            "--api-key",
-            "api_key",
-            "MOI: API key (prefer the MOI_KEY environment variable: the command line is visible to others)",
-            metavar="KEY",
-        ),
-        CliOption(
-            "--file-status-table",
-            "file_status_table",
-            "MOI: status codes of /task/files: 'seed' (4 failed, 5 success; default) or 'v5' (3 failed, 4 success)",
-            choices=("seed", "v5"),
-        ),
-        CliOption("--workspace-id", "workspace_id", "MOI 5.0: workspace id, sent as X-Workspace-ID", metavar="ID"),
-    )
     features = TargetFeatures(
         # MOI 5.0 documents at most 20 files per upload request.
         max_batch_files=20,
         max_batch_bytes=32 * 1024 * 1024,
         max_batched_file_size=4 * 1024 * 1024,
-        batch_poll=True,
         server_dedup=True,
         server_retry=True,
     )
@@ -95,13 +74,6 @@ class MoiTarget(Target):
         if not isinstance(config, MoiTargetConfig):
             raise TypeError("MoiTarget needs a MoiTargetConfig")
         return cls(config, context)
-
-    @classmethod
-    def add_commands(cls, commands: Any) -> None:
-        """``ingest moi connectors|tasks …`` and ``ingest migrate`` (see ``ingest.platforms.moi.commands``)."""
-        from ingest.platforms.moi.commands import add_moi_commands
-
-        add_moi_commands(commands)
 
     def describe(self) -> str:
         return f"MOI volume {self.config.volume_id} at {self.config.endpoint}"
@@ -227,7 +199,3 @@ class MoiTarget(Target):
 
     async def aclose(self) -> None:
         await self.client.aclose()
-
-
-def is_remote_error(exc: BaseException) -> bool:
-    return isinstance(exc, RemoteError)

@@ -54,7 +54,6 @@ __all__ = [
     "UploadResult",
     "ValidateResult",
     "Volume",
-    "file_state",
     "wire",
 ]
 
@@ -106,11 +105,6 @@ FILE_STATUS_TABLES: dict[str, dict[int, RemoteState]] = {
     # MOI 5.0: 1 waiting, 2 uploading, 3 failed, 4 success
     "v5": {3: RemoteState.FAILED, 4: RemoteState.DONE},
 }
-
-
-def file_state(code: int, table: str = "seed") -> RemoteState:
-    """The meaning of a ``/task/files`` status code in the given table."""
-    return FILE_STATUS_TABLES[table].get(code, RemoteState.PENDING)
 
 
 def wire(model: BaseModel) -> dict[str, Any]:

@@ -29,7 +29,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from ingest.config import TargetConfigBase, parse_size
+from ingest.config import parse_size
+from ingest.platforms.base import TargetConfigBase
 
 __all__ = [
     "DEFAULT_ENDPOINT",

@@ -14,28 +14,19 @@ configuration error. ``ingest viking task-info ID`` shows a download task (``/ap
 
 from __future__ import annotations
 
-import argparse
 import functools
-import json
 import logging
-import os
 import posixpath
-import sys
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import anyio
-from pydantic import ValidationError
-
 from ingest._aio import run_concurrently
-from ingest.config import load_toml, validation_message
-from ingest.errors import ConfigError
 from ingest.http import one_line
 from ingest.models import FileItem, Receipt, RemoteState, RemoteStatus
-from ingest.platforms.base import CliOption, Target, TargetContext, TargetFeatures, register_target
+from ingest.platforms.base import Target, TargetContext, TargetFeatures
 from ingest.platforms.viking.api import TaskInfo, VikingApi
-from ingest.platforms.viking.config import StagingConfig, VikingTargetConfig, parse_meta_flag
+from ingest.platforms.viking.config import StagingConfig, VikingTargetConfig
 from ingest.platforms.viking.doctypes import SIZE_LIMITS, doc_type_for, supported_extensions
 from ingest.platforms.viking.naming import doc_id_for, doc_name_for, meta_for, source_path_metadata, staging_key
 from ingest.platforms.viking.signing import Credentials
@@ -62,79 +53,10 @@ FAILED_CODES = {
 DELETING = 5
 
 
-def _meta_flag(text: str) -> str:
-    try:
-        parse_meta_flag(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
-@register_target
 class VikingTarget(Target):
     name = "viking"
-    config_model = VikingTargetConfig
-    secret_env: ClassVar[Mapping[str, str]] = {"access_key": "VOLC_ACCESSKEY", "secret_key": "VOLC_SECRETKEY"}
-    cli_options = (
-        CliOption(
-            "--region", "region", "VikingDB: the region requests are signed for (default cn-beijing)", metavar="REGION"
-        ),
-        CliOption("--collection", "collection_name", "VikingDB: the knowledge base's name", metavar="NAME"),
-        CliOption("--project", "project", "VikingDB: the knowledge base's project (default 'default')", metavar="NAME"),
-        CliOption(
-            "--resource-id",
-            "resource_id",
-            "VikingDB: the knowledge base's resource id (instead of a name)",
-            metavar="ID",
-        ),
-        CliOption(
-            "--staging-endpoint",
-            "staging_endpoint",
-            "VikingDB: S3-compatible store files are staged in (default: TOS of the region)",
-            metavar="URL",
-        ),
-        CliOption("--staging-bucket", "staging_bucket", "VikingDB: the staging bucket", metavar="BUCKET"),
-        CliOption(
-            "--staging-prefix",
-            "staging_prefix",
-            "VikingDB: key prefix of staged files (default ingest/)",
-            metavar="PREFIX",
-        ),
-        CliOption(
-            "--staging-path-style",
-            "staging_path_style",
-            "VikingDB: path-style staging URLs (default: only for IP addresses and localhost)",
-            kind="switch",
-        ),
-        CliOption(
-            "--add-type",
-            "add_type",
-            "VikingDB: how doc/add reads staged files: by tos_path (tos, default) or a presigned URL (url)",
-            choices=("tos", "url"),
-        ),
-        CliOption(
-            "--meta",
-            "meta",
-            "VikingDB: a meta field for every document, KEY=VALUE or KEY:TYPE=VALUE (repeatable); values may use "
-            "{path}, {top_folder}, {folder}, {name}, {stem}, {ext}",
-            metavar="KEY=VALUE",
-            kind="repeat",
-            convert=_meta_flag,
-        ),
-        CliOption(
-            "--doc-id-prefix", "doc_id_prefix", "VikingDB: prefix of every doc_id, to keep trees apart", metavar="P"
-        ),
-        CliOption(
-            "--access-key",
-            "access_key",
-            "VikingDB: access key (prefer VOLC_ACCESSKEY: the command line is visible to others)",
-            metavar="AK",
-        ),
-        CliOption("--secret-key", "secret_key", "VikingDB: secret key (prefer VOLC_SECRETKEY)", metavar="SK"),
-    )
     features = TargetFeatures(
         max_batch_files=1,  # doc/add takes one document
-        batch_poll=True,  # doc/list answers up to 100 doc ids at once
         server_dedup=False,  # nothing to ask for: find_existing checks the deterministic doc_id instead
         server_retry=False,  # re-adding the same doc_id overwrites: the engine sends failed files again
     )
@@ -309,30 +231,6 @@ class VikingTarget(Target):
     async def task_info(self, task_id: str) -> TaskInfo:
         return await self.api.task_info(task_id)
 
-    @classmethod
-    def add_commands(cls, commands: Any) -> None:
-        parser = commands.add_parser(
-            "viking",
-            help="VikingDB knowledge-base tools (task-info)",
-            description="Tools for the VikingDB knowledge base beyond ingesting.",
-        )
-        tools = parser.add_subparsers(dest="viking_command", metavar="TOOL", parser_class=type(parser))
-        tools.required = True
-        p = tools.add_parser(
-            "task-info",
-            help="show a download task's status, progress and attachment link",
-            description="Ask /api/knowledge/task/info about a download task. Credentials come from "
-            "VOLC_ACCESSKEY / VOLC_SECRETKEY (or --access-key / --secret-key).",
-        )
-        p.add_argument("task_id", metavar="ID", help="the task id")
-        p.add_argument("--config", metavar="FILE.toml", help="take endpoint, region and keys from [target]")
-        p.add_argument("--endpoint", metavar="URL", help="the API base URL (default: the cn-beijing endpoint)")
-        p.add_argument("--region", metavar="REGION", help="the region requests are signed for (default cn-beijing)")
-        p.add_argument("--access-key", metavar="AK", help="access key (prefer VOLC_ACCESSKEY)")
-        p.add_argument("--secret-key", metavar="SK", help="secret key (prefer VOLC_SECRETKEY)")
-        p.add_argument("--json", action="store_true", help="print the task as JSON")
-        p.set_defaults(handler=_task_info_command)
-
 
 def _staging_settings(config: VikingTargetConfig) -> StagingSettings:
     staging: StagingConfig = config.staging
@@ -387,39 +285,3 @@ async def fetch_task_info(config: VikingTargetConfig, task_id: str) -> TaskInfo:
         return await api.task_info(task_id)
     finally:
         await api.aclose()
-
-
-def _task_info_command(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    tree: dict[str, Any] = {}
-    if args.config:
-        tree = dict(load_toml(Path(args.config)).get("target") or {})
-    settings = {
-        "endpoint": args.endpoint,
-        "region": args.region,
-        "access_key": args.access_key or os.environ.get("VOLC_ACCESSKEY"),
-        "secret_key": args.secret_key or os.environ.get("VOLC_SECRETKEY"),
-    }
-    tree.update({k: v for k, v in settings.items() if v})
-    tree["type"] = "viking"
-    for key, env in VikingTarget.secret_env.items():
-        if not tree.get(key):
-            raise ConfigError(f"task-info needs the {key.replace('_', ' ')}: set {env} (or --{key.replace('_', '-')})")
-    # The knowledge base and staging store play no part in task/info; placeholders satisfy the model.
-    tree.setdefault("collection_name", "unused")
-    tree.setdefault("staging", {"bucket": "unused"})
-    try:
-        config = VikingTargetConfig.model_validate(tree)
-    except ValidationError as exc:
-        raise ConfigError(validation_message(exc, "task-info settings")) from None
-    info = anyio.run(fetch_task_info, config, args.task_id)
-    if args.json:
-        print(json.dumps({"task_id": info.task_id, "status": info.status, "percentage": info.percentage,
-                          "attachment_link": info.attachment_link}, ensure_ascii=False))  # fmt: skip
-    else:
-        print(f"task {info.task_id}: {info.status}, {info.percentage}%")
-        if info.attachment_link:
-            print(f"attachment: {info.attachment_link}")
-    sys.stdout.flush()
-    return 0
