@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ingest.errors import ConfigError
-from ingest.manifest.sqlite import Manifest
+from ingest.manifest.base import Manifest
 
 __all__ = ["RunSummary", "write_report"]
 
@@ -22,9 +22,12 @@ class RunSummary:
     done: int = 0
     failed: int = 0
     skipped: int = 0
+    skipped_bytes: int = 0
     resumed: int = 0
     sent_files: int = 0
     sent_bytes: int = 0
+    #: Failed files the platform was asked to redo (or that were sent again).
+    platform_retries: int = 0
     elapsed: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
     stopped_reason: str | None = None

@@ -13,7 +13,7 @@ import pytest
 
 import ingest
 from ingest.config import EngineConfig, RunConfig, SourceConfig
-from ingest.manifest.sqlite import Manifest
+from ingest.manifest import SqliteManifest as Manifest
 from tests.conftest import make_tree
 from tests.harness import HARNESSES, Faults
 

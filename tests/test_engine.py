@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +16,15 @@ import pytest
 
 import ingest
 from ingest.config import EngineConfig, RunConfig, SourceConfig
-from ingest.engine.pipeline import EngineStats, run_engine
-from ingest.manifest.sqlite import Manifest
+from ingest.engine.pipeline import run_engine
+from ingest.manifest import SqliteManifest as Manifest
 from ingest.models import FileItem
 from ingest.platforms.base import TargetContext
 from ingest.platforms.moi.target import MoiTarget
 from ingest.progress import Progress
-from ingest.sources.local import Rejected, WalkOptions, walk
+from ingest.report import RunSummary
+from ingest.sources.base import Rejected
+from ingest.sources.local import LocalSource, WalkOptions
 from tests.conftest import make_tree
 from tests.harness import MOI, Faults
 
@@ -70,9 +72,23 @@ async def test_tiny_in_flight_limit_still_completes(tmp_path: Path) -> None:
     assert (summary.done, summary.failed) == (40, 0)
 
 
-async def run_with_source(dep: Any, tmp_path: Path, source: AsyncIterator[FileItem | Rejected]) -> EngineStats:
+class MeddlingSource(LocalSource):
+    """The local folder, with something done to one file right after the walk yields it."""
+
+    def __init__(self, root: Path, name: str, meddle: Callable[[Path], object]) -> None:
+        super().__init__(root, WalkOptions())
+        self.name, self.meddle = name, meddle
+
+    async def entries(self) -> AsyncIterator[FileItem | Rejected]:  # type: ignore[override]
+        async for entry in super().entries():
+            if isinstance(entry, FileItem) and entry.rel_path == self.name:
+                self.meddle(entry.abs_path)
+            yield entry
+
+
+async def run_with_source(dep: Any, tmp_path: Path, source: LocalSource) -> RunSummary:
     target = MoiTarget(dep.target_config, TargetContext())
-    stats = EngineStats()
+    stats = RunSummary(destination="test", manifest=tmp_path / "m.db")
     with Manifest(tmp_path / "m.db") as manifest:
         async with manifest.writer():
             await run_engine(
@@ -82,7 +98,7 @@ async def run_with_source(dep: Any, tmp_path: Path, source: AsyncIterator[FileIt
                 source=source,
                 config=EngineConfig(concurrency=2, poll_initial=0.02, poll_max=0.1),
                 progress=Progress(False),
-                stats=stats,
+                summary=stats,
             )
     await target.aclose()
     return stats
@@ -92,14 +108,9 @@ async def test_file_deleted_between_walk_and_upload_fails_alone(tmp_path: Path) 
     """A file removed after the walk saw it is recorded failed with that reason; the rest are sent."""
     make_tree(tmp_path / "src", 6)
 
-    async def walk_then_delete() -> AsyncIterator[FileItem | Rejected]:
-        async for entry in walk(tmp_path / "src", WalkOptions()):
-            if isinstance(entry, FileItem) and entry.rel_path == "f0002.txt":
-                entry.abs_path.unlink()
-            yield entry
-
+    walk_then_delete = MeddlingSource(tmp_path / "src", "f0002.txt", Path.unlink)
     async with MOI.start(tmp_path / "data") as dep:
-        stats = await run_with_source(dep, tmp_path, walk_then_delete())
+        stats = await run_with_source(dep, tmp_path, walk_then_delete)
         stored = await dep.stored()
     assert (stats.done, stats.failed) == (5, 1)
     assert stats.failures == [("f0002.txt", "file disappeared between the walk and the upload")]
@@ -110,14 +121,12 @@ async def test_file_changed_after_the_walk_is_sent_as_it_is_now(tmp_path: Path) 
     """The worker re-reads size and mtime just before sending: the current content arrives whole."""
     make_tree(tmp_path / "src", 3)
 
-    async def walk_then_grow() -> AsyncIterator[FileItem | Rejected]:
-        async for entry in walk(tmp_path / "src", WalkOptions()):
-            if isinstance(entry, FileItem) and entry.rel_path == "f0002.txt":
-                entry.abs_path.write_bytes(b"now much longer than when the walk saw it")
-            yield entry
+    def grow(path: Path) -> None:
+        path.write_bytes(b"now much longer than when the walk saw it")
 
+    walk_then_grow = MeddlingSource(tmp_path / "src", "f0002.txt", grow)
     async with MOI.start(tmp_path / "data") as dep:
-        stats = await run_with_source(dep, tmp_path, walk_then_grow())
+        stats = await run_with_source(dep, tmp_path, walk_then_grow)
         stored = await dep.stored()
     assert stats.done == 3
     assert stored["f0002.txt"].size == len(b"now much longer than when the walk saw it")

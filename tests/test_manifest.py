@@ -9,7 +9,8 @@ import anyio
 import pytest
 
 from ingest.errors import ConfigError
-from ingest.manifest.sqlite import Decision, Manifest, decide
+from ingest.manifest import Decision, decide
+from ingest.manifest import SqliteManifest as Manifest
 from ingest.models import FileItem, FileState, Receipt
 
 pytestmark = pytest.mark.anyio

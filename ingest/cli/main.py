@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from ingest import __version__
 from ingest.config import RunConfig, load_toml, parse_size, validation_message
 from ingest.errors import ConfigError, IngestError, InterruptedRun
-from ingest.manifest.sqlite import Manifest
+from ingest.manifest import open_manifest
 from ingest.models import FileState
 from ingest.platforms.registry import CliOption, get_spec, target_specs
 from ingest.report import RunSummary
@@ -425,7 +425,7 @@ def _saved_secrets(args: argparse.Namespace) -> dict[str, dict[str, str | None]]
 def _cmd_status(args: argparse.Namespace) -> int:
     if not args.manifest.exists():
         raise ConfigError(f"manifest {args.manifest} does not exist")
-    manifest = Manifest(args.manifest)
+    manifest = open_manifest(args.manifest)
     try:
         counts = manifest.counts()
         runs = manifest.runs()

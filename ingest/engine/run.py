@@ -6,41 +6,43 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import anyio
 from pydantic import ValidationError
 
 from ingest._aio import run_with_signals
-from ingest.config import RunConfig, validation_message
-from ingest.engine.pipeline import EngineStats, run_engine
+from ingest.config import EngineConfig, RunConfig, validation_message
+from ingest.engine.pipeline import run_engine
 from ingest.errors import ConfigError, InterruptedRun, TransientError
-from ingest.manifest.sqlite import Manifest
+from ingest.manifest import Manifest, open_manifest
 from ingest.models import FileItem, FileState
 from ingest.platforms.base import Target, TargetConfigBase, TargetContext
 from ingest.platforms.registry import EmbeddedDestination, embedded_spec, get_spec
 from ingest.progress import Progress
 from ingest.report import RunSummary, write_report
 from ingest.retry import RetryPolicy, retrying
-from ingest.sources.local import Rejected, WalkOptions, WalkStats, walk
+from ingest.sources.base import Rejected, Source
+from ingest.sources.local import LocalSource, WalkOptions
 
-__all__ = ["default_manifest_path", "retry_failed", "run", "saved_config"]
+__all__ = ["FailedFiles", "Job", "default_manifest_path", "retry_failed", "run", "run_job", "saved_config"]
 
 MANIFEST_DIR = Path(".ingest/manifests")
 #: Where the embedded default destination keeps its state and stored files.
 EMBEDDED_DATA_DIR = Path(".ingest/local")
 
 
-def default_manifest_path(source: Path, destination: str) -> Path:
+def default_manifest_path(source: str, destination: str) -> Path:
     """``./.ingest/manifests/<source name>-<hash of source and destination>.db``: a rerun of the same
     command finds its manifest without being told."""
     digest = hashlib.sha256(f"{source}\0{destination}".encode()).hexdigest()[:12]
-    return MANIFEST_DIR / f"{source.name or 'root'}-{digest}.db"
+    name = source.rstrip("/").rsplit("/", 1)[-1] or "root"
+    return MANIFEST_DIR / f"{name}-{digest}.db"
 
 
 async def run(
@@ -60,45 +62,86 @@ async def run(
     if not root.is_dir():
         what = "does not exist" if not root.exists() else "is not a folder"
         raise ConfigError(f"source {root} {what}; pass the folder to ingest")
-    root = root.resolve()
+    source = LocalSource(root.resolve(), _walk_options(config))
+    return await run_job(
+        Job(
+            source=source,
+            target=config.target,
+            engine=config.engine,
+            manifest=config.manifest,
+            report=config.report,
+            quiet=config.quiet,
+            progress=config.progress,
+            settings=config.public_dump(),
+        ),
+        command=command,
+        handle_signals=handle_signals,
+        only_failed=only_failed,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One source into one destination through the engine: what ``run_job`` needs.
+
+    ``ingest run`` builds it from a ``RunConfig`` with a local folder; other commands (``ingest
+    migrate``) build it with their own source and target.
+    """
+
+    source: Source
+    #: ``None``: the embedded default destination.
+    target: TargetConfigBase | None
+    engine: EngineConfig
+    manifest: Path | None = None
+    report: Path | None = None
+    quiet: bool = False
+    progress: bool | None = None
+    #: The settings recorded in the manifest (no secrets), read back by ``retry-failed``.
+    settings: dict[str, Any] = field(default_factory=dict)
+    #: Builds the summary (a command may extend it); called with destination, manifest path and report.
+    summary_factory: Callable[..., RunSummary] = RunSummary
+
+
+async def run_job(job: Job, *, command: str, handle_signals: bool = False, only_failed: bool = False) -> RunSummary:
+    """Run ``job`` end to end: destination, manifest, engine under signal handling, report, summary."""
     started = time.monotonic()
     async with AsyncExitStack() as stack:
         embedded: EmbeddedDestination | None = None
-        if config.target is None:
+        if job.target is None:
             factory = embedded_spec().embedded
             assert factory is not None  # embedded_spec() returns the platform that has one
             embedded = await stack.enter_async_context(factory(EMBEDDED_DATA_DIR))
             target_config: TargetConfigBase = embedded.config
         else:
-            target_config = config.target
-        stats = EngineStats()
-        progress = Progress(config.progress if config.progress is not None else sys.stderr.isatty(), quiet=config.quiet)
+            target_config = job.target
+        progress = Progress(job.progress if job.progress is not None else sys.stderr.isatty(), quiet=job.quiet)
         stack.callback(progress.close)
+        summary: RunSummary | None = None
 
         def on_bytes(n: int) -> None:
-            stats.sent_bytes += n
+            assert summary is not None  # bytes flow only once the engine runs
+            summary.sent_bytes += n
             progress.sent(n)
 
         context = TargetContext(
-            connections=config.engine.concurrency + 8, chunk_size=config.engine.chunk_size, on_bytes=on_bytes
+            connections=job.engine.concurrency + 8, chunk_size=job.engine.chunk_size, on_bytes=on_bytes
         )
         target = get_spec(target_config.type).factory(target_config, context)
         stack.push_async_callback(target.aclose)
         destination = embedded.identity if embedded is not None else target.identity()
-        manifest_path = config.manifest or default_manifest_path(root, destination)
-        manifest = Manifest(manifest_path)
+        manifest_path = job.manifest or default_manifest_path(job.source.identity(), destination)
+        manifest = open_manifest(manifest_path)
         stack.callback(manifest.close)
-        manifest.bind(str(root), destination)
-        await _open_target(target, config.engine.request_retries)
-        manifest.set_meta("run_config", json.dumps(config.public_dump()))
+        manifest.bind(job.source.identity(), destination)
+        await _open_target(target, job.engine.request_retries)
+        manifest.set_meta("run_config", json.dumps(job.settings))
         run_id = manifest.start_run(command)
-        walk_stats = WalkStats()
-        source = _failed_files(manifest, root) if only_failed else walk(root, _walk_options(config), walk_stats)
+        source = FailedFiles(manifest, job.source) if only_failed else job.source
         status = "failed"
-        summary = RunSummary(
+        summary = job.summary_factory(
             destination=embedded.description if embedded is not None else target.describe(),
             manifest=manifest_path,
-            report=config.report,
+            report=job.report,
             stored_at=embedded.stored_at if embedded is not None else None,
         )
         try:
@@ -106,30 +149,23 @@ async def run(
                 interrupted = await run_with_signals(
                     handle_signals,
                     run_engine(
+                        source=source,
                         target=target,
                         manifest=manifest,
                         run_id=run_id,
-                        source=source,
-                        config=config.engine,
+                        config=job.engine,
                         progress=progress,
-                        stats=stats,
+                        summary=summary,
                     ),
                 )
             status = "interrupted" if interrupted else "completed"
         finally:
             progress.close()
-            _fill(summary, stats, time.monotonic() - started)
-            summary.passed_over = {
-                "hidden (use --hidden)": walk_stats.hidden,
-                "symlinks (use --follow-symlinks)": walk_stats.symlinks,
-                "excluded by --include/--exclude": walk_stats.excluded,
-                "larger than --max-size": walk_stats.too_large,
-                "not regular files": walk_stats.special,
-                "symlink loops": walk_stats.loops,
-            }
+            summary.elapsed = time.monotonic() - started
+            summary.passed_over = dict(source.passed_over())
             manifest.finish_run(run_id, status, summary.to_json())
-        if config.report is not None:
-            write_report(manifest, run_id, config.report)
+        if job.report is not None:
+            write_report(manifest, run_id, job.report)
         if status == "interrupted":
             raise InterruptedRun(
                 f"interrupted; the manifest {manifest_path} is consistent: run the same command again to resume"
@@ -144,18 +180,6 @@ async def _open_target(target: Target, retries: int) -> None:
         raise ConfigError(f"{exc}; check --endpoint and that the platform is up") from None
 
 
-def _fill(summary: RunSummary, stats: EngineStats, elapsed: float) -> None:
-    summary.done = stats.done
-    summary.failed = stats.failed
-    summary.skipped = stats.skipped
-    summary.resumed = stats.resumed
-    summary.sent_files = stats.sent_files
-    summary.sent_bytes = stats.sent_bytes
-    summary.elapsed = elapsed
-    summary.failures = list(stats.failures)
-    summary.stopped_reason = stats.stopped_reason
-
-
 def _walk_options(config: RunConfig) -> WalkOptions:
     s = config.source
     return WalkOptions(
@@ -167,16 +191,35 @@ def _walk_options(config: RunConfig) -> WalkOptions:
     )
 
 
-async def _failed_files(manifest: Manifest, root: Path) -> AsyncIterator[FileItem | Rejected]:
-    """The manifest's failed files, re-read from disk, as the source of ``retry-failed``."""
-    for record in manifest.iter_files(states=(FileState.FAILED,)):
-        path = root / record.path
-        try:
-            st = await anyio.to_thread.run_sync(os.stat, path)
-        except OSError:
-            yield Rejected(record.path, f"not found under {root} any more (last error: {record.last_error})")
-            continue
-        yield FileItem(record.path, path, st.st_size, st.st_mtime_ns)
+class FailedFiles:
+    """The manifest's failed files, looked up again in the source: the source of ``retry-failed``."""
+
+    def __init__(self, manifest: Manifest, source: Source) -> None:
+        self.manifest = manifest
+        self.source = source
+
+    def identity(self) -> str:
+        return self.source.identity()
+
+    def describe(self) -> str:
+        return f"the failed files of {self.source.describe()}"
+
+    async def entries(self) -> AsyncIterator[FileItem | Rejected]:
+        for record in self.manifest.iter_files(states=(FileState.FAILED,)):
+            found = await self.source.lookup(record.path)
+            if isinstance(found, Rejected):
+                yield Rejected(record.path, f"{found.reason} (last error: {record.last_error})")
+            else:
+                yield found
+
+    async def refresh(self, item: FileItem) -> FileItem | str:
+        return await self.source.refresh(item)
+
+    async def lookup(self, rel_path: str) -> FileItem | Rejected:
+        return await self.source.lookup(rel_path)
+
+    def passed_over(self) -> Mapping[str, int]:
+        return {}
 
 
 def saved_config(manifest_path: Path, secrets: dict[str, dict[str, str | None]]) -> RunConfig:
@@ -184,7 +227,7 @@ def saved_config(manifest_path: Path, secrets: dict[str, dict[str, str | None]])
     (they are never stored): ``secrets[target type][field]``."""
     if not manifest_path.exists():
         raise ConfigError(f"manifest {manifest_path} does not exist; pass the --manifest of an earlier run")
-    with Manifest(manifest_path) as manifest:
+    with open_manifest(manifest_path) as manifest:
         raw = manifest.get_meta("run_config")
     if raw is None:
         raise ConfigError(f"manifest {manifest_path} records no run; nothing to retry")

@@ -10,19 +10,17 @@ Durability: ``synchronous=NORMAL`` in WAL mode survives the death of the process
 (SIGKILL, OOM); only a power cut may lose the last transactions, and the resume logic copes with that
 too, because a lost ``processing``/``done`` falls back to ``uploading``, which resumes with dedup.
 
-This module is the only code that decides "already done": see ``Decision`` and ``decide``.
+The rule that decides "already done" is not here: it is ``ingest.manifest.base.decide``.
 """
 
 from __future__ import annotations
 
-import enum
 import json
 import math
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +28,10 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ingest.errors import ConfigError
+from ingest.manifest.base import FileRecord
 from ingest.models import FileItem, FileState, Receipt
 
-__all__ = ["Decision", "FileRecord", "Manifest", "decide"]
+__all__ = ["SqliteManifest"]
 
 SCHEMA_VERSION = 1
 
@@ -67,39 +66,6 @@ CREATE INDEX IF NOT EXISTS files_run ON files (run_id);
 """
 
 
-@dataclass(frozen=True, slots=True)
-class FileRecord:
-    path: str
-    size: int | None
-    mtime_ns: int | None
-    md5: str | None
-    state: FileState
-    remote_id: str | None
-    task_id: str | None
-    extra: dict[str, str]
-    attempts: int
-    last_error: str | None
-    run_id: int | None
-    updated_at: float
-
-    def receipt(self) -> Receipt:
-        return Receipt(self.path, self.remote_id, self.task_id, None, dict(self.extra))
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "state": self.state.value,
-            "size": self.size,
-            "mtime_ns": self.mtime_ns,
-            "md5": self.md5,
-            "remote_id": self.remote_id,
-            "task_id": self.task_id,
-            "attempts": self.attempts,
-            "error": self.last_error,
-            "updated_at": self.updated_at,
-        }
-
-
 _COLUMNS = "path, size, mtime_ns, md5, state, remote_id, task_id, extra, attempts, last_error, run_id, updated_at"
 
 
@@ -120,38 +86,11 @@ def _record(row: sqlite3.Row | tuple[Any, ...]) -> FileRecord:
     )
 
 
-class Decision(enum.Enum):
-    """What a run does with one walked file, given its manifest record."""
-
-    SKIP = "skip"  # done and unchanged: no network call at all
-    POLL = "poll"  # accepted by the platform earlier and unchanged: only polling remains
-    SEND_DEDUP = "send-dedup"  # may have reached the platform before a crash: send with dedup
-    SEND = "send"  # new, changed, or failed before: send
-
-
-def decide(record: FileRecord | None, item: FileItem) -> Decision:
-    """The resume rule, in one place."""
-    if record is None:
-        return Decision.SEND
-    unchanged = record.size == item.size and record.mtime_ns == item.mtime_ns
-    if not unchanged:
-        # A changed file is a new version: send it. If the old version was mid-upload, dedup by
-        # name+md5 still cannot match the new content, so dedup costs nothing and stays safe.
-        return Decision.SEND_DEDUP if record.state is FileState.UPLOADING else Decision.SEND
-    if record.state is FileState.DONE:
-        return Decision.SKIP
-    if record.state is FileState.PROCESSING and (record.remote_id or record.task_id):
-        return Decision.POLL
-    if record.state is FileState.UPLOADING:
-        return Decision.SEND_DEDUP
-    return Decision.SEND
-
-
 # One queued write: SQL statements to run in one transaction, and who waits for their commit.
 _Op = list[tuple[str, tuple[Any, ...]]]
 
 
-class Manifest:
+class SqliteManifest:
     """An open manifest file. Reads are synchronous and cheap; writes go through ``writer()``."""
 
     def __init__(self, path: Path) -> None:
@@ -274,7 +213,7 @@ class Manifest:
     # ----- writes ---------------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def writer(self) -> AsyncIterator[Manifest]:
+    async def writer(self) -> AsyncIterator[SqliteManifest]:
         """Run the group-committing writer for the duration of the block.
 
         On exit (normal, error or cancellation) everything queued so far is committed before the
@@ -409,7 +348,7 @@ class Manifest:
         self._rconn.close()
         self._wconn.close()
 
-    def __enter__(self) -> Manifest:
+    def __enter__(self) -> SqliteManifest:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -40,7 +40,7 @@ from ingest import _failpoints
 from ingest._aio import run_concurrently, run_with_signals
 from ingest.config import validation_message
 from ingest.errors import ConfigError, InterruptedRun, PermanentError, TransientError
-from ingest.manifest.sqlite import Decision, Manifest, decide
+from ingest.manifest import Decision, Manifest, decide, open_manifest
 from ingest.models import FileItem, Receipt, RemoteState
 from ingest.platforms.moi.client import MoiClient
 from ingest.platforms.moi.filetypes import FileType
@@ -439,7 +439,7 @@ async def migrate(config: MigrateConfig, *, handle_signals: bool = False) -> Mig
         retries=retries,
     ) as client:
         files = await _open(client, config)
-        manifest = Manifest(config.manifest)
+        manifest = open_manifest(config.manifest)
         progress = Progress(config.progress if config.progress is not None else sys.stderr.isatty(), quiet=config.quiet)
         summary = MigrateSummary(
             destination=f"MOI volume {config.volume_id} at {config.endpoint} (from connector {config.connector_id})",

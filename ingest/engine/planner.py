@@ -1,0 +1,71 @@
+"""The planner: reads the source, asks the manifest what each file needs and feeds the workers.
+
+It blocks when the workers are busy (the work stream is bounded: backpressure) and when
+``max_in_flight`` files are already between "queued" and "finished", so memory stays flat for a source
+of any size. Files the platform accepted before an interruption go straight to the poller.
+"""
+
+from __future__ import annotations
+
+from anyio.streams.memory import MemoryObjectSendStream
+
+from ingest.engine.state import RunState, Tracked, Work, track
+from ingest.manifest.base import Decision, decide
+from ingest.models import FileItem, Receipt
+from ingest.retry import retrying
+from ingest.sources.base import Rejected
+
+__all__ = ["plan"]
+
+
+async def plan(
+    run: RunState,
+    work: MemoryObjectSendStream[Work],
+    to_poller: MemoryObjectSendStream[Tracked],
+) -> None:
+    dedup_mode = run.config.dedup
+    server_dedup = run.target.features.server_dedup
+    async with work, to_poller:
+        async for entry in run.source.entries():
+            if run.stop_sending:
+                break
+            if isinstance(entry, Rejected):
+                run.progress.discovered(0)
+                await run.fail([(entry.rel_path, entry.reason)])
+                continue
+            refusal = run.target.refuse(entry)
+            if refusal is not None:
+                run.progress.discovered(0)
+                await run.fail([(entry.rel_path, refusal)])
+                continue
+            record = None if run.fresh_manifest else run.manifest.lookup(entry.rel_path)
+            decision = decide(record, entry)
+            if decision is Decision.SKIP:
+                run.summary.skipped += 1
+                run.summary.skipped_bytes += entry.size
+                continue
+            await run.completion.admit()
+            run.progress.discovered(entry.size)
+            if decision is Decision.POLL:
+                assert record is not None  # POLL is only decided for a recorded file
+                run.summary.resumed += 1
+                await to_poller.send(track(run, entry, record.receipt(), attempts=record.attempts))
+                continue
+            dedup = dedup_mode == "always" or (dedup_mode == "resume" and decision is Decision.SEND_DEDUP)
+            if dedup and not server_dedup:
+                existing = await _find_existing(run, entry)
+                if existing is not None:
+                    run.summary.resumed += 1
+                    await run.manifest.mark_processing([existing], run.run_id)
+                    await to_poller.send(track(run, entry, existing, attempts=1))
+                    continue
+                dedup = False
+            await work.send(Work(entry, dedup=dedup))
+    run.completion.end_walk()
+
+
+async def _find_existing(run: RunState, item: FileItem) -> Receipt | None:
+    async def lookup() -> Receipt | None:
+        return await run.target.find_existing(item)
+
+    return await retrying(lookup, run.policy, what=f"looking up {item.rel_path}", rng=run.rng)

@@ -1,0 +1,179 @@
+"""The poller: follows every accepted file until the platform says done or failed.
+
+Due files are polled together (``POLL_CHUNK`` receipts per ``Target.poll``) with a growing interval per
+file, bounded by the task timeout; failures are retried through the platform (``Target.retry``) or by
+sending the file again, up to ``max_attempts``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ingest import _failpoints
+from ingest.engine.state import RunState, Tracked, Work
+from ingest.errors import PermanentError, TransientError
+from ingest.models import RemoteState
+from ingest.retry import RetryPolicy, retrying
+
+__all__ = ["POLL_CHUNK", "poller"]
+
+log = logging.getLogger("ingest.engine.poller")
+
+#: Receipts per ``Target.poll`` call.
+POLL_CHUNK = 500
+#: Polls are cheap to repeat later: a short retry, then the files are simply polled again next round.
+POLL_RETRY = RetryPolicy(attempts=3, initial_delay=0.2, max_delay=2.0)
+
+
+async def poller(
+    run: RunState,
+    incoming: MemoryObjectReceiveStream[Tracked],
+    resubmit: MemoryObjectSendStream[Work],
+) -> None:
+    outstanding: dict[str, Tracked] = {}
+    arrived = anyio.Event()
+
+    async def intake() -> None:
+        nonlocal arrived
+        async with incoming:
+            async for tracked in incoming:
+                outstanding[tracked.item.rel_path] = tracked
+                arrived.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(intake)
+        while not run.completion.all_done.is_set():
+            now = time.monotonic()
+            due = [t for t in outstanding.values() if t.next_poll <= now]
+            if not due:
+                wake = min((t.next_poll for t in outstanding.values()), default=now + 1.0)
+                arrived = anyio.Event()
+                with anyio.move_on_after(max(0.0, wake - now)):
+                    await _first_of(arrived, run.completion.all_done)
+                continue
+            for start in range(0, len(due), POLL_CHUNK):
+                await _poll_round(run, due[start : start + POLL_CHUNK], outstanding, resubmit)
+            run.progress.in_flight(len(outstanding))
+        tg.cancel_scope.cancel()
+
+
+async def _first_of(*events: anyio.Event) -> None:
+    async with anyio.create_task_group() as tg:
+
+        async def wait(event: anyio.Event) -> None:
+            await event.wait()
+            tg.cancel_scope.cancel()
+
+        for event in events:
+            tg.start_soon(wait, event)
+
+
+async def _poll_round(
+    run: RunState,
+    due: list[Tracked],
+    outstanding: dict[str, Tracked],
+    resubmit: MemoryObjectSendStream[Work],
+) -> None:
+    try:
+        statuses = await retrying(
+            lambda: run.target.poll([t.receipt for t in due]), POLL_RETRY, what="polling", rng=run.rng
+        )
+    except TransientError as exc:
+        # The platform is unreachable for now: try these again later rather than failing them.
+        log.warning("polling failed, will retry: %s", exc)
+        for t in due:
+            t.next_poll = time.monotonic() + run.config.poll_max
+        return
+    now = time.monotonic()
+    done: list[Tracked] = []
+    failed: list[tuple[Tracked, str]] = []
+    to_retry: list[tuple[Tracked, str]] = []
+    seen: set[str] = set()
+    for status in statuses:
+        found = outstanding.get(status.rel_path)
+        if found is None:
+            continue
+        t = found
+        seen.add(status.rel_path)
+        if status.state is RemoteState.DONE:
+            done.append(t)
+        elif status.state is RemoteState.FAILED:
+            reason = status.reason or "the platform reported a failure"
+            if t.attempts < run.config.max_attempts:
+                to_retry.append((t, reason))
+            else:
+                failed.append((t, f"{reason} (after {t.attempts} attempts)"))
+        elif now > t.deadline:
+            failed.append((t, f"not finished by the platform within {run.config.task_timeout:g}s"))
+        else:
+            t.interval = min(t.interval * 1.5, run.config.poll_max)
+            t.next_poll = now + t.interval
+    # No news of a file this round (a transient error on its lookup): ask again later, within its deadline.
+    for t in due:
+        if t.item.rel_path not in seen:
+            if now > t.deadline:
+                failed.append((t, f"no status from the platform within {run.config.task_timeout:g}s"))
+            else:
+                t.interval = min(t.interval * 1.5, run.config.poll_max)
+                t.next_poll = now + t.interval
+    if done:
+        await run.manifest.mark_done([t.item.rel_path for t in done], run.run_id)
+        _failpoints.failpoint("after-done")
+        run.summary.done += len(done)
+        run.progress.finished(len(done))
+    if failed:
+        await run.fail([(t.item.rel_path, reason) for t, reason in failed])
+    for t in [*done, *(t for t, _ in failed)]:
+        outstanding.pop(t.item.rel_path, None)
+    run.completion.finish(len(done) + len(failed))
+    if to_retry:
+        await _retry(run, to_retry, outstanding, resubmit)
+
+
+async def _retry(
+    run: RunState,
+    to_retry: list[tuple[Tracked, str]],
+    outstanding: dict[str, Tracked],
+    resubmit: MemoryObjectSendStream[Work],
+) -> None:
+    for t, reason in to_retry:
+        await run.manifest.note_error(t.item.rel_path, reason)
+    if run.target.features.server_retry:
+        try:
+            receipts = await retrying(
+                lambda: run.target.retry([t.receipt for t, _ in to_retry]),
+                POLL_RETRY,
+                what="retrying failed files",
+                rng=run.rng,
+            )
+        except TransientError:
+            receipts = []  # nothing retried this round: the next poll finds them failed and asks again
+        except PermanentError as exc:
+            await run.fail([(t.item.rel_path, f"{reason}; retry refused: {exc.detail}") for t, reason in to_retry])
+            for t, _ in to_retry:
+                outstanding.pop(t.item.rel_path, None)
+            run.completion.finish(len(to_retry))
+            return
+        run.summary.platform_retries += len(receipts)
+        await run.manifest.mark_processing(receipts, run.run_id, retried=True)
+        by_path = {r.rel_path: r for r in receipts}
+        now = time.monotonic()
+        for t, _ in to_retry:
+            t.interval = (
+                run.config.poll_initial if t.item.rel_path in by_path else min(t.interval * 1.5, run.config.poll_max)
+            )
+            t.next_poll = now + t.interval
+            if t.item.rel_path in by_path:
+                t.receipt = by_path[t.item.rel_path]
+                t.attempts += 1
+                t.deadline = now + run.config.task_timeout
+        return
+    run.summary.platform_retries += len(to_retry)
+    # No server-side retry: send the file again. It stays admitted (counted outstanding) throughout.
+    for t, _ in to_retry:
+        outstanding.pop(t.item.rel_path, None)
+        await resubmit.send(Work(t.item, dedup=False, attempts=t.attempts))

@@ -1,0 +1,175 @@
+"""Workers: take a file (or a batch of small files), record the intent durably, stream the bodies
+and hand the platform's receipts to the poller.
+
+One worker gathers a batch at a time, so batches come out full even while the walk is starting; a
+file that breaks its batch's body fails alone and the others are sent again; a batch the platform
+refuses is split so the one file it objects to is found.
+"""
+
+from __future__ import annotations
+
+import time
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ingest import _failpoints
+from ingest.engine.state import RunState, Tracked, Work, track
+from ingest.errors import CapacityError, PermanentError, SourceFileError, TransientError
+from ingest.retry import retrying
+
+__all__ = ["BATCH_LINGER", "worker"]
+
+#: Longest a worker waits for more small files to fill a batch once the queue runs dry (seconds).
+BATCH_LINGER = 0.02
+
+
+async def worker(
+    run: RunState, work: MemoryObjectReceiveStream[Work], to_poller: MemoryObjectSendStream[Tracked]
+) -> None:
+    carry: Work | None = None
+    async with work, to_poller:
+        while True:
+            if carry is not None:
+                first, carry = carry, None
+            else:
+                try:
+                    first = await work.receive()
+                except anyio.EndOfStream:
+                    return
+            batch = [first]
+            if run.batchable(first.item):
+                # One worker gathers at a time: the others wait here instead of each grabbing a
+                # single file, so batches come out full even while the walker is just starting.
+                async with run.gathering:
+                    carry = await _fill_batch(run, work, batch)
+            if run.stop_sending:
+                run.completion.finish(len(batch))  # not sent, not recorded: the next run sends them
+                continue
+            await _send(run, batch, to_poller)
+
+
+async def _fill_batch(run: RunState, work: MemoryObjectReceiveStream[Work], batch: list[Work]) -> Work | None:
+    """Add queued small files to ``batch`` until it is full; return a file that did not fit, if any.
+
+    Takes what is already queued at once; when the queue runs dry, lingers up to ``BATCH_LINGER`` for
+    more (as Kafka's ``linger.ms`` does), so a walker that is only slightly slower than the workers
+    still yields full batches. Under backpressure the queue is never dry and nobody waits.
+    """
+    size = sum(w.item.size for w in batch)
+    deadline = time.monotonic() + BATCH_LINGER
+    while len(batch) < run.batch_files:
+        nxt = await _next_within(run, work, deadline)
+        if nxt is None:
+            return None
+        if not (run.batchable(nxt.item) and run.fits(batch, size, nxt.item)):
+            return nxt
+        batch.append(nxt)
+        size += nxt.item.size
+    return None
+
+
+async def _next_within(run: RunState, work: MemoryObjectReceiveStream[Work], deadline: float) -> Work | None:
+    """The next queued file, waiting no later than ``deadline`` (and not at all once the walk is over)."""
+    try:
+        return work.receive_nowait()
+    except anyio.EndOfStream:
+        return None
+    except anyio.WouldBlock:
+        pass
+    remaining = deadline - time.monotonic()
+    if remaining <= 0 or run.completion.walk_over:
+        return None
+    with anyio.move_on_after(remaining):
+        try:
+            return await work.receive()
+        except anyio.EndOfStream:
+            return None
+    return None
+
+
+async def _send(run: RunState, batch: list[Work], to_poller: MemoryObjectSendStream[Tracked]) -> None:
+    ready: list[Work] = []
+    gone: list[tuple[str, str]] = []
+    for work in batch:
+        # The walk may be minutes old: look at the file again just before sending it.
+        refreshed = await run.source.refresh(work.item)
+        if isinstance(refreshed, str):
+            gone.append((work.item.rel_path, refreshed))
+        else:
+            work.item = refreshed
+            ready.append(work)
+    await run.fail(gone)
+    run.completion.finish(len(gone))
+    if not ready:
+        return
+    items = [w.item for w in ready]
+    dedup = any(w.dedup for w in ready)
+    await run.manifest.mark_uploading(items, run.run_id, dedup=dedup)
+    for w in ready:
+        w.attempts += 1
+    _failpoints.failpoint("after-intent")
+    what = f"upload of {items[0].rel_path}" + (f" and {len(items) - 1} more" if len(items) > 1 else "")
+    sent_before = run.summary.sent_bytes
+
+    def on_retry(attempt: int, exc: TransientError, delay: float) -> None:
+        # Bytes of the failed attempt will be sent again: keep the byte bar honest.
+        run.progress.unsent(run.summary.sent_bytes - sent_before)
+
+    try:
+        receipts = await retrying(
+            lambda: run.target.submit(items, dedup=dedup),
+            run.policy,
+            what=what,
+            limiter=run.limiter,
+            rng=run.rng,
+            on_retry=on_retry,
+        )
+    except SourceFileError as exc:
+        # One file broke the body (changed, unreadable): fail it, send the others again. Their
+        # request was aborted mid-body, so the platform stored none of it; dedup guards anyway.
+        culprit = [w for w in ready if w.item.rel_path == exc.path]
+        rest = [w for w in ready if w.item.rel_path != exc.path]
+        if not culprit:  # the error named a file outside this batch: never loop
+            await _give_up(run, ready, str(exc))
+            return
+        await _give_up(run, culprit, exc.reason)
+        for w in rest:
+            w.dedup = True
+        if rest:
+            await _send(run, rest, to_poller)
+        return
+    except CapacityError as exc:
+        run.stop_sending = True
+        run.summary.stopped_reason = exc.detail
+        await _give_up(run, ready, exc.detail)
+        return
+    except PermanentError as exc:
+        if len(ready) > 1:
+            # Find the file the platform objects to: send each alone rather than fail them all.
+            for w in ready:
+                w.dedup = True
+                await _send(run, [w], to_poller)
+            return
+        await _give_up(run, ready, exc.detail)
+        return
+    except TransientError as exc:
+        await _give_up(run, ready, f"{exc.detail} (gave up after {run.policy.attempts} attempts)")
+        return
+    _failpoints.failpoint("after-submit")
+    run.summary.sent_files += len(items)
+    accepted = [r for r in receipts if r.error is None]
+    refused = [(r.rel_path, r.error) for r in receipts if r.error is not None]
+    await run.manifest.mark_processing(accepted, run.run_id)
+    _failpoints.failpoint("after-receipt")
+    await run.fail([(p, e) for p, e in refused if e is not None])
+    run.completion.finish(len(refused))
+    by_path = {w.item.rel_path: w for w in ready}
+    for receipt in accepted:
+        w = by_path[receipt.rel_path]
+        await to_poller.send(track(run, w.item, receipt, attempts=w.attempts))
+
+
+async def _give_up(run: RunState, works: list[Work], reason: str) -> None:
+    await run.fail([(w.item.rel_path, reason) for w in works])
+    run.completion.finish(len(works))

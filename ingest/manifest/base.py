@@ -1,0 +1,109 @@
+"""The manifest contract: what the engine asks of the record of a run, and the one resume rule.
+
+A manifest is the single source of truth for "what happened to this file": one record per file
+(``FileRecord``), one per run, and meta entries binding it to one source and one destination. Every
+backend keeps the same states (``FileState``) and answers to the same ``decide`` rule, so resuming
+means the same thing wherever the manifest lives. ``ingest.manifest.sqlite`` is the embedded default.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ingest.models import FileItem, FileState, Receipt
+
+__all__ = ["Decision", "FileRecord", "Manifest", "decide"]
+
+
+@dataclass(frozen=True, slots=True)
+class FileRecord:
+    path: str
+    size: int | None
+    mtime_ns: int | None
+    md5: str | None
+    state: FileState
+    remote_id: str | None
+    task_id: str | None
+    extra: dict[str, str]
+    attempts: int
+    last_error: str | None
+    run_id: int | None
+    updated_at: float
+
+    def receipt(self) -> Receipt:
+        return Receipt(self.path, self.remote_id, self.task_id, None, dict(self.extra))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "state": self.state.value,
+            "size": self.size,
+            "mtime_ns": self.mtime_ns,
+            "md5": self.md5,
+            "remote_id": self.remote_id,
+            "task_id": self.task_id,
+            "attempts": self.attempts,
+            "error": self.last_error,
+            "updated_at": self.updated_at,
+        }
+
+
+class Decision(enum.Enum):
+    """What a run does with one walked file, given its manifest record."""
+
+    SKIP = "skip"  # done and unchanged: no network call at all
+    POLL = "poll"  # accepted by the platform earlier and unchanged: only polling remains
+    SEND_DEDUP = "send-dedup"  # may have reached the platform before a crash: send with dedup
+    SEND = "send"  # new, changed, or failed before: send
+
+
+def decide(record: FileRecord | None, item: FileItem) -> Decision:
+    """The resume rule, in one place."""
+    if record is None:
+        return Decision.SEND
+    unchanged = record.size == item.size and record.mtime_ns == item.mtime_ns
+    if not unchanged:
+        # A changed file is a new version: send it. If the old version was mid-upload, dedup by
+        # name+md5 still cannot match the new content, so dedup costs nothing and stays safe.
+        return Decision.SEND_DEDUP if record.state is FileState.UPLOADING else Decision.SEND
+    if record.state is FileState.DONE:
+        return Decision.SKIP
+    if record.state is FileState.PROCESSING and (record.remote_id or record.task_id):
+        return Decision.POLL
+    if record.state is FileState.UPLOADING:
+        return Decision.SEND_DEDUP
+    return Decision.SEND
+
+
+class Manifest(Protocol):
+    """The record of a run as the engine, the runner and the status commands use it.
+
+    Reads are synchronous and cheap. Writes are coroutines that return once the transaction carrying
+    them is committed (group commit): the intent (``mark_uploading``) is durable before any byte is
+    sent. ``writer()`` runs the committing writer for the duration of a block and drains it on exit,
+    cancellation included.
+    """
+
+    def get_meta(self, key: str) -> str | None: ...
+    def set_meta(self, key: str, value: str) -> None: ...
+    def bind(self, source: str, target: str) -> None: ...
+    def start_run(self, command: str) -> int: ...
+    def finish_run(self, run_id: int, status: str, summary: dict[str, Any]) -> None: ...
+    def runs(self) -> list[dict[str, Any]]: ...
+    def lookup(self, path: str) -> FileRecord | None: ...
+    def is_empty(self) -> bool: ...
+    def counts(self) -> dict[str, int]: ...
+    def iter_files(
+        self, *, states: Sequence[FileState] = (), run_id: int | None = None, page: int = 1000
+    ) -> Iterator[FileRecord]: ...
+    def writer(self) -> AbstractAsyncContextManager[Any]: ...
+    async def mark_uploading(self, items: Sequence[FileItem], run_id: int, *, dedup: bool) -> None: ...
+    async def mark_processing(self, receipts: Sequence[Receipt], run_id: int, *, retried: bool = False) -> None: ...
+    async def mark_done(self, paths: Sequence[str], run_id: int) -> None: ...
+    async def mark_failed(self, failures: Sequence[tuple[str, str]], run_id: int) -> None: ...
+    async def note_error(self, path: str, reason: str) -> None: ...
+    def close(self) -> None: ...

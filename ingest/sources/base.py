@@ -1,0 +1,66 @@
+"""The contract every source implements: where the files of a run come from.
+
+The engine drives a source through three calls and knows nothing else about it::
+
+    entries()        the files to send, lazily, in a stable order (a ``FileItem`` each), or ``Rejected``
+                     for a file that was found but cannot be sent (the engine records it as failed)
+    refresh(item)    look at one file again just before it is sent: the walk may be minutes old
+    lookup(path)     one file by its relative path (``retry-failed`` re-reads the manifest's failures)
+
+plus ``identity()`` (bound in the manifest with the destination), ``describe()`` for humans and
+``passed_over()`` (what the walk left out on purpose, for the summary: not failures).
+
+Edge cases every implementation must honour:
+
+- ``entries`` never holds the whole source in memory: it yields as it lists, and the consumer's
+  backpressure slows the listing down.
+- Two listings of an unchanged source yield the same relative paths in the same order.
+- ``refresh`` returns the item with its current size and change token, or a one-line reason when the
+  file cannot be sent any more (gone, unreadable); it never raises for one file's problem.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from ingest.models import FileItem
+
+__all__ = ["Rejected", "Source"]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A path the source found but cannot send; the engine records it as failed with ``reason``."""
+
+    rel_path: str
+    reason: str
+
+
+class Source(Protocol):
+    """Where the files of a run come from (a local folder, a MOI connector's bucket, …)."""
+
+    def identity(self) -> str:
+        """A stable string naming the source; a manifest belongs to one source and one destination."""
+        ...
+
+    def describe(self) -> str:
+        """Where files come from, for humans. Never contains secrets."""
+        ...
+
+    def entries(self) -> AsyncIterator[FileItem | Rejected]:
+        """Every file to send, lazily, in a stable order."""
+        ...
+
+    async def refresh(self, item: FileItem) -> FileItem | str:
+        """The item as it is now, or why it cannot be sent any more."""
+        ...
+
+    async def lookup(self, rel_path: str) -> FileItem | Rejected:
+        """One file by its relative path, as ``entries`` would yield it."""
+        ...
+
+    def passed_over(self) -> Mapping[str, int]:
+        """Files left out on purpose, by reason with the flag that includes them; read after the walk."""
+        ...
