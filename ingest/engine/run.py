@@ -23,7 +23,7 @@ from ingest.errors import ConfigError, InterruptedRun, TransientError
 from ingest.manifest import Manifest, open_manifest
 from ingest.models import FileItem, FileState
 from ingest.platforms.base import Target, TargetConfigBase, TargetContext
-from ingest.platforms.registry import EmbeddedDestination, embedded_spec, get_spec
+from ingest.platforms.registry import EmbeddedDestination, build_target, embedded_spec, get_spec
 from ingest.progress import Progress
 from ingest.report import RunSummary, write_report
 from ingest.retry import RetryPolicy, retrying
@@ -126,7 +126,7 @@ async def run_job(job: Job, *, command: str, handle_signals: bool = False, only_
         context = TargetContext(
             connections=job.engine.concurrency + 8, chunk_size=job.engine.chunk_size, on_bytes=on_bytes
         )
-        target = get_spec(target_config.type).factory(target_config, context)
+        target = build_target(target_config, context)
         stack.push_async_callback(target.aclose)
         destination = embedded.identity if embedded is not None else target.identity()
         manifest_path = job.manifest or default_manifest_path(job.source.identity(), destination)

@@ -1,6 +1,7 @@
 """The contract every destination platform implements, and the registry of targets.
 
-The engine drives a target through six calls and knows nothing else about it::
+A target is built as ``Target(config, context)`` from its validated settings; the engine drives it
+through six calls and knows nothing else about it::
 
     open()            check settings and connectivity before anything is sent
     submit(items)     send files (one, or a batch when ``features.max_batch_files > 1``)
@@ -90,11 +91,6 @@ class Target(abc.ABC):
     #: The ``--target`` name.
     name: ClassVar[str]
     features: TargetFeatures
-
-    @classmethod
-    @abc.abstractmethod
-    def from_config(cls, config: Any, context: TargetContext) -> Target:
-        """Build the target from its validated config model."""
 
     @abc.abstractmethod
     async def open(self) -> None:

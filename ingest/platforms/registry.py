@@ -28,6 +28,7 @@ __all__ = [
     "CliOption",
     "EmbeddedDestination",
     "TargetSpec",
+    "build_target",
     "embedded_spec",
     "get_spec",
     "register",
@@ -84,7 +85,7 @@ class TargetSpec:
     help: str
     #: The pydantic model of ``[target]`` settings.
     config_model: type[TargetConfigBase]
-    #: Builds the runtime target from validated settings.
+    #: Builds the runtime target from settings of ``config_model`` (usually the ``Target`` class itself).
     factory: Callable[[Any, TargetContext], Target]
     #: Secret settings and the environment variables that supply them: ``{"api_key": "MOI_KEY"}``.
     secret_env: Mapping[str, str] = field(default_factory=dict)
@@ -127,6 +128,14 @@ def get_spec(name: str) -> TargetSpec:
     except KeyError:
         known = ", ".join(_REGISTRY)
         raise ConfigError(f"unknown target {name!r}; choose one of: {known}") from None
+
+
+def build_target(config: TargetConfigBase, context: TargetContext) -> Target:
+    """The runtime target for validated settings, by their ``type``."""
+    spec = get_spec(config.type)
+    if not isinstance(config, spec.config_model):
+        raise TypeError(f"target {spec.name} needs {spec.config_model.__name__}, not {type(config).__name__}")
+    return spec.factory(config, context)
 
 
 def embedded_spec() -> TargetSpec:

@@ -72,7 +72,7 @@ SPEC = TargetSpec(
     name="keyue",
     help="Baidu Keyue (客悦): files into a knowledge directory through llm_document_import",
     config_model=KeyueTargetConfig,
-    factory=KeyueTarget.from_config,
+    factory=KeyueTarget,
     secret_env={"token": "KEYUE_TOKEN"},
     cli_options=CLI_OPTIONS,
 )

@@ -58,12 +58,6 @@ class KeyueTarget(Target):
         self.tree = DirectoryTree(self.api, config.dir_id)
         self._task_extend = config.task_extend()
 
-    @classmethod
-    def from_config(cls, config: Any, context: TargetContext) -> KeyueTarget:
-        if not isinstance(config, KeyueTargetConfig):
-            raise TypeError("KeyueTarget needs a KeyueTargetConfig")
-        return cls(config, context)
-
     def describe(self) -> str:
         mirrored = ", mirroring folders as directories" if self.config.mirror_dirs else ""
         return f"Keyue directory {self.config.dir_id} at {self.config.endpoint}{mirrored}"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, SecretStr
 
@@ -68,12 +68,6 @@ class MoiTarget(Target):
             retries=None,
         )
         self._status_table = FILE_STATUS_TABLES[config.file_status_table]
-
-    @classmethod
-    def from_config(cls, config: Any, context: TargetContext) -> MoiTarget:
-        if not isinstance(config, MoiTargetConfig):
-            raise TypeError("MoiTarget needs a MoiTargetConfig")
-        return cls(config, context)
 
     def describe(self) -> str:
         return f"MOI volume {self.config.volume_id} at {self.config.endpoint}"

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from ingest.config import load_toml, validation_message
 from ingest.errors import ConfigError
-from ingest.platforms.viking.spec import SPEC
+from ingest.platforms.registry import get_spec
 from ingest.platforms.viking.target import VikingTargetConfig, fetch_task_info
 
 __all__ = ["add_viking_commands"]
@@ -56,7 +56,7 @@ def _task_info_command(args: argparse.Namespace) -> int:
     }
     tree.update({k: v for k, v in settings.items() if v})
     tree["type"] = "viking"
-    for key, env in SPEC.secret_env.items():
+    for key, env in get_spec("viking").secret_env.items():
         if not tree.get(key):
             raise ConfigError(f"task-info needs the {key.replace('_', ' ')}: set {env} (or --{key.replace('_', '-')})")
     # The knowledge base and staging store play no part in task/info; placeholders satisfy the model.

@@ -89,12 +89,6 @@ class VikingTarget(Target):
         )
         self._warned_ids = False
 
-    @classmethod
-    def from_config(cls, config: Any, context: TargetContext) -> VikingTarget:
-        if not isinstance(config, VikingTargetConfig):
-            raise TypeError("VikingTarget needs a VikingTargetConfig")
-        return cls(config, context)
-
     def describe(self) -> str:
         return (
             f"VikingDB knowledge base {self.config.knowledge_base()} at {self.config.endpoint}"
