@@ -16,13 +16,13 @@ from typing import Any
 
 import aiohttp
 
-from ingest.errors import AuthError, PermanentError, RateLimitedError, TransientError
+from ingest.errors import AuthError, PermanentError, RateLimitedError, TransientError, VersionConflict
 from ingest.http import FileBody, HttpClient, HttpReply, one_line
 from ingest.models import FileItem
 from ingest.platforms.base import TargetContext
 from ingest.platforms.keyue.config import KeyueTargetConfig
 
-__all__ = ["INVALID", "SUCCESS", "VERSION_CONFLICT", "KeyueApi", "VersionConflict", "as_int", "check_envelope"]
+__all__ = ["INVALID", "SUCCESS", "VERSION_CONFLICT", "KeyueApi", "as_int", "check_envelope"]
 
 SUCCESS = 200
 #: "服务器处理该请求失败,请检查请求是否合法": the request was rejected as invalid.
@@ -32,10 +32,6 @@ VERSION_CONFLICT = 4000526
 
 #: Page size of ``/llm/document/list`` requests.
 PAGE_SIZE = 100
-
-
-class VersionConflict(PermanentError):
-    """Code 4000526: the directory tree changed since its version was read; re-read and try again."""
 
 
 def as_int(value: Any) -> int | None:
