@@ -18,7 +18,7 @@ import anyio
 from aiohttp.payload import AsyncIterablePayload
 
 from ingest import _failpoints
-from ingest.errors import SourceFileError, TransientError
+from ingest.errors import SourceFileError, TransientError, connection_failed
 from ingest.models import FileItem
 
 __all__ = ["FileBody", "HttpClient", "HttpReply", "one_line", "open_checked", "parse_retry_after"]
@@ -149,6 +149,11 @@ class HttpReply:
     body: Any  # decoded JSON, or the text when the body is not JSON
 
     @property
+    def envelope(self) -> dict[str, Any]:
+        """The body when it is a JSON object (every platform's envelope is one), else ``{}``."""
+        return self.body if isinstance(self.body, dict) else {}
+
+    @property
     def retry_after(self) -> float | None:
         return parse_retry_after(self.headers.get("Retry-After"))
 
@@ -221,8 +226,7 @@ class HttpClient:
             for body in file_bodies:
                 if body.failure is not None:
                     raise body.failure from None
-            text = f"connection to {self.base_url} failed ({_describe(exc)})"
-            raise TransientError(f"{what}: {text}", detail=text) from exc
+            raise connection_failed(what, self.base_url, _describe(exc)) from exc
         try:
             decoded: Any = json.loads(raw) if raw else None
         except ValueError:

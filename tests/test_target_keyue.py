@@ -17,11 +17,11 @@ from pydantic import SecretStr, ValidationError
 
 import ingest
 from ingest.config import EngineConfig, RunConfig, SourceConfig, validation_message
-from ingest.errors import AuthError, ConfigError, PermanentError, RateLimitedError, TransientError
+from ingest.errors import AuthError, ConfigError, PermanentError, RateLimitedError, TransientError, VersionConflict
 from ingest.http import HttpReply
 from ingest.models import FileItem, Receipt, RemoteState
 from ingest.platforms.base import TargetContext
-from ingest.platforms.keyue.api import VersionConflict, check_envelope
+from ingest.platforms.keyue.api import check_envelope
 from ingest.platforms.keyue.config import KeyueTargetConfig
 from ingest.platforms.keyue.target import KeyueTarget
 from tests.conftest import make_tree

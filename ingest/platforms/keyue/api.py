@@ -2,10 +2,10 @@
 
 Keyue answers ``{"time","data","code":200,"msg":"OK"}`` on success and ``{"msg","requestId","code",
 "tip"}`` on failure (API-NOTES section 3). ``check_envelope`` turns a failure into the matching
-``ingest.errors`` type: HTTP 401/403 → ``AuthError``; 429 → ``RateLimitedError``; 5xx →
-``TransientError``; 4000526 → ``VersionConflict``; anything else (4002012 "request rejected" …) →
-``PermanentError`` with the platform's ``msg`` and ``tip``. The HTTP status of failures is not
-documented, so ``code`` is trusted whatever the status says.
+``ingest.errors`` type through the table ``KEYUE_ERRORS``: HTTP 401/403 → ``AuthError``; 429 →
+``RateLimitedError``; 5xx → ``TransientError``; 4000526 → ``VersionConflict``; anything else (4002012
+"request rejected" …) → ``PermanentError`` with the platform's ``msg`` and ``tip``. The HTTP status of
+failures is not documented, so ``code`` is trusted whatever the status says.
 """
 
 from __future__ import annotations
@@ -16,13 +16,23 @@ from typing import Any
 
 import aiohttp
 
-from ingest.errors import AuthError, PermanentError, RateLimitedError, TransientError
+from ingest.errors import (
+    SERVER_STATUSES,
+    AuthError,
+    ErrorRules,
+    PermanentError,
+    RateLimitedError,
+    Rule,
+    TransientError,
+    VersionConflict,
+    classify,
+)
 from ingest.http import FileBody, HttpClient, HttpReply, one_line
 from ingest.models import FileItem
 from ingest.platforms.base import TargetContext
 from ingest.platforms.keyue.config import KeyueTargetConfig
 
-__all__ = ["INVALID", "SUCCESS", "VERSION_CONFLICT", "KeyueApi", "VersionConflict", "as_int", "check_envelope"]
+__all__ = ["INVALID", "KEYUE_ERRORS", "SUCCESS", "VERSION_CONFLICT", "KeyueApi", "as_int", "check_envelope"]
 
 SUCCESS = 200
 #: "服务器处理该请求失败,请检查请求是否合法": the request was rejected as invalid.
@@ -33,9 +43,23 @@ VERSION_CONFLICT = 4000526
 #: Page size of ``/llm/document/list`` requests.
 PAGE_SIZE = 100
 
-
-class VersionConflict(PermanentError):
-    """Code 4000526: the directory tree changed since its version was read; re-read and try again."""
+#: Keyue's error replies (API-NOTES section 3). The HTTP status of a failure is not documented, so the
+#: code counts whatever the status says; any other code (4002012 "request rejected", 4000178, …) is a
+#: ``PermanentError`` with Keyue's ``msg`` and ``tip``.
+KEYUE_ERRORS = ErrorRules(
+    "Keyue",
+    rows=(
+        Rule(
+            AuthError,
+            "{what}: Keyue rejected the credentials ({detail}); check KEYUE_TOKEN (or --token), --uid and --username",
+            status={401, 403},
+        ),
+        Rule(RateLimitedError, "{what}: rate limited by Keyue ({detail})", status={429}, code={429}),
+        Rule(TransientError, "{what}: Keyue server error ({detail})", status=SERVER_STATUSES, code=range(500, 600)),
+        Rule(VersionConflict, "{what}: Keyue refused ({detail})", code={VERSION_CONFLICT}),
+    ),
+    otherwise=Rule(PermanentError, "{what}: Keyue refused ({detail})"),
+)
 
 
 def as_int(value: Any) -> int | None:
@@ -49,11 +73,11 @@ def as_int(value: Any) -> int | None:
 
 
 def check_envelope(reply: HttpReply, what: str, *, secret: str = "") -> Any:
-    """Return ``data`` of a successful Keyue envelope, or raise the matching ``IngestError``.
+    """Return ``data`` of a successful Keyue envelope, or raise the matching ``IngestError`` (``KEYUE_ERRORS``).
 
     ``secret`` (the token) is scrubbed from anything quoted, should a server ever echo it.
     """
-    body = reply.body if isinstance(reply.body, dict) else {}
+    body = reply.envelope
     code = as_int(body.get("code"))
     if 200 <= reply.status < 300 and code == SUCCESS:
         return body.get("data")
@@ -67,30 +91,9 @@ def check_envelope(reply: HttpReply, what: str, *, secret: str = "") -> Any:
     detail = one_line(detail or f"HTTP {reply.status}")
     if secret:
         detail = detail.replace(secret, "***")
-    status_code = str(code) if code is not None else None
-    if reply.status in (401, 403):
-        raise AuthError(
-            f"{what}: Keyue rejected the credentials ({detail}); check KEYUE_TOKEN (or --token), --uid and --username"
-        )
-    if reply.status == 429 or code == 429:
-        raise RateLimitedError(
-            f"{what}: rate limited by Keyue ({detail})",
-            status=reply.status,
-            code=status_code,
-            retry_after=reply.retry_after,
-        )
-    if reply.status >= 500 or (code is not None and 500 <= code < 600):
-        raise TransientError(
-            f"{what}: Keyue server error ({detail})",
-            status=reply.status,
-            code=status_code,
-            retry_after=reply.retry_after,
-        )
-    if 200 <= reply.status < 300 and code is None:
-        raise TransientError(f"{what}: Keyue answered without an envelope ({detail})", status=reply.status)
-    text = f"Keyue refused ({detail})"
-    kind = VersionConflict if code == VERSION_CONFLICT else PermanentError
-    raise kind(f"{what}: {text}", status=reply.status, code=status_code, detail=text)
+    raise classify(
+        KEYUE_ERRORS, what=what, status=reply.status, code=code, detail=detail, retry_after=reply.retry_after
+    )
 
 
 class KeyueApi:

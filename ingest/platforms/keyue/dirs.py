@@ -16,8 +16,8 @@ from typing import Any
 
 import anyio
 
-from ingest.errors import PermanentError, TransientError
-from ingest.platforms.keyue.api import KeyueApi, VersionConflict
+from ingest.errors import PermanentError, TransientError, VersionConflict
+from ingest.platforms.keyue.api import KeyueApi
 
 __all__ = ["ROOT_DIR", "DirectoryTree", "KnownDirectory"]
 

@@ -31,7 +31,17 @@ import aiohttp
 from multidict import MultiDict
 from pydantic import BaseModel, SecretStr, ValidationError
 
-from ingest.errors import AuthError, PermanentError, RateLimitedError, TransientError
+from ingest.errors import (
+    SERVER_STATUSES,
+    AnyCase,
+    AuthError,
+    ErrorRules,
+    PermanentError,
+    RateLimitedError,
+    Rule,
+    TransientError,
+    classify,
+)
 from ingest.http import FileBody, HttpClient, HttpReply
 from ingest.models import FileItem
 from ingest.platforms.moi.wire import (
@@ -60,11 +70,35 @@ from ingest.platforms.moi.wire import (
 )
 from ingest.retry import RetryPolicy, retrying
 
-__all__ = ["MoiClient", "UploadReply", "check_envelope"]
+__all__ = ["MOI_ERRORS", "MoiClient", "UploadReply", "check_envelope"]
 
-_AUTH_CODES = {"errunauthorized", "errunauthenticated", "unauthorized", "unauthenticated"}
-_RATE_CODES = {"errdynamicserviceconcurrencylimit", "errdynamicserviceratelimit"}
-_SERVER_CODES = {"errserver", "errinternal", "errserviceunavailable"}
+#: MOI's error replies (API-NOTES section 4, "Error codes"), codes in any case. Not listed, hence
+#: ``PermanentError`` with MOI's words: 400 ``ErrParamInvalid``…, 403 ``ErrForbidden``, 404 ``ErrNotFound``,
+#: 409 ``ErrAlreadyExists``…
+MOI_ERRORS = ErrorRules(
+    "MOI",
+    rows=(
+        Rule(
+            AuthError,
+            "{what}: MOI rejected the API key ({code_or_status}); check MOI_KEY or --api-key",
+            status={401},
+            code=AnyCase("ErrUnauthorized", "ErrUnauthenticated", "Unauthorized", "Unauthenticated"),
+        ),
+        Rule(
+            RateLimitedError,
+            "{what}: rate limited by MOI ({detail})",
+            status={429},
+            code=AnyCase("ErrDynamicServiceConcurrencyLimit", "ErrDynamicServiceRateLimit"),
+        ),
+        Rule(
+            TransientError,
+            "{what}: MOI server error ({detail})",
+            status=SERVER_STATUSES,
+            code=AnyCase("ErrServer", "ErrInternal", "ErrServiceUnavailable"),
+        ),
+    ),
+    otherwise=Rule(PermanentError, "{what}: MOI refused ({detail})"),
+)
 
 #: Page size used when a method walks every page of a list.
 LIST_PAGE = 100
@@ -76,39 +110,21 @@ FIND_CREATED_PAGES = 5
 
 
 def check_envelope(reply: HttpReply, what: str) -> Any:
-    """Return ``data`` of a successful MOI envelope, or raise the matching ``IngestError``.
+    """Return ``data`` of a successful MOI envelope, or raise the matching ``IngestError`` (``MOI_ERRORS``).
 
     MOI answers ``{"code": "OK", "msg", "data"}``; ``code`` is compared case-insensitively (some
     endpoints say ``"ok"``). ``ErrServer`` may arrive with HTTP 200.
     """
-    body = reply.body if isinstance(reply.body, dict) else {}
+    body = reply.envelope
     code = str(body.get("code", "")) if body else ""
     msg = str(body.get("msg") or body.get("message") or "").strip()
     if 200 <= reply.status < 300 and code.lower() == "ok":
         return body.get("data")
-    lowered = code.lower()
     detail = f"{code}: {msg}" if code and msg else (code or msg or (str(reply.body)[:200] if reply.body else ""))
     detail = " ".join((detail or f"HTTP {reply.status}").split())[:300]  # one line, bounded
-    if reply.status == 401 or lowered in _AUTH_CODES:
-        raise AuthError(f"{what}: MOI rejected the API key ({code or reply.status}); check MOI_KEY or --api-key")
-    if reply.status == 429 or lowered in _RATE_CODES:
-        raise RateLimitedError(
-            f"{what}: rate limited by MOI ({detail})",
-            status=reply.status,
-            code=code,
-            retry_after=reply.retry_after,
-        )
-    if reply.status >= 500 or lowered in _SERVER_CODES:
-        raise TransientError(
-            f"{what}: MOI server error ({detail})",
-            status=reply.status,
-            code=code,
-            retry_after=reply.retry_after,
-        )
-    if 200 <= reply.status < 300 and not code:
-        raise TransientError(f"{what}: MOI answered without an envelope ({detail})", status=reply.status)
-    text = f"MOI refused ({detail})"
-    raise PermanentError(f"{what}: {text}", status=reply.status, code=code, detail=text)
+    raise classify(
+        MOI_ERRORS, what=what, status=reply.status, code=code or None, detail=detail, retry_after=reply.retry_after
+    )
 
 
 def _not_found(what: str, detail: str) -> PermanentError:

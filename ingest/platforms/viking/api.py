@@ -4,10 +4,10 @@ the platform's envelope and error codes into ``ingest.errors`` (done once, here)
 Every request is signed with Volcengine V4 (service ``air``) over the exact body bytes sent, with
 ``Content-Type`` and ``Host`` among the signed headers (the volcengine SDK's choice).
 
-Error codes (API-NOTES section 2): 1000001 unauthorized and 1000002 no permission -> ``AuthError``;
-1000029 (and HTTP 429) -> ``RateLimitedError``; 1001010 (knowledge base full) -> ``CapacityError``;
-1000005 (collection missing) -> ``ConfigError``; 1000028 and 5xx -> ``TransientError``; anything else
--> ``PermanentError`` carrying the code, e.g. 1001001 doc not exist.
+Error codes (API-NOTES section 2; the table ``VIKING_ERRORS``): 1000001 unauthorized -> ``AuthError``;
+1000002 no permission -> ``PermissionDenied``; 1000029 (and HTTP 429) -> ``RateLimitedError``; 1001010
+(knowledge base full) -> ``CapacityError``; 1000005 (collection missing) -> ``ConfigError``; 1000028 and
+5xx -> ``TransientError``; anything else -> ``PermanentError`` carrying the code, e.g. 1001001 doc not exist.
 """
 
 from __future__ import annotations
@@ -19,12 +19,17 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ingest.errors import (
+    SERVER_STATUSES,
     AuthError,
     CapacityError,
     ConfigError,
+    ErrorRules,
     PermanentError,
+    PermissionDenied,
     RateLimitedError,
+    Rule,
     TransientError,
+    classify,
 )
 from ingest.http import HttpClient, HttpReply, one_line
 from ingest.platforms.viking.signing import Credentials, sign
@@ -36,6 +41,7 @@ __all__ = [
     "NO_PERMISSION",
     "QUOTA_LIMITED",
     "UNAUTHORIZED",
+    "VIKING_ERRORS",
     "TaskInfo",
     "VikingApi",
     "check_reply",
@@ -61,9 +67,47 @@ class TaskInfo:
     attachment_link: str
 
 
+#: VikingDB's error replies (API-NOTES section 2, "Error codes"); any other code, e.g. 1000003 invalid
+#: request or 1001001 doc not exist, is a ``PermanentError`` carrying it.
+VIKING_ERRORS = ErrorRules(
+    "VikingDB",
+    rows=(
+        Rule(
+            AuthError,
+            "{what}: VikingDB rejected the request signature ({detail}); check VOLC_ACCESSKEY / VOLC_SECRETKEY"
+            " (or --access-key / --secret-key) and --region",
+            status={401},
+            code={UNAUTHORIZED},
+        ),
+        Rule(
+            PermissionDenied,
+            "{what}: the access key (VOLC_ACCESSKEY or --access-key) has no permission on knowledge base {kb}"
+            " ({detail}); grant it access to the knowledge base, or use a key that has it",
+            status={403},
+            code={NO_PERMISSION},
+        ),
+        Rule(RateLimitedError, "{what}: rate limited by VikingDB ({detail})", status={429}, code={QUOTA_LIMITED}),
+        Rule(
+            CapacityError,
+            "{what}: knowledge base {kb} is full ({detail}); delete documents or raise its limit, then rerun",
+            code={DOC_IS_FULL},
+        ),
+        Rule(
+            ConfigError,
+            "knowledge base {kb} does not exist at {endpoint} ({detail}); create it, or check --collection,"
+            " --project and --resource-id",
+            code={COLLECTION_NOT_EXIST},
+        ),
+        Rule(TransientError, "{what}: VikingDB server error ({detail})", status=SERVER_STATUSES, code={INTERNAL_ERROR}),
+    ),
+    otherwise=Rule(PermanentError, "{what}: VikingDB refused it ({detail})"),
+    needs_code={200},
+)
+
+
 def check_reply(reply: HttpReply, what: str, *, kb: str, endpoint: str) -> Any:
-    """``data`` of a successful reply (``{}`` when absent), or the matching ``IngestError``."""
-    body = reply.body if isinstance(reply.body, dict) else {}
+    """``data`` of a successful reply (``{}`` when absent), or the matching ``IngestError`` (``VIKING_ERRORS``)."""
+    body = reply.envelope
     raw_code = body.get("code")
     code = raw_code if isinstance(raw_code, int) and not isinstance(raw_code, bool) else None
     message = one_line(str(body.get("message") or ""))
@@ -71,40 +115,16 @@ def check_reply(reply: HttpReply, what: str, *, kb: str, endpoint: str) -> Any:
         data = body.get("data")
         return {} if data is None else data
     shown = f"{code} {message}".strip() if code is not None else (message or one_line(str(reply.body or "")))
-    detail = shown or f"HTTP {reply.status}"
-    if code == UNAUTHORIZED or reply.status == 401:
-        raise AuthError(
-            f"{what}: VikingDB rejected the request signature ({detail}); check VOLC_ACCESSKEY / VOLC_SECRETKEY"
-            " (or --access-key / --secret-key) and --region"
-        )
-    if code == NO_PERMISSION or reply.status == 403:
-        raise AuthError(f"{what}: the access key has no permission on knowledge base {kb} ({detail})")
-    if code == QUOTA_LIMITED or reply.status == 429:
-        raise RateLimitedError(
-            f"{what}: rate limited by VikingDB ({detail})",
-            status=reply.status,
-            code=str(code),
-            retry_after=reply.retry_after,
-        )
-    if code == DOC_IS_FULL:
-        text = f"knowledge base {kb} is full ({detail}); delete documents or raise its limit, then rerun"
-        raise CapacityError(f"{what}: {text}", status=reply.status, code=str(code), detail=text)
-    if code == COLLECTION_NOT_EXIST:
-        raise ConfigError(
-            f"knowledge base {kb} does not exist at {endpoint} ({detail}); create it, or check --collection,"
-            " --project and --resource-id"
-        )
-    if reply.status >= 500 or code == INTERNAL_ERROR:
-        raise TransientError(
-            f"{what}: VikingDB server error ({detail})",
-            status=reply.status,
-            code=str(code),
-            retry_after=reply.retry_after,
-        )
-    if reply.status == 200 and code is None:
-        raise TransientError(f"{what}: VikingDB answered without an envelope ({detail})", status=reply.status)
-    text = f"VikingDB refused it ({detail})"
-    raise PermanentError(f"{what}: {text}", status=reply.status, code=str(code), detail=text)
+    raise classify(
+        VIKING_ERRORS,
+        what=what,
+        status=reply.status,
+        code=code,
+        detail=shown or f"HTTP {reply.status}",
+        retry_after=reply.retry_after,
+        kb=kb,
+        endpoint=endpoint,
+    )
 
 
 class VikingApi:

@@ -17,7 +17,7 @@ import base64
 import hashlib
 import importlib
 import io
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Container, Mapping
 from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, TypeVar
@@ -27,12 +27,17 @@ import anyio
 
 from ingest import _failpoints
 from ingest.errors import (
+    SERVER_STATUSES,
     AuthError,
     ConfigError,
+    ErrorRules,
     PermanentError,
     RateLimitedError,
+    Rule,
     SourceFileError,
     TransientError,
+    classify,
+    connection_failed,
 )
 from ingest.http import open_checked
 from ingest.models import FileItem
@@ -41,13 +46,58 @@ if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
     from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
 
-__all__ = ["Staged", "Staging", "StagingSettings"]
+__all__ = ["BUCKET_CHECK_ERRORS", "STAGING_ERRORS", "Staged", "Staging", "StagingSettings"]
 
 T = TypeVar("T")
 
-_AUTH_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled", "InvalidToken"}
-_THROTTLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests"}
-_RETRYABLE_CODES = {"InternalError", "RequestTimeout", "ServiceUnavailable", "BadDigest", "NoSuchUpload"}
+
+def _staging_errors(missing_bucket_status: Container[int]) -> ErrorRules:
+    """The S3 error codes (``ClientError``'s ``Error.Code``, or the HTTP status when a reply had no body)."""
+    return ErrorRules(
+        "the staging store",
+        rows=(
+            Rule(
+                AuthError,
+                "{what}: the staging store {endpoint} refused the credentials ({detail}); check the staging access"
+                " key (by default the VikingDB one, VOLC_ACCESSKEY / VOLC_SECRETKEY)",
+                status={403},
+                code={
+                    "AccessDenied",
+                    "InvalidAccessKeyId",
+                    "SignatureDoesNotMatch",
+                    "AllAccessDisabled",
+                    "InvalidToken",
+                },
+            ),
+            Rule(
+                ConfigError,
+                "staging bucket {bucket} does not exist at {endpoint}; create it or fix --staging-bucket /"
+                " --staging-endpoint",
+                status=missing_bucket_status,
+                code={"NoSuchBucket"},
+            ),
+            Rule(
+                RateLimitedError,
+                "{what}: the staging store {endpoint} is throttling ({detail})",
+                status={429, 503},
+                code={"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests"},
+            ),
+            Rule(
+                TransientError,
+                "{what}: the staging store {endpoint} failed ({detail})",
+                status=SERVER_STATUSES,
+                code={"InternalError", "RequestTimeout", "ServiceUnavailable", "BadDigest", "NoSuchUpload"},
+            ),
+        ),
+        otherwise=Rule(PermanentError, "{what}: the staging store {endpoint} refused it ({detail})"),
+        needs_code=(),
+    )
+
+
+#: What an S3 call's ``ClientError`` becomes.
+STAGING_ERRORS = _staging_errors(())
+#: The same for the bucket check: ``head_bucket`` answers a missing bucket with a bare 404 (no body to name it).
+BUCKET_CHECK_ERRORS = _staging_errors({404})
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +189,9 @@ class Staging:
                 )
             )
         bucket = self.settings.bucket
-        await self._guard(f"checking staging bucket {bucket}", lambda: self.client.head_bucket(Bucket=bucket))
+        await self._guard(
+            f"checking staging bucket {bucket}", lambda: self.client.head_bucket(Bucket=bucket), BUCKET_CHECK_ERRORS
+        )
 
     @property
     def client(self) -> S3Client:
@@ -262,11 +314,10 @@ class Staging:
         )
         return url
 
-    async def _guard(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        """Run one S3 call, translating botocore's errors into ``ingest.errors``."""
+    async def _guard(self, what: str, call: Callable[[], Awaitable[T]], errors: ErrorRules = STAGING_ERRORS) -> T:
+        """Run one S3 call, translating botocore's errors into ``ingest.errors`` (``errors`` for its replies)."""
         from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
 
-        where = f"the staging store {self.settings.endpoint}"
         try:
             return await call()
         except ClientError as exc:
@@ -275,27 +326,19 @@ class Staging:
             code = str(error.get("Code") or status)
             message = " ".join(str(error.get("Message") or "").split())[:200]
             detail = f"{code}: {message}" if message else code
-            bucket = self.settings.bucket
-            if code in _AUTH_CODES or status == 403:
-                raise AuthError(
-                    f"{what}: {where} refused the credentials ({detail}); check the staging access key"
-                    " (by default the VikingDB one, VOLC_ACCESSKEY / VOLC_SECRETKEY)"
-                ) from None
-            if code == "NoSuchBucket" or (status == 404 and what.startswith("checking staging bucket")):
-                raise ConfigError(
-                    f"staging bucket {bucket} does not exist at {self.settings.endpoint}; create it or fix"
-                    " --staging-bucket / --staging-endpoint"
-                ) from None
-            if code in _THROTTLE_CODES or status in (429, 503):
-                raise RateLimitedError(f"{what}: {where} is throttling ({detail})", status=status, code=code) from None
-            if code in _RETRYABLE_CODES or status >= 500:
-                raise TransientError(f"{what}: {where} failed ({detail})", status=status, code=code) from None
-            text = f"{where} refused it ({detail})"
-            raise PermanentError(f"{what}: {text}", status=status, code=code, detail=text) from None
+            raise classify(
+                errors,
+                what=what,
+                status=status,
+                code=code,
+                detail=detail,
+                endpoint=self.settings.endpoint,
+                bucket=self.settings.bucket,
+            ) from None
         except (NoCredentialsError, PartialCredentialsError):
             raise ConfigError(
                 "the staging store needs an access key pair; set VOLC_ACCESSKEY / VOLC_SECRETKEY"
             ) from None
         except (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-            text = f"connection to {where} failed ({type(exc).__name__})"
-            raise TransientError(f"{what}: {text}", detail=text) from None
+            where = f"the staging store {self.settings.endpoint}"
+            raise connection_failed(what, where, type(exc).__name__) from None
