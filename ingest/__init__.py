@@ -21,10 +21,12 @@ from ingest.errors import (
     IngestError,
     InterruptedRun,
     PermanentError,
+    PermissionDenied,
     RateLimitedError,
     RemoteError,
     SourceFileError,
     TransientError,
+    VersionConflict,
 )
 from ingest.platforms.base import TargetConfigBase
 from ingest.platforms.keyue.config import KeyueTargetConfig
@@ -42,6 +44,7 @@ __all__ = [
     "KeyueTargetConfig",
     "MoiTargetConfig",
     "PermanentError",
+    "PermissionDenied",
     "RateLimitedError",
     "RemoteError",
     "RunConfig",
@@ -50,6 +53,7 @@ __all__ = [
     "SourceFileError",
     "TargetConfigBase",
     "TransientError",
+    "VersionConflict",
     "VikingTargetConfig",
     "__version__",
     "retry_failed",
