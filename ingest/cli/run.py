@@ -1,0 +1,67 @@
+"""``ingest run``: send a folder's files to a platform, resumably."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from ingest.cli import output
+from ingest.cli.exits import EXIT_CODES_HELP
+from ingest.cli.options import (
+    add_command,
+    add_destination_flags,
+    add_engine_flags,
+    add_output_flags,
+    add_source_flags,
+    config_from_args,
+)
+
+__all__ = ["EPILOG", "add_parser", "command"]
+
+EPILOG = f"""\
+examples:
+  ingest run ./docs                          send ./docs to the embedded local MOI emulator
+  MOI_KEY=… ingest run ./docs --target moi --endpoint https://moi.example.com --volume-id 1001
+  ingest run ./docs --config configs/moi.toml --concurrency 64 --report run.json
+  ingest status --manifest ./run.db          what the run did, per state
+  ingest retry-failed --manifest ./run.db    re-send only the files that failed
+  ingest serve moi --port 8080 --data-dir ./moi-data --api-key devkey --volume 1001
+  KEYUE_TOKEN=… ingest run ./docs --target keyue --endpoint URL --uid u1 --username alice --dir-id 0 --mirror-dirs
+  VOLC_ACCESSKEY=… VOLC_SECRETKEY=… ingest run ./docs --target viking --collection kb1 --staging-bucket stage
+  ingest migrate --connector 7 --volume-id 1001 --manifest m.db   bucket -> MOI volume via load tasks
+
+{EXIT_CODES_HELP}
+"""
+
+
+def add_parser(commands: Any) -> None:
+    p = add_command(
+        commands,
+        "run",
+        help="send a folder's files to a platform",
+        description="Send every file under SOURCE to the destination, resumably: files already done and "
+        "unchanged are skipped without any network call; files caught mid-upload by a crash are re-sent "
+        "with the platform's dedup option; changed files are sent again.",
+        epilog=EPILOG,
+    )
+    p.add_argument("source", nargs="?", type=Path, help="the folder to ingest (or source.path in --config)")
+    p.add_argument("--config", type=Path, metavar="FILE.toml", help="settings file; flags override it")
+    add_source_flags(p)
+    add_destination_flags(p)
+    add_engine_flags(p)
+    add_output_flags(p)
+    p.set_defaults(handler=command)
+
+
+def command(args: argparse.Namespace) -> int:
+    from ingest.engine.run import run
+
+    config = config_from_args(args)
+    if config.target is None and not config.quiet and not args.json:
+        output.say("no --target given: sending to the embedded local MOI emulator (files under ./.ingest/local)")
+    summary = anyio.run(lambda: run(config, handle_signals=True))
+    output.print_summary(summary, as_json=args.json, quiet=args.quiet)
+    return summary.exit_code

@@ -1,0 +1,64 @@
+"""``ingest status``: what a manifest records."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ingest.cli import output
+from ingest.cli.exits import EXIT_OK
+from ingest.cli.options import add_command, add_json_flag
+from ingest.errors import ConfigError
+
+__all__ = ["add_parser", "command"]
+
+EPILOG = """\
+examples:
+  ingest status --manifest ./run.db            counts per state, the last run
+  ingest status --manifest ./run.db --failed   and every failed file with its error
+  ingest status --manifest ./run.db --json     the same, for scripts
+"""
+
+
+def add_parser(commands: Any) -> None:
+    p = add_command(
+        commands,
+        "status",
+        help="show what a manifest records",
+        description="Counts of files per state, the source and destination, and the last runs.",
+        epilog=EPILOG,
+    )
+    p.add_argument("--manifest", type=Path, required=True, metavar="PATH", help="the manifest of a run")
+    add_json_flag(p, "machine-readable output")
+    p.add_argument("--failed", action="store_true", help="list every failed file with its error")
+    p.set_defaults(handler=command)
+
+
+def command(args: argparse.Namespace) -> int:
+    from ingest.manifest import open_manifest
+    from ingest.models import FileState
+
+    if not args.manifest.exists():
+        raise ConfigError(f"manifest {args.manifest} does not exist")
+    manifest = open_manifest(args.manifest)
+    try:
+        counts = manifest.counts()
+        runs = manifest.runs()
+        info: dict[str, Any] = {
+            "manifest": str(args.manifest),
+            "source": manifest.get_meta("source"),
+            "destination": manifest.get_meta("target"),
+            "files": counts,
+            "total": sum(counts.values()),
+            "last_run": runs[-1] if runs else None,
+            "runs": len(runs),
+        }
+        if args.failed:
+            info["failed_files"] = [
+                {"path": r.path, "error": r.last_error} for r in manifest.iter_files(states=(FileState.FAILED,))
+            ]
+    finally:
+        manifest.close()
+    output.print_status(info, as_json=args.json)
+    return EXIT_OK
