@@ -1,10 +1,11 @@
 """``ingest moi connectors …``, ``ingest moi tasks …`` and ``ingest migrate``: MOI's connectors and load tasks
-from the command line, added by ``MoiTarget.add_commands``.
+from the command line, added by the MOI ``TargetSpec.add_commands``.
 
-Every command prints a table for people, or JSON with ``--json`` for scripts. The API key comes from
-``MOI_KEY`` (or ``--api-key``); connector secrets (``access_key_secret``, ``password``, DIFY
-``api_key``) come from ``MOI_CONNECTOR_SECRET`` or a ``--config`` TOML file, never from the command
-line, and are masked whenever they are printed.
+Every command prints through ``ingest.cli.output``: a table for people, or JSON with ``--json`` for
+scripts. The API key comes from ``MOI_KEY`` (or ``--api-key``); connector secrets
+(``access_key_secret``, ``password``, DIFY ``api_key``) come from ``MOI_CONNECTOR_SECRET`` or a
+``--config`` TOML file, never from the command line, and are masked whenever they are printed.
+Handlers raise ``IngestError``s; ``ingest.cli.main`` turns them into exit codes.
 """
 
 from __future__ import annotations
@@ -13,13 +14,17 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
-from pydantic import BaseModel, SecretStr, ValidationError
+from pydantic import SecretStr, ValidationError
 
+from ingest.cli import output
+from ingest.cli.exits import EXIT_FAILED, EXIT_OK
+from ingest.cli.options import add_command, add_json_flag, add_paging_flags, add_subcommands
+from ingest.cli.options import positive_int as _positive
 from ingest.config import load_toml, validation_message
 from ingest.errors import ConfigError
 from ingest.platforms.moi.client import MoiClient
@@ -42,22 +47,26 @@ from ingest.platforms.moi.wire import (
     TaskUpdate,
 )
 
-__all__ = ["add_moi_commands", "mask"]
+__all__ = ["add_moi_commands"]
 
 SECRET_ENV = "MOI_CONNECTOR_SECRET"
 ENDPOINT_ENV = "MOI_ENDPOINT"
 SCHEDULE_CHOICES = ("once", "day", "hour", "minute")
+EPILOG = """\
+examples:
+  export MOI_ENDPOINT=https://moi.example.com MOI_KEY=…
+  MOI_CONNECTOR_SECRET=… ingest moi connectors create --name docs --type s3 --set bucket_name=docs …
+  ingest moi connectors list --all --json
+  ingest moi connectors files 7 --file-types pdf,docx     the uris a load task can name
+  ingest moi tasks create --connector 7 --volume-id 1001 --uris-file uris.txt --schedule day
+  ingest moi tasks files TASK --status failed   then: ingest moi tasks retry TASK
+"""
 _SCHEDULE = {
     "once": IntervalType.ONCE,
     "day": IntervalType.DAY,
     "hour": IntervalType.HOUR,
     "minute": IntervalType.MINUTE,
 }
-
-
-def mask(value: str) -> str:
-    """A secret as it may be shown: never in full, the last two characters only when it is long."""
-    return "****" + value[-2:] if len(value) >= 12 else "****"
 
 
 # ----- argument types ------------------------------------------------------------------------------------
@@ -106,16 +115,6 @@ def _task_status(text: str) -> int:
     raise argparse.ArgumentTypeError(f"task status must be a number or one of {', '.join(TaskStatus.__members__)}")
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
-    return value
-
-
 def _setting(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
@@ -140,7 +139,7 @@ def _connection_flags() -> argparse.ArgumentParser:
         default="moi-key",
         help="how the key is sent (default moi-key)",
     )
-    g.add_argument("--json", action="store_true", help="print JSON for scripts instead of a table")
+    add_json_flag(g, "print JSON for scripts instead of a table")
     return p
 
 
@@ -232,48 +231,13 @@ def _connector_config(args: argparse.Namespace, kind: SourceType, base: dict[str
 # ----- output --------------------------------------------------------------------------------------------
 
 
-def _plain(value: Any) -> Any:
-    """JSON-ready data with every secret masked."""
-    if isinstance(value, SecretStr):
-        return mask(value.get_secret_value())
-    if isinstance(value, BaseModel):
-        data = {name: getattr(value, name, None) for name in type(value).model_fields}
-        data.update(value.model_extra or {})
-        return {k: _plain(v) for k, v in data.items()}
-    if isinstance(value, dict):
-        return {k: mask(str(v)) if k in SECRET_FIELDS and isinstance(v, str) else _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
 def _print_json(value: Any) -> None:
-    print(json.dumps(_plain(value), ensure_ascii=False, indent=2, default=str))
-
-
-def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    cells = [[str(c) for c in row] for row in rows]
-    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
-    print("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
-    for row in cells:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    output.print_json(value, secret_keys=SECRET_FIELDS)
 
 
 def _config_text(connector: Connector) -> str:
-    shown = _plain(connector.config)
+    shown = output.plain(connector.config, SECRET_FIELDS)
     return " ".join(f"{k}={v}" for k, v in shown.items())
-
-
-def _show_connectors(connectors: Sequence[Connector], total: int | None, args: argparse.Namespace) -> None:
-    if args.json:
-        _print_json({"connectors": list(connectors), "total": total if total is not None else len(connectors)})
-        return
-    _table(
-        ("id", "name", "type", "status", "tasks", "settings"),
-        [(c.id, c.name, c.type_name, c.status, len(c.related_task_ids), _config_text(c)) for c in connectors],
-    )
-    if total is not None and total > len(connectors):
-        print(f"({len(connectors)} of {total}; see --page/--page-size or --all)")
 
 
 def _schedule_name(kind: int) -> str:
@@ -283,29 +247,6 @@ def _schedule_name(kind: int) -> str:
         return str(kind)
 
 
-def _show_tasks(tasks: Sequence[Task], total: int | None, args: argparse.Namespace) -> None:
-    if args.json:
-        _print_json({"tasks": list(tasks), "total": total if total is not None else len(tasks)})
-        return
-    _table(
-        ("id", "status", "schedule", "connector", "volume", "uris", "created_at"),
-        [
-            (
-                t.id,
-                t.status_name,
-                _schedule_name(t.interval_type),
-                t.source_connector_id or "-",
-                t.volume_id,
-                len(t.uris),
-                t.created_at,
-            )
-            for t in tasks
-        ],
-    )
-    if total is not None and total > len(tasks):
-        print(f"({len(tasks)} of {total}; see --page/--page-size or --all)")
-
-
 def _status_name(code: int) -> str:
     try:
         return FileStatus(code).name.lower()
@@ -313,12 +254,35 @@ def _status_name(code: int) -> str:
         return str(code)
 
 
-def _ok(args: argparse.Namespace, message: str, **data: Any) -> int:
-    if args.json:
-        _print_json({"ok": True, **data})
-    else:
-        print(message)
-    return 0
+def _paging(args: argparse.Namespace) -> dict[str, Any]:
+    """The paging and sorting flags (``add_paging_flags(sorting=True)``) as fields of MOI's list queries."""
+    return {
+        "order_by": args.order_by,
+        "is_desc": True if args.desc else None,
+        "page": args.page,
+        "page_size": args.page_size,
+    }
+
+
+def _list(
+    args: argparse.Namespace,
+    key: str,
+    every: Callable[[MoiClient], AsyncIterator[Any]],
+    page: Callable[[MoiClient], Awaitable[Any]],
+    headers: tuple[str, ...],
+    row: Callable[[Any], tuple[Any, ...]],
+) -> int:
+    """A listing command: one page (``page(client).<key>`` and its total) or, with ``--all``, ``every``."""
+
+    async def action(client: MoiClient) -> tuple[list[Any], int | None]:
+        if args.all:
+            return [item async for item in every(client)], None
+        found = await page(client)
+        return list(getattr(found, key)), found.total
+
+    items, total = _run(args, action)
+    output.print_listing(key, items, total, as_json=args.json, headers=headers, row=row, secret_keys=SECRET_FIELDS)
+    return EXIT_OK
 
 
 # ----- connectors ----------------------------------------------------------------------------------------
@@ -330,11 +294,9 @@ def _cmd_connector_create(args: argparse.Namespace) -> int:
         name=args.name, source_type=kind, config=_connector_config(args, kind), usage_type=args.usage_type or None
     )
     connector: Connector = _run(args, lambda c: c.create_connector(spec))
-    if args.json:
-        _print_json(connector)
-    else:
-        print(f"created {connector.type_name} connector {connector.id} ({connector.name})")
-    return 0
+    message = f"created {connector.type_name} connector {connector.id} ({connector.name})"
+    output.result(connector, message, as_json=args.json, secret_keys=SECRET_FIELDS)
+    return EXIT_OK
 
 
 def _cmd_connector_validate(args: argparse.Namespace) -> int:
@@ -350,11 +312,9 @@ def _cmd_connector_validate(args: argparse.Namespace) -> int:
         return await client.validate_connector(args.source_type, _connector_config(args, args.source_type))
 
     result = _run(args, action)
-    if args.json:
-        _print_json(result)
-    else:
-        print("valid" if result.valid else f"not valid: {result.reason or 'no reason given'}")
-    return 0 if result.valid else 1
+    message = "valid" if result.valid else f"not valid: {result.reason or 'no reason given'}"
+    output.result(result, message, as_json=args.json, secret_keys=SECRET_FIELDS)
+    return EXIT_OK if result.valid else EXIT_FAILED  # a connector that cannot connect is a failed check, not an error
 
 
 def _cmd_connector_list(args: argparse.Namespace) -> int:
@@ -363,21 +323,16 @@ def _cmd_connector_list(args: argparse.Namespace) -> int:
         source_type_list=[int(t) for t in args.source_types] or None,
         status_list=args.statuses or None,
         usage_type=args.usage_type or None,
-        order_by=args.order_by,
-        is_desc=True if args.desc else None,
-        page=args.page,
-        page_size=args.page_size,
+        **_paging(args),
     )
-
-    async def action(client: MoiClient) -> tuple[list[Connector], int | None]:
-        if args.all:
-            return [c async for c in client.iter_connectors(query)], None
-        page = await client.list_connectors(query)
-        return page.connectors, page.total
-
-    connectors, total = _run(args, action)
-    _show_connectors(connectors, total, args)
-    return 0
+    return _list(
+        args,
+        "connectors",
+        lambda c: c.iter_connectors(query),
+        lambda c: c.list_connectors(query),
+        ("id", "name", "type", "status", "tasks", "settings"),
+        lambda c: (c.id, c.name, c.type_name, c.status, len(c.related_task_ids), _config_text(c)),
+    )
 
 
 def _cmd_connector_update(args: argparse.Namespace) -> int:
@@ -394,12 +349,14 @@ def _cmd_connector_update(args: argparse.Namespace) -> int:
         await client.update_connector(args.id, update)
 
     _run(args, action)
-    return _ok(args, f"updated connector {args.id}", id=args.id)
+    output.ok(args.json, f"updated connector {args.id}", id=args.id)
+    return EXIT_OK
 
 
 def _cmd_connector_delete(args: argparse.Namespace) -> int:
     _run(args, lambda c: c.delete_connector(args.id))
-    return _ok(args, f"deleted connector {args.id}", id=args.id)
+    output.ok(args.json, f"deleted connector {args.id}", id=args.id)
+    return EXIT_OK
 
 
 def _cmd_connector_files(args: argparse.Namespace) -> int:
@@ -407,27 +364,26 @@ def _cmd_connector_files(args: argparse.Namespace) -> int:
     files = _run(args, lambda c: c.connector_files(args.id, types))
     if args.json:
         _print_json({"files": files})
-        return 0
+        return EXIT_OK
     names = {int(t): t.name.lower() for t in FileType}
-    _table(("uri", "size", "type"), [(f.uri, f.size, names.get(f.type, f.type)) for f in files])
-    print(f"({len(files)} file(s))")
-    return 0
+    output.table(("uri", "size", "type"), [(f.uri, f.size, names.get(f.type, f.type)) for f in files])
+    output.say(f"({len(files)} file(s))")
+    return EXIT_OK
 
 
 def _cmd_connector_summary(args: argparse.Namespace) -> int:
     summary = _run(args, lambda c: c.connector_summary())
-    data = _plain(summary)
     if args.json:
         _print_json(summary)
-    else:
-        for key, value in data.items():
-            if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-                print(f"{key}:")
-                for entry in value:
-                    print("  " + ", ".join(f"{k}={v}" for k, v in entry.items()))
-            else:
-                print(f"{key}: {value}")
-    return 0
+        return EXIT_OK
+    for key, value in output.plain(summary, SECRET_FIELDS).items():
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            output.say(f"{key}:")
+            for entry in value:
+                output.say("  " + ", ".join(f"{k}={v}" for k, v in entry.items()))
+        else:
+            output.say(f"{key}: {value}")
+    return EXIT_OK
 
 
 # ----- tasks ---------------------------------------------------------------------------------------------
@@ -460,40 +416,42 @@ def _cmd_task_create(args: argparse.Namespace) -> int:
         raise ConfigError(validation_message(exc, "task")) from None
     task = _run(args, lambda c: c.create_task(spec))
     if task is None:
-        return _ok(args, "MOI accepted the task; see `ingest moi tasks list`", id=None)
-    if args.json:
-        _print_json(task)
-    else:
-        print(f"created load task {task.id} ({len(task.uris)} uri(s), {_schedule_name(task.interval_type)})")
-    return 0
+        output.ok(args.json, "MOI accepted the task; see `ingest moi tasks list`", id=None)
+        return EXIT_OK
+    message = f"created load task {task.id} ({len(task.uris)} uri(s), {_schedule_name(task.interval_type)})"
+    output.result(task, message, as_json=args.json, secret_keys=SECRET_FIELDS)
+    return EXIT_OK
 
 
 def _cmd_task_list(args: argparse.Namespace) -> int:
     query = TaskQuery(
         status=args.status,
         load_interval_types=[int(_SCHEDULE[s]) for s in args.schedules] or None,
-        order_by=args.order_by,
-        is_desc=True if args.desc else None,
-        page=args.page,
-        page_size=args.page_size,
+        **_paging(args),
     )
-
-    async def action(client: MoiClient) -> tuple[list[Task], int | None]:
-        if args.all:
-            return [t async for t in client.iter_tasks(query)], None
-        page = await client.list_tasks(query)
-        return page.tasks, page.total
-
-    tasks, total = _run(args, action)
-    _show_tasks(tasks, total, args)
-    return 0
+    return _list(
+        args,
+        "tasks",
+        lambda c: c.iter_tasks(query),
+        lambda c: c.list_tasks(query),
+        ("id", "status", "schedule", "connector", "volume", "uris", "created_at"),
+        lambda t: (
+            t.id,
+            t.status_name,
+            _schedule_name(t.interval_type),
+            t.source_connector_id or "-",
+            t.volume_id,
+            len(t.uris),
+            t.created_at,
+        ),
+    )
 
 
 def _cmd_task_get(args: argparse.Namespace) -> int:
     task: Task = _run(args, lambda c: c.get_task(args.id))
     if args.json:
         _print_json(task)
-        return 0
+        return EXIT_OK
     for key, value in (
         ("id", task.id),
         ("status", task.status_name),
@@ -505,8 +463,8 @@ def _cmd_task_get(args: argparse.Namespace) -> int:
         ("start_at", task.start_at),
         ("end_at", task.end_at),
     ):
-        print(f"{key + ':':<12}{value}")
-    return 0
+        output.say(f"{key + ':':<12}{value}")
+    return EXIT_OK
 
 
 def _cmd_task_files(args: argparse.Namespace) -> int:
@@ -515,19 +473,19 @@ def _cmd_task_files(args: argparse.Namespace) -> int:
             first = await client.task_files(args.id, status=args.status, page=1, page_size=1)
             files = [f async for f in client.iter_task_files(args.id, status=args.status)]
             return files, first.total, first.total_success, first.total_failed
-        page = await client.task_files(args.id, status=args.status, page=args.page, page_size=args.page_size)
+        page = await client.task_files(args.id, status=args.status, page=args.page or 1, page_size=args.page_size)
         return page.files, page.total, page.total_success, page.total_failed
 
     files, total, success, failed = _run(args, action)
     if args.json:
         _print_json({"total": total, "total_success": success, "total_failed": failed, "files": files})
-        return 0
-    _table(
+        return EXIT_OK
+    output.table(
         ("id", "status", "size", "name", "reason"),
         [(f.id, _status_name(f.status), f.size, f.name, f.reason) for f in files],
     )
-    print(f"({len(files)} shown of {total}; {success} succeeded, {failed} failed)")
-    return 0
+    output.say(f"({len(files)} shown of {total}; {success} succeeded, {failed} failed)")
+    return EXIT_OK
 
 
 def _cmd_task_update(args: argparse.Namespace) -> int:
@@ -541,7 +499,8 @@ def _cmd_task_update(args: argparse.Namespace) -> int:
         interval=args.interval,
     )
     _run(args, lambda c: c.update_task(update))
-    return _ok(args, f"updated task {args.id}", id=args.id)
+    output.ok(args.json, f"updated task {args.id}", id=args.id)
+    return EXIT_OK
 
 
 def _cmd_task_action(
@@ -549,7 +508,8 @@ def _cmd_task_action(
 ) -> Callable[[argparse.Namespace], int]:
     def handler(args: argparse.Namespace) -> int:
         _run(args, lambda c: call(c, args.id))
-        return _ok(args, f"{verb} task {args.id}", id=args.id)
+        output.ok(args.json, f"{verb} task {args.id}", id=args.id)
+        return EXIT_OK
 
     return handler
 
@@ -565,9 +525,9 @@ def _cmd_task_retry(args: argparse.Namespace) -> int:
         return ids
 
     ids = _run(args, action)
-    if not ids:
-        return _ok(args, f"task {args.id} has no failed files", id=args.id, retried=[])
-    return _ok(args, f"retrying {len(ids)} file(s) of task {args.id}", id=args.id, retried=ids)
+    message = f"retrying {len(ids)} file(s) of task {args.id}" if ids else f"task {args.id} has no failed files"
+    output.ok(args.json, message, id=args.id, retried=ids)
+    return EXIT_OK
 
 
 # ----- ingest migrate ------------------------------------------------------------------------------------
@@ -618,23 +578,15 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 # ----- wiring --------------------------------------------------------------------------------------------
 
 
-def _paging(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("paging")
-    g.add_argument("--page", type=_positive, metavar="N", help="page number (default 1)")
-    g.add_argument("--page-size", type=_positive, metavar="N", help="entries per page (default: MOI's, 10)")
-    g.add_argument("--all", action="store_true", help="fetch every page")
-    g.add_argument("--order-by", metavar="FIELD", help="sort field, e.g. created_at, name")
-    g.add_argument("--desc", action="store_true", help="sort descending")
-
-
-def _add_connectors(moi: Any, common: argparse.ArgumentParser, parser_class: type[argparse.ArgumentParser]) -> None:
-    p = moi.add_parser(
+def _add_connectors(moi: Any, common: argparse.ArgumentParser) -> None:
+    p = add_command(
+        moi,
         "connectors",
         help="data connectors: S3/OSS buckets, HDFS, MO, DIFY",
         description="Manage MOI data connectors (the sources load tasks copy files from).",
+        epilog=EPILOG,
     )
-    sub = p.add_subparsers(dest="connectors_command", metavar="ACTION", parser_class=parser_class)
-    sub.required = True
+    sub = add_subcommands(p, "connectors_command", "ACTION")
 
     c = sub.add_parser(
         "create",
@@ -674,7 +626,7 @@ def _add_connectors(moi: Any, common: argparse.ArgumentParser, parser_class: typ
     )
     ls.add_argument("--status", dest="statuses", action="append", default=[], help="only this status (repeatable)")
     ls.add_argument("--usage-type", action="append", metavar="N", help="only this usage type (repeatable)")
-    _paging(ls)
+    add_paging_flags(ls, default_size="MOI's, 10", sorting=True)
     ls.set_defaults(handler=_cmd_connector_list)
 
     u = sub.add_parser(
@@ -715,14 +667,15 @@ def _add_connectors(moi: Any, common: argparse.ArgumentParser, parser_class: typ
     s.set_defaults(handler=_cmd_connector_summary)
 
 
-def _add_tasks(moi: Any, common: argparse.ArgumentParser, parser_class: type[argparse.ArgumentParser]) -> None:
-    p = moi.add_parser(
+def _add_tasks(moi: Any, common: argparse.ArgumentParser) -> None:
+    p = add_command(
+        moi,
         "tasks",
         help="load tasks: connector files into volumes",
         description="Manage MOI load tasks (and the tasks of local uploads).",
+        epilog=EPILOG,
     )
-    sub = p.add_subparsers(dest="tasks_command", metavar="ACTION", parser_class=parser_class)
-    sub.required = True
+    sub = add_subcommands(p, "tasks_command", "ACTION")
 
     def uri_flags(q: argparse.ArgumentParser) -> None:
         q.add_argument("--uri", dest="uris", action="append", metavar="URI", help="a source file uri (repeatable)")
@@ -751,7 +704,7 @@ def _add_tasks(moi: Any, common: argparse.ArgumentParser, parser_class: type[arg
         default=[],
         help="only tasks with this schedule (repeatable)",
     )
-    _paging(ls)
+    add_paging_flags(ls, default_size="MOI's, 10", sorting=True)
     ls.set_defaults(handler=_cmd_task_list)
 
     g = sub.add_parser("get", parents=[common], help="show a task", description="Show a task.")
@@ -770,9 +723,7 @@ def _add_tasks(moi: Any, common: argparse.ArgumentParser, parser_class: type[arg
         type=_file_status,
         help="only this status (waiting, uploading, paused, failed, success, retrying or a number)",
     )
-    f.add_argument("--page", type=_positive, default=1, metavar="N", help="page number (default 1)")
-    f.add_argument("--page-size", type=_positive, default=100, metavar="N", help="files per page (default 100)")
-    f.add_argument("--all", action="store_true", help="every page")
+    add_paging_flags(f, page_size=100)
     f.set_defaults(handler=_cmd_task_files)
 
     u = sub.add_parser(
@@ -846,15 +797,15 @@ def _add_migrate(commands: Any, common: argparse.ArgumentParser) -> None:
 
 def add_moi_commands(commands: Any) -> None:
     """Add ``moi`` (connectors, tasks) and ``migrate`` to the CLI's subcommands."""
-    parser_class = commands._parser_class  # the CLI's parser class: its one-line errors and exit code 2
     common = _connection_flags()
-    moi = commands.add_parser(
+    moi = add_command(
+        commands,
         "moi",
         help="MOI connectors and load tasks",
         description="MOI data connectors and load tasks. Connection: --endpoint (or $MOI_ENDPOINT) and $MOI_KEY.",
+        epilog=EPILOG,
     )
-    sub = moi.add_subparsers(dest="moi_command", metavar="GROUP", parser_class=parser_class)
-    sub.required = True
-    _add_connectors(sub, common, parser_class)
-    _add_tasks(sub, common, parser_class)
+    sub = add_subcommands(moi, "moi_command", "GROUP")
+    _add_connectors(sub, common)
+    _add_tasks(sub, common)
     _add_migrate(commands, common)
