@@ -1,17 +1,19 @@
-"""``ingest viking …``: VikingDB tools beyond ingesting (``task-info``)."""
+"""``ingest viking …``: VikingDB tools beyond ingesting (``task-info``), printed through ``ingest.cli.output``."""
 
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import anyio
 from pydantic import ValidationError
 
+from ingest.cli import output
+from ingest.cli.exits import EXIT_OK
+from ingest.cli.options import add_command, add_json_flag, add_subcommands
 from ingest.config import load_toml, validation_message
 from ingest.errors import ConfigError
 from ingest.platforms.registry import get_spec
@@ -19,20 +21,29 @@ from ingest.platforms.viking.target import VikingTargetConfig, fetch_task_info
 
 __all__ = ["add_viking_commands"]
 
+EPILOG = """\
+examples:
+  VOLC_ACCESSKEY=… VOLC_SECRETKEY=… ingest viking task-info 7f3a… --region cn-beijing
+  ingest viking task-info 7f3a… --config configs/viking.toml --json
+"""
+
 
 def add_viking_commands(commands: Any) -> None:
-    parser = commands.add_parser(
+    parser = add_command(
+        commands,
         "viking",
         help="VikingDB knowledge-base tools (task-info)",
         description="Tools for the VikingDB knowledge base beyond ingesting.",
+        epilog=EPILOG,
     )
-    tools = parser.add_subparsers(dest="viking_command", metavar="TOOL", parser_class=type(parser))
-    tools.required = True
-    p = tools.add_parser(
+    tools = add_subcommands(parser, "viking_command", "TOOL")
+    p = add_command(
+        tools,
         "task-info",
         help="show a download task's status, progress and attachment link",
         description="Ask /api/knowledge/task/info about a download task. Credentials come from "
         "VOLC_ACCESSKEY / VOLC_SECRETKEY (or --access-key / --secret-key).",
+        epilog=EPILOG,
     )
     p.add_argument("task_id", metavar="ID", help="the task id")
     p.add_argument("--config", metavar="FILE.toml", help="take endpoint, region and keys from [target]")
@@ -40,7 +51,7 @@ def add_viking_commands(commands: Any) -> None:
     p.add_argument("--region", metavar="REGION", help="the region requests are signed for (default cn-beijing)")
     p.add_argument("--access-key", metavar="AK", help="access key (prefer VOLC_ACCESSKEY)")
     p.add_argument("--secret-key", metavar="SK", help="secret key (prefer VOLC_SECRETKEY)")
-    p.add_argument("--json", action="store_true", help="print the task as JSON")
+    add_json_flag(p, "print the task as JSON")
     p.set_defaults(handler=_task_info_command)
 
 
@@ -68,11 +79,9 @@ def _task_info_command(args: argparse.Namespace) -> int:
         raise ConfigError(validation_message(exc, "task-info settings")) from None
     info = anyio.run(fetch_task_info, config, args.task_id)
     if args.json:
-        print(json.dumps({"task_id": info.task_id, "status": info.status, "percentage": info.percentage,
-                          "attachment_link": info.attachment_link}, ensure_ascii=False))  # fmt: skip
-    else:
-        print(f"task {info.task_id}: {info.status}, {info.percentage}%")
-        if info.attachment_link:
-            print(f"attachment: {info.attachment_link}")
-    sys.stdout.flush()
-    return 0
+        output.print_json(dataclasses.asdict(info))
+        return EXIT_OK
+    output.say(f"task {info.task_id}: {info.status}, {info.percentage}%")
+    if info.attachment_link:
+        output.say(f"attachment: {info.attachment_link}")
+    return EXIT_OK
