@@ -10,8 +10,9 @@ class of every command, the platforms' included: a usage error is a ``ConfigErro
 from __future__ import annotations
 
 import argparse
+import enum
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -36,6 +37,7 @@ __all__ = [
     "add_subcommands",
     "config_from_args",
     "engine_settings",
+    "number_or_name",
     "positive_int",
     "size",
 ]
@@ -95,6 +97,20 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} must be at least 1")
     return value
+
+
+def number_or_name(kind: type[enum.IntEnum], what: str) -> Callable[[str], int]:
+    """An argument type: any whole number, or the name of a member of ``kind`` in any case."""
+
+    def convert(text: str) -> int:
+        key = text.strip().upper()
+        if key.isdigit():
+            return int(key)
+        if key in kind.__members__:
+            return int(kind[key])
+        raise argparse.ArgumentTypeError(f"{what} must be a number or one of {', '.join(kind.__members__)}")
+
+    return convert
 
 
 # ----- option groups ---------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from pydantic import SecretStr, ValidationError
 
 from ingest.cli import output
 from ingest.cli.exits import EXIT_FAILED, EXIT_OK
-from ingest.cli.options import add_command, add_json_flag, add_paging_flags, add_subcommands
+from ingest.cli.options import add_command, add_json_flag, add_paging_flags, add_subcommands, number_or_name
 from ingest.cli.options import positive_int as _positive
 from ingest.config import load_toml, validation_message
 from ingest.errors import ConfigError
@@ -97,22 +97,8 @@ def _file_types(text: str) -> list[int]:
     return found
 
 
-def _file_status(text: str) -> int:
-    key = text.strip().upper()
-    if key.isdigit():
-        return int(key)
-    if key in FileStatus.__members__:
-        return int(FileStatus[key])
-    raise argparse.ArgumentTypeError(f"file status must be a number or one of {', '.join(FileStatus.__members__)}")
-
-
-def _task_status(text: str) -> int:
-    key = text.strip().upper()
-    if key.isdigit():
-        return int(key)
-    if key in TaskStatus.__members__:
-        return int(TaskStatus[key])
-    raise argparse.ArgumentTypeError(f"task status must be a number or one of {', '.join(TaskStatus.__members__)}")
+_file_status = number_or_name(FileStatus, "file status")
+_task_status = number_or_name(TaskStatus, "task status")
 
 
 def _setting(text: str) -> tuple[str, str]:
