@@ -20,9 +20,10 @@ import anyio
 from pydantic import ValidationError
 
 from ingest import __version__
+from ingest.cli.jobstatus import job_lines, job_status
 from ingest.config import RunConfig, load_toml, parse_size, validation_message
 from ingest.errors import ConfigError, IngestError, InterruptedRun
-from ingest.manifest import open_manifest
+from ingest.manifest import open_manifest, parse_location
 from ingest.models import FileState
 from ingest.platforms.registry import CliOption, get_spec, target_specs
 from ingest.report import RunSummary
@@ -172,9 +173,9 @@ def _add_output_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("output")
     g.add_argument(
         "--manifest",
-        type=Path,
-        metavar="PATH",
-        help="the SQLite manifest that makes the run resumable (default: under ./.ingest/manifests/)",
+        metavar="PATH|URL",
+        help="the manifest that makes the run resumable: a SQLite file (default: under ./.ingest/manifests/) "
+        "or postgresql://user@host/db?job=NAME, shared by every process and machine of the job",
     )
     g.add_argument("--report", type=Path, metavar="FILE.json", help="write one JSON record per file at the end")
     g.add_argument("-q", "--quiet", action="store_true", default=None, help="print only errors")
@@ -219,6 +220,31 @@ def _add_run(sub: Any) -> None:
     _add_target_flags(p)
     _add_engine_flags(p)
     _add_output_flags(p)
+    _add_scale_flags(p)
+
+
+def _add_scale_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("scale-out (one job shared through the manifest; see docs/scale.md)")
+    g.add_argument("--job", metavar="NAME", help="the job's name in a postgresql:// manifest (or ?job=NAME)")
+    g.add_argument("--processes", type=int, metavar="N", help="N engine processes on this machine, one summary")
+    g.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="run --workers N worker actors on a Ray cluster (a local one without ADDRESS); pip install 'ingest[ray]'",
+    )
+    g.add_argument("--workers", type=int, metavar="N", help="worker actors for --ray (default 2)")
+    g.add_argument(
+        "--shared",
+        action="store_true",
+        default=None,
+        help="work a job other processes share (claims and leases); implied by a postgresql:// manifest. "
+        "Start the same command on N machines to run one job on all of them",
+    )
+    g.add_argument(
+        "--lease", type=float, metavar="SECONDS", help="how long a claim outlives a silent worker (default 30)"
+    )
 
 
 def _add_retry(sub: Any) -> None:
@@ -231,6 +257,7 @@ def _add_retry(sub: Any) -> None:
         + ") or a flag.",
     )
     p.add_argument("--manifest", type=Path, required=True, metavar="PATH", help="the manifest of the earlier run")
+    p.set_defaults(job=None)
     secrets = p.add_argument_group("secrets (never stored in the manifest: give them again)")
     _add_options(
         secrets,
@@ -251,7 +278,8 @@ def _add_status(sub: Any) -> None:
         help="show what a manifest records",
         description="Counts of files per state, the source and destination, and the last runs.",
     )
-    p.add_argument("--manifest", type=Path, required=True, metavar="PATH")
+    p.add_argument("--manifest", required=True, metavar="PATH|URL", help="a SQLite file or postgresql://…?job=NAME")
+    p.add_argument("--job", metavar="NAME", help="the job's name in a postgresql:// manifest")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--failed", action="store_true", help="list every failed file with its error")
 
@@ -303,6 +331,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     for key in ("manifest", "report"):
         value = getattr(args, key)
         _set(tree, None, key, str(value) if value is not None else None)
+    for key in ("job", "shared", "lease"):
+        _set(tree, None, key, getattr(args, key, None))
     _set(tree, None, "quiet", args.quiet)
     _set(tree, None, "progress", args.progress)
     if "source" not in tree or "path" not in tree["source"]:
@@ -388,8 +418,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from ingest.engine.run import run
 
     config = config_from_args(args)
-    if config.target is None and not config.quiet and not args.json:
+    fan_out = (args.processes or 1) > 1 or args.ray is not None
+    if config.target is None and not config.quiet and not args.json and not fan_out:
         print("no --target given: sending to the embedded local MOI emulator (files under ./.ingest/local)")
+    if fan_out:
+        from ingest.cli import fanout
+
+        argv = sys.argv[1:] if args.argv is None else args.argv
+        manifest = str(config.manifest) if config.manifest is not None else None
+        if args.ray is not None:
+            summary = fanout.run_on_ray(argv, args.workers or 2, args.ray or None, manifest=manifest)
+        else:
+            show = not config.quiet and not args.json
+            summary = fanout.run_processes(argv, args.processes, manifest=manifest, job=config.job, show=show)
+        _print_summary(summary, args)
+        return summary.exit_code
     summary = anyio.run(lambda: run(config, handle_signals=True))
     _print_summary(summary, args)
     return summary.exit_code
@@ -423,14 +466,16 @@ def _saved_secrets(args: argparse.Namespace) -> dict[str, dict[str, str | None]]
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    if not args.manifest.exists():
+    location = parse_location(args.manifest, args.job)
+    if isinstance(location, Path) and not location.exists():
         raise ConfigError(f"manifest {args.manifest} does not exist")
-    manifest = open_manifest(args.manifest)
+    manifest = open_manifest(location, args.job)
     try:
+        job = job_status(manifest)
         counts = manifest.counts()
         runs = manifest.runs()
         info: dict[str, Any] = {
-            "manifest": str(args.manifest),
+            "manifest": str(location),
             "source": manifest.get_meta("source"),
             "destination": manifest.get_meta("target"),
             "files": counts,
@@ -445,6 +490,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
         )
     finally:
         manifest.close()
+    info.update(job)
     if args.json:
         if failed is not None:
             info["failed_files"] = failed
@@ -459,6 +505,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
         last = info["last_run"]
         if last:
             print(f"last run:    #{last['id']} {last['command']} {last['status']}")
+        for line in job_lines(job):
+            print(line)
         for entry in failed or []:
             print(f"failed: {entry['path']}: {entry['error']}")
     return EXIT_OK
@@ -504,6 +552,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if verbose >= 2 else logging.INFO if verbose == 1 else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    args.argv = argv
     handler = getattr(args, "handler", None) or COMMANDS[args.command]
     try:
         return int(handler(args))

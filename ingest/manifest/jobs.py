@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ingest.manifest.base import FileRecord, Manifest, Owner
-from ingest.models import FileItem
+from ingest.models import FileItem, Receipt
 
 __all__ = ["TERMINAL", "UNFINISHED", "Claim", "JobStore", "Owner", "WalkState", "WorkerInfo"]
 
@@ -82,6 +82,19 @@ class JobStore(Manifest, Protocol):
     def describe(self) -> str:
         """The manifest's location for humans and logs: never contains a password."""
         ...
+
+    # The writes of ``Manifest``, fenced when ``owner`` is given.
+    async def mark_uploading(
+        self, items: Sequence[FileItem], run_id: int, *, dedup: bool, owner: Owner | None = None
+    ) -> set[str]: ...
+    async def mark_processing(
+        self, receipts: Sequence[Receipt], run_id: int, *, retried: bool = False, owner: Owner | None = None
+    ) -> set[str]: ...
+    async def mark_done(self, paths: Sequence[str], run_id: int, *, owner: Owner | None = None) -> set[str]: ...
+    async def mark_failed(
+        self, failures: Sequence[tuple[str, str]], run_id: int, *, owner: Owner | None = None
+    ) -> set[str]: ...
+    async def note_error(self, path: str, reason: str, *, owner: Owner | None = None) -> None: ...
 
     async def register_worker(self, worker: str, host: str, pid: int) -> None: ...
     async def heartbeat(self, worker: str, lease: float, *, claimed: int, done: int, lost: int) -> int:
