@@ -99,7 +99,15 @@ class RunConfig(_Model):
     source: SourceConfig
     target: SerializeAsAny[TargetConfigBase] | None = None
     engine: EngineConfig = EngineConfig()
-    manifest: Path | None = None
+    #: A SQLite file, or ``postgresql://…?job=NAME`` (``ingest.manifest.location``; the password is
+    #: never stored or shown).
+    manifest: Path | str | None = None
+    #: The job's name in a PostgreSQL manifest (overrides ``?job=``).
+    job: str | None = None
+    #: Share the job with other processes (claims and leases): implied by a PostgreSQL manifest.
+    shared: bool = False
+    #: Seconds a claim lasts without a heartbeat, in a shared job.
+    lease: float = Field(default=30.0, gt=0)
     report: Path | None = None
     quiet: bool = False
     progress: bool | None = None  # None: bars when stderr is a terminal and not quiet
@@ -121,6 +129,10 @@ class RunConfig(_Model):
         data = self.model_dump(mode="json")
         if self.target is not None:
             data["target"] = self.target.public_dump()
+        if self.manifest is not None:
+            from ingest.manifest.location import parse_location
+
+            data["manifest"] = str(parse_location(self.manifest))  # a URL's password is replaced
         return data
 
 

@@ -18,7 +18,8 @@ class RunSummary:
     """What one run did. ``exit_code`` follows the CLI contract: 0 all done, 1 some failed."""
 
     destination: str
-    manifest: Path
+    #: The manifest file, or a PostgreSQL location without its password.
+    manifest: Path | str
     done: int = 0
     failed: int = 0
     skipped: int = 0

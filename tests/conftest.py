@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -60,3 +60,12 @@ async def moi_emulator(tmp_path: Path) -> AsyncIterator[object]:
 
     async with MOI.start(tmp_path / "moi-data") as deployment:
         yield deployment
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[object]:
+    """One private PostgreSQL server for the whole session (tests use their own job names)."""
+    from tests.pg import pg_server
+
+    with pg_server() as server:
+        yield server

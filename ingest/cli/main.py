@@ -55,6 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             level=logging.DEBUG if verbose >= 2 else logging.INFO if verbose == 1 else logging.WARNING,
             format="%(levelname)s %(name)s: %(message)s",
         )
+        args.argv = argv  # fan-out commands start workers with the same arguments
         return int(args.handler(args))
     except InterruptedRun as exc:
         output.error(str(exc))

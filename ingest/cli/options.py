@@ -248,9 +248,9 @@ def add_output_flags(p: argparse.ArgumentParser, *, manifest: bool = True) -> No
     if manifest:
         g.add_argument(
             "--manifest",
-            type=Path,
-            metavar="PATH",
-            help="the SQLite manifest that makes the run resumable (default: under ./.ingest/manifests/)",
+            metavar="PATH|URL",
+            help="the manifest that makes the run resumable: a SQLite file (default: under ./.ingest/manifests/) "
+            "or postgresql://user@host/db?job=NAME, shared by every process and machine of the job",
         )
     g.add_argument("--report", type=Path, metavar="FILE.json", help="write one JSON record per file at the end")
     g.add_argument("-q", "--quiet", action="store_true", default=None, help="print only errors")
@@ -326,6 +326,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     for key in ("manifest", "report"):
         value = getattr(args, key)
         _set(tree, None, key, str(value) if value is not None else None)
+    for key in ("job", "shared", "lease"):
+        _set(tree, None, key, getattr(args, key, None))
     _set(tree, None, "quiet", args.quiet)
     _set(tree, None, "progress", args.progress)
     if "source" not in tree or "path" not in tree["source"]:
@@ -373,3 +375,28 @@ def _target_flags(tree: dict[str, Any], args: argparse.Namespace) -> None:
             hint = f" (or {flag})" if flag else ""
             raise ConfigError(f"target {kind} needs its {key.replace('_', ' ')}: set {env}{hint}")
     tree["target"] = target
+
+
+def add_scale_flags(p: argparse.ArgumentParser) -> None:
+    """One job shared by many processes or machines through the manifest (docs/scale.md)."""
+    g = p.add_argument_group("scale-out (one job shared through the manifest; see docs/scale.md)")
+    g.add_argument("--job", metavar="NAME", help="the job's name in a postgresql:// manifest (or ?job=NAME)")
+    g.add_argument("--processes", type=int, metavar="N", help="N engine processes on this machine, one summary")
+    g.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="run --workers N worker actors on a Ray cluster (a local one without ADDRESS); pip install 'ingest[ray]'",
+    )
+    g.add_argument("--workers", type=int, metavar="N", help="worker actors for --ray (default 2)")
+    g.add_argument(
+        "--shared",
+        action="store_true",
+        default=None,
+        help="work a job other processes share (claims and leases); implied by a postgresql:// manifest. "
+        "Start the same command on N machines to run one job on all of them",
+    )
+    g.add_argument(
+        "--lease", type=float, metavar="SECONDS", help="how long a claim outlives a silent worker (default 30)"
+    )

@@ -128,7 +128,7 @@ def print_summary(summary: RunSummary, *, as_json: bool, quiet: bool | None) -> 
     sys.stdout.flush()
 
 
-def print_status(info: dict[str, Any], *, as_json: bool) -> None:
+def print_status(info: dict[str, Any], *, as_json: bool, extra: Sequence[str] = ()) -> None:
     """What a manifest records (``ingest status``): counts per state, source, destination, the last run and,
     when asked for, the failed files."""
     if as_json:
@@ -143,5 +143,7 @@ def print_status(info: dict[str, Any], *, as_json: bool) -> None:
     last = info["last_run"]
     if last:
         say(f"last run:    #{last['id']} {last['command']} {last['status']}")
+    for line in extra:
+        say(line)
     for entry in info.get("failed_files") or []:
         say(f"failed: {entry['path']}: {entry['error']}")

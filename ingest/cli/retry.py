@@ -46,6 +46,7 @@ def add_parser(commands: Any) -> None:
         epilog=EPILOG,
     )
     p.add_argument("--manifest", type=Path, required=True, metavar="PATH", help="the manifest of the earlier run")
+    p.set_defaults(job=None)
     secrets = p.add_argument_group("secrets (never stored in the manifest: give them again)")
     add_platform_options(
         secrets,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from ingest.cli.options import (
     add_destination_flags,
     add_engine_flags,
     add_output_flags,
+    add_scale_flags,
     add_source_flags,
     config_from_args,
 )
@@ -53,6 +55,7 @@ def add_parser(commands: Any) -> None:
     add_destination_flags(p)
     add_engine_flags(p)
     add_output_flags(p)
+    add_scale_flags(p)
     p.set_defaults(handler=command)
 
 
@@ -60,8 +63,20 @@ def command(args: argparse.Namespace) -> int:
     from ingest.engine.run import run
 
     config = config_from_args(args)
-    if config.target is None and not config.quiet and not args.json:
+    fan_out = (args.processes or 1) > 1 or args.ray is not None
+    if config.target is None and not config.quiet and not args.json and not fan_out:
         output.say("no --target given: sending to the embedded local MOI emulator (files under ./.ingest/local)")
-    summary = anyio.run(lambda: run(config, handle_signals=True))
+    if fan_out:
+        from ingest.cli import fanout
+
+        argv = sys.argv[1:] if args.argv is None else args.argv
+        manifest = str(config.manifest) if config.manifest is not None else None
+        if args.ray is not None:
+            summary = fanout.run_on_ray(argv, args.workers or 2, args.ray or None, manifest=manifest)
+        else:
+            show = not config.quiet and not args.json
+            summary = fanout.run_processes(argv, args.processes, manifest=manifest, job=config.job, show=show)
+    else:
+        summary = anyio.run(lambda: run(config, handle_signals=True))
     output.print_summary(summary, as_json=args.json, quiet=args.quiet)
     return summary.exit_code

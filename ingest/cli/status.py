@@ -29,24 +29,33 @@ def add_parser(commands: Any) -> None:
         description="Counts of files per state, the source and destination, and the last runs.",
         epilog=EPILOG,
     )
-    p.add_argument("--manifest", type=Path, required=True, metavar="PATH", help="the manifest of a run")
+    p.add_argument(
+        "--manifest",
+        required=True,
+        metavar="PATH|URL",
+        help="the manifest of a run: a SQLite file or postgresql://…?job=NAME",
+    )
+    p.add_argument("--job", metavar="NAME", help="the job's name in a postgresql:// manifest")
     add_json_flag(p, "machine-readable output")
     p.add_argument("--failed", action="store_true", help="list every failed file with its error")
     p.set_defaults(handler=command)
 
 
 def command(args: argparse.Namespace) -> int:
-    from ingest.manifest import open_manifest
+    from ingest.cli.jobstatus import job_lines, job_status
+    from ingest.manifest import open_manifest, parse_location
     from ingest.models import FileState
 
-    if not args.manifest.exists():
+    location = parse_location(args.manifest, args.job)
+    if isinstance(location, Path) and not location.exists():
         raise ConfigError(f"manifest {args.manifest} does not exist")
-    manifest = open_manifest(args.manifest)
+    manifest = open_manifest(location, args.job)
     try:
+        job = job_status(manifest)
         counts = manifest.counts()
         runs = manifest.runs()
         info: dict[str, Any] = {
-            "manifest": str(args.manifest),
+            "manifest": str(location),
             "source": manifest.get_meta("source"),
             "destination": manifest.get_meta("target"),
             "files": counts,
@@ -60,5 +69,6 @@ def command(args: argparse.Namespace) -> int:
             ]
     finally:
         manifest.close()
-    output.print_status(info, as_json=args.json)
+    info.update(job)
+    output.print_status(info, as_json=args.json, extra=job_lines(job))
     return EXIT_OK

@@ -55,8 +55,10 @@ async def plan(
             if dedup and not server_dedup:
                 existing = await _find_existing(run, entry)
                 if existing is not None:
+                    if await run.manifest.mark_processing([existing], run.run_id):
+                        run.completion.finish(1)  # taken over meanwhile: its new owner follows it
+                        continue
                     run.summary.resumed += 1
-                    await run.manifest.mark_processing([existing], run.run_id)
                     await to_poller.send(track(run, entry, existing, attempts=1))
                     continue
                 dedup = False

@@ -121,9 +121,9 @@ async def _poll_round(
                 t.interval = min(t.interval * 1.5, run.config.poll_max)
                 t.next_poll = now + t.interval
     if done:
-        await run.manifest.mark_done([t.item.rel_path for t in done], run.run_id)
+        lost = await run.manifest.mark_done([t.item.rel_path for t in done], run.run_id)
         _failpoints.failpoint("after-done")
-        run.summary.done += len(done)
+        run.summary.done += len(done) - len(lost)  # a file taken over is counted by its new owner
         run.progress.finished(len(done))
     if failed:
         await run.fail([(t.item.rel_path, reason) for t, reason in failed])
@@ -159,7 +159,13 @@ async def _retry(
             run.completion.finish(len(to_retry))
             return
         run.summary.platform_retries += len(receipts)
-        await run.manifest.mark_processing(receipts, run.run_id, retried=True)
+        lost = await run.manifest.mark_processing(receipts, run.run_id, retried=True)
+        if lost:  # taken over by another worker meanwhile: it follows them now
+            for path in lost:
+                outstanding.pop(path, None)
+            run.completion.finish(len(lost))
+            to_retry = [(t, r) for t, r in to_retry if t.item.rel_path not in lost]
+            receipts = [r for r in receipts if r.rel_path not in lost]
         by_path = {r.rel_path: r for r in receipts}
         now = time.monotonic()
         for t, _ in to_retry:

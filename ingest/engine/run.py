@@ -19,8 +19,9 @@ from pydantic import ValidationError
 from ingest._aio import run_with_signals
 from ingest.config import EngineConfig, RunConfig, validation_message
 from ingest.engine.pipeline import run_engine
+from ingest.engine.shared import DEFAULT_LEASE, run_worker
 from ingest.errors import ConfigError, InterruptedRun, TransientError
-from ingest.manifest import Manifest, open_manifest
+from ingest.manifest import Manifest, PostgresLocation, open_manifest, parse_location
 from ingest.models import FileItem, FileState
 from ingest.platforms.base import Target, TargetConfigBase, TargetContext
 from ingest.platforms.registry import EmbeddedDestination, build_target, embedded_spec, get_spec
@@ -68,7 +69,10 @@ async def run(
             source=source,
             target=config.target,
             engine=config.engine,
-            manifest=config.manifest,
+            manifest=None if config.manifest is None else parse_location(config.manifest, config.job),
+            job_name=config.job,
+            shared=config.shared,
+            lease=config.lease,
             report=config.report,
             quiet=config.quiet,
             progress=config.progress,
@@ -92,7 +96,13 @@ class Job:
     #: ``None``: the embedded default destination.
     target: TargetConfigBase | None
     engine: EngineConfig
-    manifest: Path | None = None
+    #: A SQLite file or a PostgreSQL job; ``None``: a SQLite file named after source and destination.
+    manifest: Path | PostgresLocation | None = None
+    #: The job's name in a PostgreSQL manifest (else the location's ``?job=``, else derived).
+    job_name: str | None = None
+    #: Share the job with other processes (claims, leases, one elected walk); implied by PostgreSQL.
+    shared: bool = False
+    lease: float = DEFAULT_LEASE
     report: Path | None = None
     quiet: bool = False
     progress: bool | None = None
@@ -130,8 +140,12 @@ async def run_job(job: Job, *, command: str, handle_signals: bool = False, only_
         stack.push_async_callback(target.aclose)
         destination = embedded.identity if embedded is not None else target.identity()
         manifest_path = job.manifest or default_manifest_path(job.source.identity(), destination)
-        manifest = open_manifest(manifest_path)
+        given_job = manifest_path.job if isinstance(manifest_path, PostgresLocation) else None
+        manifest = open_manifest(
+            manifest_path, job.job_name or given_job or _default_job(job.source.identity(), destination)
+        )
         stack.callback(manifest.close)
+        shared = job.shared or isinstance(manifest_path, PostgresLocation)
         manifest.bind(job.source.identity(), destination)
         await _open_target(target, job.engine.request_retries)
         manifest.set_meta("run_config", json.dumps(job.settings))
@@ -140,15 +154,25 @@ async def run_job(job: Job, *, command: str, handle_signals: bool = False, only_
         status = "failed"
         summary = job.summary_factory(
             destination=embedded.description if embedded is not None else target.describe(),
-            manifest=manifest_path,
+            manifest=str(manifest_path) if isinstance(manifest_path, PostgresLocation) else manifest_path,
             report=job.report,
             stored_at=embedded.stored_at if embedded is not None else None,
         )
         try:
             async with manifest.writer():
-                interrupted = await run_with_signals(
-                    handle_signals,
-                    run_engine(
+                engine = (
+                    run_worker(
+                        store=manifest,
+                        source=source,
+                        target=target,
+                        run_id=run_id,
+                        config=job.engine,
+                        progress=progress,
+                        summary=summary,
+                        lease=job.lease,
+                    )
+                    if shared
+                    else run_engine(
                         source=source,
                         target=target,
                         manifest=manifest,
@@ -156,8 +180,9 @@ async def run_job(job: Job, *, command: str, handle_signals: bool = False, only_
                         config=job.engine,
                         progress=progress,
                         summary=summary,
-                    ),
+                    )
                 )
+                interrupted = await run_with_signals(handle_signals, engine)
             status = "interrupted" if interrupted else "completed"
         finally:
             progress.close()
@@ -171,6 +196,11 @@ async def run_job(job: Job, *, command: str, handle_signals: bool = False, only_
                 f"interrupted; the manifest {manifest_path} is consistent: run the same command again to resume"
             )
         return summary
+
+
+def _default_job(source: str, destination: str) -> str:
+    """A PostgreSQL job without a name is named like the default SQLite manifest: a rerun finds it."""
+    return default_manifest_path(source, destination).stem
 
 
 async def _open_target(target: Target, retries: int) -> None:

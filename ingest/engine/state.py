@@ -110,7 +110,10 @@ class RunState:
         """Record files as failed for good (this run) and count them finished."""
         if not failures:
             return
-        await self.manifest.mark_failed(failures, self.run_id)
+        lost = await self.manifest.mark_failed(failures, self.run_id)
+        if lost:  # taken over by another worker meanwhile: its outcome is that worker's to record
+            failures = [f for f in failures if f[0] not in lost]
+            self.progress.finished(len(lost))
         self.summary.failed += len(failures)
         self.summary.failures.extend(failures[: max(0, 1000 - len(self.summary.failures))])
         for path, reason in failures:

@@ -103,12 +103,17 @@ async def _send(run: RunState, batch: list[Work], to_poller: MemoryObjectSendStr
     run.completion.finish(len(gone))
     if not ready:
         return
-    items = [w.item for w in ready]
     dedup = any(w.dedup for w in ready)
-    await run.manifest.mark_uploading(items, run.run_id, dedup=dedup)
+    ready = _keep(run, ready, await run.manifest.mark_uploading([w.item for w in ready], run.run_id, dedup=dedup))
     for w in ready:
         w.attempts += 1
     _failpoints.failpoint("after-intent")
+    # A shared job: this process may have been paused past its lease since the intent; never send a
+    # file another worker has taken over (it resends with dedup itself).
+    ready = _keep(run, ready, await run.manifest.confirm([w.item.rel_path for w in ready]))
+    if not ready:
+        return
+    items = [w.item for w in ready]
     what = f"upload of {items[0].rel_path}" + (f" and {len(items) - 1} more" if len(items) > 1 else "")
     sent_before = run.summary.sent_bytes
 
@@ -160,14 +165,27 @@ async def _send(run: RunState, batch: list[Work], to_poller: MemoryObjectSendStr
     run.summary.sent_files += len(items)
     accepted = [r for r in receipts if r.error is None]
     refused = [(r.rel_path, r.error) for r in receipts if r.error is not None]
-    await run.manifest.mark_processing(accepted, run.run_id)
+    lost = await run.manifest.mark_processing(accepted, run.run_id)
     _failpoints.failpoint("after-receipt")
     await run.fail([(p, e) for p, e in refused if e is not None])
     run.completion.finish(len(refused))
     by_path = {w.item.rel_path: w for w in ready}
+    if lost:
+        run.completion.finish(len(lost))  # taken over by another worker, which follows them now
+        run.progress.finished(len(lost))
+        accepted = [r for r in accepted if r.rel_path not in lost]
     for receipt in accepted:
         w = by_path[receipt.rel_path]
         await to_poller.send(track(run, w.item, receipt, attempts=w.attempts))
+
+
+def _keep(run: RunState, works: list[Work], lost: set[str]) -> list[Work]:
+    """``works`` without the files the manifest says another worker took over: dropped from this run."""
+    if not lost:
+        return works
+    run.completion.finish(len(lost))
+    run.progress.finished(len(lost))
+    return [w for w in works if w.item.rel_path not in lost]
 
 
 async def _give_up(run: RunState, works: list[Work], reason: str) -> None:

@@ -9,14 +9,14 @@ means the same thing wherever the manifest lives. ``ingest.manifest.sqlite`` is 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ingest.models import FileItem, FileState, Receipt
 
-__all__ = ["Decision", "FileRecord", "Manifest", "decide"]
+__all__ = ["Decision", "FileRecord", "Manifest", "Owner", "decide"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +79,15 @@ def decide(record: FileRecord | None, item: FileItem) -> Decision:
     return Decision.SEND
 
 
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """Who writes to a shared manifest: the worker's id and the fence of each file it holds (see
+    ``ingest.manifest.jobs``). A write to a file whose owner or fence changed is refused."""
+
+    worker: str
+    fences: Mapping[str, int]
+
+
 class Manifest(Protocol):
     """The record of a run as the engine, the runner and the status commands use it.
 
@@ -86,6 +95,10 @@ class Manifest(Protocol):
     them is committed (group commit): the intent (``mark_uploading``) is durable before any byte is
     sent. ``writer()`` runs the committing writer for the duration of a block and drains it on exit,
     cancellation included.
+
+    Writes return the paths they could not change because this process no longer holds them (another
+    worker took the file over when this one's lease expired, see ``ingest.manifest.jobs``): the engine
+    drops those files. A manifest only one process uses never loses a file and returns an empty set.
     """
 
     def get_meta(self, key: str) -> str | None: ...
@@ -101,9 +114,14 @@ class Manifest(Protocol):
         self, *, states: Sequence[FileState] = (), run_id: int | None = None, page: int = 1000
     ) -> Iterator[FileRecord]: ...
     def writer(self) -> AbstractAsyncContextManager[Any]: ...
-    async def mark_uploading(self, items: Sequence[FileItem], run_id: int, *, dedup: bool) -> None: ...
-    async def mark_processing(self, receipts: Sequence[Receipt], run_id: int, *, retried: bool = False) -> None: ...
-    async def mark_done(self, paths: Sequence[str], run_id: int) -> None: ...
-    async def mark_failed(self, failures: Sequence[tuple[str, str]], run_id: int) -> None: ...
+    async def mark_uploading(self, items: Sequence[FileItem], run_id: int, *, dedup: bool) -> set[str]: ...
+    async def mark_processing(self, receipts: Sequence[Receipt], run_id: int, *, retried: bool = False) -> set[str]: ...
+    async def mark_done(self, paths: Sequence[str], run_id: int) -> set[str]: ...
+    async def mark_failed(self, failures: Sequence[tuple[str, str]], run_id: int) -> set[str]: ...
     async def note_error(self, path: str, reason: str) -> None: ...
+    async def confirm(self, paths: Sequence[str]) -> set[str]:
+        """Just before bytes are sent: the paths this process no longer holds (always none when one
+        process owns the manifest)."""
+        ...
+
     def close(self) -> None: ...

@@ -1,10 +1,11 @@
-"""The manifest: the single source of truth for "what happened to this file".
+"""The manifest in SQLite: the embedded default, one file per job.
 
-SQLite in WAL mode. One row per file, one per run, and a few ``meta`` entries binding the manifest to
-one source and one destination. Every write goes through one writer task that commits in groups:
-callers ``await`` their operation and return once the transaction that carries it is committed, while
-every operation queued during a commit rides in the next one. Under load this turns thousands of
-small writes a second into a few dozen transactions.
+WAL mode. One row per file, one per run, a few ``meta`` entries binding the manifest to one source and
+one destination, and (schema 2) what lets several processes of one machine share the job: a claim on
+each unfinished row (owner, lease expiry, fence), the workers, and the walk's position (see
+``ingest.manifest.jobs``). Every write goes through one group-committing writer
+(``ingest.manifest.groupcommit``); claims take the write lock up front (``BEGIN IMMEDIATE``) so two
+processes never claim the same row.
 
 Durability: ``synchronous=NORMAL`` in WAL mode survives the death of the process at any instant
 (SIGKILL, OOM); only a power cut may lose the last transactions, and the resume logic copes with that
@@ -16,7 +17,6 @@ The rule that decides "already done" is not here: it is ``ingest.manifest.base.d
 from __future__ import annotations
 
 import json
-import math
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -24,18 +24,17 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-
 from ingest.errors import ConfigError
-from ingest.manifest.base import FileRecord
+from ingest.manifest.base import FileRecord, Owner
+from ingest.manifest.groupcommit import GroupCommit, Stmt, Write
+from ingest.manifest.jobs import UNFINISHED, Claim, WalkState, WorkerInfo
 from ingest.models import FileItem, FileState, Receipt
 
-__all__ = ["SqliteManifest"]
+__all__ = ["SCHEMA_VERSION", "SqliteManifest"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-_SCHEMA = """
+_SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -65,8 +64,28 @@ CREATE INDEX IF NOT EXISTS files_state ON files (state);
 CREATE INDEX IF NOT EXISTS files_run ON files (run_id);
 """
 
+#: Schema changes, applied in order to a manifest of an older version (``version -> script``).
+_MIGRATIONS: dict[int, str] = {
+    2: """
+ALTER TABLE files ADD COLUMN owner TEXT;
+ALTER TABLE files ADD COLUMN lease_until REAL;
+ALTER TABLE files ADD COLUMN fence INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX files_unfinished ON files (owner, lease_until) WHERE state IN ('pending', 'uploading', 'processing');
+CREATE TABLE workers (
+    id TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL, started_at REAL NOT NULL,
+    heartbeat_at REAL NOT NULL, claimed INTEGER NOT NULL DEFAULT 0, done INTEGER NOT NULL DEFAULT 0,
+    takeovers INTEGER NOT NULL DEFAULT 0, lost INTEGER NOT NULL DEFAULT 0, stopped INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE walk (
+    id INTEGER PRIMARY KEY CHECK (id = 1), walk INTEGER NOT NULL DEFAULT 0, planner TEXT, lease_until REAL,
+    last_path TEXT, walked INTEGER NOT NULL DEFAULT 0, done INTEGER NOT NULL DEFAULT 0, fingerprint TEXT
+);
+INSERT INTO walk (id) VALUES (1);
+""",
+}
 
 _COLUMNS = "path, size, mtime_ns, md5, state, remote_id, task_id, extra, attempts, last_error, run_id, updated_at"
+_UNFINISHED_SQL = "('" + "', '".join(UNFINISHED) + "')"
 
 
 def _record(row: sqlite3.Row | tuple[Any, ...]) -> FileRecord:
@@ -86,39 +105,64 @@ def _record(row: sqlite3.Row | tuple[Any, ...]) -> FileRecord:
     )
 
 
-# One queued write: SQL statements to run in one transaction, and who waits for their commit.
-_Op = list[tuple[str, tuple[Any, ...]]]
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";\n") if s.strip()]
+
+
+def _fence(owner: Owner | None, path: str) -> tuple[str, tuple[Any, ...], str | None]:
+    """The condition that makes a write apply only while ``owner`` still holds ``path``."""
+    if owner is None or path not in owner.fences:
+        return "", (), None
+    return " AND files.owner = ? AND files.fence = ?", (owner.worker, owner.fences[path]), path
 
 
 class SqliteManifest:
     """An open manifest file. Reads are synchronous and cheap; writes go through ``writer()``."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, job: str | None = None) -> None:
         self.path = path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            # The writer connection is used from worker threads, one at a time (limiter of 1).
+            # The writer connection is used from worker threads, one at a time (the writer's limiter).
             self._wconn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._rconn = sqlite3.connect(path, isolation_level=None)
             for conn in (self._wconn, self._rconn):
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
-                conn.execute("PRAGMA busy_timeout=10000")
-            self._wconn.executescript(_SCHEMA)
-            version = self.get_meta("schema_version")
+                conn.execute("PRAGMA busy_timeout=30000")
+            self._migrate()
         except sqlite3.DatabaseError as exc:
             raise ConfigError(
                 f"manifest {path} cannot be opened ({exc}); point --manifest at a manifest file or a new path"
             ) from exc
-        if version is None:
-            self._wconn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        elif int(version) != SCHEMA_VERSION:
-            raise ConfigError(
-                f"manifest {path} has schema version {version}; this ingest reads version {SCHEMA_VERSION}"
-            )
-        self._send: MemoryObjectSendStream[tuple[_Op, anyio.Event]] | None = None
-        self._thread_limiter = anyio.CapacityLimiter(1)
-        self.commits = 0
+        self.job = job or self.get_meta("job") or path.stem
+        self._writer = GroupCommit(self._commit)
+
+    def _migrate(self) -> None:
+        """Create a new manifest, or bring an older one up to ``SCHEMA_VERSION`` (never down)."""
+        conn = self._wconn
+        conn.execute("BEGIN IMMEDIATE")  # two processes opening a new manifest at once migrate it once
+        try:
+            for statement in _statements(_SCHEMA_V1):
+                conn.execute(statement)
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            version = 1 if row is None else int(row[0])  # no version yet: the tables just created are v1
+            if version > SCHEMA_VERSION:
+                raise ConfigError(
+                    f"manifest {self.path} has schema version {version}; this ingest reads up to "
+                    f"{SCHEMA_VERSION}: upgrade ingest"
+                )
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in _statements(_MIGRATIONS[target]):
+                    conn.execute(statement)
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def describe(self) -> str:
+        return str(self.path)
 
     # ----- meta -----------------------------------------------------------------------------------
 
@@ -132,11 +176,14 @@ class SqliteManifest:
 
     def bind(self, source: str, target: str) -> None:
         """Tie this manifest to one source and destination; refuse to mix runs."""
-        bound_source, bound_target = self.get_meta("source"), self.get_meta("target")
-        if bound_source is None and bound_target is None:
-            self.set_meta("source", source)
-            self.set_meta("target", target)
-            return
+        self._wconn.execute("BEGIN IMMEDIATE")  # processes sharing a new manifest bind it once
+        try:
+            bound_source, bound_target = self.get_meta("source"), self.get_meta("target")
+            if bound_source is None and bound_target is None:
+                self._wconn.execute("INSERT OR REPLACE INTO meta VALUES ('source', ?), ('target', ?)", (source, target))
+                bound_source, bound_target = source, target
+        finally:
+            self._wconn.execute("COMMIT")
         if (bound_source, bound_target) != (source, target):
             raise ConfigError(
                 f"manifest {self.path} records {bound_source} -> {bound_target}, not {source} -> {target}; "
@@ -180,6 +227,16 @@ class SqliteManifest:
         row = self._rconn.execute(f"SELECT {_COLUMNS} FROM files WHERE path = ?", (path,)).fetchone()
         return None if row is None else _record(row)
 
+    def lookup_many(self, paths: Sequence[str]) -> dict[str, FileRecord]:
+        found: dict[str, FileRecord] = {}
+        for start in range(0, len(paths), 500):
+            chunk = paths[start : start + 500]
+            rows = self._rconn.execute(
+                f"SELECT {_COLUMNS} FROM files WHERE path IN ({','.join('?' * len(chunk))})", tuple(chunk)
+            ).fetchall()
+            found.update((r[0], _record(r)) for r in rows)
+        return found
+
     def is_empty(self) -> bool:
         return self._rconn.execute("SELECT 1 FROM files LIMIT 1").fetchone() is None
 
@@ -212,137 +269,296 @@ class SqliteManifest:
 
     # ----- writes ---------------------------------------------------------------------------------
 
+    @property
+    def commits(self) -> int:
+        return self._writer.commits
+
     @asynccontextmanager
     async def writer(self) -> AsyncIterator[SqliteManifest]:
-        """Run the group-committing writer for the duration of the block.
+        """Run the group-committing writer for the duration of the block (drained on exit)."""
+        async with self._writer.running():
+            yield self
 
-        On exit (normal, error or cancellation) everything queued so far is committed before the
-        block is left, so an interrupted run leaves a consistent manifest.
-        """
-        send, receive = anyio.create_memory_object_stream[tuple[_Op, anyio.Event]](math.inf)
-        self._send = send
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._write_loop, receive)
-            try:
-                yield self
-            finally:
-                self._send = None
-                with anyio.CancelScope(shield=True):
-                    await send.aclose()
-
-    async def _write_loop(self, receive: MemoryObjectReceiveStream[tuple[_Op, anyio.Event]]) -> None:
-        with anyio.CancelScope(shield=True):
-            # Shielded: the loop ends when the stream closes, after draining, never half-way.
-            async with receive:
-                async for first in receive:
-                    group = [first]
-                    while True:
-                        try:
-                            group.append(receive.receive_nowait())
-                        except (anyio.WouldBlock, anyio.EndOfStream):
-                            break
-                    await anyio.to_thread.run_sync(self._commit, [op for op, _ in group], limiter=self._thread_limiter)
-                    self.commits += 1
-                    for _, done in group:
-                        done.set()
-
-    def _commit(self, ops: list[_Op]) -> None:
+    def _commit(self, writes: list[Write]) -> None:
         conn = self._wconn
-        conn.execute("BEGIN")
+        conn.execute("BEGIN IMMEDIATE")
         try:
-            for op in ops:
-                for sql, params in op:
-                    conn.execute(sql, params)
+            for write in writes:
+                for sql, params, fenced in write.stmts:
+                    if conn.execute(sql, params).rowcount == 0 and fenced is not None:
+                        write.lost.add(fenced)
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
 
-    async def _write(self, op: _Op) -> None:
-        if not op:
-            return
-        if self._send is None:
-            # Outside a writer block (status tools, tests): commit directly.
-            await anyio.to_thread.run_sync(self._commit, [op], limiter=self._thread_limiter)
-            return
-        done = anyio.Event()
-        self._send.send_nowait((op, done))
-        await done.wait()
-
     # The operations. Each awaits the commit of the transaction that carries it.
 
-    async def mark_uploading(self, items: Sequence[FileItem], run_id: int, *, dedup: bool) -> None:
+    async def mark_uploading(
+        self, items: Sequence[FileItem], run_id: int, *, dedup: bool, owner: Owner | None = None
+    ) -> set[str]:
         """The intent record: committed before any byte of these files is sent."""
         now = time.time()
-        await self._write(
-            [
+        stmts: list[Stmt] = []
+        for item in items:
+            cond, fparams, fenced = _fence(owner, item.rel_path)
+            stmts.append(
                 (
                     "INSERT INTO files (path, size, mtime_ns, state, attempts, dedup, run_id, created_at,"
                     " updated_at) VALUES (?, ?, ?, 'uploading', 1, ?, ?, ?, ?)"
                     " ON CONFLICT(path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns,"
                     " state = 'uploading', attempts = attempts + 1, dedup = excluded.dedup,"
                     " run_id = excluded.run_id, last_error = NULL, remote_id = NULL, task_id = NULL,"
-                    " extra = NULL, md5 = NULL, updated_at = excluded.updated_at",
-                    (item.rel_path, item.size, item.mtime_ns, int(dedup), run_id, now, now),
+                    " extra = NULL, md5 = NULL, updated_at = excluded.updated_at WHERE 1 = 1" + cond,
+                    (item.rel_path, item.size, item.mtime_ns, int(dedup), run_id, now, now, *fparams),
+                    fenced,
                 )
-                for item in items
-            ]
-        )
+            )
+        return await self._writer.write(stmts)
 
-    async def mark_processing(self, receipts: Sequence[Receipt], run_id: int, *, retried: bool = False) -> None:
+    async def mark_processing(
+        self, receipts: Sequence[Receipt], run_id: int, *, retried: bool = False, owner: Owner | None = None
+    ) -> set[str]:
         now = time.time()
         bump = ", attempts = attempts + 1" if retried else ""
-        await self._write(
-            [
+        stmts: list[Stmt] = []
+        for r in receipts:
+            cond, fparams, fenced = _fence(owner, r.rel_path)
+            extra = json.dumps(r.extra) if r.extra else None
+            stmts.append(
                 (
                     "UPDATE files SET state = 'processing', remote_id = ?, task_id = ?, extra = ?,"
-                    f" run_id = ?, updated_at = ?{bump} WHERE path = ?",
-                    (
-                        r.remote_id,
-                        r.task_id,
-                        json.dumps(r.extra) if r.extra else None,
-                        run_id,
-                        now,
-                        r.rel_path,
-                    ),
+                    f" run_id = ?, updated_at = ?{bump} WHERE path = ?" + cond,
+                    (r.remote_id, r.task_id, extra, run_id, now, r.rel_path, *fparams),
+                    fenced,
                 )
-                for r in receipts
-            ]
-        )
+            )
+        return await self._writer.write(stmts)
 
-    async def mark_done(self, paths: Sequence[str], run_id: int) -> None:
+    async def mark_done(self, paths: Sequence[str], run_id: int, *, owner: Owner | None = None) -> set[str]:
         now = time.time()
-        await self._write(
-            [
+        stmts: list[Stmt] = []
+        for path in paths:
+            cond, fparams, fenced = _fence(owner, path)
+            stmts.append(
                 (
-                    "UPDATE files SET state = 'done', last_error = NULL, run_id = ?, updated_at = ? WHERE path = ?",
-                    (run_id, now, path),
+                    "UPDATE files SET state = 'done', last_error = NULL, run_id = ?, updated_at = ?,"
+                    " owner = NULL, lease_until = NULL WHERE path = ?" + cond,
+                    (run_id, now, path, *fparams),
+                    fenced,
                 )
-                for path in paths
-            ]
-        )
+            )
+        return await self._writer.write(stmts)
 
-    async def mark_failed(self, failures: Sequence[tuple[str, str]], run_id: int) -> None:
+    async def mark_failed(
+        self, failures: Sequence[tuple[str, str]], run_id: int, *, owner: Owner | None = None
+    ) -> set[str]:
         """Record ``(path, reason)`` pairs as failed; creates rows for files never sent."""
         now = time.time()
-        await self._write(
-            [
+        stmts: list[Stmt] = []
+        for path, reason in failures:
+            cond, fparams, fenced = _fence(owner, path)
+            stmts.append(
                 (
                     "INSERT INTO files (path, state, last_error, run_id, created_at, updated_at)"
                     " VALUES (?, 'failed', ?, ?, ?, ?)"
                     " ON CONFLICT(path) DO UPDATE SET state = 'failed', last_error = excluded.last_error,"
-                    " run_id = excluded.run_id, updated_at = excluded.updated_at",
-                    (path, reason, run_id, now, now),
+                    " run_id = excluded.run_id, updated_at = excluded.updated_at, owner = NULL,"
+                    " lease_until = NULL WHERE 1 = 1" + cond,
+                    (path, reason, run_id, now, now, *fparams),
+                    fenced,
                 )
-                for path, reason in failures
+            )
+        return await self._writer.write(stmts)
+
+    async def note_error(self, path: str, reason: str, *, owner: Owner | None = None) -> None:
+        """Keep the latest platform message on a file that is being retried."""
+        cond, fparams, fenced = _fence(owner, path)
+        await self._writer.write(
+            [
+                (
+                    "UPDATE files SET last_error = ?, updated_at = ? WHERE path = ?" + cond,
+                    (reason, time.time(), path, *fparams),
+                    fenced,
+                )
             ]
         )
 
-    async def note_error(self, path: str, reason: str) -> None:
-        """Keep the latest platform message on a file that is being retried."""
-        await self._write(
-            [("UPDATE files SET last_error = ?, updated_at = ? WHERE path = ?", (reason, time.time(), path))]
+    async def confirm(self, paths: Sequence[str]) -> set[str]:
+        return set()  # used by one process: it holds every file
+
+    # ----- the shared job (ingest.manifest.jobs) --------------------------------------------------
+
+    async def register_worker(self, worker: str, host: str, pid: int) -> None:
+        now = time.time()
+        await self._writer.write(
+            [
+                (
+                    "INSERT OR REPLACE INTO workers (id, host, pid, started_at, heartbeat_at) VALUES (?, ?, ?, ?, ?)",
+                    (worker, host, pid, now, now),
+                    None,
+                )
+            ]
         )
+
+    async def heartbeat(self, worker: str, lease: float, *, claimed: int, done: int, lost: int) -> int:
+        now = time.time()
+
+        def beat() -> int:
+            conn = self._wconn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                extended = conn.execute(
+                    f"UPDATE files SET lease_until = ? WHERE owner = ? AND state IN {_UNFINISHED_SQL}",
+                    (now + lease, worker),
+                ).rowcount
+                conn.execute(
+                    "UPDATE workers SET heartbeat_at = ?, claimed = ?, done = ?, lost = ? WHERE id = ?",
+                    (now, claimed, done, lost, worker),
+                )
+                conn.execute("UPDATE walk SET lease_until = ? WHERE planner = ?", (now + lease, worker))
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return int(extended)
+
+        return await self._writer.run_sync(beat)
+
+    async def stop_worker(self, worker: str) -> None:
+        await self._writer.write(
+            [
+                (
+                    f"UPDATE files SET owner = NULL, lease_until = NULL WHERE owner = ? AND state IN {_UNFINISHED_SQL}",
+                    (worker,),
+                    None,
+                ),
+                ("UPDATE workers SET stopped = 1, heartbeat_at = ? WHERE id = ?", (time.time(), worker), None),
+                ("UPDATE walk SET planner = NULL, lease_until = NULL WHERE planner = ?", (worker,), None),
+            ]
+        )
+
+    async def claim(self, worker: str, limit: int, lease: float) -> list[Claim]:
+        def take() -> list[Claim]:
+            conn = self._wconn
+            now = time.time()
+            conn.execute("BEGIN IMMEDIATE")  # the write lock first: no other process claims meanwhile
+            try:
+                picked = conn.execute(
+                    f"SELECT path, owner FROM files WHERE state IN {_UNFINISHED_SQL}"
+                    " AND (owner IS NULL OR lease_until < ?) LIMIT ?",
+                    (now, limit),
+                ).fetchall()
+                claims: list[Claim] = []
+                for path, previous in picked:
+                    row = conn.execute(
+                        f"UPDATE files SET owner = ?, lease_until = ?, fence = fence + 1 WHERE path = ?"
+                        f" RETURNING {_COLUMNS}, fence",
+                        (worker, now + lease, path),
+                    ).fetchone()
+                    claims.append(Claim(_record(row), int(row[12]), previous is not None and previous != worker))
+                taken = sum(c.taken_over for c in claims)
+                if taken:
+                    conn.execute("UPDATE workers SET takeovers = takeovers + ? WHERE id = ?", (taken, worker))
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return claims
+
+        return await self._writer.run_sync(take)
+
+    async def confirm_lease(self, owner: Owner, paths: Sequence[str], lease: float) -> set[str]:
+        now = time.time()
+        stmts: list[Stmt] = []
+        for path in paths:
+            cond, fparams, fenced = _fence(owner, path)
+            stmts.append(
+                ("UPDATE files SET lease_until = ? WHERE path = ?" + cond, (now + lease, path, *fparams), fenced)
+            )
+        return await self._writer.write(stmts)
+
+    def unfinished(self, *, besides: str) -> int:
+        row = self._rconn.execute(
+            f"SELECT COUNT(*) FROM files WHERE state IN {_UNFINISHED_SQL} AND (owner IS NULL OR owner != ?)",
+            (besides,),
+        ).fetchone()
+        return int(row[0])
+
+    def workers(self) -> list[WorkerInfo]:
+        now = time.time()
+        rows = self._rconn.execute(
+            "SELECT id, host, pid, started_at, heartbeat_at, claimed, done, takeovers, lost, stopped"
+            " FROM workers ORDER BY started_at"
+        ).fetchall()
+        return [WorkerInfo(r[0], r[1], r[2], r[3], now - r[4], r[5], r[6], r[7], r[8], bool(r[9])) for r in rows]
+
+    async def try_lead(self, worker: str, lease: float) -> bool:
+        now = time.time()
+        lost = await self._writer.write(
+            [
+                (
+                    "UPDATE walk SET planner = ?, lease_until = ?"
+                    " WHERE id = 1 AND (planner IS NULL OR planner = ? OR lease_until < ?)",
+                    (worker, now + lease, worker, now),
+                    "planner",
+                )
+            ]
+        )
+        return not lost
+
+    def walk_state(self) -> WalkState:
+        row = self._rconn.execute(
+            "SELECT walk, last_path, walked, done, fingerprint, planner FROM walk WHERE id = 1"
+        ).fetchone()
+        return WalkState(row[0], row[1], row[2], bool(row[3]), row[4], row[5])
+
+    async def begin_walk(self, worker: str, fingerprint: str, *, fresh: bool) -> WalkState:
+        reset = ", walk = walk + 1, last_path = NULL, walked = 0, done = 0" if fresh else ""
+        await self._writer.write(
+            [(f"UPDATE walk SET fingerprint = ?{reset} WHERE id = 1 AND planner = ?", (fingerprint, worker), None)]
+        )
+        return self.walk_state()
+
+    async def record_walk(
+        self,
+        pending: Sequence[FileItem],
+        failed: Sequence[tuple[str, str]],
+        *,
+        run_id: int,
+        last_path: str,
+        walked: int,
+    ) -> None:
+        now = time.time()
+        stmts: list[Stmt] = [
+            (
+                # A row somebody is working on (or will resume) stays as it is: only a new file, or one
+                # finished in an earlier walk and now to be sent again, becomes pending.
+                "INSERT INTO files (path, size, mtime_ns, state, run_id, created_at, updated_at)"
+                " VALUES (?, ?, ?, 'pending', ?, ?, ?) ON CONFLICT(path) DO UPDATE SET state = 'pending',"
+                " size = excluded.size, mtime_ns = excluded.mtime_ns, last_error = NULL, owner = NULL,"
+                " lease_until = NULL, updated_at = excluded.updated_at WHERE files.state IN ('done', 'failed')",
+                (item.rel_path, item.size, item.mtime_ns, run_id, now, now),
+                None,
+            )
+            for item in pending
+        ]
+        stmts += [
+            (
+                "INSERT INTO files (path, state, last_error, run_id, created_at, updated_at)"
+                " VALUES (?, 'failed', ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET state = 'failed',"
+                " last_error = excluded.last_error, updated_at = excluded.updated_at"
+                " WHERE files.owner IS NULL",
+                (path, reason, run_id, now, now),
+                None,
+            )
+            for path, reason in failed
+        ]
+        stmts.append(("UPDATE walk SET last_path = ?, walked = ? WHERE id = 1", (last_path, walked), None))
+        await self._writer.write(stmts)
+
+    async def finish_walk(self, walked: int) -> None:
+        await self._writer.write([("UPDATE walk SET done = 1, walked = ? WHERE id = 1", (walked,), None)])
 
     def close(self) -> None:
         self._rconn.close()

@@ -1,0 +1,221 @@
+"""The shared-job manifest, on both backends (SQLite and a real PostgreSQL): claims, leases, fencing,
+the planner's role and position, schema migration, and one-line errors for bad locations.
+
+Two handles on one manifest stand for two processes: each has its own connections, as processes do.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from ingest.errors import ConfigError
+from ingest.manifest import JobStore, Owner, open_manifest, parse_location
+from ingest.models import FileItem, FileState, Receipt
+
+pytestmark = pytest.mark.anyio
+
+Opener = Callable[[], JobStore]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
+    opened: list[JobStore] = []
+    if request.param == "sqlite":
+        location: Any = tmp_path / "m.db"
+    else:
+        location = parse_location(request.getfixturevalue("pg").url(f"t-{uuid.uuid4().hex[:12]}"))
+
+    def open_one() -> JobStore:
+        m = open_manifest(location)
+        m.bind("src", "dst")
+        opened.append(m)
+        return m
+
+    yield open_one
+    for m in opened:
+        m.close()
+
+
+def item(path: str, size: int = 10) -> FileItem:
+    return FileItem(path, Path("/src") / path, size, 1)
+
+
+async def plan(m: JobStore, paths: list[str], run_id: int = 1) -> None:
+    async with m.writer():
+        await m.record_walk([item(p) for p in paths], [], run_id=run_id, last_path=paths[-1], walked=len(paths))
+
+
+async def test_claims_hand_each_file_to_one_worker(opener: Opener) -> None:
+    """Two workers claiming concurrently get disjoint batches that together cover every pending file."""
+    a, b = opener(), opener()
+    await plan(a, [f"f{i:03d}" for i in range(200)])
+    got: dict[str, list[str]] = {"a": [], "b": []}
+
+    async def drain(name: str, m: JobStore) -> None:
+        await m.register_worker(name, "h", 1)
+        while claims := await m.claim(name, 17, lease=30):
+            got[name] += [c.record.path for c in claims]
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(drain, "a", a)
+        tg.start_soon(drain, "b", b)
+    assert not set(got["a"]) & set(got["b"])
+    assert sorted(got["a"] + got["b"]) == [f"f{i:03d}" for i in range(200)]
+    assert a.unfinished(besides="a") == len(got["b"])
+
+
+async def test_expired_lease_is_taken_over_and_late_writes_are_fenced(opener: Opener) -> None:
+    """A worker whose lease expired loses its files to the next claimant; its writes are then refused,
+    the new owner's succeed, and the record keeps its state for the resume rule."""
+    a, b = opener(), opener()
+    await plan(a, ["x", "y"])
+    await a.register_worker("a", "h", 1)
+    await b.register_worker("b", "h", 2)
+    mine = await a.claim("a", 10, lease=0.2)
+    owner_a = Owner("a", {c.record.path: c.fence for c in mine})
+    async with a.writer():
+        assert await a.mark_uploading([item("x"), item("y")], 1, dedup=False, owner=owner_a) == set()
+    assert await b.claim("b", 10, lease=30) == []  # still held
+    await anyio.sleep(0.4)  # a is paused past its lease
+    taken = await b.claim("b", 10, lease=30)
+    assert {c.record.path for c in taken} == {"x", "y"}
+    assert all(c.taken_over and c.record.state is FileState.UPLOADING for c in taken)
+    owner_b = Owner("b", {c.record.path: c.fence for c in taken})
+    async with a.writer(), b.writer():
+        assert await b.mark_processing([Receipt("x", "r1", "t1")], 1, owner=owner_b) == set()
+        assert await b.mark_done(["x"], 1, owner=owner_b) == set()
+        # a wakes up: everything it writes now is refused, and nothing regresses.
+        assert await a.mark_processing([Receipt("x", "old", "old")], 1, owner=owner_a) == {"x"}
+        assert await a.mark_failed([("y", "late")], 1, owner=owner_a) == {"y"}
+        assert await a.confirm_lease(owner_a, ["x", "y"], 30) == {"x", "y"}
+        assert await a.heartbeat("a", 30, claimed=2, done=0, lost=2) == 0
+    x, y = a.lookup("x"), a.lookup("y")
+    assert x is not None
+    assert (x.state, x.remote_id) == (FileState.DONE, "r1")
+    assert y is not None
+    assert y.state is FileState.UPLOADING
+    assert {w.id: w.takeovers for w in a.workers()} == {"a": 0, "b": 2}
+
+
+async def test_heartbeat_keeps_the_lease_and_a_clean_stop_releases_it(opener: Opener) -> None:
+    a, b = opener(), opener()
+    await plan(a, ["p", "q"])
+    await a.register_worker("a", "h", 1)
+    held = await a.claim("a", 10, lease=0.3)
+    for _ in range(3):
+        await anyio.sleep(0.15)
+        assert await a.heartbeat("a", 0.3, claimed=2, done=0, lost=0) == 2
+    assert await b.claim("b", 10, lease=30) == []
+    await a.stop_worker("a")
+    again = await b.claim("b", 10, lease=30)
+    assert {c.record.path for c in again} == {c.record.path for c in held}
+    assert not any(c.taken_over for c in again)  # released, not expired
+
+
+async def test_one_planner_at_a_time_and_the_walk_position_survives_it(opener: Opener) -> None:
+    a, b = opener(), opener()
+    assert await a.try_lead("a", lease=0.3)
+    assert not await b.try_lead("b", lease=0.3)
+    await a.begin_walk("a", "fp1", fresh=True)
+    await plan(a, ["d/1", "d/2"])
+    state = b.walk_state()
+    assert (state.last_path, state.walked, state.done, state.fingerprint) == ("d/2", 2, False, "fp1")
+    await a.stop_worker("a")  # the planner goes away (SIGKILL does the same: connection or lease gone)
+    async with b.writer():
+        assert await b.try_lead("b", lease=0.3)
+        resumed = await b.begin_walk("b", "fp1", fresh=False)
+        assert resumed.last_path == "d/2"
+        await b.finish_walk(3)
+    assert a.walk_state().done
+
+
+async def test_the_walk_leaves_rows_in_progress_alone(opener: Opener) -> None:
+    """Recording the walk again (a new planner re-walking) never resets a file someone is sending."""
+    a = opener()
+    await plan(a, ["k"])
+    claims = await a.claim("a", 10, lease=30)
+    owner = Owner("a", {c.record.path: c.fence for c in claims})
+    async with a.writer():
+        await a.mark_uploading([item("k")], 1, dedup=False, owner=owner)
+    await plan(a, ["k", "new"])
+    k = a.lookup("k")
+    assert k is not None
+    assert k.state is FileState.UPLOADING
+    assert a.counts()["pending"] == 1
+
+
+def test_an_old_sqlite_manifest_is_migrated(tmp_path: Path) -> None:
+    """A schema-1 manifest (before shared jobs) opens, keeps its rows and gains the claim columns."""
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+            "INSERT INTO meta VALUES ('schema_version', '1');"
+            "CREATE TABLE files (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, md5 TEXT, state TEXT NOT NULL,"
+            " remote_id TEXT, task_id TEXT, extra TEXT, attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT,"
+            " dedup INTEGER NOT NULL DEFAULT 0, run_id INTEGER, created_at REAL NOT NULL, updated_at REAL NOT NULL);"
+            "INSERT INTO files (path, state, created_at, updated_at) VALUES ('a', 'done', 0, 0);"
+        )
+    conn.close()
+    m = open_manifest(path)
+    try:
+        assert m.get_meta("schema_version") == "2"
+        assert m.counts()["done"] == 1
+        assert m.walk_state().walk == 0
+    finally:
+        m.close()
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("postgresql://u:s3cret@h:notaport/db?job=j", "the port is not a number"),
+        ("postgresql://u:s3cret@h:5432/?job=j", "names no database"),
+        ("postgresql://u:s3cret@h:5432/db?job=bad name!", "is not valid"),
+    ],
+)
+def test_a_wrong_url_is_one_line_without_the_password(value: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_location(value)
+    message = str(caught.value)
+    assert expected in message
+    assert "s3cret" not in message
+    assert "\n" not in message
+
+
+def test_an_unreachable_server_is_one_line_without_the_password() -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    with pytest.raises(ConfigError) as caught:
+        open_manifest(parse_location(f"postgresql://u:s3cret@127.0.0.1:{port}/db?job=j"))
+    message = str(caught.value)
+    assert "cannot be used" in message
+    assert "--manifest" in message
+    assert "s3cret" not in message
+    assert "\n" not in message
+    assert caught.value.__cause__ is None or "s3cret" not in str(caught.value.__cause__)
+
+
+def test_a_job_name_clash_is_refused(pg: Any) -> None:
+    location = parse_location(pg.url("clash"))
+    first = open_manifest(location)
+    try:
+        first.bind("/data/a", "moi:1")
+        second = open_manifest(location)
+        try:
+            with pytest.raises(ConfigError, match="choose another job name"):
+                second.bind("/data/b", "moi:1")
+        finally:
+            second.close()
+    finally:
+        first.close()
