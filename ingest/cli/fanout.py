@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ingest.config import RunConfig
 from ingest.errors import ConfigError
 from ingest.manifest import open_manifest, parse_location
 from ingest.report import RunSummary
@@ -122,18 +123,19 @@ def _watch(procs: list[subprocess.Popen[str]], location: Any, job: str | None, s
         store.close()
 
 
-def run_on_ray(argv: Sequence[str], n: int, address: str | None, *, manifest: str | None) -> RunSummary:
+def run_on_ray(config: RunConfig, n: int, address: str | None) -> RunSummary:
     """``n`` worker actors on a Ray cluster (a local one when ``address`` is empty). Ray restarts a dead
     actor and retries its call; the leases make that safe (the restarted worker takes over)."""
     try:
         import ray
     except ImportError:
         raise ConfigError("--ray needs Ray: pip install 'ingest[ray]'") from None
-    _require_manifest(manifest)
-    from ingest.cli.ray_actor import run_actors
+    manifest = _require_manifest(str(config.manifest) if config.manifest is not None else None)
+    from ingest.engine.ray_workers import run_actors
 
+    worker = config.model_copy(update={"shared": True, "quiet": True, "progress": False})
     started = time.monotonic()
-    parts = run_actors(ray, worker_argv(argv), n, address)
+    parts = run_actors(ray, worker, n, address)
     destination = str(parts[0].get("destination", "")) if parts else ""
     return combine(
         parts, destination=destination, manifest=str(parse_location(manifest or "")), elapsed=time.monotonic() - started

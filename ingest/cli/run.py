@@ -72,7 +72,7 @@ def command(args: argparse.Namespace) -> int:
         argv = sys.argv[1:] if args.argv is None else args.argv
         manifest = str(config.manifest) if config.manifest is not None else None
         if args.ray is not None:
-            summary = fanout.run_on_ray(argv, args.workers or 2, args.ray or None, manifest=manifest)
+            summary = fanout.run_on_ray(config, args.workers or 2, args.ray or None)
         else:
             show = not config.quiet and not args.json
             summary = fanout.run_processes(argv, args.processes, manifest=manifest, job=config.job, show=show)
