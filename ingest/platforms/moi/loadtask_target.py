@@ -30,14 +30,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field
 
 from ingest._aio import run_concurrently
-from ingest.errors import ConfigError, PermanentError, TransientError
+from ingest.errors import PermanentError, TransientError
 from ingest.models import FileItem, Receipt, RemoteState, RemoteStatus
-from ingest.platforms.base import Target, TargetConfigBase, TargetContext, TargetFeatures
-from ingest.platforms.moi.client import MoiClient
-from ingest.platforms.moi.wire import FILE_STATUS_TABLES, IntervalType, TaskCreate, TaskFile, TaskStatus
+from ingest.platforms.base import TargetContext, TargetFeatures
+from ingest.platforms.moi.target import MoiTarget, MoiTargetConfig
+from ingest.platforms.moi.wire import IntervalType, TaskCreate, TaskFile, TaskStatus
 from ingest.report import RunSummary
 
 __all__ = ["SCHEDULES", "LoadTaskTarget", "LoadTaskTargetConfig", "MigrateSummary"]
@@ -51,20 +51,15 @@ POLL_PARALLEL_TASKS = 8
 ANY_SIZE = 1 << 62
 
 
-class LoadTaskTargetConfig(TargetConfigBase):
-    """Load tasks of one connector into one volume."""
+class LoadTaskTargetConfig(MoiTargetConfig):
+    """Load tasks of one connector into one volume (the volume's settings are ``MoiTargetConfig``'s)."""
 
-    type: Literal["moi-loadtask"] = "moi-loadtask"
-    api_key: SecretStr
+    type: Literal["moi-loadtask"] = "moi-loadtask"  # type: ignore[assignment]
     connector_id: int = Field(ge=0)
-    volume_id: str = Field(min_length=1)
     uris_per_task: int = Field(default=100, ge=1, le=10_000)
     schedule: Literal["day", "hour", "minute"] | None = None
     #: Units of ``schedule`` between runs (MOI's ``interval``; 0 or unset means 1).
     interval: int | None = Field(default=None, ge=0)
-    file_status_table: Literal["seed", "v5"] = "seed"
-    auth_header: Literal["moi-key", "x-api-key"] = "moi-key"
-    workspace_id: str | None = None
 
 
 @dataclass(slots=True)
@@ -94,12 +89,15 @@ class MigrateSummary(RunSummary):
         return out
 
 
-class LoadTaskTarget(Target):
+class LoadTaskTarget(MoiTarget):
+    """A MOI volume filled by load tasks instead of uploads: the connection, the volume check and the
+    destination's identity are ``MoiTarget``'s (a migration's manifest names the volume as a run's does)."""
+
     name = "moi-loadtask"
 
     def __init__(self, config: LoadTaskTargetConfig, context: TargetContext) -> None:
-        self.config = config
-        self.context = context
+        super().__init__(config, context)
+        self.config: LoadTaskTargetConfig = config
         self.features = TargetFeatures(
             max_batch_files=config.uris_per_task,
             max_batched_file_size=ANY_SIZE,
@@ -107,16 +105,6 @@ class LoadTaskTarget(Target):
             server_retry=True,
             full_batches=True,
         )
-        # Reads are repeated on transient errors; POST /task never is (MoiClient sends creations once).
-        self.client = MoiClient(
-            config.endpoint,
-            config.api_key,
-            auth_header=config.auth_header,
-            workspace_id=config.workspace_id,
-            connections=context.connections,
-            request_timeout=context.request_timeout,
-        )
-        self._table = FILE_STATUS_TABLES[config.file_status_table]
         self._interval_type = SCHEDULES[config.schedule] if config.schedule else IntervalType.ONCE
         #: Uris whose ``POST /task`` went out in this process: look them up before sending them again.
         self._posted: set[str] = set()
@@ -132,22 +120,7 @@ class LoadTaskTarget(Target):
         return cls(config, context)
 
     def describe(self) -> str:
-        c = self.config
-        return f"MOI volume {c.volume_id} at {c.endpoint} (from connector {c.connector_id})"
-
-    def identity(self) -> str:
-        return f"moi:{self.config.endpoint}/volume/{self.config.volume_id}"
-
-    async def open(self) -> None:
-        try:
-            await self.client.volume_info(self.config.volume_id)
-        except PermanentError as exc:
-            if exc.status == 404 or (exc.code or "").lower() == "errnotfound":
-                raise ConfigError(
-                    f"MOI volume {self.config.volume_id} does not exist at {self.config.endpoint}; "
-                    "pass an existing --volume-id"
-                ) from None
-            raise ConfigError(str(exc)) from None
+        return f"{super().describe()} (from connector {self.config.connector_id})"
 
     # ----- creating tasks ------------------------------------------------------------------------------------
 
@@ -234,7 +207,7 @@ class LoadTaskTarget(Target):
             if f is None:
                 out.append(RemoteStatus(r.rel_path, RemoteState.FAILED, f"MOI load task {task_id} does not list it"))
                 continue
-            state = self._table.get(f.status, RemoteState.PENDING)
+            state = self._status_table.get(f.status, RemoteState.PENDING)
             failure = (f.reason or f"MOI file status {f.status}") if state is RemoteState.FAILED else None
             out.append(RemoteStatus(r.rel_path, state, failure))
         if task_id not in self._paused_said and any(s.state is RemoteState.PENDING for s in out):
@@ -284,6 +257,3 @@ class LoadTaskTarget(Target):
         if isinstance(summary, MigrateSummary):
             summary.tasks_created = self.tasks_created
             summary.periodic_tasks = list(self.periodic_tasks)
-
-    async def aclose(self) -> None:
-        await self.client.aclose()

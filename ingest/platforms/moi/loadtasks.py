@@ -72,28 +72,15 @@ class MigrateConfig(BaseModel):
         return connector_identity(self.endpoint, self.connector_id)
 
     def target(self) -> LoadTaskTargetConfig:
-        return LoadTaskTargetConfig(
-            endpoint=self.endpoint,
-            api_key=self.api_key,
-            connector_id=self.connector_id,
-            volume_id=self.volume_id,
-            uris_per_task=self.uris_per_task,
-            schedule=self.schedule,
-            interval=self.interval,
-            file_status_table=self.file_status_table,
-            auth_header=self.auth_header,
-            workspace_id=self.workspace_id,
-        )
+        """The load-task target's settings: the fields of the same names."""
+        names = set(LoadTaskTargetConfig.model_fields) - {"type"}
+        return LoadTaskTargetConfig(**{name: getattr(self, name) for name in names})
 
     def engine(self) -> EngineConfig:
-        return EngineConfig(
-            concurrency=self.max_tasks,
-            max_attempts=self.max_attempts,
-            request_retries=self.request_retries,
-            task_timeout=self.task_timeout,
-            poll_initial=self.poll_initial,
-            poll_max=self.poll_max,
-        )
+        """The engine's settings: one worker per load task being created, batches of ``uris_per_task``
+        (the target's), the rest by the same names."""
+        same = {"max_attempts", "request_retries", "task_timeout", "poll_initial", "poll_max"}
+        return EngineConfig(concurrency=self.max_tasks, **{name: getattr(self, name) for name in same})
 
     def public_dump(self) -> dict[str, object]:
         return self.model_dump(mode="json", exclude={"api_key"})
