@@ -47,7 +47,7 @@ class StoredFile:
 
 
 #: The config field holding each target's secret, for the wrong-credentials checks.
-SECRET_FIELD = {"moi": "api_key", "keyue": "token", "viking": "secret_key"}
+SECRET_FIELD = {"moi": "api_key", "keyue": "token", "viking": "secret_key", "moi-loadtask": "api_key"}
 
 
 class Deployment(Protocol):
@@ -66,6 +66,11 @@ class Deployment(Protocol):
 
     async def request_counts(self) -> dict[str, int]: ...
     def set_faults(self, **changes: Any) -> None: ...
+    async def run(self, config: Any) -> Any:
+        """``ingest.run(config)``, or what stands for it with this deployment's source (a ``RunConfig``)."""
+        ...
+
+    async def retry_failed(self, config: Any) -> Any: ...
 
 
 class _EmulatorHooks:
@@ -109,6 +114,62 @@ class _EmulatorHooks:
             else:
                 setattr(state.faults.settings, key, value)
 
+    async def run(self, config: Any) -> Any:
+        import ingest
+
+        return await ingest.run(config)
+
+    async def retry_failed(self, config: Any) -> Any:
+        import ingest
+
+        return await ingest.retry_failed(config)
+
+
+class _CommandLine:
+    """How the crash tests spell one run on the command line; ``command`` says what differs per harness."""
+
+    #: Bodies go over the wire from here: mid-body kills and resets apply.
+    streams_bodies = True
+    #: The flags of the engine's worker count and batch size.
+    concurrency_flag = "--concurrency"
+    batch_flag = "--batch-files"
+    default_batch: int | None = None
+
+    def command(self, url: str, source: Path) -> tuple[list[str], dict[str, str]]:
+        """The command reading ``source`` into the deployment at ``url``, and its environment."""
+        raise NotImplementedError
+
+    def run_args(
+        self,
+        url: str,
+        cwd: Path,
+        source: str,
+        manifest: str,
+        *,
+        concurrency: int,
+        batch_files: int | None = None,
+        read_chunk_size: str | None = None,
+    ) -> tuple[list[str], dict[str, str]]:
+        """The command line of one run of ``cwd/source`` (and its environment), for the crash tests."""
+        args, env = self.command(url, cwd / source)
+        args += ["--manifest", manifest, self.concurrency_flag, str(concurrency)]
+        if (batch := batch_files or self.default_batch) is not None:
+            args += [self.batch_flag, str(batch)]
+        if read_chunk_size is not None and self.streams_bodies:
+            args += ["--read-chunk-size", read_chunk_size]
+        return [*args, "-q"], env
+
+
+class _RunsLocalTrees(_CommandLine):
+    """A harness whose runs read a local tree: ``ingest run SOURCE`` with the target's flags."""
+
+    def cli(self, url: str) -> tuple[list[str], dict[str, str]]:
+        raise NotImplementedError
+
+    def command(self, url: str, source: Path) -> tuple[list[str], dict[str, str]]:
+        flags, env = self.cli(url)
+        return ["run", source.name, *flags], env
+
 
 @dataclass
 class MoiDeployment(_EmulatorHooks):
@@ -141,7 +202,7 @@ class MoiDeployment(_EmulatorHooks):
         return await self._stored_where(lambda f: str(f["volume_id"]) == self.volume_id)
 
 
-class MoiHarness:
+class MoiHarness(_RunsLocalTrees):
     name = "moi"
     api_key = "test-key"
     volume_id = "1001"
@@ -213,7 +274,7 @@ class KeyueDeployment(_EmulatorHooks):
         return await self._stored_where(lambda f: True)
 
 
-class KeyueHarness:
+class KeyueHarness(_RunsLocalTrees):
     """Keyue with ``--mirror-dirs``: documents keep their folders, so stored paths match the source
     tree (without it, every file lands in one directory and equal names in different folders collide).
     Learning takes ``task_delay_ms``, then enhancement half as long (learnStatus 2 is waited out)."""
@@ -363,7 +424,7 @@ class VikingDeployment(_EmulatorHooks):
         return await self._stored_where(lambda f: f["collection"] == self.harness.collection)
 
 
-class VikingHarness:
+class VikingHarness(_RunsLocalTrees):
     """VikingDB: files are staged in a moto S3 server (``MOTO``), which the emulator reads by tos_path.
     ``task_fail_rate`` makes documents end with process_status 1; the engine adds them again."""
 
@@ -419,7 +480,154 @@ class VikingHarness:
 
 
 VIKING = VikingHarness()
+#: The targets ``ingest run`` sends local files to.
 HARNESSES = [MOI, KEYUE, VIKING]
+
+
+# ----- MOI load tasks: ``ingest migrate`` from a bucket behind a connector ------------------------------------
+
+
+def stage_tree(bucket: str, root: Path | None) -> None:
+    """Make bucket ``bucket`` on ``MOTO`` hold exactly the files under ``root`` (keys = relative paths;
+    ``None``: no file)."""
+    import boto3
+
+    s3 = boto3.client(
+        "s3", endpoint_url=MOTO.url(), region_name=MOTO.region, aws_access_key_id="x", aws_secret_access_key="x"
+    )
+    try:
+        s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": MOTO.region})
+    except s3.exceptions.BucketAlreadyOwnedByYou:
+        pass
+    files = sorted(root.rglob("*")) if root is not None else []
+    keys = {p.relative_to(root).as_posix(): p for p in files if root is not None and p.is_file()}
+    listed = s3.list_objects_v2(Bucket=bucket).get("Contents", [])
+    for gone in {o["Key"] for o in listed} - set(keys):
+        s3.delete_object(Bucket=bucket, Key=gone)
+    for key, path in keys.items():
+        s3.put_object(Bucket=bucket, Key=key, Body=path.read_bytes())
+
+
+async def create_connector(url: str, api_key: str, bucket: str) -> int:
+    from ingest.platforms.moi.client import MoiClient
+    from ingest.platforms.moi.wire import ConnectorCreate, S3Config, SourceType
+
+    config = S3Config(
+        endpoint=MOTO.url(),
+        access_key_id="x",
+        access_key_secret=SecretStr("x"),
+        bucket_name=bucket,
+        region=MOTO.region,
+        path_style=True,
+    )
+    async with MoiClient(url, api_key) as client:
+        created = await client.create_connector(ConnectorCreate(name=bucket, source_type=SourceType.S3, config=config))
+    return created.id
+
+
+_buckets = iter(range(1, 1 << 30))
+
+
+@dataclass
+class LoadTaskDeployment(MoiDeployment):
+    """A running MOI emulator fed from a moto bucket: a run stages its local tree into the bucket, then
+    loads the bucket with ``ingest migrate``. ``target_config`` is the load-task target's settings."""
+
+    bucket: str = ""
+    connector_id: int = 0
+
+    def __post_init__(self) -> None:
+        from ingest.platforms.moi.loadtask_target import LoadTaskTargetConfig
+
+        super().__post_init__()
+        self.target_config = LoadTaskTargetConfig(  # type: ignore[assignment]
+            endpoint=self.url,
+            api_key=SecretStr(self.api_key),
+            connector_id=self.connector_id,
+            volume_id=self.volume_id,
+            uris_per_task=LoadTaskHarness.uris_per_task,
+        )
+
+    async def run(self, config: Any) -> Any:
+        return await self._migrate(config, only_failed=False)
+
+    async def retry_failed(self, config: Any) -> Any:
+        return await self._migrate(config, only_failed=True)
+
+    async def _migrate(self, config: Any, *, only_failed: bool) -> Any:
+        """``config`` (a ``RunConfig``) as a migration: its tree staged into the bucket, its engine settings."""
+        import anyio
+
+        from ingest.platforms.moi.loadtasks import MigrateConfig, migrate
+
+        await anyio.to_thread.run_sync(stage_tree, self.bucket, config.source.path)
+        target, engine = config.target, config.engine
+        migration = MigrateConfig(
+            endpoint=target.endpoint,
+            api_key=target.api_key,
+            connector_id=target.connector_id,
+            volume_id=target.volume_id,
+            manifest=config.manifest,
+            report=config.report,
+            uris_per_task=engine.batch_files or target.uris_per_task,
+            max_attempts=engine.max_attempts,
+            max_tasks=engine.concurrency,
+            request_retries=engine.request_retries,
+            task_timeout=engine.task_timeout,
+            poll_initial=engine.poll_initial,
+            poll_max=engine.poll_max,
+            quiet=config.quiet,
+            progress=config.progress,
+        )
+        return await migrate(migration, only_failed=only_failed)
+
+
+class LoadTaskHarness(_CommandLine):
+    """``ingest migrate``: MOI loads a connector's bucket (on ``MOTO``) into the volume with load tasks.
+
+    The local tree a test makes is staged into the bucket before each run, so the same behaviours can be
+    checked. Nothing is streamed from here (MOI reads the bucket itself): behaviours of request bodies
+    do not apply (``streams_bodies``)."""
+
+    name = "moi-loadtask"
+    api_key = MOI.api_key
+    volume_id = MOI.volume_id
+    #: Small tasks, so that a few dozen files make many of them (the crash points count tasks).
+    uris_per_task = 5
+    streams_bodies = False
+    concurrency_flag = "--max-tasks"
+    batch_flag = "--uris-per-task"
+    default_batch = uris_per_task
+
+    @asynccontextmanager
+    async def start(
+        self, data_dir: Path, faults: Faults = Faults(), *, seed: int | None = 7
+    ) -> AsyncIterator[LoadTaskDeployment]:
+        import anyio
+
+        async with MOI.start(data_dir, faults, seed=seed) as moi:
+            bucket = f"loadtask-{os.getpid()}-{next(_buckets)}"
+            await anyio.to_thread.run_sync(stage_tree, bucket, None)
+            connector = await create_connector(moi.url, self.api_key, bucket)
+            yield LoadTaskDeployment(moi.url, moi.app, moi.volume_id, moi.api_key, data_dir, bucket, connector)
+
+    def serve_command(self, data_dir: Path, faults: Faults = Faults()) -> list[str]:
+        return MOI.serve_command(data_dir, faults)
+
+    def command(self, url: str, source: Path) -> tuple[list[str], dict[str, str]]:
+        """Stage ``source`` into a new bucket behind a new connector; ``ingest migrate`` of it."""
+        import anyio
+
+        bucket = f"loadtask-{os.getpid()}-{next(_buckets)}"
+        stage_tree(bucket, source)
+        connector = anyio.run(create_connector, url, self.api_key, bucket)
+        args = ["migrate", "--endpoint", url, "--connector", str(connector), "--volume-id", self.volume_id]
+        return args, {"MOI_KEY": self.api_key}
+
+
+MOI_LOADTASK = LoadTaskHarness()
+#: Every target the engine drives, ``ingest migrate``'s load tasks included: the crash and conformance suites.
+ENGINE_HARNESSES: list[Any] = [*HARNESSES, MOI_LOADTASK]
 
 
 class ServerProcess:

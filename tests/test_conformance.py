@@ -15,12 +15,12 @@ import ingest
 from ingest.config import EngineConfig, RunConfig, SourceConfig
 from ingest.manifest import SqliteManifest as Manifest
 from tests.conftest import make_tree
-from tests.harness import HARNESSES, Faults
+from tests.harness import ENGINE_HARNESSES, Faults
 
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(params=HARNESSES, ids=lambda h: h.name)
+@pytest.fixture(params=ENGINE_HARNESSES, ids=lambda h: h.name)
 def harness(request: pytest.FixtureRequest) -> Any:
     return request.param
 
@@ -39,7 +39,7 @@ async def test_sends_every_file_exactly_once(harness: Any, tmp_path: Path) -> No
     """A tree with nested folders, an empty file and non-ASCII names arrives whole, once, intact."""
     files = make_tree(tmp_path / "src", 40)
     async with harness.start(tmp_path / "data") as dep:
-        summary = await ingest.run(config_for(dep, tmp_path / "src", tmp_path / "m.db"))
+        summary = await dep.run(config_for(dep, tmp_path / "src", tmp_path / "m.db"))
         stored = await dep.stored()
     assert summary.exit_code == 0
     assert (summary.done, summary.failed) == (40, 0)
@@ -53,9 +53,9 @@ async def test_rerun_skips_unchanged_files_without_network_calls(harness: Any, t
     """A second run of an unchanged tree sends nothing: no upload request at all."""
     make_tree(tmp_path / "src", 20)
     async with harness.start(tmp_path / "data") as dep:
-        await ingest.run(config_for(dep, tmp_path / "src", tmp_path / "m.db"))
+        await dep.run(config_for(dep, tmp_path / "src", tmp_path / "m.db"))
         before = await dep.request_counts()
-        summary = await ingest.run(config_for(dep, tmp_path / "src", tmp_path / "m.db"))
+        summary = await dep.run(config_for(dep, tmp_path / "src", tmp_path / "m.db"))
         after = await dep.request_counts()
     assert (summary.skipped, summary.sent_files) == (20, 0)
     uploads = {k: after.get(k, 0) - before.get(k, 0) for k in after if "upload" in k or "add" in k or "import" in k}
@@ -66,9 +66,9 @@ async def test_changed_file_is_sent_again(harness: Any, tmp_path: Path) -> None:
     """Editing a file after a run makes the next run send the new version, and only it."""
     make_tree(tmp_path / "src", 10)
     async with harness.start(tmp_path / "data") as dep:
-        await ingest.run(config_for(dep, tmp_path / "src", tmp_path / "m.db"))
+        await dep.run(config_for(dep, tmp_path / "src", tmp_path / "m.db"))
         (tmp_path / "src" / "f0002.txt").write_bytes(b"a new version")
-        summary = await ingest.run(config_for(dep, tmp_path / "src", tmp_path / "m.db"))
+        summary = await dep.run(config_for(dep, tmp_path / "src", tmp_path / "m.db"))
         stored = await dep.stored()
     assert (summary.done, summary.skipped) == (1, 9)
     assert stored["f0002.txt"].size == len(b"a new version")
@@ -78,7 +78,7 @@ async def test_platform_failures_are_retried_until_done(harness: Any, tmp_path: 
     """Files the platform fails to process are retried (server-side where possible) until done."""
     make_tree(tmp_path / "src", 20)
     async with harness.start(tmp_path / "data", Faults(task_fail_rate=0.4)) as dep:
-        summary = await ingest.run(config_for(dep, tmp_path / "src", tmp_path / "m.db", max_attempts=25))
+        summary = await dep.run(config_for(dep, tmp_path / "src", tmp_path / "m.db", max_attempts=25))
     assert (summary.done, summary.failed) == (20, 0)
 
 
@@ -86,7 +86,7 @@ async def test_files_failing_every_attempt_are_recorded_failed(harness: Any, tmp
     """When every attempt fails, the run ends with exit code 1 and the platform's reason per file."""
     make_tree(tmp_path / "src", 5)
     async with harness.start(tmp_path / "data", Faults(task_fail_rate=1.0)) as dep:
-        summary = await ingest.run(config_for(dep, tmp_path / "src", tmp_path / "m.db", max_attempts=2))
+        summary = await dep.run(config_for(dep, tmp_path / "src", tmp_path / "m.db", max_attempts=2))
     assert summary.exit_code == 1
     assert summary.failed == 5
     with Manifest(tmp_path / "m.db") as manifest:
@@ -98,7 +98,7 @@ async def test_server_errors_are_retried(harness: Any, tmp_path: Path) -> None:
     """5xx answers are retried with backoff; nothing is lost or doubled."""
     files = make_tree(tmp_path / "src", 20)
     async with harness.start(tmp_path / "data", Faults(error_rate=0.3)) as dep:
-        summary = await ingest.run(config_for(dep, tmp_path / "src", tmp_path / "m.db", request_retries=30))
+        summary = await dep.run(config_for(dep, tmp_path / "src", tmp_path / "m.db", request_retries=30))
         dep.set_faults(error_rate=0.0)
         stored = await dep.stored()
     assert (summary.done, summary.failed) == (20, 0)
@@ -109,17 +109,17 @@ async def test_rate_limits_are_honoured(harness: Any, tmp_path: Path) -> None:
     """429 with Retry-After slows the client down instead of failing files."""
     make_tree(tmp_path / "src", 12)
     async with harness.start(tmp_path / "data", Faults(rate_limit=20)) as dep:
-        summary = await ingest.run(
-            config_for(dep, tmp_path / "src", tmp_path / "m.db", request_retries=30, batch_files=1)
-        )
+        summary = await dep.run(config_for(dep, tmp_path / "src", tmp_path / "m.db", request_retries=30, batch_files=1))
     assert (summary.done, summary.failed) == (12, 0)
 
 
 async def test_connection_resets_mid_body_are_retried(harness: Any, tmp_path: Path) -> None:
     """A connection dropped mid-upload is retried with a re-opened file; no partial file remains."""
+    if not harness.streams_bodies:
+        pytest.skip(f"not applicable to {harness.name}: the platform reads the files itself, no body is sent")
     files = make_tree(tmp_path / "src", 12, size=200_000)
     async with harness.start(tmp_path / "data", Faults(reset_rate=0.3)) as dep:
-        summary = await ingest.run(config_for(dep, tmp_path / "src", tmp_path / "m.db", request_retries=30))
+        summary = await dep.run(config_for(dep, tmp_path / "src", tmp_path / "m.db", request_retries=30))
         stored = await dep.stored()
     assert (summary.done, summary.failed) == (12, 0)
     assert {p: f.md5 for p, f in stored.items()} == files
@@ -132,7 +132,7 @@ async def test_wrong_credentials_stop_the_run_with_a_clear_error(harness: Any, t
         bad = dep.with_wrong_credentials("wrong-secret-123")
         config = config_for(dep, tmp_path / "src", tmp_path / "m.db").model_copy(update={"target": bad})
         with pytest.raises(ingest.AuthError) as err:
-            await ingest.run(config)
+            await dep.run(config)
     assert "wrong-secret-123" not in str(err.value)
     assert "\n" not in str(err.value)
 
@@ -141,11 +141,11 @@ async def test_retry_failed_resends_only_failed_files(harness: Any, tmp_path: Pa
     """After a run with failures, retry-failed sends those files and nothing else."""
     make_tree(tmp_path / "src", 8)
     async with harness.start(tmp_path / "data", Faults(task_fail_rate=1.0)) as dep:
-        first = await ingest.run(config_for(dep, tmp_path / "src", tmp_path / "m.db", max_attempts=1))
+        first = await dep.run(config_for(dep, tmp_path / "src", tmp_path / "m.db", max_attempts=1))
         assert first.failed == 8
         dep.set_faults(task_fail_rate=0.0)
-        second = await ingest.retry_failed(config_for(dep, tmp_path / "src", tmp_path / "m.db"))
-        third = await ingest.run(config_for(dep, tmp_path / "src", tmp_path / "m.db"))
+        second = await dep.retry_failed(config_for(dep, tmp_path / "src", tmp_path / "m.db"))
+        third = await dep.run(config_for(dep, tmp_path / "src", tmp_path / "m.db"))
     assert (second.done, second.failed) == (8, 0)
     assert (third.skipped, third.sent_files) == (8, 0)
 
@@ -156,7 +156,7 @@ async def test_manifest_records_ids_and_the_report_lists_every_file(harness: Any
     report = tmp_path / "report.json"
     async with harness.start(tmp_path / "data") as dep:
         config = config_for(dep, tmp_path / "src", tmp_path / "m.db").model_copy(update={"report": report})
-        await ingest.run(config)
+        await dep.run(config)
     import json
 
     records = json.loads(report.read_text())

@@ -190,7 +190,7 @@ def wait_for_done(manifest: Path, proc: subprocess.Popen[Any], count: int) -> No
     raise AssertionError("the migration finished or stalled before the kill")
 
 
-@pytest.mark.parametrize("kill_at", ["migrate-after-intent:4", "migrate-after-create:3", "timer"])
+@pytest.mark.parametrize("kill_at", ["after-intent:4", "after-submit:3", "timer"])
 def test_sigkill_midway_then_rerun_loads_every_object_once(
     served: ServerProcess, bucket: Bucket, tmp_path: Path, kill_at: str
 ) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ingest._aio import run_with_signals
+from ingest._aio import first_leaf, run_with_signals
 from ingest.config import EngineConfig, RunConfig, validation_message
 from ingest.engine.pipeline import run_engine
 from ingest.engine.shared import DEFAULT_LEASE, run_worker
@@ -110,6 +110,9 @@ class Job:
     settings: dict[str, Any] = field(default_factory=dict)
     #: Builds the summary (a command may extend it); called with destination, manifest path and report.
     summary_factory: Callable[..., RunSummary] = RunSummary
+    #: Builds a target that is no ``--target`` of ``ingest run`` (``ingest migrate``'s load tasks);
+    #: ``None``: the registered platform of ``target.type``.
+    target_factory: Callable[[Any, TargetContext], Target] | None = None
 
 
 async def run_job(job: Job, *, command: str, handle_signals: bool = False, only_failed: bool = False) -> RunSummary:
@@ -134,10 +137,17 @@ async def run_job(job: Job, *, command: str, handle_signals: bool = False, only_
             progress.sent(n)
 
         context = TargetContext(
-            connections=job.engine.concurrency + 8, chunk_size=job.engine.chunk_size, on_bytes=on_bytes
+            connections=job.engine.concurrency + 8,
+            chunk_size=job.engine.chunk_size,
+            on_bytes=on_bytes,
+            on_message=progress.message,
         )
-        target = build_target(target_config, context)
+        target = (
+            job.target_factory(target_config, context) if job.target_factory else build_target(target_config, context)
+        )
         stack.push_async_callback(target.aclose)
+        # The destination is checked before the manifest is touched: a typo in it is the error to show.
+        await _open_target(target, job.engine.request_retries)
         destination = embedded.identity if embedded is not None else target.identity()
         manifest_path = job.manifest or default_manifest_path(job.source.identity(), destination)
         given_job = manifest_path.job if isinstance(manifest_path, PostgresLocation) else None
@@ -147,7 +157,6 @@ async def run_job(job: Job, *, command: str, handle_signals: bool = False, only_
         stack.callback(manifest.close)
         shared = job.shared or isinstance(manifest_path, PostgresLocation)
         manifest.bind(job.source.identity(), destination)
-        await _open_target(target, job.engine.request_retries)
         manifest.set_meta("run_config", json.dumps(job.settings))
         run_id = manifest.start_run(command)
         source = FailedFiles(manifest, job.source) if only_failed else job.source
@@ -159,33 +168,38 @@ async def run_job(job: Job, *, command: str, handle_signals: bool = False, only_
             stored_at=embedded.stored_at if embedded is not None else None,
         )
         try:
-            async with manifest.writer():
-                engine = (
-                    run_worker(
-                        store=manifest,
-                        source=source,
-                        target=target,
-                        run_id=run_id,
-                        config=job.engine,
-                        progress=progress,
-                        summary=summary,
-                        lease=job.lease,
-                    )
-                    if shared
-                    else run_engine(
-                        source=source,
-                        target=target,
-                        manifest=manifest,
-                        run_id=run_id,
-                        config=job.engine,
-                        progress=progress,
-                        summary=summary,
-                    )
+            engine = (
+                run_worker(
+                    store=manifest,
+                    source=source,
+                    target=target,
+                    run_id=run_id,
+                    config=job.engine,
+                    progress=progress,
+                    summary=summary,
+                    lease=job.lease,
                 )
-                interrupted = await run_with_signals(handle_signals, engine)
+                if shared
+                else run_engine(
+                    source=source,
+                    target=target,
+                    manifest=manifest,
+                    run_id=run_id,
+                    config=job.engine,
+                    progress=progress,
+                    summary=summary,
+                )
+            )
+            try:
+                async with manifest.writer():
+                    interrupted = await run_with_signals(handle_signals, engine)
+            except BaseExceptionGroup as group:
+                # The task groups around the engine wrap what it raised: show the error itself.
+                raise first_leaf(group, (ConfigError, Exception)) from None
             status = "interrupted" if interrupted else "completed"
         finally:
             progress.close()
+            target.add_to_summary(summary)
             summary.elapsed = time.monotonic() - started
             summary.passed_over = dict(source.passed_over())
             manifest.finish_run(run_id, status, summary.to_json())

@@ -97,6 +97,10 @@ class RunState:
         self.rng = random.Random()
         features = target.features
         self.batch_files = max(1, min(config.batch_files or features.max_batch_files, features.max_batch_files))
+        #: Wait for full batches (never more than can be admitted at once, or a batch could wait forever).
+        self.full_batches = features.full_batches
+        if self.full_batches:
+            self.batch_files = min(self.batch_files, config.max_in_flight)
         self.batch_bytes = config.batch_bytes or features.max_batch_bytes or 0
         self.batch_file_limit = features.max_batched_file_size or self.batch_bytes
         self.stop_sending = False

@@ -30,23 +30,34 @@ async def worker(
     carry: Work | None = None
     async with work, to_poller:
         while True:
-            if carry is not None:
-                first, carry = carry, None
-            else:
-                try:
-                    first = await work.receive()
-                except anyio.EndOfStream:
-                    return
-            batch = [first]
-            if run.batchable(first.item):
-                # One worker gathers at a time: the others wait here instead of each grabbing a
-                # single file, so batches come out full even while the walker is just starting.
-                async with run.gathering:
-                    carry = await _fill_batch(run, work, batch)
+            try:
+                batch, carry = await _next_batch(run, work, carry)
+            except anyio.EndOfStream:
+                return
             if run.stop_sending:
                 run.completion.finish(len(batch))  # not sent, not recorded: the next run sends them
                 continue
             await _send(run, batch, to_poller)
+
+
+async def _next_batch(
+    run: RunState, work: MemoryObjectReceiveStream[Work], carry: Work | None
+) -> tuple[list[Work], Work | None]:
+    """The next batch to send, and a file taken that did not fit in it. Raises ``EndOfStream``.
+
+    One worker gathers at a time: the others wait instead of each grabbing a single file, so batches
+    come out full even while the walker is just starting. With ``full_batches`` the worker also takes
+    its first file while gathering, so no other worker holds a lone file the batch needed.
+    """
+    if run.full_batches:
+        async with run.gathering:
+            batch = [carry if carry is not None else await work.receive()]
+            return batch, await _fill_batch(run, work, batch) if run.batchable(batch[0].item) else None
+    batch = [carry if carry is not None else await work.receive()]
+    if not run.batchable(batch[0].item):
+        return batch, None
+    async with run.gathering:
+        return batch, await _fill_batch(run, work, batch)
 
 
 async def _fill_batch(run: RunState, work: MemoryObjectReceiveStream[Work], batch: list[Work]) -> Work | None:
@@ -54,7 +65,8 @@ async def _fill_batch(run: RunState, work: MemoryObjectReceiveStream[Work], batc
 
     Takes what is already queued at once; when the queue runs dry, lingers up to ``BATCH_LINGER`` for
     more (as Kafka's ``linger.ms`` does), so a walker that is only slightly slower than the workers
-    still yields full batches. Under backpressure the queue is never dry and nobody waits.
+    still yields full batches. Under backpressure the queue is never dry and nobody waits. A target
+    with ``full_batches`` waits until the batch is full or the walk is over.
     """
     size = sum(w.item.size for w in batch)
     deadline = time.monotonic() + BATCH_LINGER
@@ -77,15 +89,20 @@ async def _next_within(run: RunState, work: MemoryObjectReceiveStream[Work], dea
         return None
     except anyio.WouldBlock:
         pass
-    remaining = deadline - time.monotonic()
-    if remaining <= 0 or run.completion.walk_over:
-        return None
-    with anyio.move_on_after(remaining):
-        try:
-            return await work.receive()
-        except anyio.EndOfStream:
+    while not run.completion.walk_over:
+        remaining = BATCH_LINGER if run.full_batches else deadline - time.monotonic()
+        if remaining <= 0:
             return None
-    return None
+        with anyio.move_on_after(remaining):
+            try:
+                return await work.receive()
+            except anyio.EndOfStream:
+                return None
+    # The walk ended while we waited: take what it queued last, if anything.
+    try:
+        return work.receive_nowait()
+    except (anyio.EndOfStream, anyio.WouldBlock):
+        return None
 
 
 async def _send(run: RunState, batch: list[Work], to_poller: MemoryObjectSendStream[Tracked]) -> None:

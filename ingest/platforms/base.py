@@ -31,11 +31,14 @@ import abc
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, SecretStr, field_validator
 
 from ingest.models import FileItem, Receipt, RemoteStatus
+
+if TYPE_CHECKING:
+    from ingest.report import RunSummary
 
 __all__ = ["Target", "TargetConfigBase", "TargetContext", "TargetFeatures"]
 
@@ -82,6 +85,9 @@ class TargetFeatures:
     server_dedup: bool = False
     #: ``retry`` re-runs failed files on the platform without re-sending bodies.
     server_retry: bool = False
+    #: A batch waits for ``max_batch_files`` files until the walk is over instead of lingering briefly:
+    #: for platforms where each ``submit`` makes a lasting object users see (a MOI load task).
+    full_batches: bool = False
 
 
 class Target(abc.ABC):
@@ -120,6 +126,10 @@ class Target(abc.ABC):
         """The platform's receipt for a file it already holds, or ``None``."""
         return None
 
+    def add_to_summary(self, summary: RunSummary) -> None:  # noqa: B027 - optional hook
+        """Add what the platform counted itself (say, tasks created) to the run's summary; called
+        once the engine is done, before the summary is recorded."""
+
     def refuse(self, item: FileItem) -> str | None:
         """Why the platform cannot take this file (type, size, name), or ``None``.
 
@@ -148,9 +158,11 @@ class Target(abc.ABC):
 
 @dataclass(frozen=True, slots=True)
 class TargetContext:
-    """What the engine lends a target: connection budget, body chunking and a byte counter."""
+    """What the engine lends a target: connection budget, body chunking, a byte counter and a line
+    for the user (shown once, with the progress)."""
 
     connections: int = 64
     chunk_size: int = 1024 * 1024
     on_bytes: Callable[[int], None] | None = None
+    on_message: Callable[[str], None] | None = None
     request_timeout: float = 300.0

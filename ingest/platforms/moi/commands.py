@@ -534,6 +534,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
         "connector_id": args.connector,
         "volume_id": args.volume_id,
         "manifest": args.manifest,
+        "report": args.report,
         "file_types": tuple(t for group in args.file_types for t in group),
         "uris_per_task": args.uris_per_task,
         "schedule": args.schedule,
@@ -759,6 +760,7 @@ def _add_migrate(commands: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--connector", type=int, required=True, metavar="ID", help="the source connector id")
     p.add_argument("--volume-id", required=True, metavar="ID", help="the destination volume id")
     p.add_argument("--manifest", type=Path, required=True, metavar="PATH", help="the resumable record of the migration")
+    p.add_argument("--report", type=Path, metavar="PATH", help="write one JSON record per file here at the end")
     p.add_argument(
         "--file-types",
         type=_file_types,
