@@ -429,6 +429,8 @@ class VikingHarness(_RunsLocalTrees):
     ``task_fail_rate`` makes documents end with process_status 1; the engine adds them again."""
 
     name = "viking"
+    #: A VikingDB knowledge base holds at most this many documents (code 1001010): soaks stay below it.
+    max_documents = 10_000
     access_key = "AKLTtestaccesskey"
     secret_key = "test-secret-key"
     collection = "kb1"

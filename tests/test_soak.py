@@ -41,7 +41,7 @@ def many_files(root: Path, count: int, seed: int = 1) -> dict[str, int]:
 @pytest.mark.parametrize("harness", HARNESSES, ids=lambda h: h.name)
 async def test_every_fault_at_once(harness: Any, tmp_path: Path) -> None:
     """Thousands of files through 5xx, resets, task failures and latency: all done, each stored once."""
-    count = max(200, int(20_000 * SCALE))
+    count = min(max(200, int(20_000 * SCALE)), getattr(harness, "max_documents", 20_000))
     sizes = many_files(tmp_path / "src", count)
     faults = Faults(latency_ms=2, error_rate=0.05, reset_rate=0.05, task_fail_rate=0.1, task_delay_ms=50)
     async with harness.start(tmp_path / "data", faults) as dep:
