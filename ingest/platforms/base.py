@@ -8,6 +8,8 @@ through six calls and knows nothing else about it::
     poll(receipts)    ask how submitted files are doing
     retry(receipts)   ask the platform to redo failed files (when ``features.server_retry``)
     find_existing()   look a file up remotely (resume without server-side dedup)
+    list_documents()  every document the destination holds, paged (when ``features.can_list``)
+    delete(ids)       remove documents by id (when ``features.can_delete``)
     aclose()          release connections
 
 Edge cases every implementation must honour (the conformance suite checks them):
@@ -21,6 +23,14 @@ Edge cases every implementation must honour (the conformance suite checks them):
 - ``poll`` returns a ``RemoteStatus`` for each receipt it has news of. A receipt left out of the answer
   (say its lookup hit a transient error while the others succeeded) is polled again later, until the
   task timeout; a receipt the platform does not know is ``FAILED`` with a reason.
+- ``list_documents`` yields every document in the destination, this manifest's or not, in pages: it
+  never holds the listing in memory. ``RemoteDocument.remote_id`` is the id ``Receipt.remote_id``
+  carries and ``delete`` takes.
+- ``delete`` is idempotent: an id the platform no longer knows counts as deleted. It returns the ids
+  that are gone; an id left out (a transient error on its request) is still there and is asked again.
+- ``features.version_ids`` says how a changed file's new version meets the old one: ``"new"`` (the new
+  version gets its own id, both exist until the old is deleted: make before break) or ``"same"`` (the
+  platform reuses the id: the old version must be deleted before the new one is added).
 - Errors are ``ingest.errors`` types: ``TransientError`` (retried by the engine),
   ``PermanentError`` (recorded), ``AuthError``/``ConfigError`` (stop the run).
 """
@@ -29,18 +39,18 @@ from __future__ import annotations
 
 import abc
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, SecretStr, field_validator
 
-from ingest.models import FileItem, Receipt, RemoteStatus
+from ingest.models import FileItem, Receipt, RemoteState, RemoteStatus
 
 if TYPE_CHECKING:
     from ingest.report import RunSummary
 
-__all__ = ["Target", "TargetConfigBase", "TargetContext", "TargetFeatures"]
+__all__ = ["RemoteDocument", "Target", "TargetConfigBase", "TargetContext", "TargetFeatures"]
 
 
 class TargetConfigBase(BaseModel):
@@ -72,6 +82,26 @@ class TargetConfigBase(BaseModel):
 
 
 @dataclass(frozen=True, slots=True)
+class RemoteDocument:
+    """One document the destination holds, as its listing shows it."""
+
+    #: The id ``delete`` takes (the ``Receipt.remote_id`` of the upload that made it).
+    remote_id: str
+    #: The platform's name for it (a file name, a doc name).
+    name: str
+    #: Where it sits, in the platform's terms (a MOI folder, a Keyue directory id), if anywhere.
+    folder: str | None = None
+    size: int | None = None
+    md5: str | None = None
+    #: ``PENDING`` while the platform processes it, ``FAILED`` when it gave up on it.
+    state: RemoteState = RemoteState.DONE
+    reason: str | None = None
+    #: When the platform made it (seconds since the epoch), if it says.
+    created: float | None = None
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class TargetFeatures:
     """Optional abilities of a platform, which the engine adapts to."""
 
@@ -88,6 +118,12 @@ class TargetFeatures:
     #: A batch waits for ``max_batch_files`` files until the walk is over instead of lingering briefly:
     #: for platforms where each ``submit`` makes a lasting object users see (a MOI load task).
     full_batches: bool = False
+    #: ``list_documents`` is available (``ingest verify``, ``--dry-run --remote``).
+    can_list: bool = False
+    #: ``delete`` is available (replace on change, ``--delete``).
+    can_delete: bool = False
+    #: ``"new"``: each version of a file is a document of its own id; ``"same"``: the id is reused.
+    version_ids: Literal["new", "same"] = "new"
 
 
 class Target(abc.ABC):
@@ -125,6 +161,14 @@ class Target(abc.ABC):
     async def find_existing(self, item: FileItem) -> Receipt | None:
         """The platform's receipt for a file it already holds, or ``None``."""
         return None
+
+    def list_documents(self) -> AsyncIterator[RemoteDocument]:
+        """Every document in the destination, paged (flat memory), in any order."""
+        raise NotImplementedError(f"target {self.name} cannot list its documents")
+
+    async def delete(self, remote_ids: Sequence[str]) -> list[str]:
+        """Delete documents by id; returns the ids that are gone (unknown ids included)."""
+        raise NotImplementedError(f"target {self.name} cannot delete documents")
 
     def add_to_summary(self, summary: RunSummary) -> None:  # noqa: B027 - optional hook
         """Add what the platform counted itself (say, tasks created) to the run's summary; called
