@@ -2,19 +2,26 @@
 
 Each emulator's ``add_*_arguments`` declares its own flags with these types. The fault flags drive the
 shared ``_faults.FaultInjector``, so they mean the same on every platform and are declared once, here;
-only the words for what a fault looks like on the wire are the platform's.
+only the words for what a fault looks like on the wire are the platform's. ``--data-dir`` and the
+secret flags that default to an environment variable are declared alike everywhere, so they are here too.
+
+Sizes are parsed here, not with the client's ``ingest.config.parse_size``: the emulators take nothing
+from the client side (same notation, ``500KB``/``64MiB``/``4096``, written again in a few lines).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
+from pathlib import Path
 from typing import TypedDict
-
-from ingest.config import parse_size
 
 __all__ = [
     "FaultOptions",
+    "add_data_dir_argument",
     "add_fault_arguments",
+    "add_secret_argument",
     "fault_options",
     "fraction",
     "non_negative_int",
@@ -22,6 +29,10 @@ __all__ = [
     "positive_int",
     "size",
 ]
+
+#: A byte count: a number, then optionally K/M/G/T (powers of 1000) or KiB/MiB/… (powers of 1024).
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(?:([kmgt])(i)?)?b?", re.IGNORECASE)
+_POWERS = "kmgt"
 
 
 def fraction(text: str) -> float:
@@ -65,10 +76,28 @@ def positive_float(text: str) -> float:
 
 def size(text: str) -> int:
     """A byte count as ``ingest run`` takes one: ``500KB``, ``64MiB``, ``4096``."""
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    m = _SIZE.fullmatch(text.strip())
+    if m is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size; write e.g. 500KB, 64MiB or 2GB")
+    number, unit, binary = m.groups()
+    base = 1024 if binary else 1000
+    return int(float(number) * base ** (_POWERS.index(unit.lower()) + 1 if unit else 0))
+
+
+def add_data_dir_argument(parser: argparse.ArgumentParser, *, holds: str) -> None:
+    """``--data-dir``, required: where the emulator keeps ``holds`` and its state."""
+    parser.add_argument(
+        "--data-dir", type=Path, required=True, metavar="PATH",
+        help=f"directory for {holds} and the emulator's state; reuse it to keep state across restarts",
+    )  # fmt: skip
+
+
+def add_secret_argument(parser: argparse.ArgumentParser, flag: str, *, env: str, metavar: str, help: str) -> None:
+    """A credential flag that defaults to ``$env`` and is required only when that is unset."""
+    default = os.environ.get(env)
+    parser.add_argument(
+        flag, default=default, required=default is None, metavar=metavar, help=f"{help} (default: ${env})"
+    )
 
 
 def add_fault_arguments(
