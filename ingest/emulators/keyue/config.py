@@ -59,22 +59,22 @@ def add_keyue_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--username", default=None, help="require this username header (default: any non-empty username)"
     )
-    parser.add_argument(
-        "--learn-delay-ms", type=_cli.non_negative_int, default=500, metavar="N",
-        help="milliseconds a document spends learning (learnStatus 0) (default: 500)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--enhance-delay-ms", type=_cli.non_negative_int, default=0, metavar="N",
-        help="milliseconds a learned document spends in knowledge enhancement (learnStatus 2) (default: 0)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--fail-rate", type=_cli.fraction, default=0.0, metavar="F",
-        help="fraction of documents whose learning fails (learnStatus -1), 0-1 (default: 0)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--max-file-size", type=_cli.size, default=None, metavar="SIZE",
-        help="largest document accepted, e.g. 100MiB (default: no limit; Keyue's own is undocumented)",
-    )  # fmt: skip
+    _cli.add_delay_argument(
+        parser,
+        "--learn-delay-ms",
+        default=500,
+        help="milliseconds a document spends learning (learnStatus 0)",
+    )
+    _cli.add_delay_argument(
+        parser,
+        "--enhance-delay-ms",
+        default=0,
+        help="milliseconds a learned document spends in knowledge enhancement (learnStatus 2)",
+    )
+    _cli.add_rate_argument(parser, "--fail-rate", help="fraction of documents whose learning fails (learnStatus -1)")
+    _cli.add_max_file_size_argument(
+        parser, help="largest document accepted, e.g. 100MiB (default: no limit; Keyue's own is undocumented)"
+    )
     _cli.add_fault_arguments(parser, server_error="500", rate_limited="429 with Retry-After", resettable="imports")
 
 

@@ -8,15 +8,12 @@ batch retrain and the directory calls read and write ``KeyueStore``.
 from __future__ import annotations
 
 import codecs
-import hashlib
 import json
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiofiles
 import anyio
 from aiohttp import BodyPartReader, web
 
@@ -32,7 +29,7 @@ from ingest.emulators.keyue.store import (
 )
 from ingest.emulators.kit.common import ApiError, json_response, now_ms, query_int, read_json_object
 from ingest.emulators.kit.common import short as _short
-from ingest.emulators.kit.multipart import READ_CHUNK, WRITE_BUFFER, part_names, read_text_part, receive_parts
+from ingest.emulators.kit.multipart import receive_form, stage_part
 from ingest.emulators.kit.store import discard_staged
 
 __all__ = [
@@ -221,57 +218,48 @@ class _Form:
 async def _receive_form(request: web.Request, state: KeyueState, staged: list[Path]) -> _Form:
     """Parse the multipart body, streaming the ``file`` part to staging (its path goes to ``staged``)."""
     form = _Form()
-    await receive_parts(request, lambda part: _receive_part(part, form, state, staged), invalid)
-    return form
 
-
-async def _receive_part(part: BodyPartReader, form: _Form, state: KeyueState, staged: list[Path]) -> None:
-    name, filename = part_names(part)
-    if name == _FILE_FIELD:
+    async def on_other(part: BodyPartReader, name: str | None, filename: str | None) -> None:
+        if name != _FILE_FIELD:
+            raise invalid(f"unknown form field {_short(name or '')!r}; expected file, taskExtend or multipleFileKey")
         if form.file is not None:
             raise invalid("one document per request: form field file is given twice")
         form.file = await _stage_file(part, filename, state, staged)
-    elif name in _TEXT_FIELDS:
-        if name in form.fields:
-            raise invalid(f"form field {name} is given twice")
-        form.fields[name] = await read_text_part(part, name, TEXT_FIELD_LIMIT, invalid)
-    else:
-        raise invalid(f"unknown form field {_short(name or '')!r}; expected file, taskExtend or multipleFileKey")
+
+    await receive_form(
+        request, form.fields, on_other, text_fields=_TEXT_FIELDS, text_limit=TEXT_FIELD_LIMIT, fail=invalid
+    )
+    return form
 
 
 async def _stage_file(part: BodyPartReader, filename: str | None, state: KeyueState, staged: list[Path]) -> _StagedFile:
-    """Stream the document to a staging file, hashing (and counting characters) as it goes."""
+    """Stream the document to staging, hashing (and counting characters) as it goes."""
     if not filename:
         raise invalid("form field file must be a file part with a filename")
     problem = _name_problem(filename, directory=False)
     if problem is not None:
         raise invalid(f"file name {_short(filename)!r} {problem}; send the document's own name, not a path")
-    path = state.store.staging_dir / f"{uuid.uuid4().hex}.part"
-    staged.append(path)  # registered first, so even a half-written file is cleaned up
-    digest = hashlib.md5(usedforsecurity=False)
-    text: Any = codecs.getincrementaldecoder("utf-8")()
+    text = codecs.getincrementaldecoder("utf-8")()
     characters: int | None = 0
-    size = 0
-    buffer = bytearray()
+
+    def count(chunk: bytes) -> None:
+        nonlocal characters
+        if characters is not None:
+            try:
+                characters += len(text.decode(chunk))
+            except UnicodeDecodeError:
+                characters = None  # not text: Keyue would count words after parsing; we report 0
+
     limit = state.config.max_file_size
-    async with aiofiles.open(path, "wb") as out:
-        while chunk := await part.read_chunk(READ_CHUNK):
-            size += len(chunk)
-            if limit is not None and size > limit:
-                raise invalid(f"document {_short(filename)!r} is larger than the {limit}-byte limit")
-            digest.update(chunk)
-            if characters is not None:
-                try:
-                    characters += len(text.decode(chunk))
-                except UnicodeDecodeError:
-                    characters = None  # not text: Keyue would count words after parsing; we report 0
-            buffer += chunk
-            if len(buffer) >= WRITE_BUFFER:
-                await out.write(bytes(buffer))
-                buffer.clear()
-        if buffer:
-            await out.write(bytes(buffer))
-    return _StagedFile(filename, path, size, digest.hexdigest(), characters or 0)
+    path, size, md5 = await stage_part(
+        part,
+        state.store.staging_dir,
+        staged,
+        limit=limit,
+        too_large=lambda: invalid(f"document {_short(filename)!r} is larger than the {limit}-byte limit"),
+        observe=count,
+    )
+    return _StagedFile(filename, path, size, md5, characters or 0)
 
 
 # --- handlers ---------------------------------------------------------------------------------------------

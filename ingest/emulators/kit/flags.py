@@ -20,7 +20,10 @@ from typing import TypedDict
 __all__ = [
     "FaultOptions",
     "add_data_dir_argument",
+    "add_delay_argument",
     "add_fault_arguments",
+    "add_max_file_size_argument",
+    "add_rate_argument",
     "add_secret_argument",
     "fault_options",
     "fraction",
@@ -100,6 +103,21 @@ def add_secret_argument(parser: argparse.ArgumentParser, flag: str, *, env: str,
     )
 
 
+def add_delay_argument(parser: argparse.ArgumentParser, flag: str, *, default: int, help: str) -> None:
+    """A time in milliseconds, ``help`` saying what takes that long."""
+    parser.add_argument(flag, type=non_negative_int, default=default, metavar="N", help=f"{help} (default: {default})")
+
+
+def add_rate_argument(parser: argparse.ArgumentParser, flag: str, *, help: str) -> None:
+    """A fraction from 0 to 1, off by default; ``help`` says a fraction of what."""
+    parser.add_argument(flag, type=fraction, default=0.0, metavar="F", help=f"{help}, 0-1 (default: 0)")
+
+
+def add_max_file_size_argument(parser: argparse.ArgumentParser, *, help: str) -> None:
+    """``--max-file-size``: the largest file an upload may carry (no limit by default)."""
+    parser.add_argument("--max-file-size", type=size, default=None, metavar="SIZE", help=help)
+
+
 def add_fault_arguments(
     parser: argparse.ArgumentParser, *, server_error: str, rate_limited: str, resettable: str
 ) -> None:
@@ -109,22 +127,13 @@ def add_fault_arguments(
     ``rate_limited`` (``"429 with Retry-After"``) and ``resettable``, the requests whose connection
     may be dropped (``"uploads"``).
     """
-    parser.add_argument(
-        "--latency-ms", type=non_negative_int, default=0, metavar="N",
-        help="milliseconds added to every request (default: 0)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--error-rate", type=fraction, default=0.0, metavar="F",
-        help=f"fraction of requests answered {server_error}, 0-1 (default: 0)",
-    )  # fmt: skip
+    add_delay_argument(parser, "--latency-ms", default=0, help="milliseconds added to every request")
+    add_rate_argument(parser, "--error-rate", help=f"fraction of requests answered {server_error}")
     parser.add_argument(
         "--rate-limit", type=positive_float, default=None, metavar="RPS",
         help=f"requests per second allowed; excess gets {rate_limited} (default: unlimited)",
     )  # fmt: skip
-    parser.add_argument(
-        "--reset-rate", type=fraction, default=0.0, metavar="F",
-        help=f"fraction of {resettable} whose connection is dropped mid-body, 0-1 (default: 0)",
-    )  # fmt: skip
+    add_rate_argument(parser, "--reset-rate", help=f"fraction of {resettable} whose connection is dropped mid-body")
     parser.add_argument(
         "--seed", type=int, default=None, metavar="N",
         help="seed for the fault and failure draws, for reproducible runs",

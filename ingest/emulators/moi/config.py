@@ -77,18 +77,16 @@ def add_moi_arguments(parser: argparse.ArgumentParser) -> None:
         "--volume", dest="volumes", action="append", type=_volume_id, default=[], metavar="ID",
         help="create a volume with this id at start-up (repeatable), e.g. --volume 1001",
     )  # fmt: skip
-    parser.add_argument(
-        "--task-delay-ms", type=_cli.non_negative_int, default=200, metavar="N",
-        help="milliseconds a task file takes to go waiting -> uploading -> done (default: 200)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--task-fail-rate", type=_cli.fraction, default=0.0, metavar="F",
-        help="fraction of task files that end failed with a reason, 0-1 (default: 0)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--max-file-size", type=_cli.size, default=None, metavar="SIZE",
-        help="largest file accepted, e.g. 200MiB as MOI 5.0 documents (default: no limit, as the seed document)",
-    )  # fmt: skip
+    _cli.add_delay_argument(
+        parser,
+        "--task-delay-ms",
+        default=200,
+        help="milliseconds a task file takes to go waiting -> uploading -> done",
+    )
+    _cli.add_rate_argument(parser, "--task-fail-rate", help="fraction of task files that end failed with a reason")
+    _cli.add_max_file_size_argument(
+        parser, help="largest file accepted, e.g. 200MiB as MOI 5.0 documents (default: no limit, as the seed document)"
+    )
     parser.add_argument(
         "--max-files-per-request", type=_cli.positive_int, default=20, metavar="N",
         help="files accepted in one upload request (default: 20, as MOI 5.0 documents)",

@@ -7,27 +7,21 @@ to ``<data_dir>/<volume>/<path>`` only once the whole request is valid, as one n
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiofiles
 import anyio
 from aiohttp import BodyPartReader, web
 
 from ingest.emulators.kit.common import ApiError, relative_path_problem
 from ingest.emulators.kit.multipart import (
-    READ_CHUNK,
-    WRITE_BUFFER,
     PartNames,
-    part_names,
-    read_text_part,
-    receive_parts,
+    receive_form,
+    stage_part,
 )
 from ingest.emulators.kit.store import discard_staged
 from ingest.emulators.moi.filetypes import TYPE_NUMBERS, file_type
@@ -72,57 +66,35 @@ class _Form:
 async def _receive_form(request: web.Request, state: MoiState, staged: list[Path]) -> _Form:
     """Parse the multipart body, streaming ``file`` parts to staging (their paths go to ``staged``)."""
     form = _Form()
-    await receive_parts(request, lambda part: _receive_part(part, form, state, staged), bad)
+
+    async def on_other(part: BodyPartReader, name: str | None, filename: str | None) -> None:
+        if name in (_FILE_FIELD, _DATA_FIELD):
+            if len(form.files) >= state.config.max_files_per_request:
+                raise bad(f"too many files: at most {state.config.max_files_per_request} per request")
+            form.files.append(await _stage_file(part, (name, filename), len(form.files), state, staged))
+        elif name == _EMPTY_FIELD:
+            await part.release()  # the SDK's placeholder that keeps an upload without files multipart
+        else:
+            known = ", ".join(sorted({*_TEXT_FIELDS, _FILE_FIELD, _DATA_FIELD}))
+            raise bad(f"unknown form field {short(name or '')!r}; expected one of: {known}")
+
+    await receive_form(request, form.fields, on_other, text_fields=_TEXT_FIELDS, text_limit=TEXT_FIELD_LIMIT, fail=bad)
     return form
-
-
-async def _receive_part(part: BodyPartReader, form: _Form, state: MoiState, staged: list[Path]) -> None:
-    name, filename = part_names(part)
-    if name in (_FILE_FIELD, _DATA_FIELD):
-        if len(form.files) >= state.config.max_files_per_request:
-            raise bad(f"too many files: at most {state.config.max_files_per_request} per request")
-        form.files.append(await _stage_file(part, (name, filename), len(form.files), state, staged))
-    elif name == _EMPTY_FIELD:
-        await part.release()  # the SDK's placeholder that keeps an upload without files multipart
-    elif name in _TEXT_FIELDS:
-        if name in form.fields:
-            raise bad(f"form field {name} is given twice")
-        form.fields[name] = await read_text_part(part, name, TEXT_FIELD_LIMIT, bad)
-    else:
-        known = ", ".join(sorted({*_TEXT_FIELDS, _FILE_FIELD, _DATA_FIELD}))
-        raise bad(f"unknown form field {short(name or '')!r}; expected one of: {known}")
 
 
 async def _stage_file(
     part: BodyPartReader, names: PartNames, index: int, state: MoiState, staged: list[Path]
 ) -> _StagedPart:
-    """Stream one file part to a staging file, hashing as it goes; never holds more than a buffer."""
-    path = state.store.staging_dir / f"{uuid.uuid4().hex}.part"
-    staged.append(path)  # registered first, so even a half-written file is cleaned up
-    digest = hashlib.md5(usedforsecurity=False)
-    size = 0
-    buffer = bytearray()
-    out: Any = None  # opened at the first full buffer: a small part is written in one thread hop
-    try:
-        while chunk := await part.read_chunk(READ_CHUNK):
-            size += len(chunk)
-            if state.config.max_file_size is not None and size > state.config.max_file_size:
-                raise bad(f"file part {index} is larger than the {state.config.max_file_size}-byte limit")
-            digest.update(chunk)
-            buffer += chunk
-            if len(buffer) >= WRITE_BUFFER:
-                if out is None:
-                    out = await aiofiles.open(path, "wb")
-                await out.write(bytes(buffer))
-                buffer.clear()
-        if out is None:
-            await anyio.to_thread.run_sync(path.write_bytes, bytes(buffer))
-        elif buffer:
-            await out.write(bytes(buffer))
-    finally:
-        if out is not None:
-            await out.close()
-    return _StagedPart(path, size, digest.hexdigest(), names[0] or _FILE_FIELD, names[1] or "")
+    """Stream one file part to staging, hashing as it goes."""
+    limit = state.config.max_file_size
+    path, size, md5 = await stage_part(
+        part,
+        state.store.staging_dir,
+        staged,
+        limit=limit,
+        too_large=lambda: bad(f"file part {index} is larger than the {limit}-byte limit"),
+    )
+    return _StagedPart(path, size, md5, names[0] or _FILE_FIELD, names[1] or "")
 
 
 # --- validating the fields ------------------------------------------------------------------------

@@ -135,14 +135,13 @@ def add_viking_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tos-access-key", default=None, metavar="AK", help="its access key (default: --access-key)")
     parser.add_argument("--tos-secret-key", default=None, metavar="SK", help="its secret key (default: --secret-key)")
     parser.add_argument("--tos-region", default=None, metavar="REGION", help="its region (default: --region)")
-    parser.add_argument(
-        "--process-delay-ms", type=_cli.non_negative_int, default=200, metavar="N",
-        help="milliseconds a document takes to be processed or deleted (default: 200)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--fail-rate", type=_cli.fraction, default=0.0, metavar="F",
-        help="fraction of documents that end failed (process_status 1), 0-1 (default: 0)",
-    )  # fmt: skip
+    _cli.add_delay_argument(
+        parser,
+        "--process-delay-ms",
+        default=200,
+        help="milliseconds a document takes to be processed or deleted",
+    )
+    _cli.add_rate_argument(parser, "--fail-rate", help="fraction of documents that end failed (process_status 1)")
     parser.add_argument(
         "--fail-codes", type=_fail_codes, default=tuple(FAILED_MESSAGES), metavar="LIST",
         help="failed_code values injected failures draw from, e.g. 10002,30001 (default: all documented)",
