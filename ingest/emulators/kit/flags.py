@@ -5,7 +5,7 @@ shared ``_faults.FaultInjector``, so they mean the same on every platform and ar
 only the words for what a fault looks like on the wire are the platform's. ``--data-dir`` and the
 secret flags that default to an environment variable are declared alike everywhere, so they are here too.
 
-Sizes are parsed here, not with the client's ``ingest.config.parse_size``: the emulators take nothing
+Sizes are parsed here, not with the client's own ``parse_size``: the emulators take nothing
 from the client side (same notation, ``500KB``/``64MiB``/``4096``, written again in a few lines).
 """
 
