@@ -194,7 +194,7 @@ class MoiDeployment(_EmulatorHooks):
         self.env = {"MOI_KEY": self.api_key}
 
     def _state(self) -> Any:
-        from ingest.emulators.moi.app import MOI_STATE
+        from ingest.emulators.moi import MOI_STATE
 
         return self.app[MOI_STATE]
 
@@ -212,7 +212,7 @@ class MoiHarness(_RunsLocalTrees):
         self, data_dir: Path, faults: Faults = Faults(), *, seed: int | None = 7
     ) -> AsyncIterator[MoiDeployment]:
         from ingest.emulators.kit.server import serve_in_background
-        from ingest.emulators.moi.app import MoiEmulatorConfig, create_moi_app
+        from ingest.emulators.moi import MoiEmulatorConfig, create_moi_app
 
         app = create_moi_app(
             MoiEmulatorConfig(
@@ -265,7 +265,7 @@ class KeyueDeployment(_EmulatorHooks):
         self.cli_flags, self.env = h.cli(self.url)
 
     def _state(self) -> Any:
-        from ingest.emulators.keyue.app import KEYUE_STATE
+        from ingest.emulators.keyue import KEYUE_STATE
 
         return self.app[KEYUE_STATE]
 
@@ -288,7 +288,7 @@ class KeyueHarness(_RunsLocalTrees):
     async def start(
         self, data_dir: Path, faults: Faults = Faults(), *, seed: int | None = 7
     ) -> AsyncIterator[KeyueDeployment]:
-        from ingest.emulators.keyue.app import KeyueEmulatorConfig, create_keyue_app
+        from ingest.emulators.keyue import KeyueEmulatorConfig, create_keyue_app
         from ingest.emulators.kit.server import serve_in_background
 
         app = create_keyue_app(
@@ -415,7 +415,7 @@ class VikingDeployment(_EmulatorHooks):
         self.cli_flags, self.env = h.cli(self.url)
 
     def _state(self) -> Any:
-        from ingest.emulators.viking.app import VIKING_STATE
+        from ingest.emulators.viking import VIKING_STATE
 
         return self.app[VIKING_STATE]
 
@@ -442,7 +442,7 @@ class VikingHarness(_RunsLocalTrees):
         import anyio
 
         from ingest.emulators.kit.server import serve_in_background
-        from ingest.emulators.viking.app import VikingEmulatorConfig, create_viking_app
+        from ingest.emulators.viking import VikingEmulatorConfig, create_viking_app
 
         s3_url = await anyio.to_thread.run_sync(MOTO.url)
         app = create_viking_app(

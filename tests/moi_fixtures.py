@@ -21,7 +21,7 @@ import pytest
 from pydantic import SecretStr
 
 from ingest.emulators.kit.server import serve_in_background
-from ingest.emulators.moi.app import MOI_STATE, MoiEmulatorConfig, MoiState, create_moi_app
+from ingest.emulators.moi import MOI_STATE, MoiEmulatorConfig, MoiState, create_moi_app
 from ingest.platforms.moi.client import MoiClient
 from ingest.platforms.moi.wire import OssConfig, S3Config
 

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 
 from ingest.emulators import emulator_specs
-from ingest.emulators.keyue.app import KEYUE_STATE, MESSAGES, KeyueEmulatorConfig, KeyueState, create_keyue_app
+from ingest.emulators.keyue import KEYUE_STATE, MESSAGES, KeyueEmulatorConfig, KeyueState, create_keyue_app
 from tests.emulator_client import ServedEmulator, serving
 
 pytestmark = pytest.mark.anyio

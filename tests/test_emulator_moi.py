@@ -18,7 +18,7 @@ import pytest
 
 from ingest.emulators import emulator_specs
 from ingest.emulators.kit.common import relative_path_problem, safe_join
-from ingest.emulators.moi.app import MOI_STATE, FileStatus, MoiEmulatorConfig, MoiState, TaskStatus, create_moi_app
+from ingest.emulators.moi import MOI_STATE, FileStatus, MoiEmulatorConfig, MoiState, TaskStatus, create_moi_app
 from tests.emulator_client import ServedEmulator, serving
 
 pytestmark = pytest.mark.anyio

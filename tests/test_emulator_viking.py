@@ -18,8 +18,8 @@ import anyio
 import pytest
 
 from ingest.emulators.kit.server import serve_in_background
-from ingest.emulators.viking.app import VIKING_STATE, VikingEmulatorConfig, VikingState, create_viking_app
-from ingest.platforms.viking.doctypes import SIZE_LIMITS
+from ingest.emulators.viking import VIKING_STATE, VikingEmulatorConfig, VikingState, create_viking_app
+from ingest.emulators.viking.doctypes import SIZE_LIMITS
 from ingest.platforms.viking.signing import Credentials, sign
 from tests.harness import MOTO
 
@@ -425,7 +425,7 @@ def test_serve_flags_build_a_working_config(tmp_path: Path) -> None:
     """`ingest serve viking` flags map onto the emulator config; bad values are usage errors."""
     import argparse
 
-    from ingest.emulators.viking.app import add_viking_arguments, build_viking_app
+    from ingest.emulators.viking import add_viking_arguments, build_viking_app
 
     parser = argparse.ArgumentParser(exit_on_error=False)
     add_viking_arguments(parser)

@@ -218,7 +218,7 @@ def item(root: Path, rel: str, data: bytes = b"hello") -> FileItem:
 
 
 def state(dep: KeyueDeployment) -> Any:
-    from ingest.emulators.keyue.app import KEYUE_STATE
+    from ingest.emulators.keyue import KEYUE_STATE
 
     return dep.app[KEYUE_STATE]
 

@@ -227,7 +227,7 @@ async def test_full_knowledge_base_stops_sending_and_says_so(tmp_path: Path) -> 
     """At 1001010 the run stops sending new files, fails what it tried, and reports why."""
     make_tree(tmp_path / "src", 10)
     async with VIKING.start(tmp_path / "data") as dep:
-        from ingest.emulators.viking.app import VIKING_STATE
+        from ingest.emulators.viking import VIKING_STATE
 
         dep.app[VIKING_STATE].max_docs = 3
         config = run_config(dep, tmp_path / "src", tmp_path / "m.db")

@@ -15,7 +15,7 @@ import anyio
 import pytest
 
 from ingest.emulators.kit.server import serve_in_background
-from ingest.emulators.viking.app import VikingEmulatorConfig, create_viking_app
+from ingest.emulators.viking import VikingEmulatorConfig, create_viking_app
 from tests.harness import MOTO
 
 pytestmark = pytest.mark.anyio

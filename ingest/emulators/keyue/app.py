@@ -23,56 +23,37 @@ or go through knowledge enhancement (2) for ``enhance_delay_ms`` before they are
 from __future__ import annotations
 
 import argparse
-import codecs
-import collections
-import hashlib
 import hmac
-import json
-import logging
-import os
 import uuid
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
-import aiofiles
-import anyio
-from aiohttp import BodyPartReader, web
-from aiohttp.typedefs import Handler
+from aiohttp import web
 
-from ingest.emulators.keyue.store import (
-    INVALID,
-    ROOT_DIR,
-    VERSION_CONFLICT,
-    Incoming,
-    KeyueStore,
-    LearnStatus,
-    Timing,
-    document_json,
-    format_time,
-    invalid,
+from ingest.emulators.keyue.config import KeyueEmulatorConfig, add_keyue_arguments, config_from_args
+from ingest.emulators.keyue.handlers import (
+    batch_retrain,
+    create_directory,
+    emulator_files,
+    import_document,
+    list_directories,
+    list_documents,
+    update_directory,
 )
-from ingest.emulators.kit import flags as _cli
-from ingest.emulators.kit.common import ApiError, json_response, now_ms, query_int, read_json_object
-from ingest.emulators.kit.common import short as _short
-from ingest.emulators.kit.faults import Fault, FaultInjector, fault_settings, is_test_hook
-from ingest.emulators.kit.multipart import READ_CHUNK, WRITE_BUFFER, part_names, read_text_part, receive_parts
-from ingest.emulators.kit.stats import RequestCounter
-from ingest.emulators.kit.store import discard_staged
+from ingest.emulators.keyue.state import KEYUE_STATE, KeyueState, state_of
+from ingest.emulators.keyue.store import INVALID, VERSION_CONFLICT, invalid
+from ingest.emulators.kit.app import EmulatorApp, build_app
+from ingest.emulators.kit.common import ApiError, json_response
+from ingest.emulators.kit.faults import FaultInjector
 
 __all__ = [
     "API_BASE",
-    "KEYUE_STATE",
+    "KEYUE_APP",
+    "MESSAGES",
     "PREFIXES",
     "KeyueEmulatorConfig",
-    "KeyueState",
     "add_keyue_arguments",
     "build_keyue_app",
     "create_keyue_app",
 ]
-
-log = logging.getLogger(__name__)
 
 API_BASE = "/open/v1/api/v2"
 #: The older doc's paths have no prefix; the 2026 doc puts the same API under ``/csp-service``.
@@ -86,157 +67,22 @@ MESSAGES = {
     429: "请求过于频繁,请稍后重试",
 }
 
-#: Largest text form field (``taskExtend`` and ``multipleFileKey`` are a few hundred bytes).
-TEXT_FIELD_LIMIT = 64 * 1024
-#: Page size limit of ``/llm/document/list`` (undocumented; large enough for efficient polling).
-MAX_PAGE_SIZE = 100
-#: Documents per ``batchRetrain`` call (undocumented).
-MAX_RETRAIN_IDS = 100
-MAX_NAME = 255
 
-_FILE_FIELD = "file"
-_TEXT_FIELDS = frozenset({"taskExtend", "multipleFileKey"})
-
-# taskExtend (seed 002; ``imageOcr``/``multiQuery`` from the 2026 doc). Kept apart from the client's
-# own validation on purpose: an emulator sharing the client's checks would hide the client's mistakes.
-_SPLIT_BY = ("punc", "wrap")
-_CHUNK_SIZE = (200, 800)
-_OVERLAP = (0, 20)
-_BOOL_KEYS = ("pre_handle_text", "pre_handle_directory", "imageOcr", "multiQuery")
-_EXTEND_KEYS = ("split_by", "chunk_size", "overlap_proportion", *_BOOL_KEYS)
+def _render(request: web.Request, exc: ApiError) -> web.Response:
+    """The documented failure envelope ``{"msg","requestId","code","tip"}``."""
+    code = int(exc.code)
+    body = {
+        "msg": MESSAGES.get(code, MESSAGES[INVALID]),
+        "requestId": uuid.uuid4().hex,
+        "code": code,
+        "tip": exc.message,
+    }
+    return json_response(body, status=exc.http_status, headers=exc.headers or None)
 
 
-# --- configuration ----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class KeyueEmulatorConfig:
-    """How to run the Keyue emulator. Fault rates are fractions in [0, 1]."""
-
-    data_dir: Path
-    token: str
-    #: When set, requests must carry exactly this ``uid`` / ``username``; otherwise any non-empty value.
-    uid: str | None = None
-    username: str | None = None
-    #: Time a document spends learning (``learnStatus`` 0) before it fails or is enhanced.
-    learn_delay_ms: int = 500
-    #: Time a learned document spends in knowledge enhancement (``learnStatus`` 2).
-    enhance_delay_ms: int = 0
-    #: Fraction of documents (and retrains) whose learning fails (``learnStatus`` -1).
-    fail_rate: float = 0.0
-    latency_ms: int = 0
-    error_rate: float = 0.0
-    rate_limit: float | None = None
-    reset_rate: float = 0.0
-    seed: int | None = None
-    max_file_size: int | None = None
-    agent_name: str = "ingest emulator"
-
-    def problems(self) -> list[str]:
-        """Every invalid setting, one sentence each (empty when the config is usable)."""
-        found: list[str] = []
-        if not self.token:
-            found.append("token is empty")
-        for name in ("error_rate", "reset_rate", "fail_rate"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                found.append(f"{name} must be between 0 and 1, got {value}")
-        found.extend(
-            f"{name} must not be negative"
-            for name in ("learn_delay_ms", "enhance_delay_ms", "latency_ms")
-            if getattr(self, name) < 0
-        )
-        if self.rate_limit is not None and not self.rate_limit > 0:
-            found.append(f"rate_limit must be positive, got {self.rate_limit}")
-        if self.max_file_size is not None and self.max_file_size < 1:
-            found.append("max_file_size must be at least 1")
-        return found
-
-
-@dataclass
-class KeyueState:
-    """The running emulator's mutable state, at ``app[KEYUE_STATE]``.
-
-    Tests may change ``learn_delay_ms``, ``enhance_delay_ms``, ``fail_rate`` and ``faults.settings``.
-    """
-
-    config: KeyueEmulatorConfig
-    learn_delay_ms: int
-    enhance_delay_ms: int
-    fail_rate: float
-    faults: FaultInjector
-    #: Requests received per ``"<METHOD> <route>"`` (test hooks excluded).
-    requests: collections.Counter[str] = field(default_factory=collections.Counter)
-    _store: KeyueStore | None = None
-
-    @property
-    def store(self) -> KeyueStore:
-        if self._store is None:
-            raise RuntimeError("the Keyue emulator's store is only open while the app runs")
-        return self._store
-
-    def timing(self) -> Timing:
-        return Timing(self.learn_delay_ms, self.enhance_delay_ms, self.fail_rate)
-
-
-KEYUE_STATE: web.AppKey[KeyueState] = web.AppKey("keyue_state", KeyueState)
-
-
-def _state(request: web.Request) -> KeyueState:
-    return request.app[KEYUE_STATE]
-
-
-# --- envelopes and middlewares ----------------------------------------------------------------------------
-
-
-def _ok(data: Any) -> web.Response:
-    return json_response({"time": now_ms(), "data": data, "code": 200, "msg": "OK"})
-
-
-def _error(status: int, code: int, tip: str, headers: Mapping[str, str] | None = None) -> web.Response:
-    body = {"msg": MESSAGES.get(code, MESSAGES[INVALID]), "requestId": uuid.uuid4().hex, "code": code, "tip": tip}
-    return json_response(body, status=status, headers=headers)
-
-
-def _fault_response(request: web.Request, fault: Fault) -> web.StreamResponse:
-    if fault is Fault.RATE_LIMITED:
-        return _error(429, 429, "rate limit exceeded; retry after the Retry-After delay")
-    return _error(500, 500, "internal server error (injected fault)")
-
-
-@web.middleware
-async def _envelope_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Render every error, including aiohttp's own 404/405/413, in the Keyue failure envelope."""
-    try:
-        return await handler(request)
-    except ApiError as exc:
-        return _error(exc.http_status, int(exc.code), exc.message, exc.headers)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        if exc.status == 404:
-            tip = f"no such API: {request.method} {request.path}"
-        elif exc.status == 405:
-            tip = f"method {request.method} is not allowed on {request.path}; allowed: {exc.headers.get('Allow', '')}"
-        else:
-            tip = exc.reason
-        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        return _error(exc.status, INVALID, tip, headers)
-    except ConnectionError:
-        # The client went away mid-body; answering into the closed transport is the quiet way out.
-        log.debug("Keyue emulator: client disconnected during %s %s", request.method, request.path)
-        return _error(400, INVALID, "the connection was lost before the request was complete")
-    except Exception as exc:
-        log.exception("Keyue emulator: unhandled error on %s %s", request.method, request.path)
-        return _error(500, 500, f"internal server error ({type(exc).__name__})")
-
-
-@web.middleware
-async def _authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def _authenticate(request: web.Request) -> None:
     """``token`` (the robot's API key), ``uid`` and ``username`` headers; the token is never echoed."""
-    if is_test_hook(request):
-        return await handler(request)
-    config = _state(request).config
+    config = state_of(request).config
     missing = [name for name in ("token", "uid", "username") if not request.headers.get(name, "").strip()]
     if missing:
         raise invalid(f"missing header {missing[0]}: send token, uid and username headers", http_status=401)
@@ -246,376 +92,7 @@ async def _authenticate(request: web.Request, handler: Handler) -> web.StreamRes
         expected = getattr(config, name)
         if expected is not None and request.headers[name] != expected:
             raise invalid(f"{name} does not belong to this agent's account", http_status=401)
-    return await handler(request)
 
-
-# --- request parsing helpers ------------------------------------------------------------------------------
-
-
-def _check_query(request: web.Request, allowed: set[str]) -> None:
-    unknown = sorted(set(request.query) - allowed)
-    if unknown:
-        raise invalid(f"unknown query parameter {_short(unknown[0])!r}; allowed: {', '.join(sorted(allowed))}")
-
-
-def _query_int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    return query_int(request, name, default, low, high, fail=invalid)
-
-
-def _query_flag(request: web.Request, name: str) -> int | None:
-    raw = request.query.get(name, "").strip()
-    if not raw:
-        return None
-    if raw not in ("0", "1"):
-        raise invalid(f"query parameter {name} must be 0 or 1, got {_short(raw)!r}")
-    return int(raw)
-
-
-async def _dir_param(request: web.Request, value: str | None, name: str) -> str | None:
-    if value is None or not value.strip():
-        return None
-    dir_id = value.strip()
-    if not await anyio.to_thread.run_sync(_state(request).store.directory_exists, dir_id):
-        raise invalid(f"{name} {_short(dir_id)!r} is not an existing directory")
-    return dir_id
-
-
-def _check_keys(body: Mapping[str, Any], allowed: set[str], where: str = "request body") -> None:
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise invalid(f"{where} has unknown field {_short(unknown[0])!r}; allowed: {', '.join(sorted(allowed))}")
-
-
-async def _json_body(request: web.Request, allowed: set[str]) -> dict[str, Any]:
-    try:
-        body = await read_json_object(request, code=str(INVALID))
-    except ApiError as exc:
-        raise invalid(exc.message) from None
-    _check_keys(body, allowed)
-    return body
-
-
-def _name_problem(name: str, *, directory: bool = True) -> str | None:
-    if not name.strip():
-        return "is empty"
-    if directory and name != name.strip():
-        return "starts or ends with white space"
-    if len(name) > MAX_NAME:
-        return f"is longer than {MAX_NAME} characters"
-    if "/" in name or any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
-        return "contains '/' or a control character"
-    return None
-
-
-def _dir_name(body: Mapping[str, Any]) -> str:
-    name = body.get("name")
-    if not isinstance(name, str):
-        raise invalid("name is required and must be a string")
-    problem = _name_problem(name)
-    if problem is not None:
-        raise invalid(f"name {_short(name)!r} {problem}")
-    return name
-
-
-def _version(body: Mapping[str, Any]) -> int:
-    version = body.get("version")
-    if isinstance(version, bool) or not isinstance(version, int):
-        raise invalid("version is required: the version of the directory list, from GET /directory")
-    return version
-
-
-def _id_field(body: Mapping[str, Any], name: str) -> str:
-    value = body.get(name)
-    if isinstance(value, bool) or not isinstance(value, (str, int)) or not str(value).strip():
-        raise invalid(f"{name} is required and must be a directory id")
-    return str(value).strip()
-
-
-def parse_task_extend(raw: str | None) -> str:
-    """Validate the ``taskExtend`` form field; returns its normalised text (``"{}"`` when empty)."""
-    if raw is None:
-        raise invalid('form field taskExtend is required: send "{}" for automatic chunking and cleaning')
-    if not raw.strip():
-        return "{}"  # documented: empty means "{}"
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise invalid(f"taskExtend is not valid JSON ({exc})") from None
-    if not isinstance(value, dict):
-        raise invalid("taskExtend must be a JSON object (as a string)")
-    _check_keys(value, set(_EXTEND_KEYS), "taskExtend")
-    if "split_by" in value and value["split_by"] not in _SPLIT_BY:
-        raise invalid(f"taskExtend.split_by must be one of {', '.join(_SPLIT_BY)}, got {value['split_by']!r}")
-    for key, (low, high) in (("chunk_size", _CHUNK_SIZE), ("overlap_proportion", _OVERLAP)):
-        if key in value:
-            number = value[key]
-            if isinstance(number, bool) or not isinstance(number, int) or not low <= number <= high:
-                raise invalid(f"taskExtend.{key} must be an integer from {low} to {high}, got {number!r}")
-    for key in _BOOL_KEYS:
-        if key in value and not isinstance(value[key], bool):
-            raise invalid(f"taskExtend.{key} must be true or false, got {value[key]!r}")
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
-def _check_multiple_file_key(raw: str) -> None:
-    """``multipleFileKey``: ``{"metadata": {"label": [...], "effectStartTime", "effectEndTime"}}``."""
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise invalid(f"multipleFileKey is not valid JSON ({exc})") from None
-    if not isinstance(value, dict):
-        raise invalid("multipleFileKey must be a JSON object")
-    _check_keys(value, {"metadata"}, "multipleFileKey")
-    metadata = value.get("metadata", {})
-    if not isinstance(metadata, dict):
-        raise invalid("multipleFileKey.metadata must be a JSON object")
-    _check_keys(metadata, {"label", "effectStartTime", "effectEndTime"}, "multipleFileKey.metadata")
-    labels = metadata.get("label", [])
-    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
-        raise invalid("multipleFileKey.metadata.label must be an array of strings")
-    for key in ("effectStartTime", "effectEndTime"):
-        if not isinstance(metadata.get(key, ""), str):
-            raise invalid(f"multipleFileKey.metadata.{key} must be a string")
-
-
-# --- import: receiving the multipart body -----------------------------------------------------------------
-
-
-@dataclass
-class _StagedFile:
-    name: str
-    path: Path
-    size: int
-    md5: str
-    characters: int
-
-
-@dataclass
-class _Form:
-    fields: dict[str, str] = field(default_factory=dict)
-    file: _StagedFile | None = None
-
-
-async def _receive_form(request: web.Request, state: KeyueState, staged: list[Path]) -> _Form:
-    """Parse the multipart body, streaming the ``file`` part to staging (its path goes to ``staged``)."""
-    form = _Form()
-    await receive_parts(request, lambda part: _receive_part(part, form, state, staged), invalid)
-    return form
-
-
-async def _receive_part(part: BodyPartReader, form: _Form, state: KeyueState, staged: list[Path]) -> None:
-    name, filename = part_names(part)
-    if name == _FILE_FIELD:
-        if form.file is not None:
-            raise invalid("one document per request: form field file is given twice")
-        form.file = await _stage_file(part, filename, state, staged)
-    elif name in _TEXT_FIELDS:
-        if name in form.fields:
-            raise invalid(f"form field {name} is given twice")
-        form.fields[name] = await read_text_part(part, name, TEXT_FIELD_LIMIT, invalid)
-    else:
-        raise invalid(f"unknown form field {_short(name or '')!r}; expected file, taskExtend or multipleFileKey")
-
-
-async def _stage_file(part: BodyPartReader, filename: str | None, state: KeyueState, staged: list[Path]) -> _StagedFile:
-    """Stream the document to a staging file, hashing (and counting characters) as it goes."""
-    if not filename:
-        raise invalid("form field file must be a file part with a filename")
-    problem = _name_problem(filename, directory=False)
-    if problem is not None:
-        raise invalid(f"file name {_short(filename)!r} {problem}; send the document's own name, not a path")
-    path = state.store.staging_dir / f"{uuid.uuid4().hex}.part"
-    staged.append(path)  # registered first, so even a half-written file is cleaned up
-    digest = hashlib.md5(usedforsecurity=False)
-    text: Any = codecs.getincrementaldecoder("utf-8")()
-    characters: int | None = 0
-    size = 0
-    buffer = bytearray()
-    limit = state.config.max_file_size
-    async with aiofiles.open(path, "wb") as out:
-        while chunk := await part.read_chunk(READ_CHUNK):
-            size += len(chunk)
-            if limit is not None and size > limit:
-                raise invalid(f"document {_short(filename)!r} is larger than the {limit}-byte limit")
-            digest.update(chunk)
-            if characters is not None:
-                try:
-                    characters += len(text.decode(chunk))
-                except UnicodeDecodeError:
-                    characters = None  # not text: Keyue would count words after parsing; we report 0
-            buffer += chunk
-            if len(buffer) >= WRITE_BUFFER:
-                await out.write(bytes(buffer))
-                buffer.clear()
-        if buffer:
-            await out.write(bytes(buffer))
-    return _StagedFile(filename, path, size, digest.hexdigest(), characters or 0)
-
-
-# --- handlers ---------------------------------------------------------------------------------------------
-
-
-async def import_document(request: web.Request) -> web.Response:
-    """``POST …/task/create/llm_document_import?dirId=``: one document into one directory."""
-    state = _state(request)
-    staged: list[Path] = []
-    try:
-        # The body is read before the query is judged: refusing mid-body would reset a big upload.
-        form = await _receive_form(request, state, staged)
-        _check_query(request, {"dirId", "knowledgePublic", "i18n"})
-        dir_id = request.query.get("dirId", "").strip()
-        if not dir_id:
-            raise invalid("query parameter dirId is required (0 is the default directory)")
-        knowledge_public = _query_flag(request, "knowledgePublic") or 0
-        _query_flag(request, "i18n")
-        task_extend = parse_task_extend(form.fields.get("taskExtend"))
-        if "multipleFileKey" in form.fields:
-            _check_multiple_file_key(form.fields["multipleFileKey"])
-        if form.file is None:
-            raise invalid("form field file is required")
-        staged_file = form.file
-        incoming = Incoming(
-            dir_id=dir_id,
-            name=staged_file.name,
-            staged=staged_file.path,
-            size=staged_file.size,
-            md5=staged_file.md5,
-            word_number=staged_file.characters,
-            task_extend=task_extend,
-            knowledge_public=knowledge_public,
-            user_id=request.headers["uid"],
-            user_name=request.headers["username"],
-        )
-        document = await anyio.to_thread.run_sync(state.store.commit_import, incoming, state.timing())
-    finally:
-        # Whatever happened (invalid request, dropped connection, cancellation), no staged body survives.
-        discard_staged(staged)
-    created = format_time(document.created_ms)
-    return _ok(
-        {
-            "id": document.id,
-            "agentId": state.store.agent_id,
-            "agentName": state.config.agent_name,
-            "agentType": 1,
-            "userId": document.user_id,
-            "userName": document.user_name,
-            "created": created,
-            "updated": created,
-            "module": "llm",
-            "taskType": "import",
-            "taskStatus": 0,
-            "taskResult": None,
-            "errorMsg": None,
-            "filePath": document.file_key,
-            "fileUrl": None,
-            "taskUrl": "/api/v2/llm/document/import",
-            "deleted": 0,
-            "reportFilePath": None,
-            "reportFileUrl": None,
-            "taskExtend": document.task_extend,
-            "commonExtend": None,
-            "tenantId": state.store.tenant_id,
-            "appName": None,
-            "platform": "NGD",
-            "requestSource": "UNIT",
-        }
-    )
-
-
-async def list_documents(request: web.Request) -> web.Response:
-    """``GET …/llm/document/list``: documents newest first, paged, by directory and name keyword."""
-    _check_query(request, {"pn", "ps", "keyword", "dirId", "origin", "knowledgePublic", "i18n"})
-    pn = _query_int(request, "pn", 1, 1, 1_000_000)
-    ps = _query_int(request, "ps", 10, 1, MAX_PAGE_SIZE)
-    dir_id = await _dir_param(request, request.query.get("dirId"), "dirId")
-    keyword = request.query.get("keyword", "").strip() or None
-    if keyword is not None and len(keyword) > MAX_NAME:
-        raise invalid(f"query parameter keyword is longer than {MAX_NAME} characters")
-    knowledge_public = _query_flag(request, "knowledgePublic")
-    _query_flag(request, "i18n")
-    state = _state(request)
-    total, documents = await anyio.to_thread.run_sync(
-        lambda: state.store.list_documents(
-            dir_id=dir_id, keyword=keyword, knowledge_public=knowledge_public, offset=(pn - 1) * ps, limit=ps
-        )
-    )
-    now = now_ms()
-    items = [document_json(d, state.store.agent_id, now) for d in documents]
-    busy = (LearnStatus.LEARNING, LearnStatus.ENHANCING)
-    return _ok(
-        {"total": total, "pn": pn, "ps": ps, "refresh": any(i["learnStatus"] in busy for i in items), "list": items}
-    )
-
-
-async def batch_retrain(request: web.Request) -> web.Response:
-    """``POST …/llm/document/batchRetrain``: learn failed documents again."""
-    body = await _json_body(request, {"documentIds"})
-    ids = body.get("documentIds")
-    if not isinstance(ids, list) or not ids:
-        raise invalid("documentIds is required: a non-empty array of document ids")
-    if len(ids) > MAX_RETRAIN_IDS:
-        raise invalid(f"documentIds has {len(ids)} ids; at most {MAX_RETRAIN_IDS} per request")
-    if not all(isinstance(i, str) and i.strip() for i in ids):
-        raise invalid("documentIds must contain document id strings")
-    state = _state(request)
-    await anyio.to_thread.run_sync(state.store.retrain, [i.strip() for i in ids], state.timing())
-    return _ok(None)
-
-
-async def list_directories(request: web.Request) -> web.Response:
-    """``GET …/directory``: every directory (or one parent's children), each with the list version."""
-    _check_query(request, {"keyword", "parentId"})
-    parent_id = await _dir_param(request, request.query.get("parentId"), "parentId")
-    keyword = request.query.get("keyword", "").strip().lower()
-    directories, version = await anyio.to_thread.run_sync(_state(request).store.directories)
-    return _ok(
-        [
-            {"hasPerm": True, "id": d.id, "name": d.name, "parentId": d.parent_id, "sort": d.sort, "version": version}
-            for d in directories
-            if (parent_id is None or d.parent_id == parent_id) and keyword in d.name.lower()
-        ]
-    )
-
-
-async def create_directory(request: web.Request) -> web.Response:
-    """``POST …/directory/create`` with ``{name, parentId, version}``."""
-    body = await _json_body(request, {"name", "parentId", "version"})
-    name = _dir_name(body)
-    parent_id = _id_field(body, "parentId")
-    version = _version(body)
-    store = _state(request).store
-    directory, new_version = await anyio.to_thread.run_sync(store.create_directory, name, parent_id, version)
-    return _ok(
-        {
-            "id": directory.id,
-            "name": directory.name,
-            "parentId": directory.parent_id,
-            "sort": directory.sort,
-            "version": new_version,
-        }
-    )
-
-
-async def update_directory(request: web.Request) -> web.Response:
-    """``POST …/directory/update`` with ``{name, id, version}``: rename; returns the new version."""
-    body = await _json_body(request, {"name", "id", "version"})
-    name = _dir_name(body)
-    dir_id = _id_field(body, "id")
-    version = _version(body)
-    new_version = await anyio.to_thread.run_sync(_state(request).store.update_directory, dir_id, name, version)
-    return _ok({"version": new_version})
-
-
-async def emulator_files(request: web.Request) -> web.Response:
-    """Stored documents by path (not enveloped): ``[{path, size, md5, uploads, id, dirId, learnStatus}]``.
-
-    ``path`` is the directory path below ``dirId`` (default: the default directory 0) plus the name.
-    """
-    under = request.query.get("dirId", ROOT_DIR).strip() or ROOT_DIR
-    return json_response(await anyio.to_thread.run_sync(_state(request).store.stored_files, under))
-
-
-# --- the app ----------------------------------------------------------------------------------------------
 
 _IMPORT_PATHS = frozenset(f"{prefix}{API_BASE}/task/create/llm_document_import" for prefix in PREFIXES)
 
@@ -624,30 +101,11 @@ def _is_import(request: web.Request) -> bool:
     return request.method == "POST" and request.path in _IMPORT_PATHS
 
 
-async def _open_store(app: web.Application) -> AsyncIterator[None]:
-    state = app[KEYUE_STATE]
-    store = await anyio.to_thread.run_sync(KeyueStore, state.config.data_dir, state.config.seed)
-    state._store = store
-    try:
-        yield
-    finally:
-        state._store = None
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(store.close)
+def _new_state(config: KeyueEmulatorConfig, faults: FaultInjector) -> KeyueState:
+    return KeyueState(config.learn_delay_ms, config.enhance_delay_ms, config.fail_rate, config=config, faults=faults)
 
 
-def create_keyue_app(config: KeyueEmulatorConfig) -> web.Application:
-    """The Keyue emulator as an aiohttp application (run it with ``ingest.emulators.kit.server``)."""
-    problems = config.problems()
-    if problems:
-        raise ValueError("invalid Keyue emulator config: " + "; ".join(problems))
-    config.data_dir.mkdir(parents=True, exist_ok=True)
-    faults = FaultInjector(fault_settings(config), _fault_response, seed=config.seed, resettable=_is_import)
-    state = KeyueState(config, config.learn_delay_ms, config.enhance_delay_ms, config.fail_rate, faults)
-    requests = RequestCounter(state.requests)
-    app = web.Application(middlewares=[requests.middleware, _envelope_errors, faults.middleware, _authenticate])
-    app[KEYUE_STATE] = state
-    app.cleanup_ctx.append(_open_store)
+def _add_routes(app: web.Application, state: KeyueState) -> None:
     for prefix in PREFIXES:
         base = prefix + API_BASE
         app.router.add_post(base + "/task/create/llm_document_import", import_document)
@@ -656,60 +114,28 @@ def create_keyue_app(config: KeyueEmulatorConfig) -> web.Application:
         app.router.add_get(base + "/directory", list_directories, allow_head=False)
         app.router.add_post(base + "/directory/create", create_directory)
         app.router.add_post(base + "/directory/update", update_directory)
-    app.router.add_get("/_emulator/files", emulator_files, allow_head=False)
-    app.router.add_get("/_emulator/stats", requests.stats, allow_head=False)
-    return app
 
 
-# --- command line (``ingest serve keyue``) ----------------------------------------------------------------
+KEYUE_APP: EmulatorApp[KeyueEmulatorConfig, KeyueState] = EmulatorApp(
+    name="Keyue",
+    state_key=KEYUE_STATE,
+    new_state=_new_state,
+    render_error=_render,
+    refused=lambda status, tip: invalid(tip, http_status=status),
+    server_error=lambda detail: ApiError(500, "500", f"internal server error ({detail})"),
+    rate_limited=lambda: ApiError(429, "429", "rate limit exceeded; retry after the Retry-After delay"),
+    authenticate=_authenticate,
+    add_routes=_add_routes,
+    emulator_files=emulator_files,
+    resettable=_is_import,
+)
 
 
-def add_keyue_arguments(parser: argparse.ArgumentParser) -> None:
-    """The Keyue emulator's flags (``--host``/``--port`` are the CLI's)."""
-    env_token = os.environ.get("KEYUE_TOKEN")
-    parser.add_argument(
-        "--data-dir", type=Path, required=True, metavar="PATH",
-        help="directory for imported documents and the emulator's state; reuse it to keep state across restarts",
-    )  # fmt: skip
-    parser.add_argument(
-        "--token", default=env_token, required=env_token is None, metavar="TOKEN",
-        help="the robot API key clients must send in the token header (default: $KEYUE_TOKEN)",
-    )  # fmt: skip
-    parser.add_argument("--uid", default=None, help="require this uid header (default: any non-empty uid)")
-    parser.add_argument(
-        "--username", default=None, help="require this username header (default: any non-empty username)"
-    )
-    parser.add_argument(
-        "--learn-delay-ms", type=_cli.non_negative_int, default=500, metavar="N",
-        help="milliseconds a document spends learning (learnStatus 0) (default: 500)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--enhance-delay-ms", type=_cli.non_negative_int, default=0, metavar="N",
-        help="milliseconds a learned document spends in knowledge enhancement (learnStatus 2) (default: 0)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--fail-rate", type=_cli.fraction, default=0.0, metavar="F",
-        help="fraction of documents whose learning fails (learnStatus -1), 0-1 (default: 0)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--max-file-size", type=_cli.size, default=None, metavar="SIZE",
-        help="largest document accepted, e.g. 100MiB (default: no limit; Keyue's own is undocumented)",
-    )  # fmt: skip
-    _cli.add_fault_arguments(parser, server_error="500", rate_limited="429 with Retry-After", resettable="imports")
+def create_keyue_app(config: KeyueEmulatorConfig) -> web.Application:
+    """The Keyue emulator as an aiohttp application (run it with ``ingest.emulators.kit.server``)."""
+    return build_app(KEYUE_APP, config)
 
 
 def build_keyue_app(args: argparse.Namespace) -> web.Application:
     """The app for parsed ``add_keyue_arguments`` flags."""
-    return create_keyue_app(
-        KeyueEmulatorConfig(
-            data_dir=args.data_dir,
-            token=args.token,
-            uid=args.uid,
-            username=args.username,
-            learn_delay_ms=args.learn_delay_ms,
-            enhance_delay_ms=args.enhance_delay_ms,
-            fail_rate=args.fail_rate,
-            max_file_size=args.max_file_size,
-            **_cli.fault_options(args),
-        )
-    )
+    return create_keyue_app(config_from_args(args))

@@ -1,7 +1,8 @@
 """Fault injection shared by every emulator: latency, 5xx, 429 with ``Retry-After``, connection resets.
 
-One aiohttp middleware, parameterised by the platform's way of saying "server error" and "slow down",
-so each emulator keeps its own wire format while the faults behave the same everywhere. The settings are
+One ``FaultInjector``, parameterised by the platform's way of saying "server error" and "slow down",
+so each emulator keeps its own wire format while the faults behave the same everywhere; the kit's app
+middleware (``kit.app``) asks it about every API request. The settings are
 a mutable object on purpose: tests turn faults on and off on a running app.
 
 Faults never touch the emulator's own test hooks (``/_emulator/...``), so a test can always inspect the
@@ -23,7 +24,6 @@ from typing import Protocol
 
 import anyio
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 __all__ = ["ErrorBuilder", "Fault", "FaultFields", "FaultInjector", "FaultSettings", "fault_settings", "is_test_hook"]
 
@@ -111,11 +111,10 @@ class _TokenBucket:
 
 
 class FaultInjector:
-    """Holds the settings, the seeded RNG and the rate bucket; ``middleware`` is what the app installs.
+    """Holds the settings, the seeded RNG and the rate bucket; ``inject`` is asked about each request.
 
-    ``build_error`` words a fault in the platform's envelope. ``exempt`` requests are never faulted (by
-    default the test hooks). ``resettable`` says which requests may have their connection dropped: only
-    requests with a body worth interrupting, i.e. uploads.
+    ``build_error`` words a fault in the platform's envelope. ``resettable`` says which requests may
+    have their connection dropped: only requests with a body worth interrupting, i.e. uploads.
     """
 
     def __init__(
@@ -124,20 +123,19 @@ class FaultInjector:
         build_error: ErrorBuilder,
         *,
         seed: int | None = None,
-        exempt: Callable[[web.Request], bool] = is_test_hook,
         resettable: Callable[[web.Request], bool] = _never,
     ) -> None:
         self.settings = settings
         self._build_error = build_error
-        self._exempt = exempt
         self._resettable = resettable
         self._rng = random.Random(seed)
         self._bucket = _TokenBucket()
 
-    @web.middleware
-    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if self._exempt(request):
-            return await handler(request)
+    async def inject(self, request: web.Request) -> web.StreamResponse | None:
+        """The fault answer for this request, or ``None`` to let it through (after any added latency).
+
+        The caller decides which requests are exempt (the test hooks); every other one comes here.
+        """
         settings = self.settings
         if settings.latency_ms > 0:
             await anyio.sleep(settings.latency_ms / 1000)
@@ -149,7 +147,7 @@ class FaultInjector:
             return self._build_error(request, Fault.SERVER_ERROR)
         if self._resettable(request) and self._chance(settings.reset_rate):
             return await _reset_connection(request)
-        return await handler(request)
+        return None
 
     def _chance(self, rate: float) -> bool:
         # Draw only when the fault is on, so enabling one fault does not shift another's sequence.

@@ -2,19 +2,29 @@
 
 Each emulator's ``add_*_arguments`` declares its own flags with these types. The fault flags drive the
 shared ``_faults.FaultInjector``, so they mean the same on every platform and are declared once, here;
-only the words for what a fault looks like on the wire are the platform's.
+only the words for what a fault looks like on the wire are the platform's. ``--data-dir`` and the
+secret flags that default to an environment variable are declared alike everywhere, so they are here too.
+
+Sizes are parsed here, not with the client's own ``parse_size``: the emulators take nothing
+from the client side (same notation, ``500KB``/``64MiB``/``4096``, written again in a few lines).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
+from pathlib import Path
 from typing import TypedDict
-
-from ingest.config import parse_size
 
 __all__ = [
     "FaultOptions",
+    "add_data_dir_argument",
+    "add_delay_argument",
     "add_fault_arguments",
+    "add_max_file_size_argument",
+    "add_rate_argument",
+    "add_secret_argument",
     "fault_options",
     "fraction",
     "non_negative_int",
@@ -22,6 +32,10 @@ __all__ = [
     "positive_int",
     "size",
 ]
+
+#: A byte count: a number, then optionally K/M/G/T (powers of 1000) or KiB/MiB/… (powers of 1024).
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(?:([kmgt])(i)?)?b?", re.IGNORECASE)
+_POWERS = "kmgt"
 
 
 def fraction(text: str) -> float:
@@ -65,10 +79,43 @@ def positive_float(text: str) -> float:
 
 def size(text: str) -> int:
     """A byte count as ``ingest run`` takes one: ``500KB``, ``64MiB``, ``4096``."""
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    m = _SIZE.fullmatch(text.strip())
+    if m is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size; write e.g. 500KB, 64MiB or 2GB")
+    number, unit, binary = m.groups()
+    base = 1024 if binary else 1000
+    return int(float(number) * base ** (_POWERS.index(unit.lower()) + 1 if unit else 0))
+
+
+def add_data_dir_argument(parser: argparse.ArgumentParser, *, holds: str) -> None:
+    """``--data-dir``, required: where the emulator keeps ``holds`` and its state."""
+    parser.add_argument(
+        "--data-dir", type=Path, required=True, metavar="PATH",
+        help=f"directory for {holds} and the emulator's state; reuse it to keep state across restarts",
+    )  # fmt: skip
+
+
+def add_secret_argument(parser: argparse.ArgumentParser, flag: str, *, env: str, metavar: str, help: str) -> None:
+    """A credential flag that defaults to ``$env`` and is required only when that is unset."""
+    default = os.environ.get(env)
+    parser.add_argument(
+        flag, default=default, required=default is None, metavar=metavar, help=f"{help} (default: ${env})"
+    )
+
+
+def add_delay_argument(parser: argparse.ArgumentParser, flag: str, *, default: int, help: str) -> None:
+    """A time in milliseconds, ``help`` saying what takes that long."""
+    parser.add_argument(flag, type=non_negative_int, default=default, metavar="N", help=f"{help} (default: {default})")
+
+
+def add_rate_argument(parser: argparse.ArgumentParser, flag: str, *, help: str) -> None:
+    """A fraction from 0 to 1, off by default; ``help`` says a fraction of what."""
+    parser.add_argument(flag, type=fraction, default=0.0, metavar="F", help=f"{help}, 0-1 (default: 0)")
+
+
+def add_max_file_size_argument(parser: argparse.ArgumentParser, *, help: str) -> None:
+    """``--max-file-size``: the largest file an upload may carry (no limit by default)."""
+    parser.add_argument("--max-file-size", type=size, default=None, metavar="SIZE", help=help)
 
 
 def add_fault_arguments(
@@ -80,22 +127,13 @@ def add_fault_arguments(
     ``rate_limited`` (``"429 with Retry-After"``) and ``resettable``, the requests whose connection
     may be dropped (``"uploads"``).
     """
-    parser.add_argument(
-        "--latency-ms", type=non_negative_int, default=0, metavar="N",
-        help="milliseconds added to every request (default: 0)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--error-rate", type=fraction, default=0.0, metavar="F",
-        help=f"fraction of requests answered {server_error}, 0-1 (default: 0)",
-    )  # fmt: skip
+    add_delay_argument(parser, "--latency-ms", default=0, help="milliseconds added to every request")
+    add_rate_argument(parser, "--error-rate", help=f"fraction of requests answered {server_error}")
     parser.add_argument(
         "--rate-limit", type=positive_float, default=None, metavar="RPS",
         help=f"requests per second allowed; excess gets {rate_limited} (default: unlimited)",
     )  # fmt: skip
-    parser.add_argument(
-        "--reset-rate", type=fraction, default=0.0, metavar="F",
-        help=f"fraction of {resettable} whose connection is dropped mid-body, 0-1 (default: 0)",
-    )  # fmt: skip
+    add_rate_argument(parser, "--reset-rate", help=f"fraction of {resettable} whose connection is dropped mid-body")
     parser.add_argument(
         "--seed", type=int, default=None, metavar="N",
         help="seed for the fault and failure draws, for reproducible runs",

@@ -7,16 +7,32 @@ body strictly and reads small text fields through a cap. Every refusal is built 
 
 from __future__ import annotations
 
+import hashlib
 import re
+import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
 
+import aiofiles
+import anyio
 from aiohttp import BodyPartReader, MultipartReader, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.multipart import content_disposition_filename, parse_content_disposition
 
-from ingest.emulators.kit.common import Refusal, short
+from ingest.emulators.kit.common import ApiError, Refusal, short
 
-__all__ = ["READ_CHUNK", "WRITE_BUFFER", "PartNames", "part_names", "read_text_part", "receive_parts"]
+__all__ = [
+    "READ_CHUNK",
+    "WRITE_BUFFER",
+    "PartNames",
+    "Staged",
+    "part_names",
+    "read_text_part",
+    "receive_form",
+    "receive_parts",
+    "stage_part",
+]
 
 #: Bytes per read from a multipart part; also the unit md5 is updated with.
 READ_CHUNK = 1 << 16
@@ -64,6 +80,31 @@ async def receive_parts(
         raise fail(f"malformed multipart body: {exc}") from exc
 
 
+async def receive_form(
+    request: web.Request,
+    fields: dict[str, str],
+    on_other: Callable[[BodyPartReader, str | None, str | None], Awaitable[None]],
+    *,
+    text_fields: frozenset[str],
+    text_limit: int,
+    fail: Refusal,
+) -> None:
+    """Walk a form (see ``receive_parts``): each of ``text_fields`` is read once, through the cap, into
+    ``fields``; every other part goes to ``on_other`` with its field and file names, to stage a file
+    or refuse an unknown field in the platform's words."""
+
+    async def on_part(part: BodyPartReader) -> None:
+        name, filename = part_names(part)
+        if name is not None and name in text_fields:
+            if name in fields:
+                raise fail(f"form field {name} is given twice")
+            fields[name] = await read_text_part(part, name, text_limit, fail)
+        else:
+            await on_other(part, name, filename)
+
+    await receive_parts(request, on_part, fail)
+
+
 async def read_text_part(part: BodyPartReader, name: str, limit: int, fail: Refusal) -> str:
     """A text form field as UTF-8, refused once it grows past ``limit`` bytes."""
     data = bytearray()
@@ -75,3 +116,52 @@ async def read_text_part(part: BodyPartReader, name: str, limit: int, fail: Refu
         return data.decode("utf-8")
     except UnicodeDecodeError:
         raise fail(f"form field {name} is not valid UTF-8") from None
+
+
+#: A staged file part: its path, size and md5 (hex).
+Staged = tuple[Path, int, str]
+
+
+async def stage_part(
+    part: BodyPartReader,
+    staging_dir: Path,
+    staged: list[Path],
+    *,
+    limit: int | None,
+    too_large: Callable[[], ApiError],
+    observe: Callable[[bytes], None] | None = None,
+) -> Staged:
+    """Stream a file part to a new file in ``staging_dir``, hashing as it goes; never holds more than a buffer.
+
+    The path is added to ``staged`` before the first byte is written, so the caller cleans up even a
+    half-written file. ``too_large`` is raised once the part grows past ``limit`` bytes; ``observe``
+    sees every chunk (Keyue counts characters with it).
+    """
+    path = staging_dir / f"{uuid.uuid4().hex}.part"
+    staged.append(path)
+    digest = hashlib.md5(usedforsecurity=False)
+    size = 0
+    buffer = bytearray()
+    out: Any = None  # opened at the first full buffer: a small part is written in one thread hop
+    try:
+        while chunk := await part.read_chunk(READ_CHUNK):
+            size += len(chunk)
+            if limit is not None and size > limit:
+                raise too_large()
+            digest.update(chunk)
+            if observe is not None:
+                observe(chunk)
+            buffer += chunk
+            if len(buffer) >= WRITE_BUFFER:
+                if out is None:
+                    out = await aiofiles.open(path, "wb")
+                await out.write(bytes(buffer))
+                buffer.clear()
+        if out is None:
+            await anyio.to_thread.run_sync(path.write_bytes, bytes(buffer))
+        elif buffer:
+            await out.write(bytes(buffer))
+    finally:
+        if out is not None:
+            await out.close()
+    return path, size, digest.hexdigest()

@@ -35,6 +35,7 @@ import anyio
 from aiohttp import web
 
 from ingest.emulators.kit.common import ApiError, SnowflakeIds, now_ms, read_json_object
+from ingest.emulators.moi.filetypes import DIR, TYPE_NUMBERS, file_type
 from ingest.emulators.moi.sources import BucketConfig, SourceUnavailable, list_objects, probe_bucket, probe_tcp
 from ingest.emulators.moi.wire import (
     CONFLICT,
@@ -51,7 +52,6 @@ from ingest.emulators.moi.wire import (
     query_paging,
     short,
 )
-from ingest.platforms.moi.filetypes import FileType, file_type_for
 
 __all__ = [
     "CONNECTORS_SCHEMA",
@@ -391,8 +391,8 @@ def connector_json(connector: Connector, related: list[str]) -> dict[str, Any]:
 
 def source_file_json(key: str, size: int) -> dict[str, Any]:
     is_dir = key.endswith("/")
-    kind = FileType.DIR if is_dir else file_type_for(key)
-    return {"uri": key, "filename": posixpath.basename(key.rstrip("/")), "size": size, "type": int(kind)}
+    kind = DIR if is_dir else file_type(key)
+    return {"uri": key, "filename": posixpath.basename(key.rstrip("/")), "size": size, "type": kind}
 
 
 # --- handlers ---------------------------------------------------------------------------------------------
@@ -543,7 +543,7 @@ def _list_source(connector: Connector) -> list[dict[str, Any]]:
 
 async def connector_files(request: web.Request) -> web.Response:
     cid = parse_connector_id(query_id(request, "connector_id"))
-    types = _int_list(request, "file_types", {int(t) for t in FileType})
+    types = _int_list(request, "file_types", set(TYPE_NUMBERS))
     store = _connectors(request)
     connector = await anyio.to_thread.run_sync(store.require, cid)
     files = await anyio.to_thread.run_sync(_list_source, connector)

@@ -46,6 +46,7 @@ from ingest.emulators.moi.connectors import (
     bucket_config,
     parse_connector_id,
 )
+from ingest.emulators.moi.filetypes import file_type
 from ingest.emulators.moi.sources import SourceUnavailable, copy_object, head_object
 from ingest.emulators.moi.wire import (
     NOT_FOUND,
@@ -59,7 +60,6 @@ from ingest.emulators.moi.wire import (
     required_id,
     short,
 )
-from ingest.platforms.moi.filetypes import file_type_for
 
 __all__ = [
     "LOADS",
@@ -539,7 +539,7 @@ def load_file_json(task: LoadTask, f: LoadFile) -> dict[str, Any]:
     return {
         "id": f.file_id,
         "name": f.uri,
-        "type": int(file_type_for(f.uri)),
+        "type": file_type(f.uri),
         "status": f.status,
         "size": f.size,
         "update_time": _seconds(f.updated_ms),

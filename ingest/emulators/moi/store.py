@@ -1,0 +1,535 @@
+"""The MOI emulator's persistent state: volumes, stored files and upload tasks in SQLite, bodies on disk.
+
+Volumes, stored files, connectors and tasks live in ``<data_dir>/.emulator.db`` (the connector and
+load-task tables are declared by ``connectors`` and ``loadtasks``), so a restarted emulator still answers
+for old task ids. Upload task progress is computed from timestamps when asked (``file_status``).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import random
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ingest.emulators.kit.common import ApiError, SnowflakeIds, now_ms, safe_join
+from ingest.emulators.kit.store import SqliteStore
+from ingest.emulators.moi.connectors import CONNECTORS_SCHEMA
+from ingest.emulators.moi.loadtasks import LOAD_SCHEMA
+from ingest.emulators.moi.wire import ALREADY_EXISTS, NOT_FOUND, PARAM_INVALID, FileStatus
+
+__all__ = [
+    "INJECTED_FAILURE",
+    "Dedup",
+    "FileResult",
+    "IncomingFile",
+    "MoiStore",
+    "Task",
+    "TaskFile",
+    "Volume",
+    "file_status",
+]
+
+#: Reason recorded for a file failed by ``task_fail_rate``.
+INJECTED_FAILURE = "parse failed: injected fault"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS volumes (
+    id TEXT PRIMARY KEY,
+    database_id INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    description TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    UNIQUE (database_id, name)
+);
+CREATE TABLE IF NOT EXISTS stored_files (
+    volume_id TEXT NOT NULL,
+    path TEXT NOT NULL,
+    file_id TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    md5 TEXT NOT NULL,
+    uploads INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (volume_id, path)
+);
+CREATE INDEX IF NOT EXISTS stored_files_md5 ON stored_files (volume_id, md5);
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY,
+    volume_id TEXT NOT NULL,
+    uris TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    paused_at_ms INTEGER
+);
+-- One row per file of a task. file_id is not unique: a skipped duplicate reuses the stored file's id.
+CREATE TABLE IF NOT EXISTS task_files (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    task_id TEXT NOT NULL,
+    file_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    started_ms INTEGER NOT NULL,
+    uploading_ms INTEGER NOT NULL,
+    done_ms INTEGER NOT NULL,
+    retrying INTEGER NOT NULL DEFAULT 0,
+    fail_reason TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS task_files_task ON task_files (task_id, seq);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Volume:
+    id: str
+    database_id: int
+    name: str
+    description: str
+    created_ms: int
+    updated_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFile:
+    file_id: str
+    name: str
+    size: int
+    started_ms: int
+    #: When it leaves waiting; a retry sets it to the retry time.
+    uploading_ms: int
+    #: When it reaches its final state (success, or failed when ``fail_reason``).
+    done_ms: int
+    retrying: bool
+    fail_reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    id: str
+    volume_id: str
+    volume_name: str
+    uris: list[str]
+    created_ms: int
+    updated_ms: int
+    paused_at_ms: int | None
+    files: list[TaskFile]
+
+
+@dataclass(frozen=True, slots=True)
+class Dedup:
+    by: frozenset[str]
+    #: "skip" or "replace" ("overwrite" is normalised to "replace").
+    strategy: str
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingFile:
+    """One validated file of an upload, staged on disk."""
+
+    dest: str
+    staged: Path
+    size: int
+    md5: str
+
+
+@dataclass(frozen=True, slots=True)
+class FileResult:
+    success: bool
+    file_id: str
+    message: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"success": self.success, "file_id": self.file_id, "message": self.message}
+
+
+@dataclass(frozen=True, slots=True)
+class _Decision:
+    file: IncomingFile
+    file_id: str
+    #: True: an equal file is already stored and ``dedup.strategy`` is skip.
+    skip: bool
+
+
+class MoiStore(SqliteStore):
+    """Volumes, stored files and tasks in SQLite, plus the bodies on disk.
+
+    Synchronous on purpose: every method runs in a worker thread (``anyio.to_thread``) under one lock,
+    which also makes each upload's check-then-write atomic against concurrent uploads.
+    """
+
+    def __init__(self, data_dir: Path, seed: int | None) -> None:
+        super().__init__(data_dir, ".emulator.db", _SCHEMA + CONNECTORS_SCHEMA + LOAD_SCHEMA)
+        self.ids = SnowflakeIds(floor=self._largest_id())
+        # Task fates are drawn under the lock, so the sequence is reproducible for sequential requests.
+        self._rng = random.Random(None if seed is None else f"moi-tasks-{seed}")
+
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        """One write transaction under the store's lock (for the connector and load-task parts)."""
+        return self._transaction()
+
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """The database, for reads, under the store's lock."""
+        with self._lock:
+            yield self._db
+
+    def _largest_id(self) -> int:
+        row = self._db.execute(
+            "SELECT MAX(v) FROM ("
+            " SELECT MAX(CAST(id AS INTEGER)) AS v FROM tasks"
+            " UNION ALL SELECT MAX(CAST(file_id AS INTEGER)) FROM task_files"
+            " UNION ALL SELECT MAX(CAST(file_id AS INTEGER)) FROM stored_files"
+            " UNION ALL SELECT MAX(CAST(id AS INTEGER)) FROM volumes"
+            " UNION ALL SELECT MAX(CAST(id AS INTEGER)) FROM load_tasks"
+            " UNION ALL SELECT MAX(CAST(file_id AS INTEGER)) FROM load_files)"
+        ).fetchone()
+        return int(row[0] or 0)
+
+    # volumes
+
+    def ensure_volumes(self, volume_ids: tuple[str, ...]) -> None:
+        now = now_ms()
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO volumes VALUES (?, 0, ?, '', ?, ?)",
+                [(volume_id, volume_id, now, now) for volume_id in volume_ids],
+            )
+
+    def create_volume(self, database_id: int, name: str, description: str) -> str:
+        now = now_ms()
+        with self._transaction() as db:
+            taken = db.execute(
+                "SELECT 1 FROM volumes WHERE database_id = ? AND name = ?", (database_id, name)
+            ).fetchone()
+            if taken:
+                raise ApiError(409, ALREADY_EXISTS, f"volume name {name!r} already exists in database {database_id}")
+            volume_id = self.ids.next_id()
+            db.execute(
+                "INSERT INTO volumes VALUES (?, ?, ?, ?, ?, ?)",
+                (volume_id, database_id, name, description, now, now),
+            )
+        return volume_id
+
+    def volume(self, volume_id: str) -> Volume | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM volumes WHERE id = ?", (volume_id,)).fetchone()
+        return None if row is None else Volume(*row)
+
+    def volume_name(self, volume_id: str) -> str | None:
+        volume = self.volume(volume_id)
+        return None if volume is None else volume.name
+
+    # files loaded by connector load tasks
+
+    def store_loaded_file(
+        self,
+        volume_id: str,
+        dest: str,
+        staged: Path,
+        size: int,
+        md5: str,
+        file_id: str,
+        also: Callable[[sqlite3.Connection], None] | None = None,
+    ) -> None:
+        """Move a copied object into the volume and record it, as an upload would (a re-load replaces it).
+
+        ``also`` runs in the same transaction: the load task records the file's success with it, so a
+        stop between the two can never make a restarted emulator copy the file a second time.
+        """
+        now = now_ms()
+        with self._transaction() as db:
+            if db.execute("SELECT 1 FROM volumes WHERE id = ?", (volume_id,)).fetchone() is None:
+                raise ApiError(404, NOT_FOUND, f"volume {volume_id} no longer exists")
+            self._check_conflicts(db, volume_id, [dest])
+            self._move_into_place(volume_id, IncomingFile(dest, staged, size, md5))
+            db.execute(
+                "INSERT INTO stored_files VALUES (?, ?, ?, ?, ?, 1, ?, ?)"
+                " ON CONFLICT (volume_id, path) DO UPDATE SET file_id = excluded.file_id,"
+                " size = excluded.size, md5 = excluded.md5, uploads = uploads + 1,"
+                " updated_ms = excluded.updated_ms",
+                (volume_id, dest, file_id, size, md5, now, now),
+            )
+            if also is not None:
+                also(db)
+
+    def has_stored_file(self, volume_id: str, dest: str) -> bool:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM stored_files WHERE volume_id = ? AND path = ?", (volume_id, dest)
+            ).fetchone()
+        return row is not None and (self.data_dir / volume_id / dest).is_file()
+
+    def upload_task_exists(self, task_id: str) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM tasks WHERE id = ?", (task_id,)).fetchone() is not None
+
+    def delete_upload_task(self, task_id: str) -> None:
+        """Forget an upload task and its file list; the stored files stay in the volume."""
+        with self._transaction() as db:
+            if db.execute("SELECT 1 FROM tasks WHERE id = ?", (task_id,)).fetchone() is None:
+                raise ApiError(404, NOT_FOUND, f"task {task_id} not found")
+            db.execute("DELETE FROM task_files WHERE task_id = ?", (task_id,))
+            db.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
+
+    # uploads
+
+    def commit_upload(
+        self,
+        volume_id: str,
+        files: list[IncomingFile],
+        dedup: Dedup | None,
+        *,
+        delay_ms: int,
+        fail_rate: float,
+    ) -> tuple[str, list[FileResult]]:
+        """Store ``files`` (already validated and staged) as one new task; all or nothing."""
+        with self._transaction() as db:
+            if db.execute("SELECT 1 FROM volumes WHERE id = ?", (volume_id,)).fetchone() is None:
+                raise ApiError(404, NOT_FOUND, f"volume {volume_id} not found")
+            decisions = self._decide(db, volume_id, files, dedup)
+            self._check_conflicts(db, volume_id, [d.file.dest for d in decisions if not d.skip])
+            now = now_ms()
+            task_id = self.ids.next_id()
+            results = [self._apply(db, volume_id, task_id, d, now, delay_ms, fail_rate) for d in decisions]
+            db.execute(
+                "INSERT INTO tasks VALUES (?, ?, ?, ?, ?, NULL)",
+                (task_id, volume_id, json.dumps([f.dest for f in files], ensure_ascii=False), now, now),
+            )
+        return task_id, results
+
+    def _decide(
+        self, db: sqlite3.Connection, volume_id: str, files: list[IncomingFile], dedup: Dedup | None
+    ) -> list[_Decision]:
+        # Files stored earlier in the same request count as stored: two equal bodies with md5 dedup
+        # store one copy, as sequential requests would.
+        planned: dict[str, str] = {}  # md5 -> file id
+        decisions = []
+        for incoming in files:
+            existing = None
+            if dedup is not None and dedup.strategy == "skip":
+                existing = self._find_duplicate(db, volume_id, incoming, dedup.by)
+                if existing is None and dedup.by == {"md5"}:
+                    existing = planned.get(incoming.md5)
+            if existing is not None:
+                decisions.append(_Decision(incoming, existing, skip=True))
+                continue
+            file_id = self.ids.next_id()
+            planned.setdefault(incoming.md5, file_id)
+            decisions.append(_Decision(incoming, file_id, skip=False))
+        return decisions
+
+    @staticmethod
+    def _find_duplicate(
+        db: sqlite3.Connection, volume_id: str, incoming: IncomingFile, by: frozenset[str]
+    ) -> str | None:
+        conditions = ["volume_id = ?"]
+        params = [volume_id]
+        if "name" in by:
+            conditions.append("path = ?")
+            params.append(incoming.dest)
+        if "md5" in by:
+            conditions.append("md5 = ?")
+            params.append(incoming.md5)
+        row = db.execute(
+            f"SELECT file_id FROM stored_files WHERE {' AND '.join(conditions)} ORDER BY path LIMIT 1", params
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    @staticmethod
+    def _check_conflicts(db: sqlite3.Connection, volume_id: str, dests: list[str]) -> None:
+        """Refuse a path whose folder is a stored file, or that is a folder of stored files."""
+        in_request = set(dests)
+        for dest in dests:
+            parts = dest.split("/")
+            for depth in range(1, len(parts)):
+                folder = "/".join(parts[:depth])
+                clash = (
+                    folder in in_request
+                    or db.execute(
+                        "SELECT 1 FROM stored_files WHERE volume_id = ? AND path = ?", (volume_id, folder)
+                    ).fetchone()
+                )
+                if clash:
+                    raise ApiError(400, PARAM_INVALID, f"cannot store {dest!r}: {folder!r} is a file, not a folder")
+            # '0' sorts right after '/', so this range is exactly the paths under "dest/".
+            below = db.execute(
+                "SELECT 1 FROM stored_files WHERE volume_id = ? AND path >= ? AND path < ? LIMIT 1",
+                (volume_id, dest + "/", dest + "0"),
+            ).fetchone()
+            if below:
+                raise ApiError(400, PARAM_INVALID, f"cannot store {dest!r}: it is a folder in the volume")
+
+    def _apply(
+        self,
+        db: sqlite3.Connection,
+        volume_id: str,
+        task_id: str,
+        decision: _Decision,
+        now: int,
+        delay_ms: int,
+        fail_rate: float,
+    ) -> FileResult:
+        incoming = decision.file
+        if decision.skip:
+            # Nothing to process: the task entry is final at once.
+            timing: tuple[int, int, int, str] = (now, now, now, "")
+            result = FileResult(True, decision.file_id, "skipped: duplicate")
+        else:
+            self._move_into_place(volume_id, incoming)
+            db.execute(
+                "INSERT INTO stored_files VALUES (?, ?, ?, ?, ?, 1, ?, ?)"
+                " ON CONFLICT (volume_id, path) DO UPDATE SET file_id = excluded.file_id,"
+                " size = excluded.size, md5 = excluded.md5, uploads = uploads + 1,"
+                " updated_ms = excluded.updated_ms",
+                (volume_id, incoming.dest, decision.file_id, incoming.size, incoming.md5, now, now),
+            )
+            reason = INJECTED_FAILURE if self._fails(fail_rate) else ""
+            timing = (now, now + delay_ms // 2, now + delay_ms, reason)
+            result = FileResult(True, decision.file_id, "uploaded")
+        db.execute(
+            "INSERT INTO task_files (task_id, file_id, name, size, started_ms, uploading_ms, done_ms,"
+            " retrying, fail_reason) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?)",
+            (task_id, decision.file_id, incoming.dest, incoming.size, *timing),
+        )
+        return result
+
+    def _fails(self, fail_rate: float) -> bool:
+        return fail_rate > 0 and self._rng.random() < fail_rate
+
+    def _move_into_place(self, volume_id: str, incoming: IncomingFile) -> None:
+        target = safe_join(self.data_dir / volume_id, incoming.dest)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(incoming.staged, target)
+
+    # tasks
+
+    def task(self, task_id: str) -> Task | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT t.id, t.volume_id, COALESCE(v.name, t.volume_id), t.uris, t.created_ms,"
+                " t.updated_ms, t.paused_at_ms FROM tasks t LEFT JOIN volumes v ON v.id = t.volume_id"
+                " WHERE t.id = ?",
+                (task_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            return self._task_from_row(row, self._task_files(task_id))
+
+    def tasks(self) -> list[Task]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT t.id, t.volume_id, COALESCE(v.name, t.volume_id), t.uris, t.created_ms,"
+                " t.updated_ms, t.paused_at_ms FROM tasks t LEFT JOIN volumes v ON v.id = t.volume_id"
+            ).fetchall()
+            files: dict[str, list[TaskFile]] = collections.defaultdict(list)
+            for task_id, *values in self._db.execute(
+                "SELECT task_id, file_id, name, size, started_ms, uploading_ms, done_ms, retrying,"
+                " fail_reason FROM task_files ORDER BY seq"
+            ):
+                files[task_id].append(_task_file(values))
+            return [self._task_from_row(row, files.get(row[0], [])) for row in rows]
+
+    def _task_files(self, task_id: str) -> list[TaskFile]:
+        rows = self._db.execute(
+            "SELECT file_id, name, size, started_ms, uploading_ms, done_ms, retrying, fail_reason"
+            " FROM task_files WHERE task_id = ? ORDER BY seq",
+            (task_id,),
+        ).fetchall()
+        return [_task_file(row) for row in rows]
+
+    @staticmethod
+    def _task_from_row(row: tuple[Any, ...], files: list[TaskFile]) -> Task:
+        task_id, volume_id, volume_name, uris, created_ms, updated_ms, paused_at_ms = row
+        return Task(task_id, volume_id, volume_name, json.loads(uris), created_ms, updated_ms, paused_at_ms, files)
+
+    def retry(self, task_id: str, file_ids: list[str], *, delay_ms: int, fail_rate: float) -> None:
+        """Send the task's failed files among ``file_ids`` through processing again."""
+        with self._transaction() as db:
+            task = self._locked_task(db, task_id)
+            known = {f.file_id for f in task.files}
+            unknown = [file_id for file_id in file_ids if file_id not in known]
+            if unknown:
+                raise ApiError(400, PARAM_INVALID, f"ids: file {unknown[0]} is not part of task {task_id}")
+            now = now_ms()
+            wanted = set(file_ids)
+            for seq, f in self._task_file_rows(db, task_id):
+                if f.file_id in wanted and file_status(f, now, task.paused_at_ms) is FileStatus.FAILED:
+                    reason = INJECTED_FAILURE if self._fails(fail_rate) else ""
+                    db.execute(
+                        "UPDATE task_files SET retrying = 1, uploading_ms = ?, done_ms = ?, fail_reason = ?"
+                        " WHERE seq = ?",
+                        (now, now + delay_ms, reason, seq),
+                    )
+            db.execute("UPDATE tasks SET updated_ms = ? WHERE id = ?", (now, task_id))
+
+    def pause(self, task_id: str) -> None:
+        """Freeze the task's unfinished files; a finished or paused task is left as it is."""
+        with self._transaction() as db:
+            task = self._locked_task(db, task_id)
+            now = now_ms()
+            if task.paused_at_ms is None and any(f.done_ms > now for f in task.files):
+                db.execute("UPDATE tasks SET paused_at_ms = ?, updated_ms = ? WHERE id = ?", (now, now, task_id))
+
+    def resume(self, task_id: str) -> None:
+        """Unfreeze a paused task: its files continue with the time they had left."""
+        with self._transaction() as db:
+            task = self._locked_task(db, task_id)
+            if task.paused_at_ms is None:
+                return
+            now = now_ms()
+            shift = now - task.paused_at_ms
+            db.execute(
+                "UPDATE task_files SET uploading_ms = uploading_ms + ?, done_ms = done_ms + ?"
+                " WHERE task_id = ? AND done_ms > ?",
+                (shift, shift, task_id, task.paused_at_ms),
+            )
+            db.execute("UPDATE tasks SET paused_at_ms = NULL, updated_ms = ? WHERE id = ?", (now, task_id))
+
+    def _locked_task(self, db: sqlite3.Connection, task_id: str) -> Task:
+        row = db.execute(
+            "SELECT id, volume_id, volume_id, uris, created_ms, updated_ms, paused_at_ms FROM tasks WHERE id = ?",
+            (task_id,),
+        ).fetchone()
+        if row is None:
+            raise ApiError(404, NOT_FOUND, f"task {task_id} not found")
+        return self._task_from_row(row, self._task_files(task_id))
+
+    @staticmethod
+    def _task_file_rows(db: sqlite3.Connection, task_id: str) -> list[tuple[int, TaskFile]]:
+        rows = db.execute(
+            "SELECT seq, file_id, name, size, started_ms, uploading_ms, done_ms, retrying, fail_reason"
+            " FROM task_files WHERE task_id = ? ORDER BY seq",
+            (task_id,),
+        ).fetchall()
+        return [(row[0], _task_file(row[1:])) for row in rows]
+
+    # test hooks
+
+    def stored_files(self) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT volume_id, path, size, md5, uploads FROM stored_files ORDER BY volume_id, path"
+            ).fetchall()
+        return [dict(zip(("volume_id", "path", "size", "md5", "uploads"), row, strict=True)) for row in rows]
+
+
+def _task_file(values: tuple[Any, ...] | list[Any]) -> TaskFile:
+    file_id, name, size, started_ms, uploading_ms, done_ms, retrying, fail_reason = values
+    return TaskFile(file_id, name, size, started_ms, uploading_ms, done_ms, bool(retrying), fail_reason)
+
+
+def file_status(f: TaskFile, now: int, paused_at: int | None) -> FileStatus:
+    if paused_at is not None and f.done_ms > paused_at:
+        return FileStatus.PAUSED
+    if f.done_ms <= now:
+        return FileStatus.FAILED if f.fail_reason else FileStatus.SUCCESS
+    if f.retrying:
+        return FileStatus.RETRYING
+    return FileStatus.UPLOADING if f.uploading_ms <= now else FileStatus.WAITING

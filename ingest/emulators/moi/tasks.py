@@ -1,0 +1,232 @@
+"""MOI emulator: the task API (``GET /task/get|files|list``, ``POST /task/retry|pause|resume``).
+
+Each call answers for connector load tasks (``loadtasks``, asked first) and for the tasks of local
+uploads alike; an upload task's progress is computed from its files' timestamps, as seen now.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+from aiohttp import web
+
+from ingest.emulators.kit.common import ApiError, now_ms, read_json_object
+from ingest.emulators.moi.filetypes import file_type
+from ingest.emulators.moi.loadtasks import LOADS, files_view, load_task_json, retry_ids
+from ingest.emulators.moi.state import state_of
+from ingest.emulators.moi.store import MoiStore, Task, TaskFile, file_status
+from ingest.emulators.moi.wire import (
+    NOT_FOUND,
+    PARAM_INVALID,
+    SERVER_ERROR,
+    FileStatus,
+    TaskStatus,
+    bad,
+    check_keys,
+    ok,
+    query_bool,
+    query_id,
+    query_int,
+    query_paging,
+    required_id,
+)
+
+__all__ = ["get_task", "list_tasks", "pause_task", "resume_task", "retry_task", "task_files"]
+
+#: The user every task and file is attributed to (the seed's examples say "admin").
+EMULATOR_USER = "admin"
+#: A local upload has no source connector; the document defines no value for it, so 0 ("unknown").
+LOCAL_UPLOAD_CONNECTOR_TYPE = 0
+#: ``load_interval_type`` 4: load once. Every upload task is a one-shot load.
+LOAD_ONCE = 4
+_TASK_ORDER_FIELDS = ("created_at", "updated_at", "start_at", "end_at", "id", "status")
+
+
+# --- computed progress ------------------------------------------------------------------------------------
+
+
+def _file_updated_ms(f: TaskFile, now: int, paused_at: int | None) -> int:
+    """When the file last changed state, as seen at ``now``."""
+    if paused_at is not None and f.done_ms > paused_at:
+        return paused_at
+    for moment in (f.done_ms, f.uploading_ms):
+        if moment <= now:
+            return moment
+    return f.started_ms
+
+
+def _task_status(task: Task, now: int) -> TaskStatus:
+    if task.paused_at_ms is not None and any(f.done_ms > task.paused_at_ms for f in task.files):
+        return TaskStatus.PAUSED
+    if any(f.done_ms > now for f in task.files):
+        return TaskStatus.RUNNING
+    return TaskStatus.FINISHED
+
+
+def _seconds(ms: int) -> int:
+    return ms // 1000
+
+
+def _task_json(task: Task, now: int) -> dict[str, Any]:
+    status = _task_status(task, now)
+    updated = max([task.updated_ms, *(_file_updated_ms(f, now, task.paused_at_ms) for f in task.files)])
+    finished = max([task.created_ms, *(f.done_ms for f in task.files)])
+    return {
+        "id": task.id,
+        "source_connector_id": 0,
+        "source_connector_type": LOCAL_UPLOAD_CONNECTOR_TYPE,
+        "volume_id": task.volume_id,
+        "volume_name": task.volume_name,
+        "name": "",
+        "status": int(status),
+        "creator": EMULATOR_USER,
+        "source_config": {
+            "common_file_task_config": {
+                "uris": task.uris,
+                "load_mode_config": {"load_interval_type": LOAD_ONCE, "interval": 0},
+            }
+        },
+        "start_at": _seconds(task.created_ms),
+        "end_at": _seconds(finished) if status is TaskStatus.FINISHED else 0,
+        "created_at": _seconds(task.created_ms),
+        "updated_at": _seconds(updated),
+    }
+
+
+def _task_file_json(task: Task, f: TaskFile, status: FileStatus, now: int) -> dict[str, Any]:
+    terminal = status in (FileStatus.SUCCESS, FileStatus.FAILED)
+    return {
+        "id": f.file_id,
+        "name": f.name,
+        "type": file_type(f.name),
+        "status": int(status),
+        "size": f.size,
+        "update_time": _seconds(_file_updated_ms(f, now, task.paused_at_ms)),
+        "other_metadata": "",
+        "reason": f.fail_reason if status is FileStatus.FAILED else "",
+        "user": EMULATOR_USER,
+        "start_time": _seconds(f.started_ms),
+        "end_time": _seconds(f.done_ms) if terminal else 0,
+        "path": f"/{task.volume_name}/{f.name}",
+    }
+
+
+# --- handlers -------------------------------------------------------------------------------------------
+
+
+async def get_task(request: web.Request) -> web.Response:
+    task_id = query_id(request, "task_id")
+    load = await anyio.to_thread.run_sync(request.app[LOADS].loads.task, task_id)
+    if load is not None:
+        return ok(request, {"task": load_task_json(load)})
+    task = await anyio.to_thread.run_sync(state_of(request).store.task, task_id)
+    if task is None:
+        # As the real service does (API-NOTES): an unknown task is an ErrServer inside HTTP 200.
+        raise ApiError(200, SERVER_ERROR, f"task {task_id} not found")
+    return ok(request, {"task": _task_json(task, now_ms())})
+
+
+async def task_files(request: web.Request) -> web.Response:
+    task_id = query_id(request, "task_id")
+    wanted = query_int(request, "status", None, 0, max(FileStatus))
+    page, page_size = query_paging(request)
+    load = await anyio.to_thread.run_sync(request.app[LOADS].loads.task, task_id)
+    if load is not None:
+        return ok(request, files_view(load, wanted, page, page_size))
+    task = await anyio.to_thread.run_sync(state_of(request).store.task, task_id)
+    if task is None:
+        raise ApiError(404, NOT_FOUND, f"task {task_id} not found")
+    now = now_ms()
+    statuses = [(f, file_status(f, now, task.paused_at_ms)) for f in task.files]
+    matching = [(f, s) for f, s in statuses if wanted is None or s == wanted]
+    page_items = matching[(page - 1) * page_size : page * page_size]
+    return ok(
+        request,
+        {
+            "total": len(matching),
+            "total_success": sum(s is FileStatus.SUCCESS for _, s in statuses),
+            "total_failed": sum(s is FileStatus.FAILED for _, s in statuses),
+            "files": [_task_file_json(task, f, s, now) for f, s in page_items],
+        },
+    )
+
+
+def _load_interval_types(request: web.Request) -> set[int] | None:
+    """``load_interval_types`` as repeated parameters or a comma-separated list."""
+    raw = [item.strip() for value in request.query.getall("load_interval_types", []) for item in value.split(",")]
+    raw = [item for item in raw if item]
+    if not raw:
+        return None
+    try:
+        values = {int(item) for item in raw}
+    except ValueError:
+        raise bad("query parameter load_interval_types must be integers 0-4") from None
+    if not values <= {0, 1, 2, 3, 4}:
+        raise bad("query parameter load_interval_types must be integers 0-4")
+    return values
+
+
+async def list_tasks(request: web.Request) -> web.Response:
+    page, page_size = query_paging(request)
+    wanted = query_int(request, "status", None, 0, max(TaskStatus))
+    descending = query_bool(request, "is_desc")
+    order_by = request.query.get("order_by", "").strip() or "created_at"
+    if order_by not in _TASK_ORDER_FIELDS:
+        raise bad(f"query parameter order_by must be one of: {', '.join(_TASK_ORDER_FIELDS)}")
+    intervals = _load_interval_types(request)
+    tasks = await anyio.to_thread.run_sync(state_of(request).store.tasks)
+    loads = await anyio.to_thread.run_sync(request.app[LOADS].loads.tasks)
+    now = now_ms()
+    views = [_task_json(task, now) for task in tasks] + [load_task_json(load) for load in loads]
+    if intervals is not None:
+        views = [
+            v
+            for v in views
+            if v["source_config"]["common_file_task_config"]["load_mode_config"]["load_interval_type"] in intervals
+        ]
+    views = [v for v in views if wanted is None or v["status"] == wanted]
+    # Ids are snowflakes: ordering them numerically is ordering by creation, the natural tie-breaker.
+    views.sort(key=lambda v: (int(v[order_by]), int(v["id"])), reverse=descending)
+    return ok(request, {"tasks": views[(page - 1) * page_size : page * page_size], "total": len(views)})
+
+
+async def retry_task(request: web.Request) -> web.Response:
+    body = await read_json_object(request, code=PARAM_INVALID)
+    check_keys(body, {"task_id", "ids"})
+    task_id, file_ids = retry_ids(body)
+    state = state_of(request)
+    service = request.app[LOADS]
+    if await anyio.to_thread.run_sync(service.loads.knows, task_id):
+        await anyio.to_thread.run_sync(service.loads.retry, task_id, file_ids)
+        service.wake()
+        return ok(request, None)
+    await anyio.to_thread.run_sync(
+        lambda: state.store.retry(task_id, file_ids, delay_ms=state.task_delay_ms, fail_rate=state.task_fail_rate)
+    )
+    return ok(request, None)
+
+
+async def _task_action(
+    request: web.Request, action: Callable[[MoiStore, str], None], load_action: Callable[[str], None]
+) -> web.Response:
+    body = await read_json_object(request, code=PARAM_INVALID)
+    check_keys(body, {"task_id"})
+    task_id = required_id(body, "task_id")
+    service = request.app[LOADS]
+    if await anyio.to_thread.run_sync(service.loads.knows, task_id):
+        await anyio.to_thread.run_sync(load_action, task_id)
+        service.wake()
+        return ok(request, None)
+    store = state_of(request).store
+    await anyio.to_thread.run_sync(action, store, task_id)
+    return ok(request, None)
+
+
+async def pause_task(request: web.Request) -> web.Response:
+    return await _task_action(request, MoiStore.pause, request.app[LOADS].loads.pause)
+
+
+async def resume_task(request: web.Request) -> web.Response:
+    return await _task_action(request, MoiStore.resume, request.app[LOADS].loads.resume)
