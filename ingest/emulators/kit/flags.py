@@ -1,7 +1,7 @@
 """The command-line pieces every emulator shares: argparse value types and the fault-injection flags.
 
 Each emulator's ``add_*_arguments`` declares its own flags with these types. The fault flags drive the
-shared ``_faults.FaultInjector``, so they mean the same on every platform and are declared once, here;
+shared ``faults.FaultInjector``, so they mean the same on every platform and are declared once, here;
 only the words for what a fault looks like on the wire are the platform's. ``--data-dir`` and the
 secret flags that default to an environment variable are declared alike everywhere, so they are here too.
 
@@ -154,7 +154,7 @@ def fault_options(args: argparse.Namespace) -> FaultOptions:
     """The parsed ``add_fault_arguments`` flags, to pass to an emulator config as ``**fault_options(args)``.
 
     They go through the platform's config (which validates them and is what tests build directly) rather
-    than straight into ``FaultSettings``; the app then reads them back with ``_faults.fault_settings``.
+    than straight into ``FaultSettings``; the app then reads them back with ``faults.fault_settings``.
     """
     return FaultOptions(
         latency_ms=args.latency_ms,

@@ -2,7 +2,7 @@
 
 What each part means, and how a file part is staged, is the platform's; this module only walks the
 body strictly and reads small text fields through a cap. Every refusal is built by the caller's
-``fail`` (a ``_common.Refusal``), since each platform codes it in its own envelope.
+``fail`` (a ``common.Refusal``), since each platform codes it in its own envelope.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 Connectors live in the emulator's SQLite database, so they survive restarts. Each source type has the
 config block the seed documents, validated strictly (every field of the documented example is required
 except S3's ``path_style``; unknown fields are refused). S3 and OSS connectors are real: validate
-connects to the bucket and files/list lists it (``moi_sources``). DIFY, HDFS and MO connectors are
+connects to the bucket and files/list lists it (``sources``). DIFY, HDFS and MO connectors are
 checked against their schema and by a TCP connection to the host they name.
 
 Where the seed leaves a detail open, the emulator decides and says so here:

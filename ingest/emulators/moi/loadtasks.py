@@ -2,11 +2,11 @@
 
 ``POST /task`` creates one; ``/task/update`` and ``/task/delete`` change or remove it; ``/task/get``,
 ``/task/files``, ``/task/list``, ``/task/pause|resume|retry`` answer for load tasks and for the tasks of
-local uploads alike (``moi.py`` asks this module first, then its own upload tasks).
+local uploads alike (``tasks`` asks this module first, then its own upload tasks).
 
 A background worker (one per app, started with the store) copies files: it claims waiting files of
 running tasks, at most ``load_concurrency`` at a time, and streams each object from the connector's
-bucket into the volume (``moi_sources.copy_object``: chunk by chunk into staging, then moved into
+bucket into the volume (``sources.copy_object``: chunk by chunk into staging, then moved into
 place), so a large object never sits in memory. Statuses follow the seed: file 1 waiting, 2
 uploading, 3 paused, 4 failed, 5 success, 6 retrying; task 1 running, 2 pausing, 3 paused, 4 finished.
 
