@@ -1,7 +1,7 @@
 """The MOI wire conventions every part of the MOI emulator shares: error codes, status enums, the
 ``{"code","msg","data","request_id"}`` envelope and strict request-parsing helpers.
 
-Shared by the upload, task, connector and load-task modules can use them without an import cycle.
+Shared by the upload, task, connector and load-task modules, so none of them imports another for them.
 Each helper raises ``ApiError`` (400 ``ErrParamInvalid``) with one sentence naming the field at fault.
 """
 
