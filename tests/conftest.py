@@ -69,3 +69,15 @@ def pg() -> Iterator[object]:
 
     with pg_server() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[str]:
+    """One local Ray cluster (2 CPUs) for every ``ray`` test of the session; its address, for
+    ``ingest run --ray ADDRESS`` in a subprocess. The driver here is this test process."""
+    ray = pytest.importorskip("ray")
+    context = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield str(context.address_info["address"])
+    finally:
+        ray.shutdown()
