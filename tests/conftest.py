@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -69,3 +71,52 @@ def pg() -> Iterator[object]:
 
     with pg_server() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[str]:
+    """One local Ray cluster (2 CPUs) for every ``ray`` test of the session; its address, for
+    ``ingest run --ray ADDRESS`` in a subprocess. The driver here is this test process."""
+    ray = pytest.importorskip("ray")
+    context = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield str(context.address_info["address"])
+    finally:
+        ray.shutdown()
+
+
+class ManifestUnderTest:
+    """The manifest a parametrized test runs on: a SQLite file, or a job of its own on the session's
+    private PostgreSQL server. ``flags`` go to ``ingest run``; ``location`` is what a ``RunConfig`` takes."""
+
+    def __init__(self, backend: str, location: str, flags: list[str]) -> None:
+        self.backend = backend
+        self.location = location
+        self.flags = flags
+
+    def open(self) -> Any:
+        from ingest.manifest import open_manifest, parse_location
+
+        return open_manifest(parse_location(self.location))
+
+    def states(self) -> dict[str, str]:
+        """``{path: state}``; empty while nothing (not even the manifest) exists yet."""
+        if self.backend == "sqlite" and not Path(self.location).exists():
+            return {}
+        with self.open() as m:
+            return {r.path: r.state.value for r in m.iter_files()}
+
+    def last_run_status(self) -> str:
+        with self.open() as m:
+            return str(m.runs()[-1]["status"])
+
+
+def manifest_under_test(backend: str, request: pytest.FixtureRequest, tmp_path: Path, *, lease: str = "2") -> Any:
+    """``sqlite``: ``m.db`` in the test's folder (the CLI runs there). ``postgres``: a unique job on the
+    session's server, with a short ``--lease`` so a rerun after a SIGKILL takes the dead run's claims
+    over in seconds (the default lease is 30 s)."""
+    if backend == "sqlite":
+        return ManifestUnderTest(backend, str(tmp_path / "m.db"), ["--manifest", "m.db"])
+    server = request.getfixturevalue("pg")
+    url = server.url(f"test-{uuid.uuid4().hex[:12]}")
+    return ManifestUnderTest(backend, url, ["--manifest", url, "--lease", lease])

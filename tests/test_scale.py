@@ -15,6 +15,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from ingest.manifest import open_manifest, parse_location
 from tests.conftest import make_tree
 from tests.harness import MOI, Faults, ServerProcess, run_cli
@@ -168,3 +170,33 @@ def test_processes_2_with_sqlite_store_every_file_once(tmp_path: Path) -> None:
         assert sum(w.done for w in m.workers()) == 120
     finally:
         m.close()
+
+
+@pytest.mark.anyio
+async def test_retry_failed_with_a_postgres_manifest(pg: Any, tmp_path: Path) -> None:
+    """``ingest retry-failed --manifest postgresql://…?job=NAME`` re-sends the job's failed files with the
+    settings its run recorded (the URL as given: the stored one has no password); a URL naming no job
+    is refused with one line."""
+    import anyio
+
+    expected = make_tree(tmp_path / "docs", 6)
+    location = pg.url(f"retry-{uuid.uuid4().hex[:8]}")
+    async with MOI.start(tmp_path / "data", Faults(task_fail_rate=1.0)) as dep:
+        flags, env = MOI.cli(dep.url)
+        args = ["run", "docs", *flags, "--manifest", location, "--max-attempts", "1", "--json", "-q"]
+        first = await anyio.to_thread.run_sync(lambda: run_cli(args, env=env, cwd=tmp_path))
+        assert first.returncode == 1, first.stderr
+        assert counts(location)["failed"] == 6
+        dep.set_faults(task_fail_rate=0.0)
+        retry = ["retry-failed", "--manifest", location, "--json"]
+        retried = await anyio.to_thread.run_sync(lambda: run_cli(retry, env=env, cwd=tmp_path))
+        assert retried.returncode == 0, retried.stderr
+        no_job = ["retry-failed", "--manifest", location.split("?")[0]]
+        refused = await anyio.to_thread.run_sync(lambda: run_cli(no_job, env=env, cwd=tmp_path))
+        stored = await dep.stored()
+    assert '"done": 6' in retried.stdout
+    assert counts(location)["done"] == 6
+    assert {p: f.md5 for p, f in stored.items()} == expected
+    assert refused.returncode != 0
+    assert refused.stderr.strip().count("\n") == 0
+    assert "names no job" in refused.stderr

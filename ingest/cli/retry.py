@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -29,6 +28,7 @@ EPILOG = f"""\
 examples:
   MOI_KEY=… ingest retry-failed --manifest ./run.db
   ingest retry-failed --manifest ./run.db --concurrency 4 --json
+  ingest retry-failed --manifest 'postgresql://ingest@db:5432/ingest?job=docs-2024'
 
 {EXIT_CODES_HELP}
 """
@@ -45,8 +45,13 @@ def add_parser(commands: Any) -> None:
         + ") or a flag.",
         epilog=EPILOG,
     )
-    p.add_argument("--manifest", type=Path, required=True, metavar="PATH", help="the manifest of the earlier run")
-    p.set_defaults(job=None)
+    p.add_argument(
+        "--manifest",
+        required=True,
+        metavar="PATH|URL",
+        help="the manifest of the earlier run: a file, or postgresql://…?job=NAME",
+    )
+    p.add_argument("--job", metavar="NAME", help="the job's name in a postgresql:// manifest (or ?job=NAME)")
     secrets = p.add_argument_group("secrets (never stored in the manifest: give them again)")
     add_platform_options(
         secrets,
@@ -60,7 +65,7 @@ def add_parser(commands: Any) -> None:
 def command(args: argparse.Namespace) -> int:
     from ingest.engine.run import retry_failed, saved_config
 
-    config = saved_config(args.manifest, _secrets(args))
+    config = saved_config(args.manifest, _secrets(args), job=args.job)
     try:
         engine = config.engine.model_validate({**config.engine.model_dump(), **engine_settings(args)})
     except ValidationError as exc:

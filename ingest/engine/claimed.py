@@ -145,12 +145,16 @@ class FencedManifest:
 
 class ClaimSource:
     """The files a worker claims from the job, as a ``Source``: claims a batch when the engine wants
-    more, ends when the walk is over and no unfinished file is left to anyone else."""
+    more, ends when the walk is over and no unfinished file is left to anyone else.
 
-    def __init__(self, source: Source, manifest: FencedManifest, batch: int) -> None:
+    ``walk`` is the number of the walk whose end counts: a worker that starts a finished job again
+    (a fresh walk) must not end on the old walk's "done" before the new walk has even begun."""
+
+    def __init__(self, source: Source, manifest: FencedManifest, batch: int, *, walk: int = 0) -> None:
         self.source = source
         self.manifest = manifest
         self.batch = batch
+        self.walk = walk
 
     def identity(self) -> str:
         return self.source.identity()
@@ -170,7 +174,8 @@ class ClaimSource:
                 for claim in claims:
                     yield await self.source.lookup(claim.record.path)
                 continue
-            if store.walk_state().done and store.unfinished(besides=worker) == 0:
+            state = store.walk_state()
+            if state.done and state.walk >= self.walk and store.unfinished(besides=worker) == 0:
                 return
             await anyio.sleep(idle)
             idle = min(idle * 2, IDLE_MAX)

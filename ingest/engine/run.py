@@ -266,15 +266,19 @@ class FailedFiles:
         return {}
 
 
-def saved_config(manifest_path: Path, secrets: dict[str, dict[str, str | None]]) -> RunConfig:
-    """The config of the last run recorded in a manifest, with secrets supplied again by the caller
-    (they are never stored): ``secrets[target type][field]``."""
-    if not manifest_path.exists():
-        raise ConfigError(f"manifest {manifest_path} does not exist; pass the --manifest of an earlier run")
-    with open_manifest(manifest_path) as manifest:
-        raw = manifest.get_meta("run_config")
+def saved_config(
+    manifest: Path | str, secrets: dict[str, dict[str, str | None]], *, job: str | None = None
+) -> RunConfig:
+    """The config of the last run recorded in a manifest (a SQLite file, or a job in a ``postgresql://``
+    database), with secrets supplied again by the caller (they are never stored):
+    ``secrets[target type][field]``. A database URL is used as given (its password is never stored)."""
+    location = parse_location(manifest, job)
+    if isinstance(location, Path) and not location.exists():
+        raise ConfigError(f"manifest {location} does not exist; pass the --manifest of an earlier run")
+    with open_manifest(location) as store:
+        raw = store.get_meta("run_config")
     if raw is None:
-        raise ConfigError(f"manifest {manifest_path} records no run; nothing to retry")
+        raise ConfigError(f"manifest {store.describe()} records no run; nothing to retry")
     data = json.loads(raw)
     target = data.get("target")
     if target:
@@ -286,11 +290,13 @@ def saved_config(manifest_path: Path, secrets: dict[str, dict[str, str | None]])
                     f"retry-failed needs the {key.replace('_', ' ')} again: set {env} (secrets are never stored)"
                 )
             target[key] = value
-    data["manifest"] = str(manifest_path)
+    data["manifest"] = str(manifest)  # as given: the stored one has its password replaced
+    if job is not None:
+        data["job"] = job
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(validation_message(exc, f"settings for retrying {manifest_path}")) from None
+        raise ConfigError(validation_message(exc, f"settings for retrying {store.describe()}")) from None
 
 
 async def retry_failed(config: RunConfig, *, handle_signals: bool = False) -> RunSummary:

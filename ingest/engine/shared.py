@@ -49,11 +49,13 @@ async def run_worker(
     others_alive = any(not w.stopped and w.heartbeat_age < lease for w in store.workers())
     # A finished job run again walks again (to find new and changed files), unless it is still being
     # finished by others: then this process just helps.
-    fresh = store.walk_state().done and not others_alive
+    start = store.walk_state()
+    fresh = start.done and not others_alive
     check_fingerprint(store, mine, source)
     await store.register_worker(worker, socket.gethostname(), os.getpid())
     fenced = FencedManifest(store, worker, lease)
-    claims = ClaimSource(source, fenced, batch=max(4, config.concurrency))
+    # A fresh walk is numbered one past the finished one: only its end (or a later walk's) ends this worker.
+    claims = ClaimSource(source, fenced, batch=max(4, config.concurrency), walk=start.walk + 1 if fresh else start.walk)
     try:
         async with anyio.create_task_group() as tg:
 
