@@ -25,6 +25,7 @@ from ingest.emulators.kit.common import ApiError, SnowflakeIds, now_ms
 from ingest.emulators.kit.store import SqliteStore
 
 __all__ = [
+    "DELETE_FAILED",
     "INVALID",
     "ROOT_DIR",
     "VERSION_CONFLICT",
@@ -39,6 +40,8 @@ __all__ = [
 INVALID = 4002012
 #: The documented directory version conflict.
 VERSION_CONFLICT = 4000526
+#: The documented failure of ``batchDelete`` ("文档删除失败"): the emulator answers it for ids it does not know.
+DELETE_FAILED = 4007283
 #: The default directory every agent has; it is never listed and cannot be renamed.
 ROOT_DIR = "0"
 #: Directory names: the real limit is undocumented; long enough for any local folder name.
@@ -346,7 +349,42 @@ class KeyueStore(SqliteStore):
                     ),
                 )
 
+    def delete_documents(self, doc_ids: list[str]) -> None:
+        """Delete documents and their bodies; all or nothing: an unknown id fails the request (4007283)."""
+        with self._transaction() as db:
+            for doc_id in doc_ids:
+                if db.execute("SELECT 1 FROM documents WHERE id = ?", (doc_id,)).fetchone() is None:
+                    raise ApiError(200, str(DELETE_FAILED), f"documentIds: document {doc_id!r} does not exist")
+            db.executemany("DELETE FROM documents WHERE id = ?", [(doc_id,) for doc_id in doc_ids])
+        for doc_id in doc_ids:
+            (self.documents_dir / doc_id).unlink(missing_ok=True)
+
     # ----- test hooks --------------------------------------------------------------------------------
+
+    def dir_paths(self) -> dict[str, str]:
+        """Directory id -> its path from the default directory ("" for the default directory itself)."""
+        directories, _ = self.directories()
+        by_id = {d.id: d for d in directories}
+        paths = {ROOT_DIR: ""}
+
+        def path_of(dir_id: str, depth: int = 0) -> str:
+            if dir_id in paths:
+                return paths[dir_id]
+            d = by_id.get(dir_id)
+            if d is None or depth > len(by_id):
+                return f"<{dir_id}>"
+            parent = path_of(d.parent_id, depth + 1)
+            paths[dir_id] = f"{parent}/{d.name}" if parent else d.name
+            return paths[dir_id]
+
+        for d in directories:
+            path_of(d.id)
+        return paths
+
+    def all_documents(self) -> list[Document]:
+        with self._lock:
+            rows = self._db.execute(f"SELECT {_DOC_COLUMNS} FROM documents ORDER BY seq").fetchall()
+        return [Document(*row) for row in rows]
 
     def stored_files(self, under: str = ROOT_DIR) -> list[dict[str, Any]]:
         """One entry per ``directory path/name`` below ``under``: the newest document's size, md5,

@@ -368,6 +368,13 @@ class VikingStore(SqliteStore):
             rows = self._db.execute(f"SELECT {_DOC_COLUMNS} FROM docs ORDER BY resource_id, path, doc_id").fetchall()
         return [d for d in map(_doc_from_row, rows) if d.stored and not _gone(d, now)]
 
+    def live_docs(self) -> list[Doc]:
+        """Every document of every knowledge base not yet gone (deleting ones included), oldest first."""
+        now = now_ms()
+        with self._lock:
+            rows = self._db.execute(f"SELECT {_DOC_COLUMNS} FROM docs ORDER BY created_ms, doc_id").fetchall()
+        return [d for d in map(_doc_from_row, rows) if not _gone(d, now)]
+
     def collections(self) -> dict[str, Collection]:
         with self._lock:
             rows = self._db.execute("SELECT * FROM collections").fetchall()

@@ -6,7 +6,9 @@
 - load tasks: ``create_task``, ``list_tasks`` / ``iter_tasks`` / ``find_tasks``, ``get_task``,
   ``task_files`` / ``iter_task_files``, ``update_task``, ``pause_task``, ``resume_task``,
   ``retry_task``, ``delete_task``;
-- volumes: ``create_volume``, ``volume_info``.
+- volumes: ``create_volume``, ``volume_info``;
+- the volume catalog: ``list_files`` / ``iter_files`` (``/catalog/file/list``), ``delete_file``
+  (``/catalog/file/delete``).
 
 One pooled aiohttp session (``HttpClient``); every reply goes through ``check_envelope``, which turns
 MOI's ``{"code", "msg", "data"}`` into ``data`` or the matching ``ingest.errors`` error. Requests
@@ -46,6 +48,8 @@ from ingest.http import FileBody, HttpClient, HttpReply
 from ingest.models import FileItem
 from ingest.platforms.moi.wire import (
     BLOCK_FOR,
+    CatalogFile,
+    CatalogFilePage,
     Connector,
     ConnectorConfig,
     ConnectorCreate,
@@ -472,3 +476,41 @@ class MoiClient:
         data = await self._call("POST", "/catalog/volume/info", what=what, json_body={"id": volume_id})
         volume: Volume = _parse(Volume, data, what)
         return volume
+
+    # ----- the volume catalog --------------------------------------------------------------------------------
+
+    async def list_files(self, volume_id: str, *, page: int = 1, page_size: int = LIST_PAGE) -> CatalogFilePage:
+        """One page of a volume's files, newest first (MOI 5.0 "Query file list"; moi-go-sdk ``FileListRequest``)."""
+        what = f"listing the files of MOI volume {volume_id}"
+        body = {
+            "filters": [{"name": "volume_id", "values": [volume_id], "fuzzy": False}],
+            "page": page,
+            "page_size": page_size,
+            "order": "desc",
+            "order_by": "created_at",
+        }
+        data = await self._call("POST", "/catalog/file/list", what=what, json_body=body)
+        files: CatalogFilePage = _parse(CatalogFilePage, data, what)
+        return files
+
+    async def iter_files(self, volume_id: str, *, page_size: int = LIST_PAGE) -> AsyncIterator[CatalogFile]:
+        """Every file of a volume, page by page (one page in memory at a time)."""
+        page = 1
+        while True:
+            found = await self.list_files(volume_id, page=page, page_size=page_size)
+            for f in found.list:
+                yield f
+            if not found.list or page * page_size >= found.total:
+                return
+            page += 1
+
+    async def delete_file(self, file_id: str) -> bool:
+        """``/catalog/file/delete`` with ``{"id"}``; ``False`` when MOI does not know the file (404 ``ErrNotFound``)."""
+        what = f"deleting MOI file {file_id}"
+        try:
+            await self._call("POST", "/catalog/file/delete", what=what, json_body={"id": file_id})
+        except PermanentError as exc:
+            if exc.status == 404 or (exc.code or "").lower() == "errnotfound":
+                return False
+            raise
+        return True
