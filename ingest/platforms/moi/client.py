@@ -498,9 +498,9 @@ class MoiClient:
         page = 1
         while True:
             found = await self.list_files(volume_id, page=page, page_size=page_size)
-            for f in found.list:
+            for f in found.files:
                 yield f
-            if not found.list or page * page_size >= found.total:
+            if not found.files or page * page_size >= found.total:
                 return
             page += 1
 

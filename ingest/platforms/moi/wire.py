@@ -570,4 +570,5 @@ class CatalogFile(_Reply):
 
 class CatalogFilePage(_Reply):
     total: int = 0
-    list: list[CatalogFile] = Field(default_factory=list)
+    #: ``list`` on the wire.
+    files: list[CatalogFile] = Field(default_factory=list, validation_alias="list")
