@@ -29,7 +29,6 @@ from ingest.emulators.keyue.store import (
 )
 from ingest.emulators.kit.common import ApiError, json_response, now_ms, query_int, read_json_object
 from ingest.emulators.kit.common import short as _short
-from ingest.emulators.kit.documents import DocState, document_entry
 from ingest.emulators.kit.multipart import receive_form, stage_part
 from ingest.emulators.kit.store import discard_staged
 
@@ -443,34 +442,7 @@ async def emulator_files(request: web.Request) -> web.Response:
     return json_response(await anyio.to_thread.run_sync(state_of(request).store.stored_files, under))
 
 
-_DOC_STATE: dict[int, DocState] = {
-    LearnStatus.FAILED: "failed",
-    LearnStatus.LEARNING: "pending",
-    LearnStatus.ENHANCING: "pending",
-    LearnStatus.LEARNED: "done",
-}
-
-
 async def emulator_documents(request: web.Request) -> web.Response:
     """One entry per document (``/_emulator/documents``); ``folder`` is its directory's path from the
     default directory, ``dirId`` the directory."""
-    store = state_of(request).store
-    documents = await anyio.to_thread.run_sync(store.all_documents)
-    paths = await anyio.to_thread.run_sync(store.dir_paths)
-    now = now_ms()
-    return json_response(
-        [
-            document_entry(
-                doc_id=d.id,
-                name=d.name,
-                folder=paths.get(d.dir_id, f"<{d.dir_id}>"),
-                md5=d.md5,
-                size=d.size,
-                created_ms=d.created_ms,
-                state=_DOC_STATE.get(d.learn_status(now), "pending"),
-                dirId=d.dir_id,
-                learnStatus=d.learn_status(now),
-            )
-            for d in documents
-        ]
-    )
+    return json_response(await anyio.to_thread.run_sync(state_of(request).store.document_view))

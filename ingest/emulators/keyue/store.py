@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ingest.emulators.kit.common import ApiError, SnowflakeIds, now_ms
+from ingest.emulators.kit.documents import DocState, document_entry
 from ingest.emulators.kit.store import SqliteStore
 
 __all__ = [
@@ -122,6 +123,13 @@ class Incoming:
     user_id: str
     user_name: str
 
+
+_DOC_STATE: dict[int, DocState] = {
+    LearnStatus.FAILED: "failed",
+    LearnStatus.LEARNING: "pending",
+    LearnStatus.ENHANCING: "pending",
+    LearnStatus.LEARNED: "done",
+}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -381,10 +389,29 @@ class KeyueStore(SqliteStore):
             path_of(d.id)
         return paths
 
-    def all_documents(self) -> list[Document]:
+    def document_view(self) -> list[dict[str, Any]]:
+        """``/_emulator/documents``: every document, oldest first, with its directory's path as ``folder``."""
+        paths = self.dir_paths()
         with self._lock:
             rows = self._db.execute(f"SELECT {_DOC_COLUMNS} FROM documents ORDER BY seq").fetchall()
-        return [Document(*row) for row in rows]
+        now = now_ms()
+        view = []
+        for d in (Document(*row) for row in rows):
+            status = d.learn_status(now)
+            view.append(
+                document_entry(
+                    doc_id=d.id,
+                    name=d.name,
+                    folder=paths.get(d.dir_id, f"<{d.dir_id}>"),
+                    md5=d.md5,
+                    size=d.size,
+                    created_ms=d.created_ms,
+                    state=_DOC_STATE.get(status, "pending"),
+                    dirId=d.dir_id,
+                    learnStatus=status,
+                )
+            )
+        return view
 
     def stored_files(self, under: str = ROOT_DIR) -> list[dict[str, Any]]:
         """One entry per ``directory path/name`` below ``under``: the newest document's size, md5,

@@ -382,17 +382,8 @@ class MoiStore(SqliteStore):
     def _find_duplicate(
         db: sqlite3.Connection, volume_id: str, incoming: IncomingFile, by: frozenset[str]
     ) -> str | None:
-        conditions = ["volume_id = ?"]
-        params = [volume_id]
-        if "name" in by:
-            conditions.append("path = ?")
-            params.append(incoming.dest)
-        if "md5" in by:
-            conditions.append("md5 = ?")
-            params.append(incoming.md5)
-        row = db.execute(
-            f"SELECT file_id FROM stored_files WHERE {' AND '.join(conditions)} ORDER BY path LIMIT 1", params
-        ).fetchone()
+        where, params = _dedup_match(volume_id, incoming, by)
+        row = db.execute(f"SELECT file_id FROM stored_files WHERE {where} ORDER BY path LIMIT 1", params).fetchone()
         return None if row is None else str(row[0])
 
     @staticmethod
@@ -471,14 +462,8 @@ class MoiStore(SqliteStore):
         db: sqlite3.Connection, volume_id: str, incoming: IncomingFile, by: frozenset[str]
     ) -> None:
         """Dedup strategy replace: the files it matches (by name and/or md5) leave the catalog."""
-        conditions, params = ["volume_id = ?"], [volume_id]
-        if "name" in by:
-            conditions.append("path = ?")
-            params.append(incoming.dest)
-        if "md5" in by:
-            conditions.append("md5 = ?")
-            params.append(incoming.md5)
-        db.execute(f"DELETE FROM catalog_files WHERE {' AND '.join(conditions)}", params)
+        where, params = _dedup_match(volume_id, incoming, by)
+        db.execute(f"DELETE FROM catalog_files WHERE {where}", params)
 
     def _fails(self, fail_rate: float) -> bool:
         return fail_rate > 0 and self._rng.random() < fail_rate
@@ -676,6 +661,18 @@ class MoiStore(SqliteStore):
                 "SELECT volume_id, path, size, md5, uploads FROM stored_files ORDER BY volume_id, path"
             ).fetchall()
         return [dict(zip(("volume_id", "path", "size", "md5", "uploads"), row, strict=True)) for row in rows]
+
+
+def _dedup_match(volume_id: str, incoming: IncomingFile, by: frozenset[str]) -> tuple[str, list[str]]:
+    """SQL matching the files of a volume that ``dedup.by`` calls equal to ``incoming`` (name, md5 or both)."""
+    conditions, params = ["volume_id = ?"], [volume_id]
+    if "name" in by:
+        conditions.append("path = ?")
+        params.append(incoming.dest)
+    if "md5" in by:
+        conditions.append("md5 = ?")
+        params.append(incoming.md5)
+    return " AND ".join(conditions), params
 
 
 def _task_file(values: tuple[Any, ...] | list[Any]) -> TaskFile:

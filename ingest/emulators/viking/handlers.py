@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import posixpath
 import random
 import re
 import zipfile
@@ -24,7 +23,6 @@ from aiohttp import web
 
 from ingest.emulators.kit.common import json_response, now_ms
 from ingest.emulators.kit.common import short as _short
-from ingest.emulators.kit.documents import DocState, document_entry
 from ingest.emulators.viking.config import COLLECTION_NAME_RE
 from ingest.emulators.viking.doctypes import DOC_TYPES, doc_type_of, size_limit
 from ingest.emulators.viking.fetch import Fetched, FetchFailed, fetch_url, is_loopback_url, source_path
@@ -604,39 +602,11 @@ async def emulator_files(request: web.Request) -> web.Response:
     )
 
 
-_DOC_STATE: dict[ProcessStatus, DocState] = {
-    ProcessStatus.DONE: "done",
-    ProcessStatus.FAILED: "failed",
-    ProcessStatus.PROCESSING: "pending",
-    ProcessStatus.DELETING: "deleting",
-}
-
-
 async def emulator_documents(request: web.Request) -> web.Response:
     """One entry per document (``/_emulator/documents``). A doc_id is one document: adding it again
     overwrites it, so a path re-sent under the same id stays one entry. ``folder`` comes from the source
     path the client recorded on the staged object."""
-    store = state_of(request).store
-    docs = await anyio.to_thread.run_sync(store.live_docs)
-    kbs = await anyio.to_thread.run_sync(store.collections)
-    now = now_ms()
-    return json_response(
-        [
-            document_entry(
-                doc_id=d.doc_id,
-                name=d.doc_name,
-                folder=posixpath.dirname(d.path),
-                md5=d.md5,
-                size=d.size,
-                created_ms=d.created_ms,
-                state=_DOC_STATE[d.status(now)],
-                path=d.path,
-                collection=kbs[d.resource_id].name if d.resource_id in kbs else "",
-                resource_id=d.resource_id,
-            )
-            for d in docs
-        ]
-    )
+    return json_response(await anyio.to_thread.run_sync(state_of(request).store.document_view))
 
 
 async def emulator_create_task(request: web.Request) -> web.Response:

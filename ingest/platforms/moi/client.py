@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import json
 import mimetypes
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypeVar
 
 import aiohttp
 from multidict import MultiDict
@@ -104,6 +104,8 @@ MOI_ERRORS = ErrorRules(
     otherwise=Rule(PermanentError, "{what}: MOI refused ({detail})"),
 )
 
+_Item = TypeVar("_Item", covariant=True)
+
 #: Page size used when a method walks every page of a list.
 LIST_PAGE = 100
 TASK_FILES_PAGE = 1000
@@ -151,6 +153,25 @@ def _parse(model: type[Any], data: Any, what: str) -> Any:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "data"
         raise TransientError(f"{what}: MOI answered in an unexpected form ({where}: {err['msg']})") from None
+
+
+class _Page(Protocol[_Item]):
+    @property
+    def files(self) -> Sequence[_Item]: ...
+    @property
+    def total(self) -> int: ...
+
+
+async def _every(fetch: Callable[[int], Awaitable[_Page[_Item]]], page_size: int) -> AsyncIterator[_Item]:
+    """Every item of a paged list: ``fetch(page)`` gives one page (``files``, ``total``), pages from 1."""
+    number = 1
+    while True:
+        page = await fetch(number)
+        for item in page.files:
+            yield item
+        if not page.files or number * page_size >= page.total:
+            return
+        number += 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -432,15 +453,8 @@ class MoiClient:
         files: TaskFilesPage = _parse(TaskFilesPage, data, what)
         return files
 
-    async def iter_task_files(self, task_id: str, *, status: int | None = None) -> AsyncIterator[TaskFile]:
-        page = 1
-        while True:
-            found = await self.task_files(task_id, status=status, page=page)
-            for f in found.files:
-                yield f
-            if not found.files or page * TASK_FILES_PAGE >= found.total:
-                return
-            page += 1
+    def iter_task_files(self, task_id: str, *, status: int | None = None) -> AsyncIterator[TaskFile]:
+        return _every(lambda number: self.task_files(task_id, status=status, page=number), TASK_FILES_PAGE)
 
     async def update_task(self, update: TaskUpdate) -> None:
         what = f"updating MOI task {update.task_id}"
@@ -493,16 +507,9 @@ class MoiClient:
         files: CatalogFilePage = _parse(CatalogFilePage, data, what)
         return files
 
-    async def iter_files(self, volume_id: str, *, page_size: int = LIST_PAGE) -> AsyncIterator[CatalogFile]:
+    def iter_files(self, volume_id: str, *, page_size: int = LIST_PAGE) -> AsyncIterator[CatalogFile]:
         """Every file of a volume, page by page (one page in memory at a time)."""
-        page = 1
-        while True:
-            found = await self.list_files(volume_id, page=page, page_size=page_size)
-            for f in found.files:
-                yield f
-            if not found.files or page * page_size >= found.total:
-                return
-            page += 1
+        return _every(lambda number: self.list_files(volume_id, page=number, page_size=page_size), page_size)
 
     async def delete_file(self, file_id: str) -> bool:
         """``/catalog/file/delete`` with ``{"id"}``; ``False`` when MOI does not know the file (404 ``ErrNotFound``)."""
