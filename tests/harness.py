@@ -71,6 +71,18 @@ class Deployment(Protocol):
         ...
 
     async def retry_failed(self, config: Any) -> Any: ...
+    async def documents(self) -> list[dict[str, Any]]:
+        """``/_emulator/documents`` of this destination: one entry per document (every version apart),
+        ``{id, name, folder, md5, size, created, state, …}``; ``id`` is the remote id a receipt carries."""
+        ...
+
+    async def add_foreign_document(self, rel_path: str, data: bytes) -> str:
+        """Add a document through the platform API, as someone else would (not through a run); its id."""
+        ...
+
+    async def delete_behind_our_back(self, remote_id: str) -> None:
+        """Delete a document through the platform API, as someone else would."""
+        ...
 
 
 class _EmulatorHooks:
@@ -105,6 +117,49 @@ class _EmulatorHooks:
 
     async def request_counts(self) -> dict[str, int]:
         return dict((await self._get("/_emulator/stats"))["requests"])
+
+    def _in_destination(self, document: Mapping[str, Any]) -> bool:
+        """Whether a ``/_emulator/documents`` entry belongs to this deployment's destination."""
+        return True
+
+    def _platform_config(self) -> Any:
+        """The target settings ``add_foreign_document`` / ``delete_behind_our_back`` use."""
+        return self.target_config
+
+    async def documents(self) -> list[dict[str, Any]]:
+        return [d for d in await self._get("/_emulator/documents") if self._in_destination(d)]
+
+    @asynccontextmanager
+    async def target(self) -> AsyncIterator[Any]:
+        """The platform's target, opened, for calls a run does not make (``list_documents``, ``delete``)."""
+        from ingest.platforms.base import TargetContext
+        from ingest.platforms.registry import build_target
+
+        target = build_target(self._platform_config(), TargetContext(connections=4))
+        try:
+            await target.open()
+            yield target
+        finally:
+            await target.aclose()
+
+    async def add_foreign_document(self, rel_path: str, data: bytes) -> str:
+        from ingest.models import FileItem
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "body"
+            path.write_bytes(data)
+            item = FileItem(rel_path, path, len(data), path.stat().st_mtime_ns)
+            async with self.target() as target:
+                (receipt,) = await target.submit([item], dedup=False)
+        if receipt.error is not None or receipt.remote_id is None:
+            raise AssertionError(f"the platform refused {rel_path}: {receipt.error}")
+        return str(receipt.remote_id)
+
+    async def delete_behind_our_back(self, remote_id: str) -> None:
+        async with self.target() as target:
+            gone = await target.delete([remote_id])
+        if gone != [remote_id]:
+            raise AssertionError(f"the platform did not delete {remote_id}")
 
     def set_faults(self, **changes: Any) -> None:
         state = self._state()
@@ -200,6 +255,13 @@ class MoiDeployment(_EmulatorHooks):
 
     async def stored(self) -> dict[str, StoredFile]:
         return await self._stored_where(lambda f: str(f["volume_id"]) == self.volume_id)
+
+    def _in_destination(self, document: Mapping[str, Any]) -> bool:
+        return str(document["volume_id"]) == self.volume_id
+
+    def _platform_config(self) -> Any:
+        # Uploads into the volume, also for the load-task deployment (whose own target loads a bucket).
+        return MoiTargetConfig(endpoint=self.url, api_key=SecretStr(self.api_key), volume_id=self.volume_id)
 
 
 class MoiHarness(_RunsLocalTrees):
@@ -422,6 +484,9 @@ class VikingDeployment(_EmulatorHooks):
     async def stored(self) -> dict[str, StoredFile]:
         """Documents of the knowledge base by the source path the client recorded on the staged object."""
         return await self._stored_where(lambda f: f["collection"] == self.harness.collection)
+
+    def _in_destination(self, document: Mapping[str, Any]) -> bool:
+        return bool(document["collection"] == self.harness.collection)
 
 
 class VikingHarness(_RunsLocalTrees):

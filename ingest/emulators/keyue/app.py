@@ -6,8 +6,11 @@ Emulated, under ``/open/v1/api/v2`` and the newer ``/csp-service/open/v1/api/v2`
   ``multipleFileKey``; query ``knowledgePublic``, ``i18n``)
 - ``GET /llm/document/list`` (``pn``, ``ps``, ``keyword``, ``dirId``, ``origin``, ``knowledgePublic``, ``i18n``)
 - ``POST /llm/document/batchRetrain`` (``{"documentIds": […]}``)
+- ``POST /llm/document/batchDelete`` (``{"documentIds": […]}``; DocumentDelete, code 4007283 "文档删除失败"
+  when an id is unknown, and then nothing is deleted)
 - ``GET /directory`` (``keyword``, ``parentId``), ``POST /directory/create``, ``POST /directory/update``
-- test hooks without auth or faults: ``GET /_emulator/files[?dirId=]``, ``GET /_emulator/stats``
+- test hooks without auth or faults: ``GET /_emulator/files[?dirId=]`` (by path), ``GET /_emulator/documents``
+  (one entry per document: every import is a document of its own), ``GET /_emulator/stats``
 
 Answers use the documented envelopes: ``{"time","data","code":200,"msg":"OK"}`` on success and
 ``{"msg","requestId","code","tip"}`` on failure, with the documented codes 4002012 (request rejected;
@@ -30,8 +33,10 @@ from aiohttp import web
 
 from ingest.emulators.keyue.config import KeyueEmulatorConfig, add_keyue_arguments, config_from_args
 from ingest.emulators.keyue.handlers import (
+    batch_delete,
     batch_retrain,
     create_directory,
+    emulator_documents,
     emulator_files,
     import_document,
     list_directories,
@@ -39,7 +44,7 @@ from ingest.emulators.keyue.handlers import (
     update_directory,
 )
 from ingest.emulators.keyue.state import KEYUE_STATE, KeyueState, state_of
-from ingest.emulators.keyue.store import INVALID, VERSION_CONFLICT, invalid
+from ingest.emulators.keyue.store import DELETE_FAILED, INVALID, VERSION_CONFLICT, invalid
 from ingest.emulators.kit.app import EmulatorApp, build_app
 from ingest.emulators.kit.common import ApiError, json_response
 from ingest.emulators.kit.faults import FaultInjector
@@ -62,6 +67,7 @@ PREFIXES = ("", "/csp-service")
 #: Documented messages per code; the injected fault codes mirror their HTTP status.
 MESSAGES = {
     INVALID: "服务器处理该请求失败,请检查请求是否合法",
+    DELETE_FAILED: "文档删除失败",
     VERSION_CONFLICT: "目录列表数据版本不一致,请刷新重试",
     500: "服务器内部错误,请稍后重试",
     429: "请求过于频繁,请稍后重试",
@@ -111,6 +117,7 @@ def _add_routes(app: web.Application, state: KeyueState) -> None:
         app.router.add_post(base + "/task/create/llm_document_import", import_document)
         app.router.add_get(base + "/llm/document/list", list_documents, allow_head=False)
         app.router.add_post(base + "/llm/document/batchRetrain", batch_retrain)
+        app.router.add_post(base + "/llm/document/batchDelete", batch_delete)
         app.router.add_get(base + "/directory", list_directories, allow_head=False)
         app.router.add_post(base + "/directory/create", create_directory)
         app.router.add_post(base + "/directory/update", update_directory)
@@ -127,6 +134,7 @@ KEYUE_APP: EmulatorApp[KeyueEmulatorConfig, KeyueState] = EmulatorApp(
     authenticate=_authenticate,
     add_routes=_add_routes,
     emulator_files=emulator_files,
+    emulator_documents=emulator_documents,
     resettable=_is_import,
 )
 

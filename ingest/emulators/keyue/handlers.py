@@ -33,8 +33,10 @@ from ingest.emulators.kit.multipart import receive_form, stage_part
 from ingest.emulators.kit.store import discard_staged
 
 __all__ = [
+    "batch_delete",
     "batch_retrain",
     "create_directory",
+    "emulator_documents",
     "emulator_files",
     "import_document",
     "list_directories",
@@ -47,8 +49,9 @@ __all__ = [
 TEXT_FIELD_LIMIT = 64 * 1024
 #: Page size limit of ``/llm/document/list`` (undocumented; large enough for efficient polling).
 MAX_PAGE_SIZE = 100
-#: Documents per ``batchRetrain`` call (undocumented).
+#: Documents per ``batchRetrain`` / ``batchDelete`` call (undocumented).
 MAX_RETRAIN_IDS = 100
+MAX_DELETE_IDS = 100
 MAX_NAME = 255
 
 _FILE_FIELD = "file"
@@ -357,18 +360,32 @@ async def list_documents(request: web.Request) -> web.Response:
     )
 
 
-async def batch_retrain(request: web.Request) -> web.Response:
-    """``POST …/llm/document/batchRetrain``: learn failed documents again."""
+async def _document_ids(request: web.Request, limit: int) -> list[str]:
+    """``{"documentIds": [...]}``: a non-empty array of at most ``limit`` document id strings."""
     body = await _json_body(request, {"documentIds"})
     ids = body.get("documentIds")
     if not isinstance(ids, list) or not ids:
         raise invalid("documentIds is required: a non-empty array of document ids")
-    if len(ids) > MAX_RETRAIN_IDS:
-        raise invalid(f"documentIds has {len(ids)} ids; at most {MAX_RETRAIN_IDS} per request")
+    if len(ids) > limit:
+        raise invalid(f"documentIds has {len(ids)} ids; at most {limit} per request")
     if not all(isinstance(i, str) and i.strip() for i in ids):
         raise invalid("documentIds must contain document id strings")
+    return list(dict.fromkeys(i.strip() for i in ids))
+
+
+async def batch_retrain(request: web.Request) -> web.Response:
+    """``POST …/llm/document/batchRetrain``: learn failed documents again."""
+    ids = await _document_ids(request, MAX_RETRAIN_IDS)
     state = state_of(request)
-    await anyio.to_thread.run_sync(state.store.retrain, [i.strip() for i in ids], state.timing())
+    await anyio.to_thread.run_sync(state.store.retrain, ids, state.timing())
+    return ok(None)
+
+
+async def batch_delete(request: web.Request) -> web.Response:
+    """``POST …/llm/document/batchDelete`` (DocumentDelete): ``data`` null; 4007283 "文档删除失败" when an id
+    is unknown, and then nothing is deleted."""
+    ids = await _document_ids(request, MAX_DELETE_IDS)
+    await anyio.to_thread.run_sync(state_of(request).store.delete_documents, ids)
     return ok(None)
 
 
@@ -423,3 +440,9 @@ async def emulator_files(request: web.Request) -> web.Response:
     """
     under = request.query.get("dirId", ROOT_DIR).strip() or ROOT_DIR
     return json_response(await anyio.to_thread.run_sync(state_of(request).store.stored_files, under))
+
+
+async def emulator_documents(request: web.Request) -> web.Response:
+    """One entry per document (``/_emulator/documents``); ``folder`` is its directory's path from the
+    default directory, ``dirId`` the directory."""
+    return json_response(await anyio.to_thread.run_sync(state_of(request).store.document_view))

@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from ingest.emulators.kit.common import ApiError, SnowflakeIds, now_ms
+from ingest.emulators.kit.documents import DocState, document_entry
 from ingest.emulators.kit.store import SqliteStore
 
 __all__ = [
+    "DELETE_FAILED",
     "INVALID",
     "ROOT_DIR",
     "VERSION_CONFLICT",
@@ -39,6 +41,8 @@ __all__ = [
 INVALID = 4002012
 #: The documented directory version conflict.
 VERSION_CONFLICT = 4000526
+#: The documented failure of ``batchDelete`` ("文档删除失败"): the emulator answers it for ids it does not know.
+DELETE_FAILED = 4007283
 #: The default directory every agent has; it is never listed and cannot be renamed.
 ROOT_DIR = "0"
 #: Directory names: the real limit is undocumented; long enough for any local folder name.
@@ -119,6 +123,13 @@ class Incoming:
     user_id: str
     user_name: str
 
+
+_DOC_STATE: dict[int, DocState] = {
+    LearnStatus.FAILED: "failed",
+    LearnStatus.LEARNING: "pending",
+    LearnStatus.ENHANCING: "pending",
+    LearnStatus.LEARNED: "done",
+}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -346,7 +357,61 @@ class KeyueStore(SqliteStore):
                     ),
                 )
 
+    def delete_documents(self, doc_ids: list[str]) -> None:
+        """Delete documents and their bodies; all or nothing: an unknown id fails the request (4007283)."""
+        with self._transaction() as db:
+            for doc_id in doc_ids:
+                if db.execute("SELECT 1 FROM documents WHERE id = ?", (doc_id,)).fetchone() is None:
+                    raise ApiError(200, str(DELETE_FAILED), f"documentIds: document {doc_id!r} does not exist")
+            db.executemany("DELETE FROM documents WHERE id = ?", [(doc_id,) for doc_id in doc_ids])
+        for doc_id in doc_ids:
+            (self.documents_dir / doc_id).unlink(missing_ok=True)
+
     # ----- test hooks --------------------------------------------------------------------------------
+
+    def dir_paths(self) -> dict[str, str]:
+        """Directory id -> its path from the default directory ("" for the default directory itself)."""
+        directories, _ = self.directories()
+        by_id = {d.id: d for d in directories}
+        paths = {ROOT_DIR: ""}
+
+        def path_of(dir_id: str, depth: int = 0) -> str:
+            if dir_id in paths:
+                return paths[dir_id]
+            d = by_id.get(dir_id)
+            if d is None or depth > len(by_id):
+                return f"<{dir_id}>"
+            parent = path_of(d.parent_id, depth + 1)
+            paths[dir_id] = f"{parent}/{d.name}" if parent else d.name
+            return paths[dir_id]
+
+        for d in directories:
+            path_of(d.id)
+        return paths
+
+    def document_view(self) -> list[dict[str, Any]]:
+        """``/_emulator/documents``: every document, oldest first, with its directory's path as ``folder``."""
+        paths = self.dir_paths()
+        with self._lock:
+            rows = self._db.execute(f"SELECT {_DOC_COLUMNS} FROM documents ORDER BY seq").fetchall()
+        now = now_ms()
+        view = []
+        for d in (Document(*row) for row in rows):
+            status = d.learn_status(now)
+            view.append(
+                document_entry(
+                    doc_id=d.id,
+                    name=d.name,
+                    folder=paths.get(d.dir_id, f"<{d.dir_id}>"),
+                    md5=d.md5,
+                    size=d.size,
+                    created_ms=d.created_ms,
+                    state=_DOC_STATE.get(status, "pending"),
+                    dirId=d.dir_id,
+                    learnStatus=status,
+                )
+            )
+        return view
 
     def stored_files(self, under: str = ROOT_DIR) -> list[dict[str, Any]]:
         """One entry per ``directory path/name`` below ``under``: the newest document's size, md5,

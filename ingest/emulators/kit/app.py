@@ -9,7 +9,8 @@ opens the platform's store). ``build_app`` then wires the skeleton the same way 
   renders every failure (``ApiError``, aiohttp's own 404/405/413, a lost connection, a bug) in the
   platform's envelope; the test hooks (``/_emulator/...``) are neither counted, faulted nor
   authenticated. One middleware rather than four: a request pays one layer, not four;
-- the test hooks ``GET /_emulator/stats`` and ``GET /_emulator/files``;
+- the test hooks ``GET /_emulator/stats``, ``GET /_emulator/files`` (stored content by path) and, when the
+  platform has it, ``GET /_emulator/documents`` (one entry per document, every version of a file apart);
 - the store opened (in a worker thread) on startup, and closed on cleanup, even when cancelled.
 """
 
@@ -135,6 +136,10 @@ class EmulatorApp(Generic[ConfigT, StateT]):
     emulator_files: Handler
     #: The uploads: the requests an injected connection reset may hit.
     resettable: Callable[[web.Request], bool]
+    #: ``GET /_emulator/documents``: one entry per document the platform holds, not enveloped, each
+    #: ``{id, name, folder, md5, size, created, state}`` plus the platform's own fields. Unlike
+    #: ``/_emulator/files`` (by path), it shows a stale version and same-name files apart.
+    emulator_documents: Handler | None = None
     #: Paths answered without authentication (besides the test hooks).
     public_paths: frozenset[str] = frozenset()
 
@@ -156,6 +161,8 @@ def build_app(spec: EmulatorApp[ConfigT, StateT], config: ConfigT) -> web.Applic
     app.cleanup_ctx.append(_lifetime(spec.state_key))
     spec.add_routes(app, state)
     app.router.add_get("/_emulator/files", spec.emulator_files, allow_head=False)
+    if spec.emulator_documents is not None:
+        app.router.add_get("/_emulator/documents", spec.emulator_documents, allow_head=False)
     app.router.add_get("/_emulator/stats", counter.stats, allow_head=False)
     return app
 

@@ -15,6 +15,7 @@ from aiohttp import web
 from ingest.emulators.kit.app import EmulatorApp, build_app
 from ingest.emulators.kit.common import ApiError, json_response
 from ingest.emulators.kit.faults import FaultInjector
+from ingest.emulators.moi.catalog import delete_file, emulator_documents, list_files
 from ingest.emulators.moi.config import MoiEmulatorConfig, add_moi_arguments, config_from_args
 from ingest.emulators.moi.connectors import ConnectorStore, add_connector_routes
 from ingest.emulators.moi.loadtasks import LoadService, add_load_routes
@@ -90,6 +91,8 @@ def _add_routes(app: web.Application, state: MoiState) -> None:
     add_load_routes(app, loads)
     app.router.add_post("/catalog/volume/create", create_volume)
     app.router.add_post("/catalog/volume/info", volume_info)
+    app.router.add_post("/catalog/file/list", list_files)
+    app.router.add_post("/catalog/file/delete", delete_file)
     app.router.add_post("/connectors/upload", upload)
     app.router.add_get("/task/get", get_task, allow_head=False)
     app.router.add_get("/task/files", task_files, allow_head=False)
@@ -110,6 +113,7 @@ MOI_APP: EmulatorApp[MoiEmulatorConfig, MoiState] = EmulatorApp(
     authenticate=_authenticate,
     add_routes=_add_routes,
     emulator_files=emulator_files,
+    emulator_documents=emulator_documents,
     resettable=_is_upload,
 )
 

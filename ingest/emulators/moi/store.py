@@ -8,12 +8,14 @@ for old task ids. Upload task progress is computed from timestamps when asked (`
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import os
+import posixpath
 import random
 import sqlite3
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from ingest.emulators.moi.wire import ALREADY_EXISTS, NOT_FOUND, PARAM_INVALID, 
 
 __all__ = [
     "INJECTED_FAILURE",
+    "CatalogFile",
     "Dedup",
     "FileResult",
     "IncomingFile",
@@ -34,6 +37,7 @@ __all__ = [
     "TaskFile",
     "Volume",
     "file_status",
+    "folder_id",
 ]
 
 #: Reason recorded for a file failed by ``task_fail_rate``.
@@ -61,6 +65,20 @@ CREATE TABLE IF NOT EXISTS stored_files (
     PRIMARY KEY (volume_id, path)
 );
 CREATE INDEX IF NOT EXISTS stored_files_md5 ON stored_files (volume_id, md5);
+-- The volume's catalog: one row per file MOI holds, every upload (or load) of a path its own file, so a
+-- re-sent changed file is a second file until one is deleted (/catalog/file/list, /catalog/file/delete).
+-- stored_files above stays the by-path summary (the newest body, how often the path was sent).
+CREATE TABLE IF NOT EXISTS catalog_files (
+    id TEXT PRIMARY KEY,
+    volume_id TEXT NOT NULL,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    md5 TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS catalog_files_volume ON catalog_files (volume_id, created_ms, id);
+CREATE INDEX IF NOT EXISTS catalog_files_path ON catalog_files (volume_id, path);
 CREATE TABLE IF NOT EXISTS tasks (
     id TEXT PRIMARY KEY,
     volume_id TEXT NOT NULL,
@@ -94,6 +112,29 @@ class Volume:
     description: str
     created_ms: int
     updated_ms: int
+
+
+def folder_id(volume_id: str, folder: str) -> str:
+    """A stable decimal id for a folder path of a volume ("" for the top): uploads create no folder objects."""
+    if not folder:
+        return ""
+    return str(int(hashlib.sha256(f"{volume_id}\0{folder}".encode()).hexdigest()[:15], 16))
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogFile:
+    """One file of a volume's catalog (one version of a path)."""
+
+    id: str
+    volume_id: str
+    path: str
+    size: int
+    md5: str
+    created_ms: int
+    updated_ms: int
+
+
+_CATALOG_COLUMNS = "id, volume_id, path, size, md5, created_ms, updated_ms"
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +207,17 @@ class MoiStore(SqliteStore):
 
     def __init__(self, data_dir: Path, seed: int | None) -> None:
         super().__init__(data_dir, ".emulator.db", _SCHEMA + CONNECTORS_SCHEMA + LOAD_SCHEMA)
+        self._db.create_function(
+            "parent_of", 2, lambda volume, path: folder_id(volume, posixpath.dirname(path)), deterministic=True
+        )
+        # A data dir from before the catalog: each stored path becomes one catalog file.
+        with self._transaction() as db:
+            db.execute(
+                f"INSERT OR IGNORE INTO catalog_files ({_CATALOG_COLUMNS})"
+                " SELECT file_id, volume_id, path, size, md5, created_ms, updated_ms FROM stored_files"
+                " WHERE NOT EXISTS (SELECT 1 FROM catalog_files c WHERE c.volume_id = stored_files.volume_id"
+                " AND c.path = stored_files.path)"
+            )
         self.ids = SnowflakeIds(floor=self._largest_id())
         # Task fates are drawn under the lock, so the sequence is reproducible for sequential requests.
         self._rng = random.Random(None if seed is None else f"moi-tasks-{seed}")
@@ -256,6 +308,7 @@ class MoiStore(SqliteStore):
                 " updated_ms = excluded.updated_ms",
                 (volume_id, dest, file_id, size, md5, now, now),
             )
+            self._add_catalog_file(db, CatalogFile(file_id, volume_id, dest, size, md5, now, now))
             if also is not None:
                 also(db)
 
@@ -297,7 +350,7 @@ class MoiStore(SqliteStore):
             self._check_conflicts(db, volume_id, [d.file.dest for d in decisions if not d.skip])
             now = now_ms()
             task_id = self.ids.next_id()
-            results = [self._apply(db, volume_id, task_id, d, now, delay_ms, fail_rate) for d in decisions]
+            results = [self._apply(db, volume_id, task_id, d, dedup, now, delay_ms, fail_rate) for d in decisions]
             db.execute(
                 "INSERT INTO tasks VALUES (?, ?, ?, ?, ?, NULL)",
                 (task_id, volume_id, json.dumps([f.dest for f in files], ensure_ascii=False), now, now),
@@ -329,17 +382,8 @@ class MoiStore(SqliteStore):
     def _find_duplicate(
         db: sqlite3.Connection, volume_id: str, incoming: IncomingFile, by: frozenset[str]
     ) -> str | None:
-        conditions = ["volume_id = ?"]
-        params = [volume_id]
-        if "name" in by:
-            conditions.append("path = ?")
-            params.append(incoming.dest)
-        if "md5" in by:
-            conditions.append("md5 = ?")
-            params.append(incoming.md5)
-        row = db.execute(
-            f"SELECT file_id FROM stored_files WHERE {' AND '.join(conditions)} ORDER BY path LIMIT 1", params
-        ).fetchone()
+        where, params = _dedup_match(volume_id, incoming, by)
+        row = db.execute(f"SELECT file_id FROM stored_files WHERE {where} ORDER BY path LIMIT 1", params).fetchone()
         return None if row is None else str(row[0])
 
     @staticmethod
@@ -372,6 +416,7 @@ class MoiStore(SqliteStore):
         volume_id: str,
         task_id: str,
         decision: _Decision,
+        dedup: Dedup | None,
         now: int,
         delay_ms: int,
         fail_rate: float,
@@ -390,6 +435,11 @@ class MoiStore(SqliteStore):
                 " updated_ms = excluded.updated_ms",
                 (volume_id, incoming.dest, decision.file_id, incoming.size, incoming.md5, now, now),
             )
+            if dedup is not None and dedup.strategy == "replace":
+                self._replace_catalog_files(db, volume_id, incoming, dedup.by)
+            self._add_catalog_file(
+                db, CatalogFile(decision.file_id, volume_id, incoming.dest, incoming.size, incoming.md5, now, now)
+            )
             reason = INJECTED_FAILURE if self._fails(fail_rate) else ""
             timing = (now, now + delay_ms // 2, now + delay_ms, reason)
             result = FileResult(True, decision.file_id, "uploaded")
@@ -399,6 +449,21 @@ class MoiStore(SqliteStore):
             (task_id, decision.file_id, incoming.dest, incoming.size, *timing),
         )
         return result
+
+    @staticmethod
+    def _add_catalog_file(db: sqlite3.Connection, f: CatalogFile) -> None:
+        db.execute(
+            f"INSERT OR REPLACE INTO catalog_files ({_CATALOG_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (f.id, f.volume_id, f.path, f.size, f.md5, f.created_ms, f.updated_ms),
+        )
+
+    @staticmethod
+    def _replace_catalog_files(
+        db: sqlite3.Connection, volume_id: str, incoming: IncomingFile, by: frozenset[str]
+    ) -> None:
+        """Dedup strategy replace: the files it matches (by name and/or md5) leave the catalog."""
+        where, params = _dedup_match(volume_id, incoming, by)
+        db.execute(f"DELETE FROM catalog_files WHERE {where}", params)
 
     def _fails(self, fail_rate: float) -> bool:
         return fail_rate > 0 and self._rng.random() < fail_rate
@@ -510,6 +575,84 @@ class MoiStore(SqliteStore):
         ).fetchall()
         return [(row[0], _task_file(row[1:])) for row in rows]
 
+    # the catalog
+
+    def catalog_page(
+        self,
+        volume_id: str,
+        *,
+        where: str,
+        params: list[Any],
+        order_by: str,
+        descending: bool,
+        offset: int,
+        limit: int,
+    ) -> tuple[int, list[CatalogFile]]:
+        """One page of a volume's catalog files matching ``where`` (built by the handler from its filters)."""
+        direction = "DESC" if descending else "ASC"
+        condition = f"volume_id = ? AND ({where})"
+        with self._lock:
+            total = self._db.execute(
+                f"SELECT COUNT(*) FROM catalog_files WHERE {condition}", [volume_id, *params]
+            ).fetchone()[0]
+            rows = self._db.execute(
+                f"SELECT {_CATALOG_COLUMNS} FROM catalog_files WHERE {condition}"
+                f" ORDER BY {order_by} {direction}, CAST(id AS INTEGER) {direction} LIMIT ? OFFSET ?",
+                [volume_id, *params, limit, offset],
+            ).fetchall()
+        return int(total), [CatalogFile(*row) for row in rows]
+
+    def delete_catalog_file(self, file_id: str) -> None:
+        """Remove one file from its volume; ``ApiError`` 404 when no volume has it.
+
+        The by-path summary follows: a path whose last file is gone leaves ``stored_files`` with its body;
+        one with other files left points at the newest of them.
+        """
+        with self._transaction() as db:
+            row = db.execute(f"SELECT {_CATALOG_COLUMNS} FROM catalog_files WHERE id = ?", (file_id,)).fetchone()
+            if row is None:
+                raise ApiError(404, NOT_FOUND, f"file {file_id} not found")
+            gone = CatalogFile(*row)
+            db.execute("DELETE FROM catalog_files WHERE id = ?", (file_id,))
+            newest = db.execute(
+                f"SELECT {_CATALOG_COLUMNS} FROM catalog_files WHERE volume_id = ? AND path = ?"
+                " ORDER BY created_ms DESC, CAST(id AS INTEGER) DESC LIMIT 1",
+                (gone.volume_id, gone.path),
+            ).fetchone()
+            if newest is None:
+                db.execute("DELETE FROM stored_files WHERE volume_id = ? AND path = ?", (gone.volume_id, gone.path))
+            else:
+                keep = CatalogFile(*newest)
+                db.execute(
+                    "UPDATE stored_files SET file_id = ?, size = ?, md5 = ? WHERE volume_id = ? AND path = ?"
+                    " AND file_id = ?",
+                    (keep.id, keep.size, keep.md5, gone.volume_id, gone.path, gone.id),
+                )
+        if newest is None:
+            with suppress(FileNotFoundError, ValueError):
+                safe_join(self.data_dir / gone.volume_id, gone.path).unlink()
+
+    def catalog_files(self) -> list[tuple[CatalogFile, FileStatus | None]]:
+        """Every catalog file with the status of its newest upload-task entry (``None``: loaded by a load
+        task, which stores a file only once it succeeded)."""
+        now = now_ms()
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_CATALOG_COLUMNS} FROM catalog_files ORDER BY volume_id, path, created_ms, id"
+            ).fetchall()
+            out = []
+            for row in rows:
+                f = CatalogFile(*row)
+                entry = self._db.execute(
+                    "SELECT tf.file_id, tf.name, tf.size, tf.started_ms, tf.uploading_ms, tf.done_ms, tf.retrying,"
+                    " tf.fail_reason, t.paused_at_ms FROM task_files tf JOIN tasks t ON t.id = tf.task_id"
+                    " WHERE tf.file_id = ? ORDER BY tf.seq DESC LIMIT 1",
+                    (f.id,),
+                ).fetchone()
+                status = None if entry is None else file_status(_task_file(entry[:8]), now, entry[8])
+                out.append((f, status))
+        return out
+
     # test hooks
 
     def stored_files(self) -> list[dict[str, Any]]:
@@ -518,6 +661,18 @@ class MoiStore(SqliteStore):
                 "SELECT volume_id, path, size, md5, uploads FROM stored_files ORDER BY volume_id, path"
             ).fetchall()
         return [dict(zip(("volume_id", "path", "size", "md5", "uploads"), row, strict=True)) for row in rows]
+
+
+def _dedup_match(volume_id: str, incoming: IncomingFile, by: frozenset[str]) -> tuple[str, list[str]]:
+    """SQL matching the files of a volume that ``dedup.by`` calls equal to ``incoming`` (name, md5 or both)."""
+    conditions, params = ["volume_id = ?"], [volume_id]
+    if "name" in by:
+        conditions.append("path = ?")
+        params.append(incoming.dest)
+    if "md5" in by:
+        conditions.append("md5 = ?")
+        params.append(incoming.md5)
+    return " AND ".join(conditions), params
 
 
 def _task_file(values: tuple[Any, ...] | list[Any]) -> TaskFile:

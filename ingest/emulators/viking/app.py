@@ -53,6 +53,7 @@ from ingest.emulators.viking.handlers import (
     doc_info,
     emulator_attachment,
     emulator_create_task,
+    emulator_documents,
     emulator_files,
     list_docs,
     ping,
@@ -148,6 +149,7 @@ VIKING_APP: EmulatorApp[VikingEmulatorConfig, VikingState] = EmulatorApp(
     authenticate=_authenticate,
     add_routes=_add_routes,
     emulator_files=emulator_files,
+    emulator_documents=emulator_documents,
     resettable=_is_doc_add,
     # A health check: answered without a signature, as the volcengine SDK's constructor needs.
     public_paths=frozenset({"/ping"}),

@@ -38,6 +38,7 @@ __all__ = [
     "doc_info",
     "emulator_attachment",
     "emulator_create_task",
+    "emulator_documents",
     "emulator_files",
     "list_docs",
     "ping",
@@ -599,6 +600,13 @@ async def emulator_files(request: web.Request) -> web.Response:
             for d in docs
         ]
     )
+
+
+async def emulator_documents(request: web.Request) -> web.Response:
+    """One entry per document (``/_emulator/documents``). A doc_id is one document: adding it again
+    overwrites it, so a path re-sent under the same id stays one entry. ``folder`` comes from the source
+    path the client recorded on the staged object."""
+    return json_response(await anyio.to_thread.run_sync(state_of(request).store.document_view))
 
 
 async def emulator_create_task(request: web.Request) -> web.Response:

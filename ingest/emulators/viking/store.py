@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 import json
 import os
+import posixpath
 import secrets
 import sqlite3
 import time
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ingest.emulators.kit.common import ApiError, now_ms
+from ingest.emulators.kit.documents import DocState, document_entry
 from ingest.emulators.kit.store import SqliteStore
 
 __all__ = [
@@ -58,6 +60,13 @@ class ProcessStatus(enum.IntEnum):
     PROCESSING = 2
     DELETING = 5
 
+
+_DOC_STATE: dict[ProcessStatus, DocState] = {
+    ProcessStatus.DONE: "done",
+    ProcessStatus.FAILED: "failed",
+    ProcessStatus.PROCESSING: "pending",
+    ProcessStatus.DELETING: "deleting",
+}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS collections (
@@ -367,6 +376,29 @@ class VikingStore(SqliteStore):
         with self._lock:
             rows = self._db.execute(f"SELECT {_DOC_COLUMNS} FROM docs ORDER BY resource_id, path, doc_id").fetchall()
         return [d for d in map(_doc_from_row, rows) if d.stored and not _gone(d, now)]
+
+    def document_view(self) -> list[dict[str, Any]]:
+        """``/_emulator/documents``: every document not yet gone (deleting ones included), oldest first."""
+        kbs = self.collections()
+        now = now_ms()
+        with self._lock:
+            rows = self._db.execute(f"SELECT {_DOC_COLUMNS} FROM docs ORDER BY created_ms, doc_id").fetchall()
+        return [
+            document_entry(
+                doc_id=d.doc_id,
+                name=d.doc_name,
+                folder=posixpath.dirname(d.path),
+                md5=d.md5,
+                size=d.size,
+                created_ms=d.created_ms,
+                state=_DOC_STATE[d.status(now)],
+                path=d.path,
+                collection=kbs[d.resource_id].name if d.resource_id in kbs else "",
+                resource_id=d.resource_id,
+            )
+            for d in map(_doc_from_row, rows)
+            if not _gone(d, now)
+        ]
 
     def collections(self) -> dict[str, Collection]:
         with self._lock:

@@ -32,13 +32,24 @@ from ingest.models import FileItem
 from ingest.platforms.base import TargetContext
 from ingest.platforms.keyue.config import KeyueTargetConfig
 
-__all__ = ["INVALID", "KEYUE_ERRORS", "SUCCESS", "VERSION_CONFLICT", "KeyueApi", "as_int", "check_envelope"]
+__all__ = [
+    "DELETE_FAILED",
+    "INVALID",
+    "KEYUE_ERRORS",
+    "SUCCESS",
+    "VERSION_CONFLICT",
+    "KeyueApi",
+    "as_int",
+    "check_envelope",
+]
 
 SUCCESS = 200
 #: "服务器处理该请求失败,请检查请求是否合法": the request was rejected as invalid.
 INVALID = 4002012
 #: "目录列表数据版本不一致,请刷新重试": the directory list changed since it was read.
 VERSION_CONFLICT = 4000526
+#: "文档删除失败": DocumentDelete's documented failure.
+DELETE_FAILED = 4007283
 
 #: Page size of ``/llm/document/list`` requests.
 PAGE_SIZE = 100
@@ -177,6 +188,11 @@ class KeyueApi:
     async def retrain(self, document_ids: Sequence[str]) -> None:
         what = f"retraining {len(document_ids)} Keyue document(s)"
         await self._call("POST", "/llm/document/batchRetrain", what=what, json_body={"documentIds": list(document_ids)})
+
+    async def delete_documents(self, document_ids: Sequence[str]) -> None:
+        """``POST …/llm/document/batchDelete`` (DocumentDelete); fails with 4007283 "文档删除失败"."""
+        what = f"deleting {len(document_ids)} Keyue document(s)"
+        await self._call("POST", "/llm/document/batchDelete", what=what, json_body={"documentIds": list(document_ids)})
 
     async def aclose(self) -> None:
         await self.http.aclose()

@@ -77,6 +77,23 @@ class DirectoryTree:
     def get(self, dir_id: str) -> KnownDirectory | None:
         return self._known.get(dir_id)
 
+    def subtree(self) -> list[tuple[str, str]]:
+        """``(directory id, folder path)`` of the root and every directory below it, as last loaded;
+        the root's folder path is ""."""
+        children: dict[str, list[KnownDirectory]] = {}
+        for d in self._known.values():
+            children.setdefault(d.parent_id, []).append(d)
+        found, todo = [], [(self.root, "")]
+        seen = {self.root}
+        while todo:
+            dir_id, path = todo.pop()
+            found.append((dir_id, path))
+            for child in sorted(children.get(dir_id, []), key=lambda d: d.name):
+                if child.id not in seen:  # a cycle in a broken listing must not loop forever
+                    seen.add(child.id)
+                    todo.append((child.id, f"{path}/{child.name}" if path else child.name))
+        return found
+
     def lookup(self, folder: str) -> str | None:
         """The directory of a local folder if it exists already; never creates anything."""
         if folder in self._folders:

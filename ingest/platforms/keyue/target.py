@@ -7,22 +7,29 @@ seen), or a lookup by name when that is cheaper. ``learnStatus`` -1 is failed, 0
 2 knowledge enhancement (done or not, by ``treat_enhancing_as_done``). Failed documents are retried
 with ``batchRetrain``. Keyue has no documented dedup, so a file a crash left mid-upload is looked up
 by name (and size) in its directory before it is sent again.
+
+The destination's documents are listed with ``/llm/document/list`` directory by directory (with
+``--mirror-dirs``, the destination directory and every directory below it) and deleted with
+``/llm/document/batchDelete``. Every import is a new document of its own id (``version_ids="new"``).
+See docs/keyue.md for the documentation followed.
 """
 
 from __future__ import annotations
 
+import calendar
 import functools
 import math
+import time
 from collections import defaultdict
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing
 from typing import Any
 
 from ingest._aio import run_concurrently
 from ingest.errors import AuthError, ConfigError, PermanentError, TransientError
 from ingest.models import FileItem, Receipt, RemoteState, RemoteStatus
-from ingest.platforms.base import Target, TargetContext, TargetFeatures
-from ingest.platforms.keyue.api import PAGE_SIZE, KeyueApi, as_int
+from ingest.platforms.base import RemoteDocument, Target, TargetContext, TargetFeatures
+from ingest.platforms.keyue.api import DELETE_FAILED, PAGE_SIZE, KeyueApi, as_int
 from ingest.platforms.keyue.config import KeyueTargetConfig
 from ingest.platforms.keyue.dirs import ROOT_DIR, DirectoryTree
 
@@ -34,6 +41,8 @@ POLL_PARALLEL_DIRS = 8
 RETRAIN_BATCH = 100
 #: Pages of name matches read when looking a document up by name.
 MAX_NAME_PAGES = 50
+#: Ids per ``batchDelete`` request.
+DELETE_BATCH = 100
 
 # learnStatus (API-NOTES section 3; -2 "crawl failed" and 3 "crawling" from the web list page).
 _FAILED = {-1: "Keyue could not learn the document (learnStatus -1)", -2: "Keyue could not fetch it (learnStatus -2)"}
@@ -49,7 +58,14 @@ def _split(rel_path: str) -> tuple[str, str]:
 class KeyueTarget(Target):
     name = "keyue"
     # One document per import request; learning states come by directory listing; no dedup.
-    features = TargetFeatures(max_batch_files=1, server_dedup=False, server_retry=True)
+    features = TargetFeatures(
+        max_batch_files=1,
+        server_dedup=False,
+        server_retry=True,
+        can_list=True,  # GET /llm/document/list per directory (DocumentList)
+        can_delete=True,  # POST /llm/document/batchDelete (DocumentDelete)
+        version_ids="new",  # every import is a document of its own id
+    )
 
     def __init__(self, config: KeyueTargetConfig, context: TargetContext) -> None:
         self.config = config
@@ -239,5 +255,74 @@ class KeyueTarget(Target):
             await self.api.retrain(ids[start : start + RETRAIN_BATCH])
         return list(receipts)
 
+    # ----- listing and deleting --------------------------------------------------------------------
+
+    async def list_documents(self) -> AsyncIterator[RemoteDocument]:
+        """Every document of the destination directory (and, with ``--mirror-dirs``, of every directory
+        below it), one page of one directory in memory at a time."""
+        if self.config.mirror_dirs:
+            await self.tree.load()  # directories made since the run began (or by another run) count too
+            directories = self.tree.subtree()
+        else:
+            directories = [(self.config.dir_id, "")]
+        for dir_id, path in directories:
+            async with aclosing(self._pages(dir_id)) as pages:
+                async for docs in pages:
+                    for doc in docs:
+                        if doc.get("id") not in (None, ""):
+                            yield _document(doc, dir_id, path)
+
+    async def delete(self, remote_ids: Sequence[str]) -> list[str]:
+        gone: list[str] = []
+        for start in range(0, len(remote_ids), DELETE_BATCH):
+            gone.extend(await self._delete_batch(list(remote_ids[start : start + DELETE_BATCH])))
+        return gone
+
+    async def _delete_batch(self, ids: list[str]) -> list[str]:
+        """The ids of ``ids`` that are gone. Keyue refuses a whole batch with 4007283 ("文档删除失败") when
+        one id cannot be deleted, without saying which: the batch is split until the refused ids stand
+        alone, and an id refused alone is one Keyue does not hold (see docs/keyue.md)."""
+        try:
+            await self.api.delete_documents(ids)
+        except TransientError:
+            return []
+        except PermanentError as exc:
+            if exc.code != str(DELETE_FAILED) and as_int(exc.code) != DELETE_FAILED:
+                raise
+            if len(ids) == 1:
+                return ids
+            half = len(ids) // 2
+            return [*await self._delete_batch(ids[:half]), *await self._delete_batch(ids[half:])]
+        return ids
+
     async def aclose(self) -> None:
         await self.api.aclose()
+
+
+_STATES = {_LEARNED: RemoteState.DONE, -1: RemoteState.FAILED, -2: RemoteState.FAILED}
+
+
+def _document(doc: dict[str, Any], dir_id: str, path: str) -> RemoteDocument:
+    status = as_int(doc.get("learnStatus"))
+    state = _STATES.get(status if status is not None else 0, RemoteState.PENDING)
+    reason = str(doc.get("errorMsg") or "").strip() or None if state is RemoteState.FAILED else None
+    return RemoteDocument(
+        remote_id=str(doc["id"]),
+        name=str(doc.get("name") or ""),
+        folder=dir_id,
+        size=as_int(doc.get("size")),
+        state=state,
+        reason=reason,
+        created=_beijing_seconds(doc.get("created")),
+        extra={"dir_path": path, "learn_status": str(status)},
+    )
+
+
+def _beijing_seconds(value: Any) -> float | None:
+    """Keyue's ``YYYY-MM-DD HH:MM:SS`` (Beijing time, UTC+8) as seconds since the epoch."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return float(calendar.timegm(time.strptime(value[:19], "%Y-%m-%d %H:%M:%S")) - 8 * 3600)
+    except ValueError:
+        return None

@@ -6,7 +6,9 @@
 - load tasks: ``create_task``, ``list_tasks`` / ``iter_tasks`` / ``find_tasks``, ``get_task``,
   ``task_files`` / ``iter_task_files``, ``update_task``, ``pause_task``, ``resume_task``,
   ``retry_task``, ``delete_task``;
-- volumes: ``create_volume``, ``volume_info``.
+- volumes: ``create_volume``, ``volume_info``;
+- the volume catalog: ``list_files`` / ``iter_files`` (``/catalog/file/list``), ``delete_file``
+  (``/catalog/file/delete``).
 
 One pooled aiohttp session (``HttpClient``); every reply goes through ``check_envelope``, which turns
 MOI's ``{"code", "msg", "data"}`` into ``data`` or the matching ``ingest.errors`` error. Requests
@@ -23,9 +25,9 @@ from __future__ import annotations
 
 import json
 import mimetypes
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypeVar
 
 import aiohttp
 from multidict import MultiDict
@@ -46,6 +48,8 @@ from ingest.http import FileBody, HttpClient, HttpReply
 from ingest.models import FileItem
 from ingest.platforms.moi.wire import (
     BLOCK_FOR,
+    CatalogFile,
+    CatalogFilePage,
     Connector,
     ConnectorConfig,
     ConnectorCreate,
@@ -100,6 +104,8 @@ MOI_ERRORS = ErrorRules(
     otherwise=Rule(PermanentError, "{what}: MOI refused ({detail})"),
 )
 
+_Item = TypeVar("_Item", covariant=True)
+
 #: Page size used when a method walks every page of a list.
 LIST_PAGE = 100
 TASK_FILES_PAGE = 1000
@@ -147,6 +153,25 @@ def _parse(model: type[Any], data: Any, what: str) -> Any:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "data"
         raise TransientError(f"{what}: MOI answered in an unexpected form ({where}: {err['msg']})") from None
+
+
+class _Page(Protocol[_Item]):
+    @property
+    def files(self) -> Sequence[_Item]: ...
+    @property
+    def total(self) -> int: ...
+
+
+async def _every(fetch: Callable[[int], Awaitable[_Page[_Item]]], page_size: int) -> AsyncIterator[_Item]:
+    """Every item of a paged list: ``fetch(page)`` gives one page (``files``, ``total``), pages from 1."""
+    number = 1
+    while True:
+        page = await fetch(number)
+        for item in page.files:
+            yield item
+        if not page.files or number * page_size >= page.total:
+            return
+        number += 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -428,15 +453,8 @@ class MoiClient:
         files: TaskFilesPage = _parse(TaskFilesPage, data, what)
         return files
 
-    async def iter_task_files(self, task_id: str, *, status: int | None = None) -> AsyncIterator[TaskFile]:
-        page = 1
-        while True:
-            found = await self.task_files(task_id, status=status, page=page)
-            for f in found.files:
-                yield f
-            if not found.files or page * TASK_FILES_PAGE >= found.total:
-                return
-            page += 1
+    def iter_task_files(self, task_id: str, *, status: int | None = None) -> AsyncIterator[TaskFile]:
+        return _every(lambda number: self.task_files(task_id, status=status, page=number), TASK_FILES_PAGE)
 
     async def update_task(self, update: TaskUpdate) -> None:
         what = f"updating MOI task {update.task_id}"
@@ -472,3 +490,34 @@ class MoiClient:
         data = await self._call("POST", "/catalog/volume/info", what=what, json_body={"id": volume_id})
         volume: Volume = _parse(Volume, data, what)
         return volume
+
+    # ----- the volume catalog --------------------------------------------------------------------------------
+
+    async def list_files(self, volume_id: str, *, page: int = 1, page_size: int = LIST_PAGE) -> CatalogFilePage:
+        """One page of a volume's files, newest first (MOI 5.0 "Query file list"; moi-go-sdk ``FileListRequest``)."""
+        what = f"listing the files of MOI volume {volume_id}"
+        body = {
+            "filters": [{"name": "volume_id", "values": [volume_id], "fuzzy": False}],
+            "page": page,
+            "page_size": page_size,
+            "order": "desc",
+            "order_by": "created_at",
+        }
+        data = await self._call("POST", "/catalog/file/list", what=what, json_body=body)
+        files: CatalogFilePage = _parse(CatalogFilePage, data, what)
+        return files
+
+    def iter_files(self, volume_id: str, *, page_size: int = LIST_PAGE) -> AsyncIterator[CatalogFile]:
+        """Every file of a volume, page by page (one page in memory at a time)."""
+        return _every(lambda number: self.list_files(volume_id, page=number, page_size=page_size), page_size)
+
+    async def delete_file(self, file_id: str) -> bool:
+        """``/catalog/file/delete`` with ``{"id"}``; ``False`` when MOI does not know the file (404 ``ErrNotFound``)."""
+        what = f"deleting MOI file {file_id}"
+        try:
+            await self._call("POST", "/catalog/file/delete", what=what, json_body={"id": file_id})
+        except PermanentError as exc:
+            if exc.status == 404 or (exc.code or "").lower() == "errnotfound":
+                return False
+            raise
+        return True

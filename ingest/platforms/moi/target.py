@@ -4,13 +4,21 @@ One upload request carries up to ``max_batch_files`` files as repeated ``file`` 
 array in the seed document's form (``file_name`` = the relative path, ``file_size``, ``mime_type``)
 and creates one MOI task; ``/task/files`` reports each file's status and ``/task/retry`` re-runs the
 failed ones. Dedup uses ``{"by": ["name", "md5"], "strategy": "skip"}``.
+
+The volume's files are listed with ``/catalog/file/list`` (one ``volume_id`` filter, paged) and deleted
+one by one with ``/catalog/file/delete`` (``{"id"}``); the id is the upload's ``file_id``, which is what a
+receipt carries. A changed file uploaded again is a new file of its own id (``version_ids="new"``): the
+old one stays until it is deleted. See docs/moi.md for the documentation followed.
 """
 
 from __future__ import annotations
 
+import calendar
 import functools
+import posixpath
+import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Literal
 
 from pydantic import Field, SecretStr
@@ -18,15 +26,18 @@ from pydantic import Field, SecretStr
 from ingest._aio import run_concurrently
 from ingest.errors import ConfigError, PermanentError, TransientError
 from ingest.models import FileItem, Receipt, RemoteState, RemoteStatus
-from ingest.platforms.base import Target, TargetConfigBase, TargetContext, TargetFeatures
+from ingest.platforms.base import RemoteDocument, Target, TargetConfigBase, TargetContext, TargetFeatures
 from ingest.platforms.moi.client import MoiClient, check_envelope
-from ingest.platforms.moi.wire import FILE_STATUS_TABLES, DedupConfig, UploadFileResult, UploadResult
+from ingest.platforms.moi.wire import FILE_STATUS_TABLES, CatalogFile, DedupConfig, UploadFileResult, UploadResult
 
 __all__ = ["MoiTarget", "MoiTargetConfig", "check_envelope"]
 
 DEDUP_SKIP = DedupConfig(by=["name", "md5"], strategy="skip")
 TASK_FILES_PAGE = 1000
 POLL_PARALLEL_TASKS = 8
+#: Files per ``/catalog/file/list`` page, and ``/catalog/file/delete`` calls in flight (one id each).
+CATALOG_PAGE = 100
+DELETE_PARALLEL = 8
 
 
 class MoiTargetConfig(TargetConfigBase):
@@ -52,6 +63,9 @@ class MoiTarget(Target):
         max_batched_file_size=4 * 1024 * 1024,
         server_dedup=True,
         server_retry=True,
+        can_list=True,  # /catalog/file/list (MOI 5.0 "Query file list", moi-python-sdk RawClient.list_files)
+        can_delete=True,  # /catalog/file/delete (moi-python-sdk RawClient.delete_file, moi-go-sdk FileDeleteRequest)
+        version_ids="new",  # every upload is a file of its own id; dedup skips only an identical name + md5
     )
 
     def __init__(self, config: MoiTargetConfig, context: TargetContext) -> None:
@@ -191,5 +205,47 @@ class MoiTarget(Target):
             retried.extend(group)
         return retried
 
+    # ----- listing and deleting --------------------------------------------------------------------
+
+    async def list_documents(self) -> AsyncIterator[RemoteDocument]:
+        """Every file of the volume, newest first, one page in memory at a time; folders are left out."""
+        async for f in self.client.iter_files(self.config.volume_id, page_size=CATALOG_PAGE):
+            if f.file_type != "folder":
+                yield _document(f)
+
+    async def delete(self, remote_ids: Sequence[str]) -> list[str]:
+        calls = [functools.partial(self._delete_one, remote_id) for remote_id in remote_ids]
+        return [remote_id for remote_id in await run_concurrently(calls, limit=DELETE_PARALLEL) if remote_id]
+
+    async def _delete_one(self, remote_id: str) -> str | None:
+        """The id once it is gone (deleted now, or unknown to MOI); ``None`` after a transient error."""
+        try:
+            await self.client.delete_file(remote_id)
+        except TransientError:
+            return None
+        return remote_id
+
     async def aclose(self) -> None:
         await self.client.aclose()
+
+
+def _document(f: CatalogFile) -> RemoteDocument:
+    folder = posixpath.dirname(f.show_path) if f.show_path else (f.parent_id or "")
+    extra = {"parent_id": f.parent_id} if f.parent_id else {}
+    if f.show_path:
+        extra["path"] = f.show_path
+    return RemoteDocument(
+        remote_id=f.id, name=f.name, folder=folder or None, size=f.size, created=_seconds(f.created_at), extra=extra
+    )
+
+
+def _seconds(value: str | int | None) -> float | None:
+    """MOI's ``created_at``: ``YYYY-MM-DD HH:MM:SS`` (taken as UTC), or epoch seconds/milliseconds."""
+    if isinstance(value, int):
+        return value / 1000 if value > 10**11 else float(value)
+    if not value:
+        return None
+    try:
+        return float(calendar.timegm(time.strptime(value[:19], "%Y-%m-%d %H:%M:%S")))
+    except ValueError:
+        return None

@@ -22,6 +22,8 @@ __all__ = [
     "CONFIG_MODELS",
     "FILE_STATUS_TABLES",
     "SECRET_FIELDS",
+    "CatalogFile",
+    "CatalogFilePage",
     "CommonFileTaskConfig",
     "Connector",
     "ConnectorConfig",
@@ -540,3 +542,33 @@ class Volume(_Reply):
     updated_at: str | int | None = None
 
     _ids = field_validator("id", mode="before")(_to_str)
+
+
+# --- the volume catalog -----------------------------------------------------------------------------------
+
+
+class CatalogFile(_Reply):
+    """One entry of ``/catalog/file/list`` (moi-go-sdk ``VolumeChildrenResponse``)."""
+
+    id: str
+    name: str = ""
+    #: ``"file"`` or ``"folder"``.
+    file_type: str = "file"
+    file_ext: str = ""
+    size: int = 0
+    parent_id: str = ""
+    volume_id: str = ""
+    volume_name: str = ""
+    #: The path in the volume, where the platform gives it.
+    show_path: str = ""
+    created_at: str | int | None = None
+    updated_at: str | int | None = None
+
+    _ids = field_validator("id", "parent_id", "volume_id", mode="before")(_to_str)
+    _ints = field_validator("size", mode="before")(_to_int)
+
+
+class CatalogFilePage(_Reply):
+    total: int = 0
+    #: ``list`` on the wire.
+    files: list[CatalogFile] = Field(default_factory=list, validation_alias="list")

@@ -193,6 +193,25 @@ class VikingApi:
         docs = data.get("doc_list") if isinstance(data, dict) else None
         return [d for d in docs if isinstance(d, dict)] if isinstance(docs, list) else []
 
+    async def list_page(self, offset: int, limit: int, *, what: str) -> tuple[int, list[dict[str, Any]]]:
+        """One page of the knowledge base's documents, newest first: ``(total_num, doc_list)``."""
+        body = {**self.kb_fields, "offset": offset, "limit": limit}
+        data = await self.call("POST", "/api/knowledge/doc/list", body, what=what)
+        docs = data.get("doc_list") if isinstance(data, dict) else None
+        total = data.get("total_num") if isinstance(data, dict) else None
+        found = [d for d in docs if isinstance(d, dict)] if isinstance(docs, list) else []
+        return (total if isinstance(total, int) and not isinstance(total, bool) else -1), found
+
+    async def delete_doc(self, doc_id: str, *, what: str) -> bool:
+        """``doc/delete``; ``False`` when the platform does not hold the document (1001001)."""
+        try:
+            await self.call("POST", "/api/knowledge/doc/delete", {**self.kb_fields, "doc_id": doc_id}, what=what)
+        except PermanentError as exc:
+            if exc.code == str(DOC_NOT_EXIST):
+                return False
+            raise
+        return True
+
     async def task_info(self, task_id: str) -> TaskInfo:
         data = await self.call("POST", "/api/knowledge/task/info", {"task_id": task_id}, what=f"task {task_id}")
         if not isinstance(data, dict):

@@ -8,6 +8,10 @@ staged object). Every file gets a deterministic ``doc_id`` from its relative pat
 the platform has no dedup the engine could ask for, so resuming after a crash looks the id up with
 ``doc/info`` (``find_existing``), and a failed document is simply added again, which overwrites it.
 
+The knowledge base's documents are listed with ``doc/list`` (``offset``/``limit`` pages of 100, newest
+first) and deleted with ``doc/delete``. The doc_id is the path's, not the version's: a changed file is
+added under the same id, which overwrites the document (``version_ids="same"``; docs/viking.md says why).
+
 A knowledge base that is full (1001010) stops the run from sending more; a missing one (1000005) is a
 configuration error. ``ingest viking task-info ID`` shows a download task (``/api/knowledge/task/info``).
 """
@@ -17,14 +21,15 @@ from __future__ import annotations
 import functools
 import logging
 import posixpath
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from ingest._aio import run_concurrently
+from ingest.errors import TransientError
 from ingest.http import one_line
 from ingest.models import FileItem, Receipt, RemoteState, RemoteStatus
-from ingest.platforms.base import Target, TargetContext, TargetFeatures
+from ingest.platforms.base import RemoteDocument, Target, TargetContext, TargetFeatures
 from ingest.platforms.viking.api import TaskInfo, VikingApi
 from ingest.platforms.viking.config import StagingConfig, VikingTargetConfig
 from ingest.platforms.viking.doctypes import SIZE_LIMITS, doc_type_for, supported_extensions
@@ -59,6 +64,10 @@ class VikingTarget(Target):
         max_batch_files=1,  # doc/add takes one document
         server_dedup=False,  # nothing to ask for: find_existing checks the deterministic doc_id instead
         server_retry=False,  # re-adding the same doc_id overwrites: the engine sends failed files again
+        can_list=True,  # doc/list, offset/limit pages (API-NOTES section 2)
+        can_delete=True,  # doc/delete by doc_id
+        # One doc_id per path (naming.doc_id_for): a changed file is re-added under it, which overwrites.
+        version_ids="same",
     )
 
     def __init__(self, config: VikingTargetConfig, context: TargetContext) -> None:
@@ -214,6 +223,36 @@ class VikingTarget(Target):
             out.append(_status(receipt, doc))
         return out
 
+    # ----- listing and deleting --------------------------------------------------------------------
+
+    async def list_documents(self) -> AsyncIterator[RemoteDocument]:
+        """Every document of the knowledge base, in ``doc/list`` pages of ``LIST_CHUNK`` (newest first).
+
+        Documents being deleted (process_status 5) are left out: their deletion was accepted already.
+        """
+        offset = 0
+        while True:
+            total, docs = await self.api.list_page(offset, LIST_CHUNK, what="listing the knowledge base")
+            for doc in docs:
+                found = _remote_document(doc)
+                if found is not None:
+                    yield found
+            offset += len(docs)
+            if not docs or (total >= 0 and offset >= total):
+                return
+
+    async def delete(self, remote_ids: Sequence[str]) -> list[str]:
+        calls = [functools.partial(self._delete_one, doc_id) for doc_id in remote_ids]
+        return [doc_id for doc_id in await run_concurrently(calls, limit=POLL_PARALLEL) if doc_id]
+
+    async def _delete_one(self, doc_id: str) -> str | None:
+        """The id once it is gone (deleted now, or unknown: 1001001); ``None`` after a transient error."""
+        try:
+            await self.api.delete_doc(doc_id, what=f"deleting document {doc_id}")
+        except TransientError:
+            return None
+        return doc_id
+
     async def aclose(self) -> None:
         try:
             await self.api.aclose()
@@ -266,6 +305,32 @@ def _status(receipt: Receipt, doc: Mapping[str, Any] | None) -> RemoteStatus:
             receipt.rel_path, RemoteState.FAILED, "VikingDB is deleting the document (process_status 5)"
         )
     return RemoteStatus(receipt.rel_path, RemoteState.PENDING)
+
+
+def _remote_document(doc: Mapping[str, Any]) -> RemoteDocument | None:
+    doc_id = doc.get("doc_id")
+    if not isinstance(doc_id, str) or not doc_id:
+        return None
+    raw = doc.get("status")
+    status: Mapping[str, Any] = raw if isinstance(raw, dict) else {}
+    code = status.get("process_status")
+    if code == DELETING:
+        return None
+    state = RemoteState.DONE if code == 0 else RemoteState.FAILED if code == 1 else RemoteState.PENDING
+    reason = one_line(str(status.get("failed_msg") or "")) or None if state is RemoteState.FAILED else None
+    size, created = doc.get("doc_size"), doc.get("create_time")
+    md5 = doc.get("doc_hash")
+    return RemoteDocument(
+        remote_id=doc_id,
+        name=str(doc.get("doc_name") or ""),
+        size=size if isinstance(size, int) and not isinstance(size, bool) else None,
+        # doc_hash is documented without its algorithm: kept as a hint, not compared as an md5.
+        md5=None,
+        state=state,
+        reason=reason,
+        created=created / 1000 if isinstance(created, int) and not isinstance(created, bool) else None,
+        extra={"doc_hash": md5} if isinstance(md5, str) and md5 else {},
+    )
 
 
 # ----- ``ingest viking task-info`` ------------------------------------------------------------------------
