@@ -20,6 +20,7 @@ from aiohttp.payload import AsyncIterablePayload
 from ingest import _failpoints
 from ingest.errors import SourceFileError, TransientError, connection_failed
 from ingest.models import FileItem
+from ingest.sources.pinned import PinMismatch, open_pinned
 
 __all__ = ["FileBody", "HttpClient", "HttpReply", "one_line", "open_checked", "parse_retry_after"]
 
@@ -50,9 +51,14 @@ def one_line(text: str, limit: int = 300) -> str:
 
 
 def open_checked(item: FileItem) -> IO[bytes]:
-    """Open a source file for sending, turning every OS failure into a one-line ``SourceFileError``."""
+    """Open a source file for sending, turning every OS failure into a one-line ``SourceFileError``.
+
+    A local file (``item.pin``) is opened without following a final symbolic link and must be the very
+    file the walk saw (``ingest.sources.pinned``): a link or folder swapped in since is refused."""
     try:
-        return open(item.abs_path, "rb")
+        return open_pinned(item.abs_path, item.pin)
+    except PinMismatch as exc:
+        raise SourceFileError(item.rel_path, str(exc)) from None
     except FileNotFoundError:
         raise SourceFileError(item.rel_path, "file disappeared between the walk and the upload") from None
     except PermissionError:
