@@ -114,7 +114,8 @@ async def retrying(
             if attempt >= policy.attempts:
                 raise
             delay = policy.delay(attempt, exc, rng)
-            log.debug("%s: %s; retry %d/%d in %.2fs", what, exc, attempt, policy.attempts - 1, delay)
+            # ``detail`` is the error without the operation: ``what`` names it once.
+            log.info("%s: %s; retry %d/%d in %.2fs", what, exc.detail, attempt, policy.attempts - 1, delay)
             if on_retry is not None:
                 on_retry(attempt, exc, delay)
             await anyio.sleep(delay)

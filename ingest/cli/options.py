@@ -312,6 +312,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     """``ingest run``'s settings: defaults < --config file < environment secrets < flags."""
     tree: dict[str, Any] = load_toml(args.config) if args.config else {}
     origin = f"config file {args.config}" if args.config else "settings"
+    _known_sections(tree, origin)
     if args.source is not None:
         _set(tree, "source", "path", str(args.source))
     for key in ("include", "exclude"):
@@ -336,6 +337,18 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         return RunConfig.model_validate(tree)
     except ValidationError as exc:
         raise ConfigError(validation_message(exc, origin)) from None
+
+
+def _known_sections(tree: dict[str, Any], origin: str) -> None:
+    """Name a misspelt section (``[sourc]``) before its absence is reported as something else."""
+    fields = RunConfig.model_fields
+    sections = sorted(f"[{name}]" for name, info in fields.items() if name in ("source", "target", "engine"))
+    for key, value in tree.items():
+        if key in fields:
+            continue
+        if isinstance(value, dict):
+            raise ConfigError(f"{origin}: unknown section [{key}]; the sections are {', '.join(sections)}")
+        raise ConfigError(f"{origin}: {key}: unknown setting; check the spelling against `ingest run --help`")
 
 
 def _target_flags(tree: dict[str, Any], args: argparse.Namespace) -> None:

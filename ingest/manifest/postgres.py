@@ -176,8 +176,10 @@ class PostgresManifest:
     def bind(self, source: str, target: str) -> None:
         """Tie this job to one source and destination; a job of that name bound elsewhere is a clash."""
         self._rconn.execute(
-            "UPDATE ingest_jobs SET source = %s, target = %s WHERE name = %s AND source IS NULL",
-            (source, target, self.job),
+            # Unbound, or bound by runs that recorded no file (a preflight that failed): free to bind.
+            "UPDATE ingest_jobs SET source = %s, target = %s WHERE name = %s AND (source IS NULL"
+            " OR NOT EXISTS (SELECT 1 FROM ingest_files WHERE job = %s))",
+            (source, target, self.job, self.job),
         )
         row = self._rconn.execute("SELECT source, target FROM ingest_jobs WHERE name = %s", (self.job,)).fetchone()
         assert row is not None
@@ -356,8 +358,8 @@ class PostgresManifest:
             stmts.append(
                 (
                     "UPDATE ingest_files SET state = 'processing', remote_id = %s, task_id = %s, extra = %s,"
-                    f" run_id = %s, updated_at = %s{bump} WHERE job = %s AND path = %s" + cond,
-                    (r.remote_id, r.task_id, extra, run_id, now, self.job, r.rel_path, *fparams),
+                    f" md5 = COALESCE(%s, md5), run_id = %s, updated_at = %s{bump} WHERE job = %s AND path = %s" + cond,
+                    (r.remote_id, r.task_id, extra, r.extra.get("md5"), run_id, now, self.job, r.rel_path, *fparams),
                     fenced,
                 )
             )

@@ -17,7 +17,9 @@ The rule that decides "already done" is not here: it is ``ingest.manifest.base.d
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import stat
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
@@ -105,6 +107,37 @@ def _record(row: sqlite3.Row | tuple[Any, ...]) -> FileRecord:
     )
 
 
+def _why(exc: OSError) -> str:
+    if isinstance(exc, FileExistsError | NotADirectoryError):
+        return "a file of that name is in the way"
+    return exc.strerror or str(exc)
+
+
+#: A 0-byte file younger than this may be a manifest another process is creating right now.
+_CREATING = 1.0
+
+
+def _refuse_empty_file(path: Path) -> None:
+    """A manifest file that exists but is empty was truncated or is not ours: never re-initialise it (every
+    file would be sent again). A file another process is creating this instant is waited for briefly."""
+    deadline = time.monotonic() + _CREATING
+    while True:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise ConfigError(f"manifest {path} cannot be read: {exc.strerror or exc}") from None
+        if st.st_size > 0 or not stat.S_ISREG(st.st_mode):
+            return
+        if time.time() - st.st_mtime > _CREATING or time.monotonic() > deadline:
+            raise ConfigError(
+                f"manifest {path} is empty (0 bytes): truncated, or not a manifest; it is not started over "
+                "(every file would be sent again): restore it, or remove it to start anew"
+            )
+        time.sleep(0.05)
+
+
 def _statements(script: str) -> list[str]:
     return [s.strip() for s in script.split(";\n") if s.strip()]
 
@@ -123,6 +156,12 @@ class SqliteManifest:
         self.path = path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot create the folder {path.parent} for the manifest: {_why(exc)}; pass --manifest elsewhere"
+            ) from None
+        _refuse_empty_file(path)
+        try:
             # The writer connection is used from worker threads, one at a time (the writer's limiter).
             self._wconn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._rconn = sqlite3.connect(path, isolation_level=None)
@@ -132,9 +171,16 @@ class SqliteManifest:
                 conn.execute("PRAGMA busy_timeout=30000")
             self._migrate()
         except sqlite3.DatabaseError as exc:
+            if path.exists() and not os.access(path, os.W_OK):
+                raise ConfigError(f"manifest {path} is read-only; make it writable (chmod u+w) to run") from None
+            if path.exists() and not os.access(path.parent, os.W_OK):
+                raise ConfigError(
+                    f"manifest {path} is in a read-only folder (SQLite writes its -wal beside it); make "
+                    f"{path.parent} writable"
+                ) from None
             raise ConfigError(
                 f"manifest {path} cannot be opened ({exc}); point --manifest at a manifest file or a new path"
-            ) from exc
+            ) from None
         self.job = job or self.get_meta("job") or path.stem
         self._writer = GroupCommit(self._commit)
 
@@ -143,6 +189,12 @@ class SqliteManifest:
         conn = self._wconn
         conn.execute("BEGIN IMMEDIATE")  # two processes opening a new manifest at once migrate it once
         try:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if tables and "meta" not in tables:
+                raise ConfigError(
+                    f"manifest {self.path} is not an ingest manifest (a SQLite database of something else); "
+                    "point --manifest at a manifest file or a new path"
+                )
             for statement in _statements(_SCHEMA_V1):
                 conn.execute(statement)
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
@@ -179,7 +231,9 @@ class SqliteManifest:
         self._wconn.execute("BEGIN IMMEDIATE")  # processes sharing a new manifest bind it once
         try:
             bound_source, bound_target = self.get_meta("source"), self.get_meta("target")
-            if bound_source is None and bound_target is None:
+            nothing_recorded = self._wconn.execute("SELECT 1 FROM files LIMIT 1").fetchone() is None
+            if (bound_source is None and bound_target is None) or nothing_recorded:
+                # Unbound, or bound by runs that recorded no file (a preflight that failed): free to bind.
                 self._wconn.execute("INSERT OR REPLACE INTO meta VALUES ('source', ?), ('target', ?)", (source, target))
                 bound_source, bound_target = source, target
         finally:
@@ -328,8 +382,8 @@ class SqliteManifest:
             stmts.append(
                 (
                     "UPDATE files SET state = 'processing', remote_id = ?, task_id = ?, extra = ?,"
-                    f" run_id = ?, updated_at = ?{bump} WHERE path = ?" + cond,
-                    (r.remote_id, r.task_id, extra, run_id, now, r.rel_path, *fparams),
+                    f" md5 = COALESCE(?, md5), run_id = ?, updated_at = ?{bump} WHERE path = ?" + cond,
+                    (r.remote_id, r.task_id, extra, r.extra.get("md5"), run_id, now, r.rel_path, *fparams),
                     fenced,
                 )
             )
