@@ -88,25 +88,6 @@ def test_failed_preflight_leaves_the_manifest_free(server: ServerProcess, tmp_pa
     assert "2 done" in fixed.stdout
 
 
-def test_manifest_that_records_no_file_can_be_rebound(server: ServerProcess, tmp_path: Path) -> None:
-    """A manifest bound by a run that sent nothing (an empty folder) takes another destination."""
-    (tmp_path / "docs").mkdir()
-    flags, env = MOI.cli(server.url)
-    assert run_cli(["run", "docs", *flags, "--manifest", "m.db"], env=env, cwd=tmp_path).returncode == 0
-    make_tree(tmp_path / "docs", 2)
-    with sqlite3.connect(tmp_path / "m.db") as conn:
-        conn.execute("UPDATE meta SET value = 'elsewhere' WHERE key = 'target'")
-    result = run_cli(["run", "docs", *flags, "--manifest", "m.db"], env=env, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "2 done" in result.stdout
-    # Once it records files, it stays bound.
-    with sqlite3.connect(tmp_path / "m.db") as conn:
-        conn.execute("UPDATE meta SET value = 'elsewhere' WHERE key = 'target'")
-    again = run_cli(["run", "docs", *flags, "--manifest", "m.db"], env=env, cwd=tmp_path)
-    assert again.returncode == 2
-    assert "records" in one_line_error(again)
-
-
 # ----- 10. environment errors: one line, exit 2 --------------------------------------------------------
 
 _NO_DAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"] if os.geteuid() == 0 else []
@@ -283,3 +264,104 @@ def test_report_records_the_md5_computed_while_streaming(server: ServerProcess, 
         records = records["files"]
     by_path = {r["path"]: r for r in records}
     assert {p: by_path[p]["md5"] for p in files} == files
+
+
+# ----- 9. a server that accepts and never answers -------------------------------------------------------
+
+
+class GoesSilent:
+    """A TCP proxy in front of an emulator that, once ``silent`` is set, accepts connections and reads
+    requests but never answers (on new and on pooled connections alike)."""
+
+    def __init__(self, upstream: str) -> None:
+        host, port = upstream.removeprefix("http://").rstrip("/").split(":")
+        self.upstream = (host, int(port))
+        self.silent = False
+        self.url = ""
+
+    async def __aenter__(self) -> GoesSilent:
+        import asyncio
+
+        async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, answers: bool) -> None:
+            try:
+                while data := await reader.read(65536):
+                    if answers and self.silent:
+                        continue  # swallowed: the client waits for an answer that never comes
+                    writer.write(data)
+                    await writer.drain()
+            except (ConnectionError, OSError):
+                pass
+
+        async def handle(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+            try:
+                if self.silent:
+                    while await client_r.read(65536):
+                        pass
+                    return
+                up_r, up_w = await asyncio.open_connection(*self.upstream)
+                try:
+                    await asyncio.gather(pump(client_r, up_w, False), pump(up_r, client_w, True))
+                finally:
+                    up_w.close()
+            finally:
+                client_w.close()
+
+        self._server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._server.close()
+
+
+@pytest.mark.anyio
+async def test_silent_server_trips_the_breaker_and_leaves_files_unsent(tmp_path: Path) -> None:
+    """The platform answers the preflight, then goes silent: the run stops with "platform unreachable
+    since T; rerun to resume", exit code 1, no file failed; the rerun sends every file."""
+    from ingest.config import EngineConfig
+    from ingest.engine.run import Job, run_job
+    from ingest.manifest import SqliteManifest
+    from ingest.sources.local import LocalSource, WalkOptions
+
+    files = make_tree(tmp_path / "src", 12)
+
+    class SilenceAfterWalkStarts(LocalSource):
+        async def entries(self):  # type: ignore[no-untyped-def]
+            async for entry in super().entries():
+                proxy.silent = True
+                yield entry
+
+    engine = EngineConfig(concurrency=2, request_timeout=0.2, unreachable_after=0.5, request_retries=50,
+                          poll_initial=0.02, poll_max=0.1)  # fmt: skip
+    async with MOI.start(tmp_path / "data") as dep, GoesSilent(dep.url) as proxy:
+        target = dep.target_config.model_copy(update={"endpoint": proxy.url})
+        source = SilenceAfterWalkStarts(tmp_path / "src", WalkOptions())
+        summary = await run_job(
+            Job(source=source, target=target, engine=engine, manifest=tmp_path / "m.db", quiet=True), command="run"
+        )
+        assert summary.stopped_reason is not None
+        assert "platform unreachable since" in summary.stopped_reason
+        assert summary.stopped_reason.endswith("rerun to resume")
+        assert (summary.failed, summary.exit_code) == (0, 1)
+        with SqliteManifest(tmp_path / "m.db") as manifest:
+            assert manifest.counts()["failed"] == 0
+        proxy.silent = False
+        again = await run_job(
+            Job(source=LocalSource(tmp_path / "src", WalkOptions()), target=target, engine=engine,
+                manifest=tmp_path / "m.db", quiet=True),
+            command="run",
+        )  # fmt: skip
+        stored = await dep.stored()
+    assert (again.failed, again.exit_code) == (0, 0)
+    assert {p: f.md5 for p, f in stored.items()} == files
+
+
+def test_request_timeout_flags_reach_the_engine(tmp_path: Path) -> None:
+    from ingest.cli.main import build_parser, config_from_args
+
+    (tmp_path / "docs").mkdir()
+    args = build_parser(with_emulators=False).parse_args(
+        ["run", str(tmp_path / "docs"), "--request-timeout", "7", "--unreachable-after", "60"]
+    )
+    config = config_from_args(args)
+    assert (config.engine.request_timeout, config.engine.unreachable_after) == (7.0, 60.0)

@@ -201,6 +201,19 @@ def add_engine_flags(p: argparse.ArgumentParser) -> None:
         help="how long a file may stay processing on the platform before it counts as failed (default 3600)",
     )
     g.add_argument(
+        "--request-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="give up on a connection, or on an answer that stops arriving, after SECONDS (default 120)",
+    )
+    g.add_argument(
+        "--unreachable-after",
+        type=float,
+        metavar="SECONDS",
+        help="stop sending when the platform has not answered at all for SECONDS; files left unsent go "
+        "with the next run (default 300)",
+    )
+    g.add_argument(
         "--max-in-flight",
         type=int,
         metavar="N",
@@ -239,6 +252,8 @@ ENGINE_KEYS = (
     "poll_initial",
     "poll_max",
     "max_in_flight",
+    "request_timeout",
+    "unreachable_after",
 )
 
 

@@ -88,4 +88,4 @@ async def _find_existing(run: RunState, item: FileItem) -> Receipt | None:
     async def lookup() -> Receipt | None:
         return await run.target.find_existing(item)
 
-    return await retrying(lookup, run.policy, what=f"looking up {item.rel_path}", rng=run.rng)
+    return await retrying(lookup, run.policy, what=f"looking up {item.rel_path}", rng=run.rng, breaker=run.breaker)

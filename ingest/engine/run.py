@@ -143,6 +143,7 @@ async def run_job(job: Job, *, command: str, handle_signals: bool = False, only_
             chunk_size=job.engine.chunk_size,
             on_bytes=on_bytes,
             on_message=progress.message,
+            request_timeout=job.engine.request_timeout,
         )
         target = (
             job.target_factory(target_config, context) if job.target_factory else build_target(target_config, context)

@@ -176,10 +176,8 @@ class PostgresManifest:
     def bind(self, source: str, target: str) -> None:
         """Tie this job to one source and destination; a job of that name bound elsewhere is a clash."""
         self._rconn.execute(
-            # Unbound, or bound by runs that recorded no file (a preflight that failed): free to bind.
-            "UPDATE ingest_jobs SET source = %s, target = %s WHERE name = %s AND (source IS NULL"
-            " OR NOT EXISTS (SELECT 1 FROM ingest_files WHERE job = %s))",
-            (source, target, self.job, self.job),
+            "UPDATE ingest_jobs SET source = %s, target = %s WHERE name = %s AND source IS NULL",
+            (source, target, self.job),
         )
         row = self._rconn.execute("SELECT source, target FROM ingest_jobs WHERE name = %s", (self.job,)).fetchone()
         assert row is not None

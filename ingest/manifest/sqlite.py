@@ -113,29 +113,26 @@ def _why(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-#: A 0-byte file younger than this may be a manifest another process is creating right now.
-_CREATING = 1.0
+#: A 0-byte file younger than this (seconds) is one being created right now: by another process of a
+#: shared job, or by a reader that connected first (SQLite creates the file on connect). Older, it was
+#: truncated or is not a manifest.
+_CREATING = 10.0
 
 
 def _refuse_empty_file(path: Path) -> None:
     """A manifest file that exists but is empty was truncated or is not ours: never re-initialise it (every
-    file would be sent again). A file another process is creating this instant is waited for briefly."""
-    deadline = time.monotonic() + _CREATING
-    while True:
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            raise ConfigError(f"manifest {path} cannot be read: {exc.strerror or exc}") from None
-        if st.st_size > 0 or not stat.S_ISREG(st.st_mode):
-            return
-        if time.time() - st.st_mtime > _CREATING or time.monotonic() > deadline:
-            raise ConfigError(
-                f"manifest {path} is empty (0 bytes): truncated, or not a manifest; it is not started over "
-                "(every file would be sent again): restore it, or remove it to start anew"
-            )
-        time.sleep(0.05)
+    file would be sent again)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise ConfigError(f"manifest {path} cannot be read: {exc.strerror or exc}") from None
+    if st.st_size == 0 and stat.S_ISREG(st.st_mode) and time.time() - st.st_mtime > _CREATING:
+        raise ConfigError(
+            f"manifest {path} is empty (0 bytes): truncated, or not a manifest; it is not started over "
+            "(every file would be sent again): restore it, or remove it to start anew"
+        )
 
 
 def _statements(script: str) -> list[str]:
@@ -231,9 +228,7 @@ class SqliteManifest:
         self._wconn.execute("BEGIN IMMEDIATE")  # processes sharing a new manifest bind it once
         try:
             bound_source, bound_target = self.get_meta("source"), self.get_meta("target")
-            nothing_recorded = self._wconn.execute("SELECT 1 FROM files LIMIT 1").fetchone() is None
-            if (bound_source is None and bound_target is None) or nothing_recorded:
-                # Unbound, or bound by runs that recorded no file (a preflight that failed): free to bind.
+            if bound_source is None and bound_target is None:
                 self._wconn.execute("INSERT OR REPLACE INTO meta VALUES ('source', ?), ('target', ?)", (source, target))
                 bound_source, bound_target = source, target
         finally:
