@@ -84,6 +84,10 @@ class EngineConfig(_Model):
     #: When to ask the platform to skip files it already holds: only for files a crash left
     #: mid-upload (``resume``), for every file (``always``), or never.
     dedup: Literal["resume", "always", "never"] = "resume"
+    #: Seconds to wait for a connection, and for the next bytes of an answer, before a request times out.
+    request_timeout: float = Field(default=120.0, gt=0)
+    #: Seconds the platform may stay unreachable (no answer at all) before the run stops sending.
+    unreachable_after: float = Field(default=300.0, gt=0)
     #: Files accepted by the platform but not yet finished, at most; bounds memory for huge trees.
     max_in_flight: int = Field(default=20_000, ge=1)
 

@@ -20,6 +20,7 @@ from aiohttp.payload import AsyncIterablePayload
 from ingest import _failpoints
 from ingest.errors import SourceFileError, TransientError, connection_failed
 from ingest.models import FileItem
+from ingest.sources.pinned import PinMismatch, open_pinned
 
 __all__ = ["FileBody", "HttpClient", "HttpReply", "one_line", "open_checked", "parse_retry_after"]
 
@@ -50,9 +51,14 @@ def one_line(text: str, limit: int = 300) -> str:
 
 
 def open_checked(item: FileItem) -> IO[bytes]:
-    """Open a source file for sending, turning every OS failure into a one-line ``SourceFileError``."""
+    """Open a source file for sending, turning every OS failure into a one-line ``SourceFileError``.
+
+    A local file (``item.pin``) is opened without following a final symbolic link and must be the very
+    file the walk saw (``ingest.sources.pinned``): a link or folder swapped in since is refused."""
     try:
-        return open(item.abs_path, "rb")
+        return open_pinned(item.abs_path, item.pin)
+    except PinMismatch as exc:
+        raise SourceFileError(item.rel_path, str(exc)) from None
     except FileNotFoundError:
         raise SourceFileError(item.rel_path, "file disappeared between the walk and the upload") from None
     except PermissionError:
@@ -172,9 +178,11 @@ class HttpClient:
         *,
         headers: Mapping[str, str] | None = None,
         connections: int = 64,
-        connect_timeout: float = 30.0,
+        connect_timeout: float | None = None,
         read_timeout: float = 300.0,
     ) -> None:
+        """``connect_timeout``: by default 30 s, or ``read_timeout`` if shorter (``--request-timeout``)."""
+        connect_timeout = min(30.0, read_timeout) if connect_timeout is None else connect_timeout
         self.base_url = base_url.rstrip("/")
         self._headers = dict(headers or {})
         self._connections = connections
@@ -226,7 +234,7 @@ class HttpClient:
             for body in file_bodies:
                 if body.failure is not None:
                     raise body.failure from None
-            raise connection_failed(what, self.base_url, _describe(exc)) from exc
+            raise connection_failed(what, self.base_url, _describe(exc, self._timeout)) from exc
         try:
             decoded: Any = json.loads(raw) if raw else None
         except ValueError:
@@ -252,10 +260,12 @@ async def _read_reply(resp: aiohttp.ClientResponse, what: str) -> bytes:
     return bytes(body)
 
 
-def _describe(exc: BaseException) -> str:
+def _describe(exc: BaseException, timeout: aiohttp.ClientTimeout) -> str:
     """A short, secret-free description of a transport error."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return f"no connection within {timeout.connect:g}s (--request-timeout)"
     if isinstance(exc, TimeoutError):
-        return "timed out"
+        return f"no answer within {timeout.sock_read:g}s (--request-timeout)"
     text = str(exc) or type(exc).__name__
     # aiohttp messages can be long; the first line is the useful part.
     return text.splitlines()[0][:200]

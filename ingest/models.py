@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["FileItem", "FileState", "Receipt", "RemoteState", "RemoteStatus"]
+__all__ = ["FileItem", "FileState", "LocalPin", "Receipt", "RemoteState", "RemoteStatus"]
 
 
 class FileState(enum.StrEnum):
@@ -30,6 +30,17 @@ class FileState(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class LocalPin:
+    """The file a local walk saw, by device and inode: the descriptor opened to send it must be that very
+    file (a symlink or folder swapped in since cannot redirect the read). ``follow``: the path may pass
+    through symbolic links (``--follow-symlinks``); without it, a link at the end is refused too."""
+
+    dev: int
+    ino: int
+    follow: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class FileItem:
     """One source file, as the walker found it."""
 
@@ -39,6 +50,8 @@ class FileItem:
     abs_path: Path
     size: int
     mtime_ns: int
+    #: A local file's identity, checked when it is opened; ``None``: no check (not a local walk).
+    pin: LocalPin | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

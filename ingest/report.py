@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,19 @@ def _human_bytes(n: float) -> str:
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
         n /= 1024
     return f"{n:.1f} TiB"
+
+
+def check_report_path(path: Path) -> None:
+    """Refuse a ``--report`` that could not be written, before the run rather than after it."""
+    if path.is_dir():
+        raise ConfigError(f"--report {path} is a folder; name a file, e.g. {path / 'report.json'}")
+    parent = next((p for p in (path.parent, *path.parent.parents) if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise ConfigError(f"--report {path}: {parent} is a file, not a folder")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ConfigError(f"--report {path} is read-only")
+    if not path.exists() and not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--report {path}: cannot create files in {parent} (permission denied)")
 
 
 def write_report(manifest: Manifest, run_id: int, path: Path) -> None:

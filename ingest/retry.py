@@ -8,11 +8,14 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 
 from ingest.errors import RateLimitedError, TransientError
+
+if TYPE_CHECKING:
+    from ingest.engine.breaker import Breaker
 
 __all__ = ["AdaptiveLimiter", "RetryPolicy", "retrying"]
 
@@ -91,6 +94,7 @@ async def retrying(
     limiter: AdaptiveLimiter | None = None,
     rng: random.Random | None = None,
     on_retry: Callable[[int, TransientError, float], None] | None = None,
+    breaker: Breaker | None = None,
 ) -> T:
     """Run ``call`` until it succeeds, a non-retryable error occurs, or attempts run out.
 
@@ -102,6 +106,8 @@ async def retrying(
     attempt = 0
     while True:
         attempt += 1
+        if breaker is not None:
+            breaker.check()  # the platform has been unreachable too long: send nothing more
         try:
             if limiter is None:
                 result = await call()
@@ -111,14 +117,20 @@ async def retrying(
         except TransientError as exc:
             if limiter is not None and isinstance(exc, RateLimitedError):
                 limiter.on_rate_limited()
+            if breaker is not None:
+                breaker.failure(exc)
+                breaker.check()
             if attempt >= policy.attempts:
                 raise
             delay = policy.delay(attempt, exc, rng)
-            log.debug("%s: %s; retry %d/%d in %.2fs", what, exc, attempt, policy.attempts - 1, delay)
+            # ``detail`` is the error without the operation: ``what`` names it once.
+            log.info("%s: %s; retry %d/%d in %.2fs", what, exc.detail, attempt, policy.attempts - 1, delay)
             if on_retry is not None:
                 on_retry(attempt, exc, delay)
             await anyio.sleep(delay)
         else:
             if limiter is not None:
                 limiter.on_success()
+            if breaker is not None:
+                breaker.success()
             return result

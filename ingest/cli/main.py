@@ -3,25 +3,32 @@
 ``main()`` is the one place where an exception becomes an exit code (a contract scripts rely on):
 0 every file done, 1 some files failed (listed) or the platform refused an operation, 2 usage or
 configuration error (``ConfigError`` and its subclasses, argument errors included), 130 interrupted
-(the manifest is consistent; rerun to resume). Commands, the platforms' own included, return
-``EXIT_OK`` or ``EXIT_FAILED`` and raise ``IngestError`` for everything else.
+(the manifest is consistent; rerun to resume). The machine's own failures (a full disk, a read-only
+file) are exit 2 as well, in one line (``ingest.cli.environment``); a closed stdout pipe (``| head``)
+exits quietly. Commands, the platforms' own included, return ``EXIT_OK`` or ``EXIT_FAILED`` and raise
+``IngestError`` for everything else.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
 from ingest import __version__
 from ingest.cli import output, retry, run, serve, status
+from ingest.cli.environment import environment_message
 from ingest.cli.exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
 from ingest.cli.options import HelpFormatter, Parser, add_subcommands, config_from_args
 from ingest.errors import ConfigError, IngestError, InterruptedRun
 from ingest.platforms.registry import target_specs
 
 __all__ = ["build_parser", "config_from_args", "main"]
+
+#: The reader of stdout went away (``| head``): the shell's code for a process ended by SIGPIPE.
+EXIT_BROKEN_PIPE = 141
 
 
 def build_parser(*, with_emulators: bool = True) -> argparse.ArgumentParser:
@@ -69,7 +76,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except IngestError as exc:
         output.error(f"error: {exc}")
         return EXIT_FAILED
+    except BrokenPipeError:
+        # `ingest status … | head`: the reader has what it wanted. Nothing more may reach stdout, not
+        # even at exit (the interpreter's final flush would complain), and nothing is an error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except Exception as exc:
+        message = environment_message(exc)
+        if message is not None:
+            output.error(f"error: {message}")
+            return EXIT_USAGE
         if verbose:
             raise
         first_line = str(exc).splitlines()[0] if str(exc) else ""

@@ -201,6 +201,19 @@ def add_engine_flags(p: argparse.ArgumentParser) -> None:
         help="how long a file may stay processing on the platform before it counts as failed (default 3600)",
     )
     g.add_argument(
+        "--request-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="give up on a connection, or on an answer that stops arriving, after SECONDS (default 120)",
+    )
+    g.add_argument(
+        "--unreachable-after",
+        type=float,
+        metavar="SECONDS",
+        help="stop sending when the platform has not answered at all for SECONDS; files left unsent go "
+        "with the next run (default 300)",
+    )
+    g.add_argument(
         "--max-in-flight",
         type=int,
         metavar="N",
@@ -239,6 +252,8 @@ ENGINE_KEYS = (
     "poll_initial",
     "poll_max",
     "max_in_flight",
+    "request_timeout",
+    "unreachable_after",
 )
 
 
@@ -312,6 +327,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     """``ingest run``'s settings: defaults < --config file < environment secrets < flags."""
     tree: dict[str, Any] = load_toml(args.config) if args.config else {}
     origin = f"config file {args.config}" if args.config else "settings"
+    _known_sections(tree, origin)
     if args.source is not None:
         _set(tree, "source", "path", str(args.source))
     for key in ("include", "exclude"):
@@ -336,6 +352,18 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         return RunConfig.model_validate(tree)
     except ValidationError as exc:
         raise ConfigError(validation_message(exc, origin)) from None
+
+
+def _known_sections(tree: dict[str, Any], origin: str) -> None:
+    """Name a misspelt section (``[sourc]``) before its absence is reported as something else."""
+    fields = RunConfig.model_fields
+    sections = sorted(f"[{name}]" for name, info in fields.items() if name in ("source", "target", "engine"))
+    for key, value in tree.items():
+        if key in fields:
+            continue
+        if isinstance(value, dict):
+            raise ConfigError(f"{origin}: unknown section [{key}]; the sections are {', '.join(sections)}")
+        raise ConfigError(f"{origin}: {key}: unknown setting; check the spelling against `ingest run --help`")
 
 
 def _target_flags(tree: dict[str, Any], args: argparse.Namespace) -> None:

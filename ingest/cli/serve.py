@@ -6,11 +6,13 @@ The emulators (and aiohttp's server) are imported only when ``serve`` is on the 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 from typing import Any
 
 import anyio
 
+from ingest._aio import first_leaf
 from ingest.cli import output
 from ingest.cli.exits import EXIT_OK
 from ingest.cli.options import add_command, add_subcommands
@@ -46,9 +48,20 @@ def add_parser(commands: Any, *, with_emulators: bool) -> None:
     for name, spec in emulator_specs().items():
         sp = platforms.add_parser(name, help=spec.help, description=spec.help)
         sp.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-        sp.add_argument("--port", type=int, default=8080, help="port to listen on; 0 picks a free one (default 8080)")
+        sp.add_argument("--port", type=_port, default=8080, help="port to listen on; 0 picks a free one (default 8080)")
         spec.add_arguments(sp)
         sp.set_defaults(handler=command)
+
+
+def _port(text: str) -> int:
+    """A TCP port, 0 (any free one) to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port {value} is out of range (0-65535; 0 picks a free one)")
+    return value
 
 
 def command(args: argparse.Namespace) -> int:
@@ -56,7 +69,14 @@ def command(args: argparse.Namespace) -> int:
     from ingest.emulators.kit.server import serve_forever
 
     spec = emulator_specs()[args.platform]
-    app = spec.build_app(args)
+    data_dir = getattr(args, "data_dir", None)
+    if data_dir is not None and os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise ConfigError(f"--data-dir {data_dir} is a file; name a folder (it is created if missing)")
+    try:
+        app = spec.build_app(args)
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        raise ConfigError(f"cannot prepare --data-dir{where}: {exc.strerror or exc}") from None
 
     def ready(url: str) -> None:
         output.say(f"{spec.name} emulator listening on {url} (Ctrl-C to stop)")
@@ -75,6 +95,10 @@ def command(args: argparse.Namespace) -> int:
         anyio.run(serve_until_signalled)
     except KeyboardInterrupt:
         pass  # Ctrl-C before the signal receiver is in place: stopping the server is what was asked
-    except OSError as exc:
-        raise ConfigError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    except (OSError, BaseExceptionGroup) as raised:
+        # The server's task group wraps what binding the port raised (address in use, no permission).
+        leaf = first_leaf(raised, (OSError,)) if isinstance(raised, BaseExceptionGroup) else raised
+        if not isinstance(leaf, OSError):
+            raise leaf from None
+        raise ConfigError(f"cannot listen on {args.host}:{args.port}: {leaf.strerror or leaf}") from None
     return EXIT_OK

@@ -7,6 +7,8 @@ of any size. Files the platform accepted before an interruption go straight to t
 
 from __future__ import annotations
 
+import logging
+
 from anyio.streams.memory import MemoryObjectSendStream
 
 from ingest.engine.state import RunState, Tracked, Work, track
@@ -16,6 +18,15 @@ from ingest.retry import retrying
 from ingest.sources.base import Rejected
 
 __all__ = ["plan"]
+
+log = logging.getLogger("ingest.engine.planner")
+
+#: What ``-v`` says about each file the manifest knows (a new or changed file is simply sent).
+_DECISIONS = {
+    Decision.SKIP: "done and unchanged since; skipped",
+    Decision.POLL: "accepted by the platform before an interruption; following it",
+    Decision.SEND_DEDUP: "caught mid-upload by an interruption; sending again with dedup",
+}
 
 
 async def plan(
@@ -40,6 +51,13 @@ async def plan(
                 continue
             record = None if run.fresh_manifest else run.manifest.lookup(entry.rel_path)
             decision = decide(record, entry)
+            if decision is not Decision.SEND:  # skipped files can be millions: those only at -vv
+                log.log(
+                    logging.DEBUG if decision is Decision.SKIP else logging.INFO,
+                    "%s: %s",
+                    entry.rel_path,
+                    _DECISIONS[decision],
+                )
             if decision is Decision.SKIP:
                 run.summary.skipped += 1
                 run.summary.skipped_bytes += entry.size
@@ -70,4 +88,4 @@ async def _find_existing(run: RunState, item: FileItem) -> Receipt | None:
     async def lookup() -> Receipt | None:
         return await run.target.find_existing(item)
 
-    return await retrying(lookup, run.policy, what=f"looking up {item.rel_path}", rng=run.rng)
+    return await retrying(lookup, run.policy, what=f"looking up {item.rel_path}", rng=run.rng, breaker=run.breaker)

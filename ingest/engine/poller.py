@@ -14,6 +14,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ingest import _failpoints
+from ingest.engine.breaker import PlatformUnreachable
 from ingest.engine.state import RunState, Tracked, Work
 from ingest.errors import PermanentError, TransientError
 from ingest.models import RemoteState
@@ -56,6 +57,9 @@ async def poller(
                     await _first_of(arrived, run.completion.all_done)
                 continue
             for start in range(0, len(due), POLL_CHUNK):
+                if run.breaker.tripped:
+                    _abandon(run, outstanding)
+                    break
                 await _poll_round(run, due[start : start + POLL_CHUNK], outstanding, resubmit)
             run.progress.in_flight(len(outstanding))
         tg.cancel_scope.cancel()
@@ -80,8 +84,15 @@ async def _poll_round(
 ) -> None:
     try:
         statuses = await retrying(
-            lambda: run.target.poll([t.receipt for t in due]), POLL_RETRY, what="polling", rng=run.rng
+            lambda: run.target.poll([t.receipt for t in due]),
+            POLL_RETRY,
+            what="polling",
+            rng=run.rng,
+            breaker=run.breaker,
         )
+    except PlatformUnreachable:
+        _abandon(run, outstanding)
+        return
     except TransientError as exc:
         # The platform is unreachable for now: try these again later rather than failing them.
         log.warning("polling failed, will retry: %s", exc)
@@ -134,6 +145,16 @@ async def _poll_round(
         await _retry(run, to_retry, outstanding, resubmit)
 
 
+def _abandon(run: RunState, outstanding: dict[str, Tracked]) -> None:
+    """The platform is unreachable: leave every followed file to the next run (it stays ``processing``,
+    which resumes by polling), so the run can end."""
+    run.stop_sending = True
+    run.summary.stopped_reason = run.breaker.message
+    run.completion.finish(len(outstanding))
+    run.progress.finished(len(outstanding))
+    outstanding.clear()
+
+
 async def _retry(
     run: RunState,
     to_retry: list[tuple[Tracked, str]],
@@ -149,6 +170,7 @@ async def _retry(
                 POLL_RETRY,
                 what="retrying failed files",
                 rng=run.rng,
+                breaker=run.breaker,
             )
         except TransientError:
             receipts = []  # nothing retried this round: the next poll finds them failed and asks again

@@ -26,7 +26,7 @@ from ingest.models import FileItem, FileState
 from ingest.platforms.base import Target, TargetConfigBase, TargetContext
 from ingest.platforms.registry import EmbeddedDestination, build_target, embedded_spec, get_spec
 from ingest.progress import Progress
-from ingest.report import RunSummary, write_report
+from ingest.report import RunSummary, check_report_path, write_report
 from ingest.retry import RetryPolicy, retrying
 from ingest.sources.base import Rejected, Source
 from ingest.sources.local import LocalSource, WalkOptions
@@ -63,7 +63,7 @@ async def run(
     if not root.is_dir():
         what = "does not exist" if not root.exists() else "is not a folder"
         raise ConfigError(f"source {root} {what}; pass the folder to ingest")
-    source = LocalSource(root.resolve(), _walk_options(config))
+    source = LocalSource(root.resolve(), _walk_options(config), own_state=_own_state(config))
     return await run_job(
         Job(
             source=source,
@@ -118,6 +118,8 @@ class Job:
 async def run_job(job: Job, *, command: str, handle_signals: bool = False, only_failed: bool = False) -> RunSummary:
     """Run ``job`` end to end: destination, manifest, engine under signal handling, report, summary."""
     started = time.monotonic()
+    if job.report is not None:
+        check_report_path(job.report)
     async with AsyncExitStack() as stack:
         embedded: EmbeddedDestination | None = None
         if job.target is None:
@@ -141,6 +143,7 @@ async def run_job(job: Job, *, command: str, handle_signals: bool = False, only_
             chunk_size=job.engine.chunk_size,
             on_bytes=on_bytes,
             on_message=progress.message,
+            request_timeout=job.engine.request_timeout,
         )
         target = (
             job.target_factory(target_config, context) if job.target_factory else build_target(target_config, context)
@@ -222,6 +225,19 @@ async def _open_target(target: Target, retries: int) -> None:
         await retrying(target.open, RetryPolicy(attempts=retries + 1, max_delay=5.0), what="connecting")
     except TransientError as exc:
         raise ConfigError(f"{exc}; check --endpoint and that the platform is up") from None
+
+
+def _own_state(config: RunConfig) -> list[Path]:
+    """ingest's own files, never part of a source even with ``--hidden``: the state folder of this
+    working directory (default manifests, the embedded destination's data), the manifest and the report."""
+    paths = [MANIFEST_DIR.parent]
+    if isinstance(config.manifest, Path):
+        paths.append(config.manifest)
+    elif isinstance(config.manifest, str) and not config.manifest.startswith(("postgres://", "postgresql://")):
+        paths.append(Path(config.manifest))
+    if config.report is not None:
+        paths.append(config.report)
+    return paths
 
 
 def _walk_options(config: RunConfig) -> WalkOptions:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import anyio
 
 from ingest.config import EngineConfig
+from ingest.engine.breaker import Breaker
 from ingest.manifest.base import Manifest
 from ingest.models import FileItem, Receipt
 from ingest.platforms.base import Target
@@ -94,6 +95,7 @@ class RunState:
         self.completion = Completion(config.max_in_flight)
         self.limiter = AdaptiveLimiter(config.concurrency)
         self.policy = RetryPolicy(attempts=config.request_retries + 1)
+        self.breaker = Breaker(config.unreachable_after)
         self.rng = random.Random()
         features = target.features
         self.batch_files = max(1, min(config.batch_files or features.max_batch_files, features.max_batch_files))

@@ -14,6 +14,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ingest import _failpoints
+from ingest.engine.breaker import PlatformUnreachable
 from ingest.engine.state import RunState, Tracked, Work, track
 from ingest.errors import CapacityError, PermanentError, SourceFileError, TransientError
 from ingest.retry import retrying
@@ -146,6 +147,7 @@ async def _send(run: RunState, batch: list[Work], to_poller: MemoryObjectSendStr
             limiter=run.limiter,
             rng=run.rng,
             on_retry=on_retry,
+            breaker=run.breaker,
         )
     except SourceFileError as exc:
         # One file broke the body (changed, unreadable): fail it, send the others again. Their
@@ -160,6 +162,14 @@ async def _send(run: RunState, batch: list[Work], to_poller: MemoryObjectSendStr
             w.dedup = True
         if rest:
             await _send(run, rest, to_poller)
+        return
+    except PlatformUnreachable as exc:
+        # Not the files' fault: they stay recorded as interrupted uploads, which the next run sends again
+        # (with dedup); nothing more is sent in this run.
+        run.stop_sending = True
+        run.summary.stopped_reason = str(exc)
+        run.completion.finish(len(ready))
+        run.progress.finished(len(ready))
         return
     except CapacityError as exc:
         run.stop_sending = True

@@ -356,8 +356,8 @@ class PostgresManifest:
             stmts.append(
                 (
                     "UPDATE ingest_files SET state = 'processing', remote_id = %s, task_id = %s, extra = %s,"
-                    f" run_id = %s, updated_at = %s{bump} WHERE job = %s AND path = %s" + cond,
-                    (r.remote_id, r.task_id, extra, run_id, now, self.job, r.rel_path, *fparams),
+                    f" md5 = COALESCE(%s, md5), run_id = %s, updated_at = %s{bump} WHERE job = %s AND path = %s" + cond,
+                    (r.remote_id, r.task_id, extra, r.extra.get("md5"), run_id, now, self.job, r.rel_path, *fparams),
                     fenced,
                 )
             )

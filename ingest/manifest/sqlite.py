@@ -17,7 +17,9 @@ The rule that decides "already done" is not here: it is ``ingest.manifest.base.d
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import stat
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
@@ -105,6 +107,34 @@ def _record(row: sqlite3.Row | tuple[Any, ...]) -> FileRecord:
     )
 
 
+def _why(exc: OSError) -> str:
+    if isinstance(exc, FileExistsError | NotADirectoryError):
+        return "a file of that name is in the way"
+    return exc.strerror or str(exc)
+
+
+#: A 0-byte file younger than this (seconds) is one being created right now: by another process of a
+#: shared job, or by a reader that connected first (SQLite creates the file on connect). Older, it was
+#: truncated or is not a manifest.
+_CREATING = 10.0
+
+
+def _refuse_empty_file(path: Path) -> None:
+    """A manifest file that exists but is empty was truncated or is not ours: never re-initialise it (every
+    file would be sent again)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise ConfigError(f"manifest {path} cannot be read: {exc.strerror or exc}") from None
+    if st.st_size == 0 and stat.S_ISREG(st.st_mode) and time.time() - st.st_mtime > _CREATING:
+        raise ConfigError(
+            f"manifest {path} is empty (0 bytes): truncated, or not a manifest; it is not started over "
+            "(every file would be sent again): restore it, or remove it to start anew"
+        )
+
+
 def _statements(script: str) -> list[str]:
     return [s.strip() for s in script.split(";\n") if s.strip()]
 
@@ -123,6 +153,12 @@ class SqliteManifest:
         self.path = path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot create the folder {path.parent} for the manifest: {_why(exc)}; pass --manifest elsewhere"
+            ) from None
+        _refuse_empty_file(path)
+        try:
             # The writer connection is used from worker threads, one at a time (the writer's limiter).
             self._wconn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._rconn = sqlite3.connect(path, isolation_level=None)
@@ -132,9 +168,16 @@ class SqliteManifest:
                 conn.execute("PRAGMA busy_timeout=30000")
             self._migrate()
         except sqlite3.DatabaseError as exc:
+            if path.exists() and not os.access(path, os.W_OK):
+                raise ConfigError(f"manifest {path} is read-only; make it writable (chmod u+w) to run") from None
+            if path.exists() and not os.access(path.parent, os.W_OK):
+                raise ConfigError(
+                    f"manifest {path} is in a read-only folder (SQLite writes its -wal beside it); make "
+                    f"{path.parent} writable"
+                ) from None
             raise ConfigError(
                 f"manifest {path} cannot be opened ({exc}); point --manifest at a manifest file or a new path"
-            ) from exc
+            ) from None
         self.job = job or self.get_meta("job") or path.stem
         self._writer = GroupCommit(self._commit)
 
@@ -143,6 +186,12 @@ class SqliteManifest:
         conn = self._wconn
         conn.execute("BEGIN IMMEDIATE")  # two processes opening a new manifest at once migrate it once
         try:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if tables and "meta" not in tables:
+                raise ConfigError(
+                    f"manifest {self.path} is not an ingest manifest (a SQLite database of something else); "
+                    "point --manifest at a manifest file or a new path"
+                )
             for statement in _statements(_SCHEMA_V1):
                 conn.execute(statement)
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
@@ -328,8 +377,8 @@ class SqliteManifest:
             stmts.append(
                 (
                     "UPDATE files SET state = 'processing', remote_id = ?, task_id = ?, extra = ?,"
-                    f" run_id = ?, updated_at = ?{bump} WHERE path = ?" + cond,
-                    (r.remote_id, r.task_id, extra, run_id, now, r.rel_path, *fparams),
+                    f" md5 = COALESCE(?, md5), run_id = ?, updated_at = ?{bump} WHERE path = ?" + cond,
+                    (r.remote_id, r.task_id, extra, r.extra.get("md5"), run_id, now, r.rel_path, *fparams),
                     fenced,
                 )
             )

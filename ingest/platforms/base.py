@@ -41,9 +41,9 @@ import abc
 import re
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, SecretStr, field_validator, model_validator
 
 from ingest.models import FileItem, Receipt, RemoteState, RemoteStatus
 
@@ -71,6 +71,20 @@ class TargetConfigBase(BaseModel):
         if not re.match(r"^https?://[^/\s]+", value):
             raise ValueError(f"{value!r} is not an http(s) URL; write e.g. http://127.0.0.1:8080")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _secrets_fit_in_a_header(self) -> Self:
+        """A secret travels in a header: a line break (``$(cat keyfile)`` keeps none, a pasted one may)
+        or another control character would be refused by the HTTP library mid-run."""
+        for name, info in type(self).model_fields.items():
+            value = getattr(self, name)
+            if info.annotation in (SecretStr, SecretStr | None) and isinstance(value, SecretStr):
+                if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value.get_secret_value()):
+                    raise ValueError(
+                        f"{name} contains a line break or another control character; set it without one "
+                        "(secrets are sent in HTTP headers)"
+                    )
+        return self
 
     def public_dump(self) -> dict[str, Any]:
         """The settings without secrets (every ``SecretStr`` field is left out)."""

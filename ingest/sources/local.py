@@ -8,19 +8,20 @@ stall the event loop.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 
-from ingest.models import FileItem
+from ingest.models import FileItem, LocalPin
 from ingest.sources.base import Rejected
 from ingest.sources.globs import GlobSet
 
-__all__ = ["LocalSource", "Rejected", "WalkOptions", "WalkStats", "display_path", "walk"]
+__all__ = ["LocalSource", "Rejected", "WalkOptions", "WalkStats", "display_path", "pin_stat", "walk"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,8 @@ class WalkStats:
     too_large: int = 0
     special: int = 0
     loops: int = 0
+    dangling: int = 0
+    own_state: int = 0
 
 
 def display_path(name: str) -> str:
@@ -62,10 +65,13 @@ def _is_utf8(name: str) -> bool:
     return True
 
 
-def _scan(directory: str, follow: bool) -> list[tuple[str, os.stat_result | None, bool, str | None]]:
-    """List one directory: (name, stat, is_symlink, error) per entry, sorted by name."""
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def _scan(fd: int, follow: bool) -> list[tuple[str, os.stat_result | None, bool, str | None]]:
+    """List the open directory ``fd``: (name, stat, is_symlink, error) per entry, sorted by name."""
     entries: list[tuple[str, os.stat_result | None, bool, str | None]] = []
-    with os.scandir(directory) as it:
+    with os.scandir(fd) as it:
         for entry in it:
             try:
                 is_link = entry.is_symlink()
@@ -80,80 +86,170 @@ def _scan(directory: str, follow: bool) -> list[tuple[str, os.stat_result | None
     return entries
 
 
-async def walk(root: Path, options: WalkOptions, stats: WalkStats | None = None) -> AsyncIterator[FileItem | Rejected]:
-    """Yield a ``FileItem`` per file under ``root`` that passes the filters, or ``Rejected``."""
+def _open_dir(parent: int | None, name: str, follow: bool, expected: tuple[int, int] | None) -> int:
+    """Open folder ``name`` relative to the open folder ``parent`` (``os.fwalk``-style): a folder swapped
+    for a symbolic link since it was listed is refused (``O_NOFOLLOW``), and so is any other folder than
+    the one listed (device and inode), so a swap can redirect neither the walk nor the files under it."""
+    flags = _DIR_FLAGS | (0 if follow else os.O_NOFOLLOW)
+    fd = os.open(name, flags, dir_fd=parent)
+    try:
+        st = os.fstat(fd)
+        if expected is not None and (st.st_dev, st.st_ino) != expected:
+            raise FileNotFoundError(errno.ENOENT, "replaced since it was listed", name)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def pin_stat(root: Path, rel_path: str, follow: bool) -> os.stat_result:
+    """The file ``rel_path`` under ``root`` as it is now, reached one component at a time from ``root``
+    without following any symbolic link (unless ``follow``): what a refresh or lookup may trust."""
+    parts = rel_path.split("/")
+    fds: list[int] = []
+    try:
+        fds.append(os.open(root, _DIR_FLAGS))
+        for part in parts[:-1]:
+            fds.append(os.open(part, _DIR_FLAGS | (0 if follow else os.O_NOFOLLOW), dir_fd=fds[-1]))
+        return os.stat(parts[-1], dir_fd=fds[-1], follow_symlinks=follow)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _pin(st: os.stat_result, follow: bool) -> LocalPin:
+    return LocalPin(st.st_dev, st.st_ino, follow)
+
+
+async def walk(
+    root: Path, options: WalkOptions, stats: WalkStats | None = None, *, own_state: Collection[str] = ()
+) -> AsyncIterator[FileItem | Rejected]:
+    """Yield a ``FileItem`` per file under ``root`` that passes the filters, or ``Rejected``.
+
+    Folders are opened relative to their parent's descriptor; only the chain of folders from the root to
+    the one being listed is open at a time. ``own_state``: relative paths (files or folders) of ingest's
+    own state inside the tree (manifest, report, embedded data), never part of the source.
+    """
     stats = stats if stats is not None else WalkStats()
     include, exclude = GlobSet(options.include), GlobSet(options.exclude)
-    root_st = await anyio.to_thread.run_sync(os.stat, root)
+    follow = options.follow_symlinks
+    root_fd = await anyio.to_thread.run_sync(os.open, root, _DIR_FLAGS)
+    root_st = os.fstat(root_fd)
     visited: set[tuple[int, int]] = {(root_st.st_dev, root_st.st_ino)}
-    # Stack of (absolute dir, relative prefix); popped from the end, pushed in reverse to keep order.
-    stack: list[tuple[str, str]] = [(os.fspath(root), "")]
-    while stack:
-        directory, prefix = stack.pop()
-        try:
-            entries = await anyio.to_thread.run_sync(_scan, directory, options.follow_symlinks)
-        except FileNotFoundError:
-            continue  # removed while we walked: nothing left to send from it
-        except OSError as exc:
-            yield Rejected(display_path(prefix or "."), f"cannot list folder: {exc.strerror or exc}")
-            continue
-        subdirs: list[tuple[str, str]] = []
-        for name, st, is_link, error in entries:
-            rel = prefix + name
-            if not options.hidden and name.startswith("."):
-                stats.hidden += 1
+    # The open folders from the root to the one listed last: (relative prefix, descriptor).
+    chain: list[tuple[str, int]] = [("", root_fd)]
+    # Folders still to visit: (parent prefix, name, relative prefix, (dev, ino) as listed).
+    stack: list[tuple[str, str, str, tuple[int, int] | None]] = [("", "", "", None)]
+    try:
+        while stack:
+            parent, name, prefix, expected = stack.pop()
+            while chain[-1][0] != parent:  # depth first: the parent is on the chain
+                os.close(chain.pop()[1])
+            if name:
+                try:
+                    fd = await anyio.to_thread.run_sync(_open_dir, chain[-1][1], name, follow, expected)
+                except FileNotFoundError:
+                    continue  # removed (or replaced) while we walked: nothing left to send from it
+                except OSError as exc:
+                    if exc.errno == errno.ELOOP:
+                        stats.symlinks += 1  # became a symbolic link after it was listed: not followed
+                        continue
+                    yield Rejected(display_path(prefix), f"cannot list folder: {exc.strerror or exc}")
+                    continue
+                chain.append((prefix, fd))
+            try:
+                entries = await anyio.to_thread.run_sync(_scan, chain[-1][1], follow)
+            except FileNotFoundError:
                 continue
-            if is_link and not options.follow_symlinks:
-                stats.symlinks += 1
+            except OSError as exc:
+                yield Rejected(display_path(prefix or "."), f"cannot list folder: {exc.strerror or exc}")
                 continue
-            if error is not None or st is None:
-                if is_link:
+            subdirs: list[tuple[str, str, str, tuple[int, int] | None]] = []
+            directory = os.path.join(root, prefix) if prefix else os.fspath(root)
+            for entry_name, st, is_link, error in entries:
+                rel = prefix + entry_name
+                if rel in own_state:
+                    stats.own_state += 1
+                    continue
+                if not options.hidden and entry_name.startswith("."):
+                    stats.hidden += 1
+                    continue
+                if is_link and not follow:
                     stats.symlinks += 1
                     continue
-                yield Rejected(display_path(rel), f"cannot read file information: {error}")
-                continue
-            if stat.S_ISDIR(st.st_mode):
-                key = (st.st_dev, st.st_ino)
-                if key in visited:
-                    stats.loops += 1  # a symlink back into the tree: visiting again would never end
+                if error is not None or st is None:
+                    if is_link:
+                        stats.dangling += 1
+                        continue
+                    yield Rejected(display_path(rel), f"cannot read file information: {error}")
                     continue
-                if exclude and exclude.matches(rel):
+                if stat.S_ISDIR(st.st_mode):
+                    key = (st.st_dev, st.st_ino)
+                    if key in visited:
+                        stats.loops += 1  # a symlink back into the tree: visiting again would never end
+                        continue
+                    if exclude and exclude.matches(rel):
+                        stats.excluded += 1
+                        continue
+                    visited.add(key)
+                    subdirs.append((prefix, entry_name, rel + "/", key))
+                    continue
+                if not stat.S_ISREG(st.st_mode):
+                    stats.special += 1  # sockets, FIFOs, devices: not documents
+                    continue
+                if (include and not include.matches(rel)) or (exclude and exclude.matches(rel)):
                     stats.excluded += 1
                     continue
-                visited.add(key)
-                subdirs.append((os.path.join(directory, name), rel + "/"))
-                continue
-            if not stat.S_ISREG(st.st_mode):
-                stats.special += 1  # sockets, FIFOs, devices: not documents
-                continue
-            if (include and not include.matches(rel)) or (exclude and exclude.matches(rel)):
-                stats.excluded += 1
-                continue
-            if options.max_size is not None and st.st_size > options.max_size:
-                stats.too_large += 1
-                continue
-            stats.files_seen += 1
-            if not _is_utf8(rel):
-                yield Rejected(
-                    display_path(rel), "file name is not valid UTF-8; rename it (e.g. with convmv) to send it"
+                if options.max_size is not None and st.st_size > options.max_size:
+                    stats.too_large += 1
+                    continue
+                stats.files_seen += 1
+                if not _is_utf8(rel):
+                    yield Rejected(
+                        display_path(rel), "file name is not valid UTF-8; rename it (e.g. with convmv) to send it"
+                    )
+                    continue
+                yield FileItem(
+                    rel_path=rel,
+                    abs_path=Path(directory, entry_name),
+                    size=st.st_size,
+                    mtime_ns=st.st_mtime_ns,
+                    pin=_pin(st, follow),
                 )
-                continue
-            yield FileItem(
-                rel_path=rel,
-                abs_path=Path(directory, name),
-                size=st.st_size,
-                mtime_ns=st.st_mtime_ns,
-            )
-        stack.extend(reversed(subdirs))
+            stack.extend(reversed(subdirs))
+    finally:
+        for _, fd in chain:
+            os.close(fd)
+
+
+def _inside(root: Path, paths: Collection[Path]) -> Iterator[str]:
+    """The relative paths under ``root`` of those ``paths`` that lie inside it (with a manifest's -wal,
+    -shm and -journal beside it)."""
+    for path in paths:
+        resolved = path.expanduser().absolute()
+        try:
+            resolved = resolved.parent.resolve() / resolved.name
+        except OSError:
+            continue
+        try:
+            rel = resolved.relative_to(root).as_posix()
+        except ValueError:
+            continue
+        if rel and rel != ".":
+            yield rel
+            for suffix in ("-wal", "-shm", "-journal"):
+                yield rel + suffix
 
 
 class LocalSource:
     """A folder on a local (or mounted) file system: the ``Source`` of ``ingest run DIR``."""
 
-    def __init__(self, root: Path, options: WalkOptions) -> None:
+    def __init__(self, root: Path, options: WalkOptions, *, own_state: Collection[Path] = ()) -> None:
         self.root = root
         self.options = options
         self.stats = WalkStats()
+        #: ingest's own files and folders inside the tree, relative to it (manifest, report, .ingest/).
+        self.own_state = frozenset(_inside(root, own_state))
 
     def identity(self) -> str:
         return str(self.root)
@@ -162,33 +258,53 @@ class LocalSource:
         return f"folder {self.root}"
 
     def entries(self) -> AsyncIterator[FileItem | Rejected]:
-        return walk(self.root, self.options, self.stats)
+        return walk(self.root, self.options, self.stats, own_state=self.own_state)
 
-    async def refresh(self, item: FileItem) -> FileItem | str:
-        # A stat in the event loop: microseconds on a local disk, cheaper than a thread hop per file.
+    def _stat(self, rel_path: str) -> os.stat_result | str:
+        """The file as it is now, reached from the root without following links (unless asked), or why not."""
         try:
-            st = os.stat(item.abs_path)
+            st = pin_stat(self.root, rel_path, self.options.follow_symlinks)
         except FileNotFoundError:
             return "file disappeared between the walk and the upload"
         except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                return "a folder on its path became a symbolic link or a file after the walk; not followed"
             return f"cannot read file information: {exc.strerror or exc}"
-        if st.st_size != item.size or st.st_mtime_ns != item.mtime_ns:
-            return FileItem(item.rel_path, item.abs_path, st.st_size, st.st_mtime_ns)
+        if stat.S_ISLNK(st.st_mode):
+            return "became a symbolic link after the walk; not followed (--follow-symlinks sends link targets)"
+        if not stat.S_ISREG(st.st_mode):
+            return "is no longer a regular file"
+        return st
+
+    async def refresh(self, item: FileItem) -> FileItem | str:
+        # A few syscalls in the event loop: microseconds on a local disk, cheaper than a thread hop per file.
+        st = self._stat(item.rel_path)
+        if isinstance(st, str):
+            return st
+        pin = _pin(st, self.options.follow_symlinks)
+        if pin.follow and item.pin is not None and pin != item.pin:
+            # Through links, a different file is no proof of anything (a link retargeted at a private
+            # file): only the file the walk saw is sent.
+            return "the symbolic link now leads to another file than the walk saw; rerun to send it"
+        if st.st_size != item.size or st.st_mtime_ns != item.mtime_ns or pin != item.pin:
+            return FileItem(item.rel_path, item.abs_path, st.st_size, st.st_mtime_ns, pin)
         return item
 
     async def lookup(self, rel_path: str) -> FileItem | Rejected:
-        path = self.root / rel_path
-        try:
-            st = await anyio.to_thread.run_sync(os.stat, path)
-        except OSError:
-            return Rejected(rel_path, f"not found under {self.root} any more")
-        return FileItem(rel_path, path, st.st_size, st.st_mtime_ns)
+        st = await anyio.to_thread.run_sync(self._stat, rel_path)
+        if isinstance(st, str):
+            return Rejected(rel_path, f"not found under {self.root} any more ({st})")
+        return FileItem(
+            rel_path, self.root / rel_path, st.st_size, st.st_mtime_ns, _pin(st, self.options.follow_symlinks)
+        )
 
     def passed_over(self) -> Mapping[str, int]:
         s = self.stats
         return {
             "hidden (use --hidden)": s.hidden,
             "symlinks (use --follow-symlinks)": s.symlinks,
+            "dangling symlinks": s.dangling,
+            "ingest's own state (manifest, report, .ingest/)": s.own_state,
             "excluded by --include/--exclude": s.excluded,
             "larger than --max-size": s.too_large,
             "not regular files": s.special,

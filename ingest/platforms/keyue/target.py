@@ -28,6 +28,7 @@ from typing import Any
 from ingest._aio import run_concurrently
 from ingest.errors import AuthError, ConfigError, PermanentError, TransientError
 from ingest.models import FileItem, Receipt, RemoteState, RemoteStatus
+from ingest.multipart_names import control_character_problem
 from ingest.platforms.base import RemoteDocument, Target, TargetContext, TargetFeatures
 from ingest.platforms.keyue.api import DELETE_FAILED, PAGE_SIZE, KeyueApi, as_int
 from ingest.platforms.keyue.config import KeyueTargetConfig
@@ -108,6 +109,12 @@ class KeyueTarget(Target):
             raise ConfigError(f"user {c.uid} has no permission on Keyue directory {c.dir_id} ({found.name!r})")
 
     # ----- import --------------------------------------------------------------------------------
+
+    def refuse(self, item: FileItem) -> str | None:
+        # The document's name is the multipart part's filename (a header), and mirrored folders become
+        # directory names: Keyue takes neither with a control character (ingest.multipart_names).
+        _, name = _split(item.rel_path)
+        return control_character_problem(item.rel_path if self.config.mirror_dirs else name, "Keyue")
 
     async def _directory_of(self, item: FileItem, *, create: bool) -> str | None:
         folder, _ = _split(item.rel_path)

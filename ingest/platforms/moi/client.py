@@ -46,6 +46,7 @@ from ingest.errors import (
 )
 from ingest.http import FileBody, HttpClient, HttpReply
 from ingest.models import FileItem
+from ingest.multipart_names import header_filename
 from ingest.platforms.moi.wire import (
     BLOCK_FOR,
     CatalogFile,
@@ -359,10 +360,14 @@ class MoiClient:
                     chunk_size=chunk_size,
                     on_bytes=on_bytes,
                     content_type=str(entry["mime_type"]),
-                    filename=item.rel_path,
+                    filename=header_filename(item.rel_path),
                 )
                 bodies.append(body)
-                form.add_field("file", body, filename=item.rel_path, content_type=str(entry["mime_type"]))
+                # meta[].file_name names the file (JSON carries any character); the part's filename is a
+                # label, encoded so that a control character in a name cannot break the request.
+                form.add_field(
+                    "file", body, filename=header_filename(item.rel_path), content_type=str(entry["mime_type"])
+                )
             reply = await self.http.request("POST", "/connectors/upload", what=what, data=form, file_bodies=bodies)
         finally:
             for body in bodies:
