@@ -21,9 +21,12 @@ from ingest.errors import AuthError, ConfigError, PermanentError, RateLimitedErr
 from ingest.http import HttpReply
 from ingest.models import FileItem, Receipt, RemoteState
 from ingest.platforms.base import TargetContext
-from ingest.platforms.keyue.api import check_envelope
+from ingest.platforms.keyue import names as keyue_names
+from ingest.platforms.keyue.api import KeyueApi, check_envelope
 from ingest.platforms.keyue.config import KeyueTargetConfig
+from ingest.platforms.keyue.names import count_shared_names, shared_names_warning
 from ingest.platforms.keyue.target import KeyueTarget
+from ingest.progress import Progress
 from tests.conftest import make_tree
 from tests.harness import KEYUE, Faults, KeyueDeployment, ServerProcess, run_cli
 
@@ -126,6 +129,29 @@ def test_without_mirror_dirs_files_go_straight_into_the_destination(server: Serv
     assert len(docs) == 6
     assert {d["taskExtend"] for d in docs} == {"{}"}
     assert call(server.url, "GET", "/directory", parentId=dest) == []
+
+
+SHARED_NAMES_TREE = ["a/x.txt", "b/x.txt", "c/x.txt", "d/y.md", "e/y.md", "f/z.txt"]
+
+
+def test_shared_names_are_warned_on_stderr_unless_quiet(server: ServerProcess, tmp_path: Path) -> None:
+    """Without --mirror-dirs, names several files share in the destination directory are one warning line
+    on stderr naming them and their counts; -q says nothing."""
+    for rel in SHARED_NAMES_TREE:
+        item(tmp_path / "docs", rel)
+    dest = make_dir(server.url, "cli-shared-names")
+    args = ["run", "docs", *keyue_flags(server, dest), "--manifest", "m.db", "--no-progress"]
+    result = run_cli(args, env=ENV, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        f"warning: 2 names are shared by 5 files in Keyue directory {dest} (x.txt ×3, y.md ×2): each file becomes a "
+        "document of its base name there, so documents of the same name cannot be told apart; "
+        "use --mirror-dirs to keep folders apart"
+    ]
+    quiet = run_cli([*args, "-q"], env=ENV, cwd=tmp_path)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "warning" not in quiet.stderr
 
 
 @pytest.mark.parametrize(
@@ -405,6 +431,96 @@ async def test_unknown_documents_are_reported_failed(dep: KeyueDeployment) -> No
         ["a.txt", "b.txt", "c/d.txt"], (RemoteState.FAILED, True)
     )
     assert "'404' is not an existing directory" in str(by_path["c/d.txt"].reason)
+
+
+class Heard:
+    """What a run told the user and what it imported, in order (the progress channel and the Keyue API)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.events: list[tuple[str, str]] = []
+        say, send = Progress.message, KeyueApi.import_document
+
+        def message(progress: Progress, line: str) -> None:
+            self.events.append(("message", line))
+            say(progress, line)
+
+        async def import_document(api: KeyueApi, item: FileItem, name: str, *args: Any) -> tuple[Any, str]:
+            self.events.append(("import", item.rel_path))
+            return await send(api, item, name, *args)
+
+        monkeypatch.setattr(Progress, "message", message)
+        monkeypatch.setattr(KeyueApi, "import_document", import_document)
+
+    def warnings(self) -> list[str]:
+        return [line for kind, line in self.events if kind == "message" and line.startswith("warning:")]
+
+
+def loud(config: RunConfig) -> RunConfig:
+    """The run as a user sees it (messages on stderr, no bars), where the shared-name check is made."""
+    return config.model_copy(update={"quiet": False, "progress": False})
+
+
+@pytest.mark.anyio
+async def test_shared_names_are_warned_before_the_first_upload(
+    dep: KeyueDeployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --mirror-dirs, a/x.txt, b/x.txt, c/x.txt, d/y.md and e/y.md become documents of two names
+    in one directory: one warning says which names and how many files, before any import; everything is
+    still sent, and the walk's own counts (a hidden x.txt passed over) are not doubled by the check."""
+    for rel in [*SHARED_NAMES_TREE, ".hidden/x.txt"]:
+        item(tmp_path / "src", rel)
+    heard = Heard(monkeypatch)
+    summary = await ingest.run(loud(run_config(dep, tmp_path / "src", tmp_path / "m.db", mirror_dirs=False)))
+    assert (summary.done, summary.failed) == (6, 0)
+    [warning] = heard.warnings()
+    assert warning.startswith("warning: 2 names are shared by 5 files in Keyue directory 0 (x.txt ×3, y.md ×2)")
+    assert "--mirror-dirs" in warning
+    assert heard.events[0] == ("message", warning)
+    assert sorted(path for kind, path in heard.events if kind == "import") == SHARED_NAMES_TREE
+    assert summary.passed_over["hidden (use --hidden)"] == 1
+    assert warning in capsys.readouterr().err
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("files", "mirror_dirs"),
+    [(SHARED_NAMES_TREE, True), (["a/x.txt", "b/y.md", "z.txt"], False)],
+    ids=["mirror-dirs", "no-repeats"],
+)
+async def test_no_shared_names_warning_when_names_stay_apart(
+    dep: KeyueDeployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: list[str], mirror_dirs: bool
+) -> None:
+    """With --mirror-dirs each folder is a directory of its own, and a tree without repeated names has
+    nothing to warn about: no warning either way."""
+    for rel in files:
+        item(tmp_path / "src", rel)
+    heard = Heard(monkeypatch)
+    summary = await ingest.run(loud(run_config(dep, tmp_path / "src", tmp_path / "m.db", mirror_dirs=mirror_dirs)))
+    assert (summary.done, summary.failed) == (len(files), 0)
+    assert heard.warnings() == []
+
+
+async def names(*values: str) -> AsyncIterator[str]:
+    for value in values:
+        yield value
+
+
+@pytest.mark.anyio
+async def test_shared_names_are_counted_in_bounded_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The most shared names come first, the rest are counted; past MAX_NAMES distinct names the later
+    ones are no longer remembered and the warning says "at least"."""
+    many = [f"n{i}.txt" for i in range(8) for _ in range(2)]
+    shared = await count_shared_names(names("a", "b", "a", "c", "a", *many, "b"))
+    assert shared is not None
+    assert (shared.names, shared.files, shared.complete) == (10, 21, True)
+    assert shared.examples == [("a", 3), ("b", 2), ("n0.txt", 2), ("n1.txt", 2), ("n2.txt", 2)]
+    assert "(a ×3, b ×2, n0.txt ×2, n1.txt ×2, n2.txt ×2, and 5 more)" in shared_names_warning(shared, "7")
+    assert await count_shared_names(names("a", "b", "c")) is None
+    monkeypatch.setattr(keyue_names, "MAX_NAMES", 2)
+    capped = await count_shared_names(names("a", "b", "c", "c", "a"))
+    assert capped is not None
+    assert (capped.names, capped.files, capped.complete) == (1, 2, False)
+    assert shared_names_warning(capped, "0").startswith("warning: at least 1 name is shared by 2 files in Keyue")
 
 
 # --- envelopes and settings ---------------------------------------------------------------------------------

@@ -151,6 +151,8 @@ async def run_job(job: Job, *, command: str, handle_signals: bool = False, only_
         stack.push_async_callback(target.aclose)
         # The destination is checked before the manifest is touched: a typo in it is the error to show.
         await _open_target(target, job.engine.request_retries)
+        if not only_failed and not job.quiet:  # a warning nobody sees is not worth a pass over the source
+            await target.preflight(job.source)
         destination = embedded.identity if embedded is not None else target.identity()
         manifest_path = job.manifest or default_manifest_path(job.source.identity(), destination)
         given_job = manifest_path.job if isinstance(manifest_path, PostgresLocation) else None

@@ -4,6 +4,7 @@ A target is built as ``Target(config, context)`` from its validated settings; th
 through six calls and knows nothing else about it::
 
     open()            check settings and connectivity before anything is sent
+    preflight(source) look the source over before anything is sent (optional: a warning to give first)
     submit(items)     send files (one, or a batch when ``features.max_batch_files > 1``)
     poll(receipts)    ask how submitted files are doing
     retry(receipts)   ask the platform to redo failed files (when ``features.server_retry``)
@@ -49,6 +50,7 @@ from ingest.models import FileItem, Receipt, RemoteState, RemoteStatus
 
 if TYPE_CHECKING:
     from ingest.report import RunSummary
+    from ingest.sources.base import Source
 
 __all__ = ["RemoteDocument", "Target", "TargetConfigBase", "TargetContext", "TargetFeatures"]
 
@@ -154,6 +156,16 @@ class Target(abc.ABC):
 
         Raises ``ConfigError``/``AuthError`` for what the user must fix, ``TransientError`` for what
         may pass (the caller retries, then reports the platform as unreachable).
+        """
+
+    async def preflight(self, source: Source) -> None:  # noqa: B027 - optional hook
+        """Look ``source`` over before anything is sent, for what the user should hear first (say, names
+        that will collide on the platform), told through ``context.on_message``.
+
+        Called once per run after ``open``, before the manifest is touched; not for ``retry-failed`` nor
+        a quiet run. It must keep memory flat (the source may hold millions of files), must not disturb
+        the source (its ``passed_over`` counts the run's own walk), and should skip a source whose
+        listing is costly (a remote bucket). A problem here is a warning, never an error.
         """
 
     @abc.abstractmethod

@@ -6,7 +6,10 @@ listing per directory per poll round (newest first, stopping as soon as every do
 seen), or a lookup by name when that is cheaper. ``learnStatus`` -1 is failed, 0 learning, 1 learned,
 2 knowledge enhancement (done or not, by ``treat_enhancing_as_done``). Failed documents are retried
 with ``batchRetrain``. Keyue has no documented dedup, so a file a crash left mid-upload is looked up
-by name (and size) in its directory before it is sent again.
+by name (and size) in its directory before it is sent again. Without ``--mirror-dirs``, every file is
+a document of its base name in the one destination directory: base names several files share are
+counted in one names-only pass over the folder and warned about before the first upload
+(``ingest.platforms.keyue.names``).
 
 The destination's documents are listed with ``/llm/document/list`` directory by directory (with
 ``--mirror-dirs``, the destination directory and every directory below it) and deleted with
@@ -33,6 +36,9 @@ from ingest.platforms.base import RemoteDocument, Target, TargetContext, TargetF
 from ingest.platforms.keyue.api import DELETE_FAILED, PAGE_SIZE, KeyueApi, as_int
 from ingest.platforms.keyue.config import KeyueTargetConfig
 from ingest.platforms.keyue.dirs import ROOT_DIR, DirectoryTree
+from ingest.platforms.keyue.names import count_shared_names, shared_names_warning
+from ingest.sources.base import Source
+from ingest.sources.local import LocalSource, WalkStats, walk
 
 __all__ = ["KeyueTarget", "KeyueTargetConfig"]
 
@@ -107,6 +113,23 @@ class KeyueTarget(Target):
             )
         if not found.has_perm:
             raise ConfigError(f"user {c.uid} has no permission on Keyue directory {c.dir_id} ({found.name!r})")
+
+    async def preflight(self, source: Source) -> None:
+        """Without ``--mirror-dirs``, warn about base names several files share (they become documents of
+        the same name in one directory): one names-only pass over a local folder, before any upload. Other
+        sources are not listed twice (a remote listing costs requests); nor is anything when nobody listens."""
+        if self.config.mirror_dirs or self.context.on_message is None or not isinstance(source, LocalSource):
+            return
+        shared = await count_shared_names(self._names(source))
+        if shared is not None:
+            self.context.on_message(shared_names_warning(shared, self.config.dir_id))
+
+    async def _names(self, source: LocalSource) -> AsyncIterator[str]:
+        """The document name of every file the run would send. A walk of its own, so that the source's
+        counts of what was passed over stay those of the run's walk."""
+        async for entry in walk(source.root, source.options, WalkStats(), own_state=source.own_state):
+            if isinstance(entry, FileItem) and self.refuse(entry) is None:
+                yield _split(entry.rel_path)[1]
 
     # ----- import --------------------------------------------------------------------------------
 
