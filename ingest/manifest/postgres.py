@@ -16,6 +16,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from itertools import groupby
 from typing import Any
 from urllib.parse import unquote
@@ -78,6 +79,118 @@ _LEASE = "clock_timestamp() + make_interval(secs => %s)"
 _RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 
 
+#: Every set-based row starts with these: the path, and the owner and fence it is fenced on (NULL: not fenced).
+_KEY = (("path", "text"), ("owner", "text"), ("fence", "bigint"))
+#: The fence of a set-based write, per row: what ``_fence`` adds to a single-row statement.
+_FENCED = "(v.owner IS NULL OR (f.owner = v.owner AND f.fence = v.fence))"
+
+
+def _unnest(cols: Sequence[tuple[str, str]]) -> str:
+    """``unnest(%(path)s::text[], …) AS v(path, …)``: a group's rows, one array per column."""
+    every = (*_KEY, *cols)
+    arrays = ", ".join(f"%({name})s::{type_}[]" for name, type_ in every)
+    return f"unnest({arrays}) AS v({', '.join(name for name, _ in every)})"
+
+
+@dataclass(frozen=True, slots=True)
+class _SetWrite:
+    """One kind of write applied to all the rows of a group in one statement (rather than one statement
+    per row). ``update`` changes the existing rows, fenced per row, and returns the paths it changed; an
+    upsert kind also has ``insert``, for the rows the update did not reach: run with ``upsert`` true for
+    unfenced rows (``INSERT … ON CONFLICT DO UPDATE``, as the single-row statement), and false for fenced
+    rows the update missed (inserted if absent, as the single-row statement does; a row that exists but
+    is held by another owner or fence is left alone and reported lost)."""
+
+    cols: tuple[tuple[str, str], ...]
+    update: str
+    insert: str | None = None
+
+    def params(self, job: str, rows: Sequence[tuple[Any, ...]], **extra: Any) -> dict[str, Any]:
+        names = [name for name, _ in (*_KEY, *self.cols)]
+        return {
+            "job": job,
+            **{name: list(column) for name, column in zip(names, zip(*rows, strict=True), strict=True)},
+            **extra,
+        }
+
+
+def _set_update(cols: tuple[tuple[str, str], ...], assign: str) -> str:
+    return (
+        f"UPDATE ingest_files f SET {assign} FROM {_unnest(cols)}"
+        f" WHERE f.job = %(job)s AND f.path = v.path AND {_FENCED} RETURNING f.path"
+    )
+
+
+_UPLOADING_COLS = (
+    ("size", "bigint"),
+    ("mtime_ns", "bigint"),
+    ("dedup", "boolean"),
+    ("run_id", "bigint"),
+    ("ts", "float8"),
+)
+_MARK_UPLOADING = _SetWrite(
+    _UPLOADING_COLS,
+    _set_update(
+        _UPLOADING_COLS,
+        "size = v.size, mtime_ns = v.mtime_ns, state = 'uploading', attempts = f.attempts + 1, dedup = v.dedup,"
+        " run_id = v.run_id, last_error = NULL, remote_id = NULL, task_id = NULL, extra = NULL, md5 = NULL,"
+        " updated_at = v.ts",
+    ),
+    "INSERT INTO ingest_files AS f (job, path, size, mtime_ns, state, attempts, dedup, run_id, created_at,"
+    f" updated_at) SELECT %(job)s, v.path, v.size, v.mtime_ns, 'uploading', 1, v.dedup, v.run_id, v.ts, v.ts"
+    f" FROM {_unnest(_UPLOADING_COLS)} ON CONFLICT (job, path) DO UPDATE SET size = excluded.size,"
+    " mtime_ns = excluded.mtime_ns, state = 'uploading', attempts = f.attempts + 1, dedup = excluded.dedup,"
+    " run_id = excluded.run_id, last_error = NULL, remote_id = NULL, task_id = NULL, extra = NULL, md5 = NULL,"
+    " updated_at = excluded.updated_at WHERE %(upsert)s RETURNING f.path",
+)
+_PROCESSING_COLS = (
+    ("remote_id", "text"), ("task_id", "text"), ("extra", "text"), ("md5", "text"), ("run_id", "bigint"),
+    ("ts", "float8"), ("bump", "integer"),
+)  # fmt: skip
+_MARK_PROCESSING = _SetWrite(
+    _PROCESSING_COLS,
+    _set_update(
+        _PROCESSING_COLS,
+        "state = 'processing', remote_id = v.remote_id, task_id = v.task_id, extra = v.extra,"
+        " md5 = COALESCE(v.md5, f.md5), run_id = v.run_id,"
+        " updated_at = v.ts, attempts = f.attempts + v.bump",
+    ),
+)
+_DONE_COLS = (("run_id", "bigint"), ("ts", "float8"))
+_MARK_DONE = _SetWrite(
+    _DONE_COLS,
+    _set_update(
+        _DONE_COLS,
+        "state = 'done', last_error = NULL, run_id = v.run_id, updated_at = v.ts, owner = NULL, lease_until = NULL",
+    ),
+)
+_FAILED_COLS = (("reason", "text"), ("run_id", "bigint"), ("ts", "float8"))
+_MARK_FAILED = _SetWrite(
+    _FAILED_COLS,
+    _set_update(
+        _FAILED_COLS,
+        "state = 'failed', last_error = v.reason, run_id = v.run_id, updated_at = v.ts, owner = NULL,"
+        " lease_until = NULL",
+    ),
+    "INSERT INTO ingest_files AS f (job, path, state, last_error, run_id, created_at, updated_at)"
+    f" SELECT %(job)s, v.path, 'failed', v.reason, v.run_id, v.ts, v.ts FROM {_unnest(_FAILED_COLS)}"
+    " ON CONFLICT (job, path) DO UPDATE SET state = 'failed', last_error = excluded.last_error,"
+    " run_id = excluded.run_id, updated_at = excluded.updated_at, owner = NULL, lease_until = NULL"
+    " WHERE %(upsert)s RETURNING f.path",
+)
+_ERROR_COLS = (("reason", "text"), ("ts", "float8"))
+_NOTE_ERROR = _SetWrite(_ERROR_COLS, _set_update(_ERROR_COLS, "last_error = v.reason, updated_at = v.ts"))
+_LEASE_COLS = (("lease", "float8"),)
+_CONFIRM_LEASE = _SetWrite(
+    _LEASE_COLS, _set_update(_LEASE_COLS, "lease_until = clock_timestamp() + make_interval(secs => v.lease)")
+)
+#: A statement of a ``Write`` whose SQL is one of these is a row ``(path, owner, fence, *cols)`` of that kind.
+_SET_WRITES = {
+    kind.update: kind
+    for kind in (_MARK_UPLOADING, _MARK_PROCESSING, _MARK_DONE, _MARK_FAILED, _NOTE_ERROR, _CONFIRM_LEASE)
+}
+
+
 def _record(row: Sequence[Any]) -> FileRecord:
     return FileRecord(
         path=row[0],
@@ -100,6 +213,13 @@ def _fence(owner: Owner | None, path: str) -> tuple[str, tuple[Any, ...], str | 
     if owner is None or path not in owner.fences:
         return " AND %s", (True,), None
     return " AND owner = %s AND fence = %s", (owner.worker, owner.fences[path]), path
+
+
+def _row(kind: _SetWrite, owner: Owner | None, path: str, *values: Any) -> Stmt:
+    """One row of a set-based write, fenced like ``_fence``: ``(path, owner, fence, *values)``."""
+    if owner is None or path not in owner.fences:
+        return kind.update, (path, None, None, *values), None
+    return kind.update, (path, owner.worker, owner.fences[path], *values), path
 
 
 class PostgresManifest:
@@ -295,18 +415,23 @@ class PostgresManifest:
                 time.sleep(0.01 * (attempt + 1))
 
     def _commit_once(self, writes: list[Write]) -> None:
-        # Statements of one kind go in one pipelined executemany: one round trip for the whole group.
-        # Sorting by SQL (then path) also gives every transaction the same lock order: no deadlocks
-        # between workers committing overlapping groups.
+        # One statement per kind of write for the whole group (``_SET_WRITES``: the rows go as arrays
+        # through ``unnest``); any other statement goes in one pipelined executemany per SQL text.
+        # Sorting by SQL, then path, gives every transaction the same lock order: no deadlocks between
+        # workers committing overlapping groups.
         stmts = sorted(
             ((sql, params, fenced, write) for write in writes for sql, params, fenced in write.stmts),
-            key=lambda s: (s[0], s[2] or ""),
+            key=lambda s: (s[0], s[1][0] if s[0] in _SET_WRITES else s[2] or ""),
         )
         conn = self._wconn
         try:
             with conn.cursor() as cur:
                 for sql, group_iter in groupby(stmts, key=lambda s: s[0]):
                     group = list(group_iter)
+                    kind = _SET_WRITES.get(sql)
+                    if kind is not None:
+                        self._commit_set(cur, kind, group)
+                        continue
                     fenced_any = any(s[2] is not None for s in group)
                     if not fenced_any:
                         cur.executemany(sql, [s[1] for s in group])
@@ -321,94 +446,86 @@ class PostgresManifest:
             conn.rollback()
             raise
 
+    def _commit_set(
+        self, cur: psycopg.Cursor[Any], kind: _SetWrite, group: list[tuple[str, tuple[Any, ...], str | None, Write]]
+    ) -> None:
+        """The rows of one kind (sorted by path), in as few statements as the paths allow: a path written
+        twice in one group goes in a second round, after the first, as the single-row statements did."""
+        rounds: list[list[tuple[str, tuple[Any, ...], str | None, Write]]] = []
+        seen: dict[str, int] = {}
+        for stmt in group:
+            n = seen.get(stmt[1][0], 0)
+            seen[stmt[1][0]] = n + 1
+            if n == len(rounds):
+                rounds.append([])
+            rounds[n].append(stmt)
+
+        def run(sql: str, rows: list[tuple[Any, ...]], **extra: Any) -> set[str]:
+            cur.execute(sql, kind.params(self.job, rows, **extra))
+            return {r[0] for r in cur.fetchall()}
+
+        for stmts in rounds:
+            if kind.insert is None:
+                changed = run(kind.update, [s[1] for s in stmts])
+            else:
+                fenced = [s[1] for s in stmts if s[2] is not None]
+                free = [s[1] for s in stmts if s[2] is None]
+                changed = run(kind.update, fenced) if fenced else set()
+                missed = [row for row in fenced if row[0] not in changed]
+                if missed:
+                    changed |= run(kind.insert, missed, upsert=False)
+                if free:
+                    run(kind.insert, free, upsert=True)
+            for _, _, path, write in stmts:
+                if path is not None and path not in changed:
+                    write.lost.add(path)
+
     async def mark_uploading(
         self, items: Sequence[FileItem], run_id: int, *, dedup: bool, owner: Owner | None = None
     ) -> set[str]:
         """The intent record: committed before any byte of these files is sent."""
         now = time.time()
-        stmts: list[Stmt] = []
-        for item in items:
-            cond, fparams, fenced = _fence(owner, item.rel_path)
-            stmts.append(
-                (
-                    "INSERT INTO ingest_files AS f (job, path, size, mtime_ns, state, attempts, dedup, run_id,"
-                    " created_at, updated_at) VALUES (%s, %s, %s, %s, 'uploading', 1, %s, %s, %s, %s)"
-                    " ON CONFLICT (job, path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns,"
-                    " state = 'uploading', attempts = f.attempts + 1, dedup = excluded.dedup,"
-                    " run_id = excluded.run_id, last_error = NULL, remote_id = NULL, task_id = NULL,"
-                    " extra = NULL, md5 = NULL, updated_at = excluded.updated_at WHERE true"
-                    + cond.replace("owner", "f.owner").replace("fence", "f.fence"),
-                    (self.job, item.rel_path, item.size, item.mtime_ns, dedup, run_id, now, now, *fparams),
-                    fenced,
-                )
-            )
+        stmts = [
+            _row(_MARK_UPLOADING, owner, item.rel_path, item.size, item.mtime_ns, dedup, run_id, now) for item in items
+        ]
         return await self._writer.write(stmts)
 
     async def mark_processing(
         self, receipts: Sequence[Receipt], run_id: int, *, retried: bool = False, owner: Owner | None = None
     ) -> set[str]:
         now = time.time()
-        bump = ", attempts = attempts + 1" if retried else ""
-        stmts: list[Stmt] = []
-        for r in receipts:
-            cond, fparams, fenced = _fence(owner, r.rel_path)
-            extra = json.dumps(r.extra) if r.extra else None
-            stmts.append(
-                (
-                    "UPDATE ingest_files SET state = 'processing', remote_id = %s, task_id = %s, extra = %s,"
-                    f" md5 = COALESCE(%s, md5), run_id = %s, updated_at = %s{bump} WHERE job = %s AND path = %s" + cond,
-                    (r.remote_id, r.task_id, extra, r.extra.get("md5"), run_id, now, self.job, r.rel_path, *fparams),
-                    fenced,
-                )
+        bump = 1 if retried else 0
+        stmts = [
+            _row(
+                _MARK_PROCESSING,
+                owner,
+                r.rel_path,
+                r.remote_id,
+                r.task_id,
+                json.dumps(r.extra) if r.extra else None,
+                r.extra.get("md5"),
+                run_id,
+                now,
+                bump,
             )
+            for r in receipts
+        ]
         return await self._writer.write(stmts)
 
     async def mark_done(self, paths: Sequence[str], run_id: int, *, owner: Owner | None = None) -> set[str]:
         now = time.time()
-        stmts: list[Stmt] = []
-        for path in paths:
-            cond, fparams, fenced = _fence(owner, path)
-            stmts.append(
-                (
-                    "UPDATE ingest_files SET state = 'done', last_error = NULL, run_id = %s, updated_at = %s,"
-                    " owner = NULL, lease_until = NULL WHERE job = %s AND path = %s" + cond,
-                    (run_id, now, self.job, path, *fparams),
-                    fenced,
-                )
-            )
-        return await self._writer.write(stmts)
+        return await self._writer.write([_row(_MARK_DONE, owner, path, run_id, now) for path in paths])
 
     async def mark_failed(
         self, failures: Sequence[tuple[str, str]], run_id: int, *, owner: Owner | None = None
     ) -> set[str]:
         now = time.time()
-        stmts: list[Stmt] = []
-        for path, reason in failures:
-            cond, fparams, fenced = _fence(owner, path)
-            stmts.append(
-                (
-                    "INSERT INTO ingest_files AS f (job, path, state, last_error, run_id, created_at, updated_at)"
-                    " VALUES (%s, %s, 'failed', %s, %s, %s, %s) ON CONFLICT (job, path) DO UPDATE SET"
-                    " state = 'failed', last_error = excluded.last_error, run_id = excluded.run_id,"
-                    " updated_at = excluded.updated_at, owner = NULL, lease_until = NULL WHERE true"
-                    + cond.replace("owner", "f.owner").replace("fence", "f.fence"),
-                    (self.job, path, reason, run_id, now, now, *fparams),
-                    fenced,
-                )
-            )
-        return await self._writer.write(stmts)
+        return await self._writer.write(
+            [_row(_MARK_FAILED, owner, path, reason, run_id, now) for path, reason in failures]
+        )
 
     async def note_error(self, path: str, reason: str, *, owner: Owner | None = None) -> None:
-        cond, fparams, fenced = _fence(owner, path)
-        await self._writer.write(
-            [
-                (
-                    "UPDATE ingest_files SET last_error = %s, updated_at = %s WHERE job = %s AND path = %s" + cond,
-                    (reason, time.time(), self.job, path, *fparams),
-                    fenced,
-                )
-            ]
-        )
+        await self._writer.write([_row(_NOTE_ERROR, owner, path, reason, time.time())])
 
     async def confirm(self, paths: Sequence[str]) -> set[str]:
         return set()  # without an owner this manifest is used as one process's: it holds every file
@@ -506,17 +623,7 @@ class PostgresManifest:
         return await self._writer.run_sync(take)
 
     async def confirm_lease(self, owner: Owner, paths: Sequence[str], lease: float) -> set[str]:
-        stmts: list[Stmt] = []
-        for path in paths:
-            cond, fparams, fenced = _fence(owner, path)
-            stmts.append(
-                (
-                    f"UPDATE ingest_files SET lease_until = {_LEASE} WHERE job = %s AND path = %s" + cond,
-                    (lease, self.job, path, *fparams),
-                    fenced,
-                )
-            )
-        return await self._writer.write(stmts)
+        return await self._writer.write([_row(_CONFIRM_LEASE, owner, path, lease) for path in paths])
 
     def unfinished(self, *, besides: str) -> int:
         return int(
