@@ -219,3 +219,76 @@ def test_a_job_name_clash_is_refused(pg: Any) -> None:
             second.close()
     finally:
         first.close()
+
+
+async def test_one_group_of_fenced_writes_reports_only_the_loser_paths(opener: Opener) -> None:
+    """Writes of two owners committed in one group (in PostgreSQL one set-based statement per kind): the
+    owner whose leases were taken over gets exactly those paths back, the other none, and only the
+    holder's writes change rows. A path written twice in one group (the second write finds it finished)
+    and a fenced write of a row that does not exist (inserted, as the single-row upsert does) keep the
+    per-row semantics. No two writes below depend on their order within the group."""
+    a, b, m = opener(), opener(), opener()
+    await plan(a, [f"p{i}" for i in range(7)])
+    held_a = await a.claim("a", 4, lease=0.2)
+    held_b = await b.claim("b", 3, lease=30)
+    await anyio.sleep(0.4)  # a's leases expire
+    took = await b.claim("b", 2, lease=30)
+    taken = sorted(c.record.path for c in took)
+    kept = sorted({c.record.path for c in held_a} - set(taken))
+    assert (len(taken), len(kept)) == (2, 2)
+    mine = sorted(c.record.path for c in held_b)
+    owner_a = Owner("a", {c.record.path: c.fence for c in held_a} | {"new": 7})
+    owner_b = Owner("b", {c.record.path: c.fence for c in held_b + took})
+    results: dict[str, set[str]] = {}
+
+    async def write(name: str, call: Any) -> None:
+        results[name] = await call
+
+    async with m.writer():
+        before = m.commits
+        # The writer cannot commit until every write below is queued: they go in one group.
+        async with anyio.create_task_group() as tg, m._writer.limiter:  # type: ignore[attr-defined]
+            tg.start_soon(
+                write,
+                "up a",
+                m.mark_uploading([item(kept[0]), item(taken[0]), item("new")], 1, dedup=True, owner=owner_a),
+            )
+            tg.start_soon(write, "fail a", m.mark_failed([(kept[1], "gave up"), (taken[1], "late")], 1, owner=owner_a))
+            tg.start_soon(write, "lease a", m.confirm_lease(owner_a, [kept[0]], 30))
+            tg.start_soon(
+                write, "up b", m.mark_uploading([item(taken[0]), item(mine[0])], 1, dedup=True, owner=owner_b)
+            )
+            tg.start_soon(
+                write,
+                "proc b",
+                m.mark_processing([Receipt(taken[1], "r", "t"), Receipt(mine[1], "r", "t")], 1, owner=owner_b),
+            )
+            tg.start_soon(write, "done b", m.mark_done([mine[2]], 1, owner=owner_b))
+            tg.start_soon(write, "done b again", m.mark_done([mine[2]], 1, owner=owner_b))
+            await anyio.sleep(0.2)
+        assert m.commits - before == 1
+    assert sorted([results.pop("done b"), results.pop("done b again")], key=len) == [set(), {mine[2]}]
+    assert results == {
+        "up a": {taken[0]},
+        "fail a": {taken[1]},
+        "lease a": set(),
+        "up b": set(),
+        "proc b": set(),
+    }
+    states = {p: r.state for p, r in m.lookup_many([*kept, *taken, *mine, "new"]).items()}
+    assert states == {
+        kept[0]: FileState.UPLOADING,
+        kept[1]: FileState.FAILED,
+        taken[0]: FileState.UPLOADING,
+        taken[1]: FileState.PROCESSING,
+        mine[0]: FileState.UPLOADING,
+        mine[1]: FileState.PROCESSING,
+        mine[2]: FileState.DONE,
+        "new": FileState.UPLOADING,
+    }
+    assert {p: r.attempts for p, r in m.lookup_many([kept[0], taken[0], mine[0], "new"]).items()} == {
+        kept[0]: 1,
+        taken[0]: 1,
+        mine[0]: 1,
+        "new": 1,
+    }

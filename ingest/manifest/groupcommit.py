@@ -32,13 +32,27 @@ class Write:
     lost: set[str] = field(default_factory=set)
 
 
+class _Group:
+    """The writes queued for the next commit, and one event for all of them."""
+
+    __slots__ = ("done", "writes")
+
+    def __init__(self) -> None:
+        self.writes: list[Write] = []
+        self.done = anyio.Event()
+
+
 class GroupCommit:
     """The writer of one manifest connection. ``running()`` runs it for the duration of a block and
-    drains it on exit (normal, error or cancellation), so an interrupted run leaves a consistent manifest."""
+    drains it on exit (normal, error or cancellation), so an interrupted run leaves a consistent manifest.
+
+    Writers join the group being formed (``_next``) and wait on its one event; the writer task takes a
+    group off the stream, so writes arriving during its commit form the next one."""
 
     def __init__(self, commit: Callable[[list[Write]], None]) -> None:
         self._commit = commit
-        self._send: MemoryObjectSendStream[tuple[Write, anyio.Event]] | None = None
+        self._send: MemoryObjectSendStream[_Group] | None = None
+        self._next: _Group | None = None
         # The connection is used from worker threads, one at a time.
         self.limiter = anyio.CapacityLimiter(1)
         self.commits = 0
@@ -49,7 +63,7 @@ class GroupCommit:
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        send, receive = anyio.create_memory_object_stream[tuple[Write, anyio.Event]](math.inf)
+        send, receive = anyio.create_memory_object_stream[_Group](math.inf)
         self._send = send
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._loop, receive)
@@ -60,22 +74,16 @@ class GroupCommit:
                 with anyio.CancelScope(shield=True):
                     await send.aclose()
 
-    async def _loop(self, receive: MemoryObjectReceiveStream[tuple[Write, anyio.Event]]) -> None:
+    async def _loop(self, receive: MemoryObjectReceiveStream[_Group]) -> None:
         with anyio.CancelScope(shield=True):
             # Shielded: the loop ends when the stream closes, after draining, never half-way.
             async with receive:
-                async for first in receive:
-                    group = [first]
-                    while True:
-                        try:
-                            group.append(receive.receive_nowait())
-                        except (anyio.WouldBlock, anyio.EndOfStream):
-                            break
-                    writes = [w for w, _ in group]
-                    await anyio.to_thread.run_sync(self._commit, writes, limiter=self.limiter)
+                async for group in receive:
+                    if self._next is group:
+                        self._next = None  # closed: later writes start the next group
+                    await anyio.to_thread.run_sync(self._commit, group.writes, limiter=self.limiter)
                     self.commits += 1
-                    for _, done in group:
-                        done.set()
+                    group.done.set()
 
     async def write(self, stmts: list[Stmt]) -> set[str]:
         """Commit ``stmts`` (in the next group); return the fenced paths they did not change."""
@@ -86,7 +94,10 @@ class GroupCommit:
             # Outside a writer block (status tools, tests): commit directly.
             await anyio.to_thread.run_sync(self._commit, [write], limiter=self.limiter)
             return write.lost
-        done = anyio.Event()
-        self._send.send_nowait((write, done))
-        await done.wait()
+        group = self._next
+        if group is None:
+            group = self._next = _Group()
+            self._send.send_nowait(group)
+        group.writes.append(write)
+        await group.done.wait()
         return write.lost

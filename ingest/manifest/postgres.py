@@ -16,6 +16,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from itertools import groupby
 from typing import Any
 from urllib.parse import unquote
@@ -78,6 +79,155 @@ _LEASE = "clock_timestamp() + make_interval(secs => %s)"
 _RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 
 
+#: Every set-based row starts with these: the job and path (the primary key), and the owner and fence it
+#: is fenced on (NULL: not fenced). The job is a column of the rows, not a constant of the statement: the
+#: planner then joins the group's rows to the table by primary key, one index lookup per row, whatever
+#: its statistics say about the job (a constant ``job = %s`` lets it believe a job just walked is a few
+#: rows and scan the whole job through one of the ``(job, …)`` indexes for every group).
+_KEY = (("job", "text"), ("path", "text"), ("owner", "text"), ("fence", "bigint"))
+#: The fence of a set-based write, per row: what ``_fence`` adds to a single-row statement.
+_FENCED = "(v.owner IS NULL OR (f.owner = v.owner AND f.fence = v.fence))"
+
+
+def _unnest(cols: Sequence[tuple[str, str]]) -> str:
+    """``unnest(%(job)b::text[], %(path)b::text[], …) AS v(job, path, …)``: a group's rows, one array per
+    column, sent in binary (half the client's time of the text form: no quoting, no float formatting)."""
+    every = (*_KEY, *cols)
+    arrays = ", ".join(f"%({name})b::{type_}[]" for name, type_ in every)
+    return f"unnest({arrays}) AS v({', '.join(name for name, _ in every)})"
+
+
+@dataclass(frozen=True, slots=True)
+class _SetWrite:
+    """One kind of write applied to all the rows of a group in one statement (rather than one statement
+    per row). ``update`` takes every row, fenced per row, and returns the paths it changed: a fenced path
+    not returned is lost. An upsert kind (the row may not exist yet) also has ``upsert``, for the
+    unfenced rows: ``INSERT … ON CONFLICT DO UPDATE``, as the single-row statement; its ``update`` then
+    only gets fenced rows, updates those the owner holds and inserts those that do not exist, as the
+    single-row statement does (a row held by another owner or fence is left alone and reported lost)."""
+
+    cols: tuple[tuple[str, str], ...]
+    update: str
+    upsert: str | None = None
+
+    def params(self, rows: Sequence[tuple[Any, ...]]) -> dict[str, Any]:
+        """The rows ``(job, path, owner, fence, *cols)`` as one array per column."""
+        names = [name for name, _ in (*_KEY, *self.cols)]
+        return {name: list(column) for name, column in zip(names, zip(*rows, strict=True), strict=True)}
+
+
+def _set_update(cols: tuple[tuple[str, str], ...], assign: str) -> str:
+    return (
+        f"UPDATE ingest_files f SET {assign} FROM {_unnest(cols)}"
+        f" WHERE f.job = v.job AND f.path = v.path AND {_FENCED} RETURNING f.path"
+    )
+
+
+def _set_upsert(cols: tuple[tuple[str, str], ...], assign: str, insert: str, values: str) -> str:
+    """The fenced rows of an upsert kind: the held rows updated, the absent ones inserted (both statements
+    see the rows as they were before it: a row is either updated or inserted, never both)."""
+    return (
+        f"WITH v AS MATERIALIZED (SELECT * FROM {_unnest(cols)}),"
+        f" changed AS (UPDATE ingest_files f SET {assign} FROM v WHERE f.job = v.job AND f.path = v.path"
+        f" AND {_FENCED} RETURNING f.path),"
+        f" added AS (INSERT INTO ingest_files ({insert}) SELECT {values} FROM v WHERE NOT EXISTS"
+        " (SELECT FROM ingest_files g WHERE g.job = v.job AND g.path = v.path)"
+        " ON CONFLICT (job, path) DO NOTHING RETURNING path)"
+        " SELECT path FROM changed UNION ALL SELECT path FROM added"
+    )
+
+
+_UPLOADING_COLS = (
+    ("size", "bigint"), ("mtime_ns", "bigint"), ("dedup", "boolean"), ("run_id", "bigint"), ("ts", "float8"),
+)  # fmt: skip
+_UPLOADING_INSERT = "job, path, size, mtime_ns, state, attempts, dedup, run_id, created_at, updated_at"
+_UPLOADING_VALUES = "v.job, v.path, v.size, v.mtime_ns, 'uploading', 1, v.dedup, v.run_id, v.ts, v.ts"
+_MARK_UPLOADING = _SetWrite(
+    _UPLOADING_COLS,
+    _set_upsert(
+        _UPLOADING_COLS,
+        "size = v.size, mtime_ns = v.mtime_ns, state = 'uploading', attempts = f.attempts + 1, dedup = v.dedup,"
+        " run_id = v.run_id, last_error = NULL, remote_id = NULL, task_id = NULL, extra = NULL, md5 = NULL,"
+        " updated_at = v.ts",
+        _UPLOADING_INSERT,
+        _UPLOADING_VALUES,
+    ),
+    f"INSERT INTO ingest_files AS f ({_UPLOADING_INSERT}) SELECT {_UPLOADING_VALUES} FROM {_unnest(_UPLOADING_COLS)}"
+    " ON CONFLICT (job, path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns, state = 'uploading',"
+    " attempts = f.attempts + 1, dedup = excluded.dedup, run_id = excluded.run_id, last_error = NULL,"
+    " remote_id = NULL, task_id = NULL, extra = NULL, md5 = NULL, updated_at = excluded.updated_at",
+)
+_PROCESSING_COLS = (
+    ("remote_id", "text"), ("task_id", "text"), ("extra", "text"), ("md5", "text"), ("run_id", "bigint"),
+    ("ts", "float8"), ("bump", "integer"),
+)  # fmt: skip
+_MARK_PROCESSING = _SetWrite(
+    _PROCESSING_COLS,
+    _set_update(
+        _PROCESSING_COLS,
+        "state = 'processing', remote_id = v.remote_id, task_id = v.task_id, extra = v.extra,"
+        " md5 = COALESCE(v.md5, f.md5), run_id = v.run_id,"
+        " updated_at = v.ts, attempts = f.attempts + v.bump",
+    ),
+)
+_DONE_COLS = (("run_id", "bigint"), ("ts", "float8"))
+_MARK_DONE = _SetWrite(
+    _DONE_COLS,
+    _set_update(
+        _DONE_COLS,
+        "state = 'done', last_error = NULL, run_id = v.run_id, updated_at = v.ts, owner = NULL, lease_until = NULL",
+    ),
+)
+_FAILED_COLS = (("reason", "text"), ("run_id", "bigint"), ("ts", "float8"))
+_FAILED_INSERT = "job, path, state, last_error, run_id, created_at, updated_at"
+_FAILED_VALUES = "v.job, v.path, 'failed', v.reason, v.run_id, v.ts, v.ts"
+_MARK_FAILED = _SetWrite(
+    _FAILED_COLS,
+    _set_upsert(
+        _FAILED_COLS,
+        "state = 'failed', last_error = v.reason, run_id = v.run_id, updated_at = v.ts, owner = NULL,"
+        " lease_until = NULL",
+        _FAILED_INSERT,
+        _FAILED_VALUES,
+    ),
+    f"INSERT INTO ingest_files AS f ({_FAILED_INSERT}) SELECT {_FAILED_VALUES} FROM {_unnest(_FAILED_COLS)}"
+    " ON CONFLICT (job, path) DO UPDATE SET state = 'failed', last_error = excluded.last_error,"
+    " run_id = excluded.run_id, updated_at = excluded.updated_at, owner = NULL, lease_until = NULL",
+)
+_ERROR_COLS = (("reason", "text"), ("ts", "float8"))
+_NOTE_ERROR = _SetWrite(_ERROR_COLS, _set_update(_ERROR_COLS, "last_error = v.reason, updated_at = v.ts"))
+_LEASE_COLS = (("lease", "float8"),)
+_CONFIRM_LEASE = _SetWrite(
+    _LEASE_COLS, _set_update(_LEASE_COLS, "lease_until = clock_timestamp() + make_interval(secs => v.lease)")
+)
+#: Up to ``limit`` rows, nobody's first, then rows whose holder's lease expired (taken over): the outer
+#: LIMIT stops the UNION ALL before it reads the second kind when the first fills the batch. SKIP LOCKED:
+#: concurrent claimers pass over each other's rows instead of queueing on them. Each kind is read
+#: through its partial index (the expiry is computed once, not per row, so it is an index condition on
+#: ``ingest_files_held``: only expired leases are read, not every held row). The claimant's takeover
+#: count is bumped in the same statement.
+_CLAIM = (
+    "WITH picked AS (SELECT * FROM (SELECT path, owner AS previous FROM ingest_files WHERE job = %(job)s"
+    f" AND owner IS NULL AND state IN {_UNFINISHED_SQL} LIMIT %(limit)s FOR UPDATE SKIP LOCKED) free"
+    " UNION ALL SELECT * FROM (SELECT path, owner FROM ingest_files WHERE job = %(job)s AND owner IS NOT NULL"
+    " AND lease_until < (SELECT clock_timestamp()) LIMIT %(limit)s FOR UPDATE SKIP LOCKED) expired"
+    " LIMIT %(limit)s),"
+    " claimed AS (UPDATE ingest_files f SET owner = %(worker)s,"
+    " lease_until = clock_timestamp() + make_interval(secs => %(lease)s), fence = f.fence + 1"
+    " FROM picked WHERE f.job = %(job)s AND f.path = picked.path"
+    f" RETURNING {', '.join('f.' + c.strip() for c in _COLUMNS.split(','))}, f.fence, picked.previous),"
+    " counted AS (UPDATE ingest_workers SET takeovers = takeovers + t.n"
+    " FROM (SELECT count(*) AS n FROM claimed WHERE previous <> %(worker)s) t"
+    " WHERE job = %(job)s AND id = %(worker)s AND t.n > 0)"
+    " SELECT * FROM claimed"
+)
+#: A statement of a ``Write`` whose SQL is one of these is a row ``(path, owner, fence, *cols)`` of that kind.
+_SET_WRITES = {
+    kind.update: kind
+    for kind in (_MARK_UPLOADING, _MARK_PROCESSING, _MARK_DONE, _MARK_FAILED, _NOTE_ERROR, _CONFIRM_LEASE)
+}
+
+
 def _record(row: Sequence[Any]) -> FileRecord:
     return FileRecord(
         path=row[0],
@@ -102,6 +252,17 @@ def _fence(owner: Owner | None, path: str) -> tuple[str, tuple[Any, ...], str | 
     return " AND owner = %s AND fence = %s", (owner.worker, owner.fences[path]), path
 
 
+#: A statement of a group, queued for the commit: SQL, parameters, fenced path, and its caller's write.
+_Queued = tuple[str, tuple[Any, ...], str | None, Write]
+
+
+def _row(kind: _SetWrite, job: str, owner: Owner | None, path: str, *values: Any) -> Stmt:
+    """One row of a set-based write, fenced like ``_fence``: ``(job, path, owner, fence, *values)``."""
+    if owner is None or path not in owner.fences:
+        return kind.update, (job, path, None, None, *values), None
+    return kind.update, (job, path, owner.worker, owner.fences[path], *values), path
+
+
 class PostgresManifest:
     """One job of a PostgreSQL database, with the ``Manifest`` and ``JobStore`` contracts."""
 
@@ -114,6 +275,13 @@ class PostgresManifest:
             self._wconn = self._connect(autocommit=False)
             self._rconn = self._connect(autocommit=True)
             self._migrate()
+            # Everything the writer's connection runs touches a few rows found by key (a group's rows,
+            # a claim's batch, one worker's leases): never let the planner hash or merge a group with
+            # the whole job (it would for a table of some 10,000s of rows, or a job its statistics have
+            # not seen yet), but look each row up by primary key.
+            self._wconn.execute("SET enable_hashjoin = off")
+            self._wconn.execute("SET enable_mergejoin = off")
+            self._wconn.commit()
         except psycopg.Error as exc:
             raise self._error(exc) from None
         self._writer = GroupCommit(self._commit)
@@ -295,18 +463,25 @@ class PostgresManifest:
                 time.sleep(0.01 * (attempt + 1))
 
     def _commit_once(self, writes: list[Write]) -> None:
-        # Statements of one kind go in one pipelined executemany: one round trip for the whole group.
-        # Sorting by SQL (then path) also gives every transaction the same lock order: no deadlocks
-        # between workers committing overlapping groups.
+        # One statement per kind of write for the whole group (``_SET_WRITES``: the rows go as arrays
+        # through ``unnest``); any other statement goes in one executemany per SQL text. Pipelined: BEGIN,
+        # the statements and COMMIT reach the server together, one round trip per group (the
+        # ``RETURNING`` rows are read once COMMIT succeeded). Sorting by SQL, then path, gives every
+        # transaction the same lock order: no deadlocks between workers committing overlapping groups.
         stmts = sorted(
             ((sql, params, fenced, write) for write in writes for sql, params, fenced in write.stmts),
-            key=lambda s: (s[0], s[2] or ""),
+            key=lambda s: (s[0], s[1][1] if s[0] in _SET_WRITES else s[2] or ""),
         )
         conn = self._wconn
+        fenced_results: list[tuple[psycopg.Cursor[Any], list[_Queued]]] = []
         try:
-            with conn.cursor() as cur:
+            with conn.pipeline(), conn.cursor() as cur:
                 for sql, group_iter in groupby(stmts, key=lambda s: s[0]):
                     group = list(group_iter)
+                    kind = _SET_WRITES.get(sql)
+                    if kind is not None:
+                        fenced_results += self._send_set(kind, group)
+                        continue
                     fenced_any = any(s[2] is not None for s in group)
                     if not fenced_any:
                         cur.executemany(sql, [s[1] for s in group])
@@ -316,99 +491,92 @@ class PostgresManifest:
                         if cur.fetchone() is None and fenced is not None:
                             write.lost.add(fenced)
                         cur.nextset()
-            conn.commit()
+                conn.commit()
+            for rcur, queued in fenced_results:
+                changed = {r[0] for r in rcur.fetchall()}
+                for _, _, path, write in queued:
+                    if path is not None and path not in changed:
+                        write.lost.add(path)
         except BaseException:
             conn.rollback()
             raise
+        finally:
+            for rcur, _ in fenced_results:
+                rcur.close()
+
+    def _send_set(self, kind: _SetWrite, group: list[_Queued]) -> list[tuple[psycopg.Cursor[Any], list[_Queued]]]:
+        """Queue the rows of one kind (sorted by path) in as few statements as the paths allow: a path
+        written twice in one group goes in a second round, after the first, as single-row statements did.
+        Returns each statement whose ``RETURNING`` tells which fenced paths it changed, with its rows."""
+        rounds: list[list[_Queued]] = []
+        seen: dict[str, int] = {}
+        for stmt in group:
+            n = seen.get(stmt[1][1], 0)
+            seen[stmt[1][1]] = n + 1
+            if n == len(rounds):
+                rounds.append([])
+            rounds[n].append(stmt)
+        sent: list[tuple[psycopg.Cursor[Any], list[_Queued]]] = []
+        for stmts in rounds:
+            free = [s for s in stmts if s[2] is None] if kind.upsert is not None else []
+            fenced = [s for s in stmts if s[2] is not None] if kind.upsert is not None else stmts
+            if free:
+                assert kind.upsert is not None
+                self._wconn.execute(kind.upsert, kind.params([s[1] for s in free]))
+            if fenced:
+                cur = self._wconn.cursor()
+                cur.execute(kind.update, kind.params([s[1] for s in fenced]))
+                sent.append((cur, fenced))
+        return sent
 
     async def mark_uploading(
         self, items: Sequence[FileItem], run_id: int, *, dedup: bool, owner: Owner | None = None
     ) -> set[str]:
         """The intent record: committed before any byte of these files is sent."""
         now = time.time()
-        stmts: list[Stmt] = []
-        for item in items:
-            cond, fparams, fenced = _fence(owner, item.rel_path)
-            stmts.append(
-                (
-                    "INSERT INTO ingest_files AS f (job, path, size, mtime_ns, state, attempts, dedup, run_id,"
-                    " created_at, updated_at) VALUES (%s, %s, %s, %s, 'uploading', 1, %s, %s, %s, %s)"
-                    " ON CONFLICT (job, path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns,"
-                    " state = 'uploading', attempts = f.attempts + 1, dedup = excluded.dedup,"
-                    " run_id = excluded.run_id, last_error = NULL, remote_id = NULL, task_id = NULL,"
-                    " extra = NULL, md5 = NULL, updated_at = excluded.updated_at WHERE true"
-                    + cond.replace("owner", "f.owner").replace("fence", "f.fence"),
-                    (self.job, item.rel_path, item.size, item.mtime_ns, dedup, run_id, now, now, *fparams),
-                    fenced,
-                )
-            )
+        stmts = [
+            _row(_MARK_UPLOADING, self.job, owner, item.rel_path, item.size, item.mtime_ns, dedup, run_id, now)
+            for item in items
+        ]
         return await self._writer.write(stmts)
 
     async def mark_processing(
         self, receipts: Sequence[Receipt], run_id: int, *, retried: bool = False, owner: Owner | None = None
     ) -> set[str]:
         now = time.time()
-        bump = ", attempts = attempts + 1" if retried else ""
-        stmts: list[Stmt] = []
-        for r in receipts:
-            cond, fparams, fenced = _fence(owner, r.rel_path)
-            extra = json.dumps(r.extra) if r.extra else None
-            stmts.append(
-                (
-                    "UPDATE ingest_files SET state = 'processing', remote_id = %s, task_id = %s, extra = %s,"
-                    f" md5 = COALESCE(%s, md5), run_id = %s, updated_at = %s{bump} WHERE job = %s AND path = %s" + cond,
-                    (r.remote_id, r.task_id, extra, r.extra.get("md5"), run_id, now, self.job, r.rel_path, *fparams),
-                    fenced,
-                )
+        bump = 1 if retried else 0
+        stmts = [
+            _row(
+                _MARK_PROCESSING,
+                self.job,
+                owner,
+                r.rel_path,
+                r.remote_id,
+                r.task_id,
+                json.dumps(r.extra) if r.extra else None,
+                r.extra.get("md5"),
+                run_id,
+                now,
+                bump,
             )
+            for r in receipts
+        ]
         return await self._writer.write(stmts)
 
     async def mark_done(self, paths: Sequence[str], run_id: int, *, owner: Owner | None = None) -> set[str]:
         now = time.time()
-        stmts: list[Stmt] = []
-        for path in paths:
-            cond, fparams, fenced = _fence(owner, path)
-            stmts.append(
-                (
-                    "UPDATE ingest_files SET state = 'done', last_error = NULL, run_id = %s, updated_at = %s,"
-                    " owner = NULL, lease_until = NULL WHERE job = %s AND path = %s" + cond,
-                    (run_id, now, self.job, path, *fparams),
-                    fenced,
-                )
-            )
-        return await self._writer.write(stmts)
+        return await self._writer.write([_row(_MARK_DONE, self.job, owner, path, run_id, now) for path in paths])
 
     async def mark_failed(
         self, failures: Sequence[tuple[str, str]], run_id: int, *, owner: Owner | None = None
     ) -> set[str]:
         now = time.time()
-        stmts: list[Stmt] = []
-        for path, reason in failures:
-            cond, fparams, fenced = _fence(owner, path)
-            stmts.append(
-                (
-                    "INSERT INTO ingest_files AS f (job, path, state, last_error, run_id, created_at, updated_at)"
-                    " VALUES (%s, %s, 'failed', %s, %s, %s, %s) ON CONFLICT (job, path) DO UPDATE SET"
-                    " state = 'failed', last_error = excluded.last_error, run_id = excluded.run_id,"
-                    " updated_at = excluded.updated_at, owner = NULL, lease_until = NULL WHERE true"
-                    + cond.replace("owner", "f.owner").replace("fence", "f.fence"),
-                    (self.job, path, reason, run_id, now, now, *fparams),
-                    fenced,
-                )
-            )
-        return await self._writer.write(stmts)
+        return await self._writer.write(
+            [_row(_MARK_FAILED, self.job, owner, path, reason, run_id, now) for path, reason in failures]
+        )
 
     async def note_error(self, path: str, reason: str, *, owner: Owner | None = None) -> None:
-        cond, fparams, fenced = _fence(owner, path)
-        await self._writer.write(
-            [
-                (
-                    "UPDATE ingest_files SET last_error = %s, updated_at = %s WHERE job = %s AND path = %s" + cond,
-                    (reason, time.time(), self.job, path, *fparams),
-                    fenced,
-                )
-            ]
-        )
+        await self._writer.write([_row(_NOTE_ERROR, self.job, owner, path, reason, time.time())])
 
     async def confirm(self, paths: Sequence[str]) -> set[str]:
         return set()  # without an owner this manifest is used as one process's: it holds every file
@@ -471,52 +639,21 @@ class PostgresManifest:
     async def claim(self, worker: str, limit: int, lease: float) -> list[Claim]:
         def take() -> list[Claim]:
             conn = self._wconn
-            claims: list[Claim] = []
             try:
-                # Rows nobody holds first, then rows whose holder's lease expired (taken over). SKIP
-                # LOCKED: concurrent claimers pass over each other's rows instead of queueing on them.
-                for which in (
-                    f"owner IS NULL AND state IN {_UNFINISHED_SQL}",
-                    "owner IS NOT NULL AND lease_until < clock_timestamp()",
-                ):
-                    if len(claims) >= limit:
-                        break
-                    rows = conn.execute(
-                        f"WITH picked AS (SELECT path, owner AS previous FROM ingest_files"
-                        f" WHERE job = %s AND {which} LIMIT %s FOR UPDATE SKIP LOCKED)"
-                        f" UPDATE ingest_files f SET owner = %s, lease_until = {_LEASE}, fence = f.fence + 1"
-                        f" FROM picked WHERE f.job = %s AND f.path = picked.path"
-                        f" RETURNING {', '.join('f.' + c.strip() for c in _COLUMNS.split(','))}, f.fence,"
-                        " picked.previous",
-                        (self.job, limit - len(claims), worker, lease, self.job),
-                    ).fetchall()
-                    claims += [Claim(_record(r), int(r[12]), r[13] is not None and r[13] != worker) for r in rows]
-                taken = sum(c.taken_over for c in claims)
-                if taken:
-                    conn.execute(
-                        "UPDATE ingest_workers SET takeovers = takeovers + %s WHERE job = %s AND id = %s",
-                        (taken, self.job, worker),
-                    )
-                conn.commit()
+                # One statement, pipelined with BEGIN and COMMIT: one round trip per claim.
+                with conn.pipeline(), conn.cursor() as cur:
+                    cur.execute(_CLAIM, {"job": self.job, "worker": worker, "limit": limit, "lease": lease})
+                    conn.commit()
+                    rows = cur.fetchall()
             except BaseException:
                 conn.rollback()
                 raise
-            return claims
+            return [Claim(_record(r), int(r[12]), r[13] is not None and r[13] != worker) for r in rows]
 
         return await self._writer.run_sync(take)
 
     async def confirm_lease(self, owner: Owner, paths: Sequence[str], lease: float) -> set[str]:
-        stmts: list[Stmt] = []
-        for path in paths:
-            cond, fparams, fenced = _fence(owner, path)
-            stmts.append(
-                (
-                    f"UPDATE ingest_files SET lease_until = {_LEASE} WHERE job = %s AND path = %s" + cond,
-                    (lease, self.job, path, *fparams),
-                    fenced,
-                )
-            )
-        return await self._writer.write(stmts)
+        return await self._writer.write([_row(_CONFIRM_LEASE, self.job, owner, path, lease) for path in paths])
 
     def unfinished(self, *, besides: str) -> int:
         return int(
