@@ -82,7 +82,7 @@ def _new_state(config: MoiEmulatorConfig, faults: FaultInjector) -> MoiState:
 
 
 def _add_routes(app: web.Application, state: MoiState) -> None:
-    connectors = ConnectorStore(state)
+    connectors = ConnectorStore(state, allow_remote=state.config.allow_remote_sources)
     add_connector_routes(app, connectors)
     config = state.config
     loads = LoadService(

@@ -34,6 +34,9 @@ class MoiEmulatorConfig(EmulatorConfig):
     clock_speed: float = 1.0
     #: Files load tasks copy at the same time, over all tasks.
     load_concurrency: int = 4
+    #: Whether connectors may name other machines. Off: validate, file listings and load tasks connect
+    #: only to localhost, 127.0.0.0/8 and ::1 (``kit.netguard``), so a request cannot reach the user's network.
+    allow_remote_sources: bool = False
 
     def problems(self) -> list[str]:
         """Every invalid setting, one sentence each (empty when the config is usable)."""
@@ -100,6 +103,11 @@ def add_moi_arguments(parser: argparse.ArgumentParser) -> None:
         "--load-concurrency", type=_cli.positive_int, default=4, metavar="N",
         help="files connector load tasks copy at the same time (default: 4)",
     )  # fmt: skip
+    parser.add_argument(
+        "--allow-remote-sources", action="store_true",
+        help="let connectors (validate, file lists, load tasks) connect to other machines; by default the"
+        " emulator connects only to localhost, 127.0.0.0/8 and ::1",
+    )  # fmt: skip
     _cli.add_fault_arguments(
         parser, server_error="500 ErrServer", rate_limited="429 with Retry-After", resettable="uploads"
     )
@@ -117,5 +125,6 @@ def config_from_args(args: argparse.Namespace) -> MoiEmulatorConfig:
         max_files_per_request=args.max_files_per_request,
         clock_speed=args.clock_speed,
         load_concurrency=args.load_concurrency,
+        allow_remote_sources=args.allow_remote_sources,
         **_cli.fault_options(args),
     )

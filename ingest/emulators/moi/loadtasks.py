@@ -618,7 +618,7 @@ class LoadService:
         problem = relative_path_problem(claim.uri)
         if problem is not None:
             return 0, "", f"cannot store {claim.uri!r} in a volume: the path {problem}"
-        config = bucket_config(connector.source_type, connector.config)
+        config = bucket_config(connector.source_type, connector.config, allow_remote=self.connectors.allow_remote)
         store = self.host.store
         try:
             if claim.etag:
