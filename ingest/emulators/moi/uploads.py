@@ -119,6 +119,8 @@ def _parse_json_field(fields: Mapping[str, str], name: str) -> Any:
         return json.loads(fields[name])
     except json.JSONDecodeError as exc:
         raise bad(f"form field {name} is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise bad(f"form field {name} is nested too deeply") from None
 
 
 def _parse_meta(fields: Mapping[str, str], file_count: int) -> list[_MetaEntry]:
