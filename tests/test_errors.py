@@ -69,7 +69,7 @@ MOI: list[Row] = [
     (200, None, TransientError, "adding a.txt: MOI answered without an envelope (said)"),
     (400, "ErrParamInvalid", PermanentError, "adding a.txt: MOI refused (said)"),
     (400, "ErrWorkspaceRequired", PermanentError, "MOI refused (said)"),
-    (403, "ErrForbidden", PermanentError, "MOI refused (said)"),
+    (403, "ErrForbidden", PermissionDenied, "MOI refused: the API key has no permission for this (said)"),
     (404, "ErrNotFound", PermanentError, "MOI refused (said)"),
     (404, None, PermanentError, "MOI refused (said)"),
     (409, "ErrAlreadyExists", PermanentError, "MOI refused (said)"),

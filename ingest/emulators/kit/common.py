@@ -173,6 +173,8 @@ async def read_json_object(request: web.Request, *, code: str) -> dict[str, Any]
         value = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ApiError(400, code, f"request body is not valid JSON ({exc})") from exc
+    except RecursionError:
+        raise ApiError(400, code, "request body is nested too deeply") from None
     if not isinstance(value, dict):
         raise ApiError(400, code, "request body must be a JSON object")
     return value

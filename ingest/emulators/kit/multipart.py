@@ -95,6 +95,9 @@ async def receive_form(
 
     async def on_part(part: BodyPartReader) -> None:
         name, filename = part_names(part)
+        for what, value in (("field name", name), ("file name", filename)):
+            if value is not None and not _is_utf8(value):
+                raise fail(f"a part's {what} is not valid UTF-8")
         if name is not None and name in text_fields:
             if name in fields:
                 raise fail(f"form field {name} is given twice")
@@ -103,6 +106,15 @@ async def receive_form(
             await on_other(part, name, filename)
 
     await receive_parts(request, on_part, fail)
+
+
+def _is_utf8(text: str) -> bool:
+    """False for a header value that held bytes that are not UTF-8 (aiohttp keeps them as lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 async def read_text_part(part: BodyPartReader, name: str, limit: int, fail: Refusal) -> str:

@@ -15,6 +15,7 @@ from aiohttp import web
 from ingest.emulators.kit.app import EmulatorApp, build_app
 from ingest.emulators.kit.common import ApiError, json_response
 from ingest.emulators.kit.faults import FaultInjector
+from ingest.emulators.moi.access import allow
 from ingest.emulators.moi.catalog import delete_file, emulator_documents, list_files
 from ingest.emulators.moi.config import MoiEmulatorConfig, add_moi_arguments, config_from_args
 from ingest.emulators.moi.connectors import ConnectorStore, add_connector_routes
@@ -25,6 +26,7 @@ from ingest.emulators.moi.uploads import upload
 from ingest.emulators.moi.volumes import create_volume, volume_info
 from ingest.emulators.moi.wire import (
     ALREADY_EXISTS,
+    FORBIDDEN,
     METHOD_NOT_ALLOWED,
     MULTIPLE_CREDENTIALS,
     NOT_FOUND,
@@ -40,6 +42,7 @@ __all__ = ["MOI_APP", "MoiEmulatorConfig", "add_moi_arguments", "build_moi_app",
 _CODE_FOR_STATUS = {
     400: PARAM_INVALID,
     401: UNAUTHORIZED,
+    403: FORBIDDEN,
     404: NOT_FOUND,
     405: METHOD_NOT_ALLOWED,
     409: ALREADY_EXISTS,
@@ -63,9 +66,15 @@ async def _authenticate(request: web.Request) -> None:
         raise ApiError(401, UNAUTHORIZED, "missing API key: send it in the moi-key header")
     if len(given) == 2 and given[0] != given[1]:
         raise ApiError(400, MULTIPLE_CREDENTIALS, "moi-key and X-API-Key carry different keys; send one")
-    expected = state_of(request).config.api_key.encode()
-    if not hmac.compare_digest(given[0].encode(), expected):
-        raise ApiError(401, UNAUTHORIZED, "invalid API key")
+    config = state_of(request).config
+    key = given[0].encode()
+    if hmac.compare_digest(key, config.api_key.encode()):
+        return
+    for restricted, volumes in config.restricted_keys:
+        if hmac.compare_digest(key, restricted.encode()):
+            allow(request, frozenset(volumes))
+            return
+    raise ApiError(401, UNAUTHORIZED, "invalid API key")
 
 
 async def emulator_files(request: web.Request) -> web.Response:
@@ -82,7 +91,7 @@ def _new_state(config: MoiEmulatorConfig, faults: FaultInjector) -> MoiState:
 
 
 def _add_routes(app: web.Application, state: MoiState) -> None:
-    connectors = ConnectorStore(state)
+    connectors = ConnectorStore(state, allow_remote=state.config.allow_remote_sources)
     add_connector_routes(app, connectors)
     config = state.config
     loads = LoadService(

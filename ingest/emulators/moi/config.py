@@ -34,6 +34,12 @@ class MoiEmulatorConfig(EmulatorConfig):
     clock_speed: float = 1.0
     #: Files load tasks copy at the same time, over all tasks.
     load_concurrency: int = 4
+    #: Whether connectors may name other machines. Off: validate, file listings and load tasks connect
+    #: only to localhost, 127.0.0.0/8 and ::1 (``kit.netguard``), so a request cannot reach the user's network.
+    allow_remote_sources: bool = False
+    #: Further API keys, each limited to the volumes it names: ``(("k2", ("1001",)),)``. Using another
+    #: volume, or creating one, is 403 ``ErrForbidden`` (``access``).
+    restricted_keys: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def problems(self) -> list[str]:
         """Every invalid setting, one sentence each (empty when the config is usable)."""
@@ -55,6 +61,14 @@ class MoiEmulatorConfig(EmulatorConfig):
             for volume in self.volumes
             if not VOLUME_ID_RE.fullmatch(volume)
         )
+        for key, volumes in self.restricted_keys:
+            if not key or key == self.api_key or not volumes:
+                found.append("a restricted key must be non-empty, differ from api_key and name at least one volume")
+            found.extend(
+                f"volume id {volume!r} must be 1-64 letters, digits, '_' or '-'"
+                for volume in volumes
+                if not VOLUME_ID_RE.fullmatch(volume)
+            )
         return found
 
 
@@ -65,6 +79,14 @@ def _volume_id(text: str) -> str:
     if not VOLUME_ID_RE.fullmatch(text):
         raise argparse.ArgumentTypeError(f"volume id must be 1-64 letters, digits, '_' or '-', got {text!r}")
     return text
+
+
+def _restricted_key(text: str) -> tuple[str, tuple[str, ...]]:
+    key, sep, volumes = text.rpartition(":")
+    ids = tuple(v.strip() for v in volumes.split(",") if v.strip())
+    if not sep or not key or not ids:
+        raise argparse.ArgumentTypeError("expected KEY:VOLUME[,VOLUME...], e.g. reader-key:1001,1002")
+    return key, tuple(_volume_id(v) for v in ids)
 
 
 def add_moi_arguments(parser: argparse.ArgumentParser) -> None:
@@ -100,6 +122,17 @@ def add_moi_arguments(parser: argparse.ArgumentParser) -> None:
         "--load-concurrency", type=_cli.positive_int, default=4, metavar="N",
         help="files connector load tasks copy at the same time (default: 4)",
     )  # fmt: skip
+    parser.add_argument(
+        "--restricted-key", dest="restricted_keys", action="append", type=_restricted_key, default=[],
+        metavar="KEY:VOLUME[,VOLUME...]",
+        help="accept KEY too, but only for these volumes: others (and creating volumes) answer 403 ErrForbidden"
+        " (repeatable)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--allow-remote-sources", action="store_true",
+        help="let connectors (validate, file lists, load tasks) connect to other machines; by default the"
+        " emulator connects only to localhost, 127.0.0.0/8 and ::1",
+    )  # fmt: skip
     _cli.add_fault_arguments(
         parser, server_error="500 ErrServer", rate_limited="429 with Retry-After", resettable="uploads"
     )
@@ -117,5 +150,7 @@ def config_from_args(args: argparse.Namespace) -> MoiEmulatorConfig:
         max_files_per_request=args.max_files_per_request,
         clock_speed=args.clock_speed,
         load_concurrency=args.load_concurrency,
+        allow_remote_sources=args.allow_remote_sources,
+        restricted_keys=tuple(args.restricted_keys),
         **_cli.fault_options(args),
     )

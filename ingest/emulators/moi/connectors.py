@@ -215,7 +215,7 @@ def _name(value: Any) -> str:
     return value
 
 
-def bucket_config(source_type: int, config: Mapping[str, Any]) -> BucketConfig:
+def bucket_config(source_type: int, config: Mapping[str, Any], *, allow_remote: bool = False) -> BucketConfig:
     """How to reach an OSS/S3 connector's bucket.
 
     OSS has no ``path_style`` setting: it is addressed virtual-hosted, as Alibaba Cloud requires,
@@ -231,21 +231,25 @@ def bucket_config(source_type: int, config: Mapping[str, Any]) -> BucketConfig:
         bucket_name=str(config["bucket_name"]),
         region=str(config.get("region") or ""),
         path_style=path_style,
+        allow_remote=allow_remote,
     )
 
 
-def probe(source_type: int, config: Mapping[str, Any]) -> None:
-    """Connect to the source; ``SourceUnavailable`` with the reason when it cannot. Blocking."""
+def probe(source_type: int, config: Mapping[str, Any], *, allow_remote: bool = False) -> None:
+    """Connect to the source; ``SourceUnavailable`` with the reason when it cannot. Blocking.
+
+    Only to this machine unless ``allow_remote`` (``--allow-remote-sources``): see ``kit.netguard``.
+    """
     if source_type in BUCKET_TYPES:
-        probe_bucket(bucket_config(source_type, config))
+        probe_bucket(bucket_config(source_type, config, allow_remote=allow_remote))
     elif source_type == 1:
         url = urlsplit(str(config["api_url"]))
-        probe_tcp(url.hostname or "", url.port or (443 if url.scheme == "https" else 80))
+        probe_tcp(url.hostname or "", url.port or (443 if url.scheme == "https" else 80), allow_remote=allow_remote)
     elif source_type == 2:
         host, _, port = str(config["address"]).rpartition(":")
-        probe_tcp(host.strip("[]"), int(port))
+        probe_tcp(host.strip("[]"), int(port), allow_remote=allow_remote)
     else:
-        probe_tcp(str(config["host"]), int(config["port"]))
+        probe_tcp(str(config["host"]), int(config["port"]), allow_remote=allow_remote)
 
 
 # --- the store --------------------------------------------------------------------------------------------
@@ -282,9 +286,11 @@ _COLUMNS = "id, name, source_type, config, usage_type, status, created_ms, updat
 class ConnectorStore:
     """Connectors in the emulator's database. Blocking: call through ``anyio.to_thread``."""
 
-    def __init__(self, host: HasStore) -> None:
+    def __init__(self, host: HasStore, *, allow_remote: bool = False) -> None:
         # The store opens when the app starts; the host (``MoiState``) hands it out from then on.
         self._host = host
+        #: Whether sources may be on other machines (``--allow-remote-sources``); else loopback only.
+        self.allow_remote = allow_remote
 
     @property
     def store(self) -> StoreLike:
@@ -453,7 +459,7 @@ async def validate_connector(request: web.Request) -> web.Response:
         assert stored is not None
         config = stored.config
     try:
-        await anyio.to_thread.run_sync(probe, source_type, config)
+        await anyio.to_thread.run_sync(lambda: probe(source_type, config, allow_remote=store.allow_remote))
     except SourceUnavailable as exc:
         result: dict[str, Any] = {"valid": False, "reason": str(exc)}
     else:
@@ -528,13 +534,13 @@ async def delete_connector(request: web.Request) -> web.Response:
     return ok(request, None)
 
 
-def _list_source(connector: Connector) -> list[dict[str, Any]]:
+def _list_source(connector: Connector, allow_remote: bool) -> list[dict[str, Any]]:
     if connector.source_type not in BUCKET_TYPES:
         raise bad(
             f"connector {connector.id} is {connector.type_name}: the emulator lists files only from OSS and S3"
             " connectors"
         )
-    config = bucket_config(connector.source_type, connector.config)
+    config = bucket_config(connector.source_type, connector.config, allow_remote=allow_remote)
     try:
         return [source_file_json(obj.key, obj.size) for obj in list_objects(config)]
     except SourceUnavailable as exc:
@@ -546,7 +552,7 @@ async def connector_files(request: web.Request) -> web.Response:
     types = _int_list(request, "file_types", set(TYPE_NUMBERS))
     store = _connectors(request)
     connector = await anyio.to_thread.run_sync(store.require, cid)
-    files = await anyio.to_thread.run_sync(_list_source, connector)
+    files = await anyio.to_thread.run_sync(_list_source, connector, store.allow_remote)
     if types is not None:
         files = [f for f in files if f["type"] in types]
     return ok(request, {"files": files})

@@ -38,6 +38,7 @@ import anyio
 from aiohttp import web
 
 from ingest.emulators.kit.common import ApiError, now_ms, read_json_object
+from ingest.emulators.moi.access import check_volume
 from ingest.emulators.moi.connectors import (
     BUCKET_TYPES,
     Connector,
@@ -618,7 +619,7 @@ class LoadService:
         problem = relative_path_problem(claim.uri)
         if problem is not None:
             return 0, "", f"cannot store {claim.uri!r} in a volume: the path {problem}"
-        config = bucket_config(connector.source_type, connector.config)
+        config = bucket_config(connector.source_type, connector.config, allow_remote=self.connectors.allow_remote)
         store = self.host.store
         try:
             if claim.etag:
@@ -707,6 +708,7 @@ async def create_load_task(request: web.Request) -> web.Response:
         raise bad("source_connector_id is required")
     connector_id = parse_connector_id(body["source_connector_id"], "source_connector_id")
     volume_id = _volume_id(body.get("volume_id"))
+    check_volume(request, volume_id)
     if body.get("config_type", 1) != 1:
         raise bad("config_type must be 1 (common file load config)")
     source = body.get("source_config")

@@ -10,6 +10,9 @@ is imported lazily, so the emulator runs without it until a bucket connector is 
 DIFY, HDFS and MO connectors cannot be read by the emulator; ``probe`` opens a TCP connection to the
 host they name, which is what "reachable" means for them here.
 
+Every connection goes only to this machine unless the emulator runs with ``--allow-remote-sources``
+(``kit.netguard``): a request must not make the emulator reach into the user's network.
+
 Every failure is a ``SourceUnavailable`` with one secret-free line: the bucket, endpoint or address,
 and what went wrong.
 """
@@ -26,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
+
+from ingest.emulators.kit.netguard import remote_problem
 
 __all__ = [
     "BucketConfig",
@@ -60,6 +65,8 @@ class BucketConfig:
     region: str
     #: ``True``: ``http://host/bucket/key``; ``False``: ``http://bucket.host/key`` (virtual-hosted).
     path_style: bool
+    #: Whether the endpoint may be another machine (``--allow-remote-sources``); else loopback only.
+    allow_remote: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +102,14 @@ def _client(config: BucketConfig, attempts: int = 2) -> Any:
 
     ``attempts``: a probe answers at once (1); a copy rides out one dropped connection (2).
     """
+    where = f"bucket {config.bucket_name!r} at {config.endpoint}"
+    try:
+        host = urlsplit(endpoint_url(config.endpoint)).hostname or ""
+    except ValueError:
+        raise SourceUnavailable(f"{where}: the endpoint is not a valid URL") from None
+    problem = remote_problem(host, allow_remote=config.allow_remote)
+    if problem is not None:
+        raise SourceUnavailable(f"{where}: {problem}")
     with _clients_lock:
         found = _clients.get((config, attempts))
         if found is not None:
@@ -219,8 +234,12 @@ def _pump(config: BucketConfig, chunks: Iterator[bytes], out: IO[bytes], digest:
     return size
 
 
-def probe_tcp(host: str, port: int) -> None:
-    """Open (and close) a TCP connection to ``host:port``; ``SourceUnavailable`` when it fails."""
+def probe_tcp(host: str, port: int, *, allow_remote: bool = False) -> None:
+    """Open (and close) a TCP connection to ``host:port``; ``SourceUnavailable`` when it fails, or when
+    ``host`` is another machine and ``allow_remote`` is off (then nothing is sent, not even a DNS query)."""
+    problem = remote_problem(host, allow_remote=allow_remote)
+    if problem is not None:
+        raise SourceUnavailable(f"cannot connect to {host}:{port}: {problem}")
     try:
         with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT):
             return

@@ -18,7 +18,6 @@ from ingest.emulators.moi.loadtasks import LOADS, files_view, load_task_json, re
 from ingest.emulators.moi.state import state_of
 from ingest.emulators.moi.store import MoiStore, Task, TaskFile, file_status
 from ingest.emulators.moi.wire import (
-    NOT_FOUND,
     PARAM_INVALID,
     SERVER_ERROR,
     FileStatus,
@@ -137,7 +136,9 @@ async def task_files(request: web.Request) -> web.Response:
         return ok(request, files_view(load, wanted, page, page_size))
     task = await anyio.to_thread.run_sync(state_of(request).store.task, task_id)
     if task is None:
-        raise ApiError(404, NOT_FOUND, f"task {task_id} not found")
+        # Answered as /task/get answers it (API-NOTES: ErrServer inside HTTP 200); the documents give no
+        # other form for an unknown task, so none is invented here.
+        raise ApiError(200, SERVER_ERROR, f"task {task_id} not found")
     now = now_ms()
     statuses = [(f, file_status(f, now, task.paused_at_ms)) for f in task.files]
     matching = [(f, s) for f, s in statuses if wanted is None or s == wanted]

@@ -8,6 +8,7 @@ to ``<data_dir>/<volume>/<path>`` only once the whole request is valid, as one n
 from __future__ import annotations
 
 import json
+import posixpath
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from ingest.emulators.kit.multipart import (
     stage_part,
 )
 from ingest.emulators.kit.store import discard_staged
+from ingest.emulators.moi.access import check_unrestricted, check_volume
+from ingest.emulators.moi.connfiles import keep_connector_files
 from ingest.emulators.moi.filetypes import TYPE_NUMBERS, file_type
 from ingest.emulators.moi.state import MoiState, state_of
 from ingest.emulators.moi.store import Dedup, FileResult, IncomingFile
@@ -37,8 +40,8 @@ _TEXT_FIELDS = frozenset(
     {"VolumeID", "meta", "dedup", "file_types", "path_regex", "unzip_keep_structure", "table_config"}
 )
 _FILE_FIELD = "file"
-#: The seed's first upload example sends its files in a part named "data", without meta: such parts
-#: are stored under their own file names.
+#: The seed's "upload files to a connector" sends its files in parts named "data" and nothing else (kept as
+#: connector files, ``connfiles``); with a VolumeID and without meta they are stored under their own names.
 _DATA_FIELD = "data"
 _EMPTY_FIELD = "__empty"
 _DEDUP_KEYS = frozenset({"name", "md5"})
@@ -116,6 +119,8 @@ def _parse_json_field(fields: Mapping[str, str], name: str) -> Any:
         return json.loads(fields[name])
     except json.JSONDecodeError as exc:
         raise bad(f"form field {name} is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise bad(f"form field {name} is nested too deeply") from None
 
 
 def _parse_meta(fields: Mapping[str, str], file_count: int) -> list[_MetaEntry]:
@@ -162,12 +167,30 @@ def _parse_meta_entry(index: int, entry: Any) -> _MetaEntry:
         return _MetaEntry(dest, dest, size)
     if "filename" in entry:
         check_keys(entry, _SDK_META_KEYS, where)
-        dest = _meta_dest(entry, "filename", where)
-        source = entry.get("path", dest)
+        name = entry.get("filename")
+        if not isinstance(name, str) or not name:
+            raise bad(f"{where}: filename must be a non-empty string")
+        source = entry.get("path", name)
         if not isinstance(source, str):
-            raise bad(f"{where} ({short(dest)}): path must be a string")
-        return _MetaEntry(dest, source, None)
+            raise bad(f"{where} ({short(name)}): path must be a string")
+        return _MetaEntry(_sdk_dest(where, name, source), source, None)
     raise bad(f"{where} needs file_name (with file_size) or filename")
+
+
+def _sdk_dest(where: str, filename: str, path: str) -> str:
+    """Where a file of the SDK/5.0 form (``filename`` + ``path``) is kept in the volume.
+
+    MOI 5.0 says ``path`` records the source path (and is what ``path_regex`` matches) and that the request
+    has no destination-folder field. The emulator keeps the file at that recorded path when it is a clean
+    relative path ending in ``filename`` (so a tree stays a tree, and two ``README.md`` in different folders
+    stay two files), and at ``filename`` otherwise (the SDK's table import sends ``"path": "/"``).
+    """
+    if relative_path_problem(path) is None and posixpath.basename(path) == filename:
+        return path
+    problem = relative_path_problem(filename)
+    if problem is not None:
+        raise bad(f"{where}: filename {short(filename)!r} {problem}")
+    return filename
 
 
 def _meta_dest(entry: Mapping[str, Any], key: str, where: str) -> str:
@@ -260,7 +283,13 @@ async def upload(request: web.Request) -> web.Response:
 
 async def _accept_upload(request: web.Request, state: MoiState, form: _Form) -> web.Response:
     fields = form.fields
+    if not fields and form.files and all(part.field == _DATA_FIELD for part in form.files):
+        # The seed's "upload files to a connector": data parts and nothing else (see ``connfiles``).
+        check_unrestricted(request, "upload connector files")
+        parts = [(part.path, part.filename) for part in form.files]
+        return ok(request, await anyio.to_thread.run_sync(keep_connector_files, state.store, parts))
     volume_id = _volume_id_field(fields)
+    check_volume(request, volume_id)
     volume = await anyio.to_thread.run_sync(state.store.volume, volume_id)
     if volume is None:
         raise ApiError(404, NOT_FOUND, f"volume {short(volume_id)} not found")

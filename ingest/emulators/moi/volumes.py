@@ -10,6 +10,7 @@ import anyio
 from aiohttp import web
 
 from ingest.emulators.kit.common import ApiError, read_json_object
+from ingest.emulators.moi.access import check_unrestricted, check_volume
 from ingest.emulators.moi.state import state_of
 from ingest.emulators.moi.wire import NOT_FOUND, PARAM_INVALID, bad, check_keys, ok, short
 
@@ -26,6 +27,7 @@ def _volume_name(body: Mapping[str, Any]) -> str:
 
 
 async def create_volume(request: web.Request) -> web.Response:
+    check_unrestricted(request, "create volumes")
     body = await read_json_object(request, code=PARAM_INVALID)
     check_keys(body, {"database_id", "name", "description"})
     database_id = body.get("database_id")
@@ -52,6 +54,7 @@ async def volume_info(request: web.Request) -> web.Response:
     if isinstance(body["id"], bool) or not isinstance(body["id"], (str, int)):
         raise bad("id must be a volume id string")
     volume_id = str(body["id"])
+    check_volume(request, volume_id)
     volume = await anyio.to_thread.run_sync(state_of(request).store.volume, volume_id)
     if volume is None:
         raise ApiError(404, NOT_FOUND, f"volume {short(volume_id)} not found")

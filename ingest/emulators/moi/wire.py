@@ -22,6 +22,7 @@ __all__ = [
     "ALREADY_EXISTS",
     "CONFLICT",
     "DUPLICATE_NAME",
+    "FORBIDDEN",
     "METHOD_NOT_ALLOWED",
     "MULTIPLE_CREDENTIALS",
     "NOT_FOUND",
@@ -50,6 +51,7 @@ __all__ = [
 
 PARAM_INVALID = "ErrParamInvalid"
 UNAUTHORIZED = "ErrUnauthorized"
+FORBIDDEN = "ErrForbidden"
 NOT_FOUND = "ErrNotFound"
 ALREADY_EXISTS = "ErrAlreadyExists"
 DUPLICATE_NAME = "ErrDuplicateName"

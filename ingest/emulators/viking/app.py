@@ -47,6 +47,7 @@ from ingest.emulators.viking.config import (
 )
 from ingest.emulators.viking.handlers import (
     add_doc,
+    add_doc_v2,
     collection_info,
     create_collection,
     delete_doc,
@@ -61,6 +62,7 @@ from ingest.emulators.viking.handlers import (
 )
 from ingest.emulators.viking.state import VIKING_STATE, VikingState, state_of
 from ingest.emulators.viking.wire import (
+    ALLOWED_COLLECTIONS,
     BODY,
     INTERNAL_ERROR,
     QUOTA_LIMITED,
@@ -98,7 +100,13 @@ async def _authenticate(request: web.Request) -> None:
     config = state_of(request).config
 
     def secret_for(access_key: str) -> str | None:
-        return config.secret_key if hmac.compare_digest(access_key.encode(), config.access_key.encode()) else None
+        if hmac.compare_digest(access_key.encode(), config.access_key.encode()):
+            return config.secret_key
+        for ak, sk, collections in config.restricted_keys:
+            if hmac.compare_digest(access_key.encode(), ak.encode()):
+                request[ALLOWED_COLLECTIONS] = frozenset(collections)
+                return sk
+        return None
 
     try:
         verify(
@@ -115,7 +123,7 @@ async def _authenticate(request: web.Request) -> None:
 
 
 def _is_doc_add(request: web.Request) -> bool:
-    return request.method == "POST" and request.path == "/api/knowledge/doc/add"
+    return request.method == "POST" and request.path in ("/api/knowledge/doc/add", "/api/knowledge/doc/v2/add")
 
 
 def _new_state(config: VikingEmulatorConfig, faults: FaultInjector) -> VikingState:
@@ -130,6 +138,7 @@ def _add_routes(app: web.Application, state: VikingState) -> None:
     app.router.add_post("/api/knowledge/collection/create", create_collection)
     app.router.add_post("/api/knowledge/collection/info", collection_info)
     app.router.add_post("/api/knowledge/doc/add", add_doc)
+    app.router.add_post("/api/knowledge/doc/v2/add", add_doc_v2)
     app.router.add_post("/api/knowledge/doc/info", doc_info)
     app.router.add_post("/api/knowledge/doc/list", list_docs)
     app.router.add_post("/api/knowledge/doc/delete", delete_doc)

@@ -51,6 +51,9 @@ class VikingEmulatorConfig(EmulatorConfig):
     fail_codes: tuple[int, ...] = tuple(FAILED_MESSAGES)
     #: Documents per knowledge base; one more is refused with 1001010 (the seed says 10000).
     max_docs: int = 10000
+    #: Further access key pairs, each limited to the knowledge bases it names:
+    #: ``(("AK2", "SK2", ("kb1",)),)``. Any other knowledge base answers 403 with 1000002 (no permission).
+    restricted_keys: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
 
     def problems(self) -> list[str]:
         """Every invalid setting, one sentence each (empty when the config is usable)."""
@@ -63,6 +66,8 @@ class VikingEmulatorConfig(EmulatorConfig):
             found.append("process_delay_ms must not be negative")
         if self.max_docs < 1:
             found.append("max_docs must be at least 1")
+        if any(not ak or not sk or not kbs or ak == self.access_key for ak, sk, kbs in self.restricted_keys):
+            found.append("a restricted key needs an access key (not the main one), a secret and a knowledge base")
         found.extend(
             f"fail code {code} is not a documented failed_code"
             for code in self.fail_codes
@@ -110,6 +115,15 @@ def _tos_endpoint(text: str) -> str:
     return text.rstrip("/")
 
 
+def _restricted_key(text: str) -> tuple[str, str, tuple[str, ...]]:
+    ak, _, rest = text.partition(":")
+    sk, _, kbs = rest.rpartition(":")
+    names = tuple(k.strip() for k in kbs.split(",") if k.strip())
+    if not ak or not sk or not names:
+        raise argparse.ArgumentTypeError("expected AK:SK:KB[,KB...], e.g. AKreader:secret:docs")
+    return ak, sk, names
+
+
 def add_viking_arguments(parser: argparse.ArgumentParser) -> None:
     """The VikingDB emulator's flags (``--host``/``--port`` are the CLI's)."""
     _cli.add_data_dir_argument(parser, holds="documents")
@@ -131,6 +145,12 @@ def add_viking_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tos-endpoint", type=_tos_endpoint, default=None, metavar="URL",
         help="S3-compatible store that add_type tos reads <bucket>/<key> from, e.g. http://127.0.0.1:9000",
+    )  # fmt: skip
+    parser.add_argument(
+        "--restricted-key", dest="restricted_keys", action="append", type=_restricted_key, default=[],
+        metavar="AK:SK:KB[,KB...]",
+        help="accept this access key pair too, but only for these knowledge bases: others answer 403 with"
+        " 1000002 no permission (repeatable)",
     )  # fmt: skip
     parser.add_argument("--tos-access-key", default=None, metavar="AK", help="its access key (default: --access-key)")
     parser.add_argument("--tos-secret-key", default=None, metavar="SK", help="its secret key (default: --secret-key)")
@@ -170,6 +190,7 @@ def config_from_args(args: argparse.Namespace) -> VikingEmulatorConfig:
         tos_endpoint=args.tos_endpoint,
         tos_access_key=args.tos_access_key,
         tos_secret_key=args.tos_secret_key,
+        restricted_keys=tuple(args.restricted_keys),
         tos_region=args.tos_region,
         process_delay_ms=args.process_delay_ms,
         fail_rate=args.fail_rate,

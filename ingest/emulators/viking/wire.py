@@ -15,15 +15,30 @@ from aiohttp import web
 from ingest.emulators.kit.common import ApiError, json_response, now_ms, read_body
 from ingest.emulators.viking.store import INVALID_REQUEST
 
-__all__ = ["BODY", "INTERNAL_ERROR", "QUOTA_LIMITED", "UNAUTHORIZED", "envelope", "invalid", "ok", "read_signed_body"]
+__all__ = [
+    "ALLOWED_COLLECTIONS",
+    "BODY",
+    "INTERNAL_ERROR",
+    "NO_PERMISSION",
+    "QUOTA_LIMITED",
+    "UNAUTHORIZED",
+    "envelope",
+    "invalid",
+    "ok",
+    "read_signed_body",
+]
 
 UNAUTHORIZED = 1000001
+#: Seed 003 / 001: "1000002 | 403 | no permission".
+NO_PERMISSION = 1000002
 INTERNAL_ERROR = 1000028
 QUOTA_LIMITED = 1000029
 
 #: Per-request storage: the request id (one per request, in the body and X-Tt-Logid) and the raw body.
 _REQUEST_ID: web.RequestKey[str] = web.RequestKey("viking_request_id", str)
 BODY: web.RequestKey[bytes] = web.RequestKey("viking_body", bytes)
+#: The knowledge bases a restricted access key may use (``--restricted-key``); absent for the main key.
+ALLOWED_COLLECTIONS: web.RequestKey[frozenset[str]] = web.RequestKey("viking_allowed_collections", frozenset)
 
 
 def _request_id(request: web.Request) -> str:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import mimetypes
+import posixpath
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
@@ -39,6 +40,7 @@ from ingest.errors import (
     AuthError,
     ErrorRules,
     PermanentError,
+    PermissionDenied,
     RateLimitedError,
     Rule,
     TransientError,
@@ -77,9 +79,9 @@ from ingest.retry import RetryPolicy, retrying
 
 __all__ = ["MOI_ERRORS", "MoiClient", "UploadReply", "check_envelope"]
 
-#: MOI's error replies (API-NOTES section 4, "Error codes"), codes in any case. Not listed, hence
-#: ``PermanentError`` with MOI's words: 400 ``ErrParamInvalid``…, 403 ``ErrForbidden``, 404 ``ErrNotFound``,
-#: 409 ``ErrAlreadyExists``…
+#: MOI's error replies (API-NOTES section 4, "Error codes"), codes in any case. 403 ``ErrForbidden`` is a
+#: ``PermissionDenied`` (one line, exit 2). Not listed, hence ``PermanentError`` with MOI's words: 400
+#: ``ErrParamInvalid``…, 404 ``ErrNotFound``, 409 ``ErrAlreadyExists``…
 MOI_ERRORS = ErrorRules(
     "MOI",
     rows=(
@@ -88,6 +90,12 @@ MOI_ERRORS = ErrorRules(
             "{what}: MOI rejected the API key ({code_or_status}); check MOI_KEY or --api-key",
             status={401},
             code=AnyCase("ErrUnauthorized", "ErrUnauthenticated", "Unauthorized", "Unauthenticated"),
+        ),
+        Rule(
+            PermissionDenied,
+            "{what}: MOI refused: the API key has no permission for this ({detail}); use a key with access",
+            status={403},
+            code=AnyCase("ErrForbidden"),
         ),
         Rule(
             RateLimitedError,
@@ -333,41 +341,36 @@ class MoiClient:
         chunk_size: int = 1024 * 1024,
         on_bytes: Callable[[int], None] | None = None,
     ) -> UploadReply:
-        """``POST /connectors/upload``: stream local files into a volume as one task (seed-form ``meta``).
+        """``POST /connectors/upload``: stream local files into a volume as one task (MOI 5.0 ``meta``).
 
         Each file is read in ``chunk_size`` pieces while it is sent; never whole in memory. Sent once:
         the caller decides whether a failed upload may be repeated (with ``dedup``).
         """
         what = f"upload of {items[0].rel_path}" + (f" and {len(items) - 1} more" if len(items) > 1 else "")
         form = aiohttp.FormData(quote_fields=False)
-        meta = [
-            {
-                "file_name": item.rel_path,
-                "file_size": item.size,
-                "mime_type": mimetypes.guess_type(item.rel_path)[0] or "application/octet-stream",
-            }
-            for item in items
-        ]
+        # MOI 5.0's form (and the official SDK's): ``filename`` is the file's name, ``path`` its path in the
+        # source tree. The request has no destination-folder field; the folder travels in ``path`` (see
+        # docs/moi.md, "Which field carries the folder").
+        meta = [{"filename": posixpath.basename(item.rel_path), "path": item.rel_path} for item in items]
+        content_types = [mimetypes.guess_type(item.rel_path)[0] or "application/octet-stream" for item in items]
         form.add_field("VolumeID", volume_id)
         form.add_field("meta", json.dumps(meta, ensure_ascii=False))
         if dedup is not None:
             form.add_field("dedup", json.dumps(wire(dedup)))
         bodies: list[FileBody] = []
         try:
-            for item, entry in zip(items, meta, strict=True):
+            for item, entry, content_type in zip(items, meta, content_types, strict=True):
                 body = FileBody(
                     item,
                     chunk_size=chunk_size,
                     on_bytes=on_bytes,
-                    content_type=str(entry["mime_type"]),
-                    filename=header_filename(item.rel_path),
+                    content_type=content_type,
+                    filename=header_filename(entry["filename"]),
                 )
                 bodies.append(body)
-                # meta[].file_name names the file (JSON carries any character); the part's filename is a
-                # label, encoded so that a control character in a name cannot break the request.
-                form.add_field(
-                    "file", body, filename=header_filename(item.rel_path), content_type=str(entry["mime_type"])
-                )
+                # meta[] names the file (JSON carries any character); the part's filename is a label,
+                # encoded so that a control character in a name cannot break the request.
+                form.add_field("file", body, filename=header_filename(entry["filename"]), content_type=content_type)
             reply = await self.http.request("POST", "/connectors/upload", what=what, data=form, file_bodies=bodies)
         finally:
             for body in bodies:
@@ -454,7 +457,14 @@ class MoiClient:
         params = {"task_id": str(task_id), "page": str(page), "page_size": str(page_size)}
         if status is not None:
             params["status"] = str(status)
-        data = await self._call("GET", "/task/files", what=what, params=params)
+        try:
+            data = await self._call("GET", "/task/files", what=what, params=params)
+        except TransientError as exc:
+            # As /task/get: MOI answers an unknown (or deleted) task with ErrServer inside HTTP 200. A real
+            # server error comes with a 5xx status and stays transient.
+            if exc.status == 200 and (exc.code or "").lower() == "errserver":
+                raise _not_found(what, f"MOI does not know task {task_id} ({exc.detail})") from None
+            raise
         files: TaskFilesPage = _parse(TaskFilesPage, data, what)
         return files
 

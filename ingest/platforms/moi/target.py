@@ -1,7 +1,7 @@
 """MatrixOne Intelligence (MOI): local files into a volume through ``POST /connectors/upload``.
 
 One upload request carries up to ``max_batch_files`` files as repeated ``file`` parts with a ``meta``
-array in the seed document's form (``file_name`` = the relative path, ``file_size``, ``mime_type``)
+array in MOI 5.0's form (``filename`` = the file's name, ``path`` = its relative path in the tree)
 and creates one MOI task; ``/task/files`` reports each file's status and ``/task/retry`` re-runs the
 failed ones. Dedup uses ``{"by": ["name", "md5"], "strategy": "skip"}``.
 
@@ -163,8 +163,8 @@ class MoiTarget(Target):
             try:
                 data = await self.client.task_files(task_id, page=page, page_size=TASK_FILES_PAGE)
             except PermanentError as exc:
-                if exc.status == 404:
-                    reason = f"MOI no longer knows task {task_id}"
+                if exc.status == 404 or (exc.code or "").lower() == "errnotfound":
+                    reason = f"MOI no longer knows task {task_id} ({exc.detail})"
                     return [RemoteStatus(r.rel_path, RemoteState.FAILED, reason) for r in wanted]
                 raise
             for f in data.files:
