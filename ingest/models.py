@@ -5,6 +5,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ingest.sources.reader import BodyOrigin
 
 __all__ = ["FileItem", "FileState", "LocalPin", "Receipt", "RemoteState", "RemoteStatus"]
 
@@ -46,12 +50,17 @@ class FileItem:
 
     #: Path relative to the source root, POSIX separators. The identity of the file everywhere.
     rel_path: str
-    #: Where to read it from.
+    #: Where to read it from, for a local file (``origin`` is ``None``).
     abs_path: Path
     size: int
+    #: The change token besides ``size``: a local file's mtime; a bucket object's LastModified with a
+    #: fingerprint of its ETag (``ingest.sources.bucket``). Any change makes ``decide`` send it again.
     mtime_ns: int
     #: A local file's identity, checked when it is opened; ``None``: no check (not a local walk).
     pin: LocalPin | None = field(default=None, compare=False)
+    #: Where the body comes from when it is not the local file ``abs_path`` (a bucket object), see
+    #: ``ingest.sources.reader``. Targets never look at it: they read bodies with ``open_body``.
+    origin: BodyOrigin | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,114 @@
+"""Reading a file's body, wherever it lives: the one way targets get at the bytes they send.
+
+A ``FileItem`` from a local folder is read from ``abs_path``; one from a bucket carries an ``origin``
+(``BodyOrigin``) that opens the object. Targets call ``open_body(item)`` (or build an
+``ingest.http.FileBody``, which does) and read a ``BodyStream``; they never see where the bytes come
+from. The rules every stream follows::
+
+    read(n, digests)  the next ``n`` bytes (fewer only at the end of the body, ``b""`` after it), each
+                      byte fed to every digest in ``digests`` as it is read (md5 while streaming)
+    aclose()          release the file or the connection; idempotent (``close_now()``: the same, sync)
+
+One stream is good for one send: a retry opens the body again (``open_body``), which for a bucket object
+is a new GET conditioned on the ETag the listing saw, so a retry never mixes two versions.
+
+Failures are ``SourceFileError`` (this file cannot be sent: gone, changed, unreadable; the run goes on)
+or ``TransientError`` (the store or the network hiccupped: the send is retried).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import IO, Any, Protocol
+
+import anyio
+
+from ingest.errors import SourceFileError
+from ingest.models import FileItem
+from ingest.sources.pinned import PinMismatch, open_pinned
+
+__all__ = ["BodyOrigin", "BodyStream", "LocalStream", "open_body", "open_local"]
+
+
+class BodyStream(Protocol):
+    """An open body, read front to back in chunks (see the module docstring)."""
+
+    async def read(self, n: int, digests: Sequence[Any] = ()) -> bytes: ...
+
+    async def aclose(self) -> None: ...
+
+    def close_now(self) -> None:
+        """``aclose`` for code that cannot await (a send that was abandoned mid-body)."""
+        ...
+
+
+class BodyOrigin(Protocol):
+    """Where a ``FileItem``'s body comes from when it is not a local file (a bucket object)."""
+
+    def describe(self) -> str:
+        """``s3://bucket/key``, for messages. Never contains secrets."""
+        ...
+
+    async def open(self, item: FileItem) -> BodyStream:
+        """Open the body of ``item`` as it was listed; ``SourceFileError`` when it is gone or changed."""
+        ...
+
+    def reference(self) -> tuple[str | None, str, str] | None:
+        """``(endpoint, bucket, key)`` when a platform could read the object itself (by reference)."""
+        ...
+
+
+def open_local(item: FileItem) -> IO[bytes]:
+    """Open a local source file, turning every OS failure into a one-line ``SourceFileError``.
+
+    A local file (``item.pin``) is opened without following a final symbolic link and must be the very
+    file the walk saw (``ingest.sources.pinned``): a link or folder swapped in since is refused."""
+    try:
+        return open_pinned(item.abs_path, item.pin)
+    except PinMismatch as exc:
+        raise SourceFileError(item.rel_path, str(exc)) from None
+    except FileNotFoundError:
+        raise SourceFileError(item.rel_path, "file disappeared between the walk and the upload") from None
+    except PermissionError:
+        raise SourceFileError(
+            item.rel_path, "permission denied; make it readable or leave it out with --exclude"
+        ) from None
+    except IsADirectoryError:
+        raise SourceFileError(item.rel_path, "became a folder after the walk") from None
+    except OSError as exc:
+        raise SourceFileError(item.rel_path, f"cannot open: {exc.strerror or exc}") from None
+
+
+def _read_and_hash(f: IO[bytes], n: int, digests: Sequence[Any]) -> bytes:
+    chunk = f.read(n)
+    for digest in digests:
+        digest.update(chunk)  # hashlib releases the GIL on large buffers: this stays off the loop
+    return chunk
+
+
+class LocalStream:
+    """A local file: each chunk is read and hashed in one worker-thread hop (a buffered read of a
+    regular file comes back short only at its end, so a small file is one read)."""
+
+    def __init__(self, item: FileItem, f: IO[bytes]) -> None:
+        self.item = item
+        self._file = f
+
+    async def read(self, n: int, digests: Sequence[Any] = ()) -> bytes:
+        try:
+            return await anyio.to_thread.run_sync(_read_and_hash, self._file, n, digests)
+        except OSError as exc:
+            raise SourceFileError(self.item.rel_path, f"read failed: {exc.strerror or exc}") from None
+
+    def close_now(self) -> None:
+        self._file.close()
+
+    async def aclose(self) -> None:
+        self._file.close()
+
+
+async def open_body(item: FileItem) -> BodyStream:
+    """Open ``item``'s body for one send (see the module docstring)."""
+    if item.origin is not None:
+        return await item.origin.open(item)
+    return LocalStream(item, open_local(item))
