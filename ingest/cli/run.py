@@ -34,6 +34,9 @@ examples:
   KEYUE_TOKEN=… ingest run ./docs --target keyue --endpoint URL --uid u1 --username alice --dir-id 0 --mirror-dirs
   VOLC_ACCESSKEY=… VOLC_SECRETKEY=… ingest run ./docs --target viking --collection kb1 --staging-bucket stage
   ingest migrate --connector 7 --volume-id 1001 --manifest m.db   bucket -> MOI volume via load tasks
+  AWS_ACCESS_KEY_ID=… AWS_SECRET_ACCESS_KEY=… ingest run s3://corp-docs/handbook/ \
+      --source-endpoint https://oss-cn-hangzhou.aliyuncs.com --target keyue …   a bucket through the engine
+  ingest run s3://kb-src/ --target viking --collection kb1 --by-reference    TOS objects added by tos_path
 
 {EXIT_CODES_HELP}
 """
@@ -49,7 +52,7 @@ def add_parser(commands: Any) -> None:
         "with the platform's dedup option; changed files are sent again.",
         epilog=EPILOG,
     )
-    p.add_argument("source", nargs="?", type=Path, help="the folder to ingest (or source.path in --config)")
+    p.add_argument("source", nargs="?", help="the folder or s3://BUCKET/PREFIX to ingest (or source.path in --config)")
     p.add_argument("--config", type=Path, metavar="FILE.toml", help="settings file; flags override it")
     add_source_flags(p)
     add_destination_flags(p)
