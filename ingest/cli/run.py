@@ -42,6 +42,15 @@ examples:
 """
 
 
+#: Shown when a bucket goes into MOI through the engine: MOI can also load it server-side.
+MIGRATE_NOTE = (
+    "note: MOI can read this bucket itself: `ingest migrate --connector ID --volume-id …` (server-side"
+    " connectors, no bytes through this machine) is the better choice when MOI reaches the bucket and the"
+    " bucket is large; `ingest run s3://…` streams every byte through here, and suits buckets MOI cannot"
+    " reach, filters (--include/--exclude/--max-size) and one manifest across sources"
+)
+
+
 def add_parser(commands: Any) -> None:
     p = add_command(
         commands,
@@ -69,6 +78,8 @@ def command(args: argparse.Namespace) -> int:
     fan_out = (args.processes or 1) > 1 or args.ray is not None
     if config.target is None and not config.quiet and not args.json and not fan_out:
         output.say("no --target given: sending to the embedded local MOI emulator (files under ./.ingest/local)")
+    if config.source.is_bucket and config.target is not None and config.target.type == "moi" and not args.json:
+        output.say(MIGRATE_NOTE)
     if fan_out:
         from ingest.cli import fanout
 
