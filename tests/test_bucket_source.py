@@ -413,3 +413,39 @@ def test_256_mib_object_streams_from_the_bucket_in_constant_memory(tmp_path: Pat
         while chunk := f.read(MiB):
             got.update(chunk)
     assert got.hexdigest() == digest.hexdigest()
+
+
+# ----- by reference ----------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_viking_by_reference_adds_the_objects_themselves(tmp_path: Path, source_keys: None) -> None:
+    """``--by-reference`` with a source in the TOS VikingDB reads: each object is added by its own
+    tos_path; nothing is staged, no byte goes through the client; a local source is refused."""
+    from tests.harness import VIKING
+
+    bucket = new_bucket()
+    objects = {"kb/a.txt": b"alpha", "kb/deep/b.md": b"# beta", "kb/c.txt": b""}
+    put_all(bucket, objects)
+    s3 = s3_client()
+    staged_before = s3.list_objects_v2(Bucket=MOTO.bucket).get("KeyCount", 0)
+    async with VIKING.start(tmp_path / "data") as dep:
+        target = dep.target_config.model_copy(update={"by_reference": True})
+        engine = EngineConfig(poll_initial=0.02, poll_max=0.2)
+        config = RunConfig(
+            source=source_config(bucket, "kb"), target=target, engine=engine, manifest=tmp_path / "m.db", quiet=True
+        )
+        summary = await ingest.run(config)
+        docs = await dep._get("/_emulator/files")
+        (tmp_path / "local").mkdir()
+        (tmp_path / "local" / "x.txt").write_bytes(b"x")
+        local = config.model_copy(
+            update={"source": SourceConfig(path=tmp_path / "local"), "manifest": tmp_path / "l.db"}
+        )
+        with pytest.raises(ConfigError, match="by-reference"):
+            await ingest.run(local)
+    assert (summary.done, summary.failed) == (3, 0), summary.failures
+    assert summary.sent_bytes == 0
+    assert s3.list_objects_v2(Bucket=MOTO.bucket).get("KeyCount", 0) == staged_before  # no staging copy
+    by_md5 = sorted(d["md5"] for d in docs if d["collection"] == VIKING.collection)
+    assert by_md5 == sorted(md5(v) for v in objects.values())
