@@ -44,7 +44,6 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlsplit
 
 import aiohttp
 import anyio
@@ -273,8 +272,10 @@ class BucketSource:
     # ----- Source --------------------------------------------------------------------------------
 
     def identity(self) -> str:
-        host = urlsplit(self.settings.endpoint).netloc if self.settings.endpoint else ""
-        return self.settings.url + (f"@{host}" if host else "")
+        """``s3://bucket/prefix/`` on AWS, ``<endpoint>/bucket/prefix/`` elsewhere (the default manifest is
+        named after the prefix's last folder)."""
+        s = self.settings
+        return s.url if not s.endpoint else f"{s.endpoint}/{s.bucket}/{s.prefix}"
 
     def describe(self) -> str:
         return f"bucket {self.settings.url} at {self.settings.where}"
