@@ -6,6 +6,7 @@ Platform-specific envelopes and error codes are decoded by each target; this mod
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -19,7 +20,7 @@ from aiohttp.payload import AsyncIterablePayload
 from ingest import _failpoints
 from ingest.errors import IngestError, SourceFileError, TransientError, connection_failed
 from ingest.models import FileItem
-from ingest.sources.reader import BodyStream, LocalStream, open_body, open_local
+from ingest.sources.reader import PREFETCH_MAX, BodyStream, LocalStream, fetch_small, open_body, open_local
 
 __all__ = ["FileBody", "HttpClient", "HttpReply", "one_line", "open_checked", "parse_retry_after"]
 
@@ -82,6 +83,13 @@ class FileBody(AsyncIterablePayload):
         # A local file is opened now (a missing one fails before any request); a remote one when read.
         self._stream: BodyStream | None = LocalStream(item, open_local(item)) if item.origin is None else None
         self._closed = False
+        #: A small remote body fetched ahead (``ingest.sources.reader.PREFETCH_MAX``).
+        self._ahead: asyncio.Task[BodyStream] | None = None
+        if item.origin is not None and item.size <= PREFETCH_MAX:
+            try:
+                self._ahead = asyncio.get_running_loop().create_task(fetch_small(item))
+            except RuntimeError:
+                pass  # no running asyncio loop: open it when read
         #: Set when the body made the send fail: the file itself (changed, unreadable:
         #: ``SourceFileError``) or its store (``TransientError``), not the platform's network.
         self.failure: IngestError | None = None
@@ -99,7 +107,7 @@ class FileBody(AsyncIterablePayload):
     async def _read(self) -> AsyncIterator[bytes]:
         item = self.item
         if self._stream is None and not self._closed:
-            self._stream = await open_body(item)
+            self._stream = await (self._ahead if self._ahead is not None else open_body(item))
         stream = self._stream
         if stream is None:
             return
@@ -130,6 +138,12 @@ class FileBody(AsyncIterablePayload):
         self._closed = True
         if self._stream is not None:
             self._stream.close_now()
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            if not ahead.done():
+                ahead.cancel()
+            elif not ahead.cancelled() and ahead.exception() is None:
+                ahead.result().close_now()
 
     @property
     def hexdigest(self) -> str:
