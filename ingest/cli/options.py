@@ -364,7 +364,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     _set(tree, None, "progress", args.progress)
     if "source" not in tree or "path" not in tree["source"]:
         raise ConfigError(
-            "no source: pass a folder or s3://BUCKET/PREFIX as `ingest run SOURCE`, or set source.path in --config"
+            "no source folder: pass it (or s3://BUCKET/PREFIX) as `ingest run DIR`, or set source.path in --config"
         )
     try:
         return RunConfig.model_validate(tree)
