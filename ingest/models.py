@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from ingest.sources.reader import BodyOrigin
-
-__all__ = ["FileItem", "FileState", "LocalPin", "Receipt", "RemoteState", "RemoteStatus"]
+__all__ = ["BodyOrigin", "BodyStream", "FileItem", "FileState", "LocalPin", "Receipt", "RemoteState", "RemoteStatus"]
 
 
 class FileState(enum.StrEnum):
@@ -31,6 +29,34 @@ class FileState(enum.StrEnum):
     PROCESSING = "processing"
     DONE = "done"
     FAILED = "failed"
+
+
+class BodyStream(Protocol):
+    """An open body, read front to back in chunks (see ``ingest.sources.reader``)."""
+
+    async def read(self, n: int, digests: Sequence[Any] = ()) -> bytes: ...
+
+    async def aclose(self) -> None: ...
+
+    def close_now(self) -> None:
+        """``aclose`` for code that cannot await (a send that was abandoned mid-body)."""
+        ...
+
+
+class BodyOrigin(Protocol):
+    """Where a ``FileItem``'s body comes from when it is not a local file (a bucket object)."""
+
+    def describe(self) -> str:
+        """``s3://bucket/key``, for messages. Never contains secrets."""
+        ...
+
+    async def open(self, item: FileItem) -> BodyStream:
+        """Open the body of ``item`` as it was listed; ``SourceFileError`` when it is gone or changed."""
+        ...
+
+    def reference(self) -> tuple[str | None, str, str] | None:
+        """``(endpoint, bucket, key)`` when a platform could read the object itself (by reference)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

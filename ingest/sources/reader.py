@@ -19,43 +19,15 @@ or ``TransientError`` (the store or the network hiccupped: the send is retried).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import IO, Any, Protocol
+from typing import IO, Any
 
 import anyio
 
 from ingest.errors import SourceFileError
-from ingest.models import FileItem
+from ingest.models import BodyOrigin, BodyStream, FileItem
 from ingest.sources.pinned import PinMismatch, open_pinned
 
 __all__ = ["BodyOrigin", "BodyStream", "LocalStream", "open_body", "open_local"]
-
-
-class BodyStream(Protocol):
-    """An open body, read front to back in chunks (see the module docstring)."""
-
-    async def read(self, n: int, digests: Sequence[Any] = ()) -> bytes: ...
-
-    async def aclose(self) -> None: ...
-
-    def close_now(self) -> None:
-        """``aclose`` for code that cannot await (a send that was abandoned mid-body)."""
-        ...
-
-
-class BodyOrigin(Protocol):
-    """Where a ``FileItem``'s body comes from when it is not a local file (a bucket object)."""
-
-    def describe(self) -> str:
-        """``s3://bucket/key``, for messages. Never contains secrets."""
-        ...
-
-    async def open(self, item: FileItem) -> BodyStream:
-        """Open the body of ``item`` as it was listed; ``SourceFileError`` when it is gone or changed."""
-        ...
-
-    def reference(self) -> tuple[str | None, str, str] | None:
-        """``(endpoint, bucket, key)`` when a platform could read the object itself (by reference)."""
-        ...
 
 
 def open_local(item: FileItem) -> IO[bytes]:
