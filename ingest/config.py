@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, SerializeAsAny, ValidationError, field_validator
 
 from ingest.errors import ConfigError
 from ingest.platforms.base import TargetConfigBase
@@ -50,19 +50,45 @@ class _Model(BaseModel):
 
 
 class SourceConfig(_Model):
-    """Which files to send."""
+    """Which files to send: a folder, or ``s3://bucket/prefix`` (``ingest.sources.bucket``)."""
 
-    path: Path
+    path: Path | str
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     hidden: bool = False
     follow_symlinks: bool = False
     max_size: int | None = Field(default=None, ge=0)
+    #: A bucket source's store: an S3-compatible endpoint (default: AWS S3), its region, path-style
+    #: addressing, and keys (default: the standard AWS environment variables and profiles).
+    endpoint: str | None = None
+    region: str | None = None
+    path_style: bool = False
+    access_key: SecretStr | None = None
+    secret_key: SecretStr | None = None
 
     @field_validator("max_size", mode="before")
     @classmethod
     def _size(cls, value: Any) -> Any:
         return parse_size(value) if isinstance(value, str) else value
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _path(cls, value: Any) -> Any:
+        """``s3://…`` stays a URL (a ``Path`` would fold its ``//``); anything else is a folder."""
+        if isinstance(value, str) and value.startswith("s3://"):
+            return value
+        return Path(value) if isinstance(value, str) else value
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+/?$", value):
+            raise ValueError(f"{value!r} is not an http(s) URL without a path; write e.g. https://s3.example.com")
+        return None if value is None else value.rstrip("/")
+
+    @property
+    def is_bucket(self) -> bool:
+        return isinstance(self.path, str)
 
 
 class EngineConfig(_Model):
@@ -131,6 +157,8 @@ class RunConfig(_Model):
     def public_dump(self) -> dict[str, Any]:
         """The config without secrets, for the manifest and reports."""
         data = self.model_dump(mode="json")
+        for key in ("access_key", "secret_key"):
+            data["source"].pop(key, None)
         if self.target is not None:
             data["target"] = self.target.public_dump()
         if self.manifest is not None:

@@ -6,6 +6,7 @@ Platform-specific envelopes and error codes are decoded by each target; this mod
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -14,13 +15,12 @@ from email.utils import parsedate_to_datetime
 from typing import IO, Any
 
 import aiohttp
-import anyio
 from aiohttp.payload import AsyncIterablePayload
 
 from ingest import _failpoints
-from ingest.errors import SourceFileError, TransientError, connection_failed
+from ingest.errors import IngestError, SourceFileError, TransientError, connection_failed
 from ingest.models import FileItem
-from ingest.sources.pinned import PinMismatch, open_pinned
+from ingest.sources.reader import PREFETCH_MAX, BodyStream, LocalStream, fetch_small, open_body, open_local
 
 __all__ = ["FileBody", "HttpClient", "HttpReply", "one_line", "open_checked", "parse_retry_after"]
 
@@ -51,37 +51,18 @@ def one_line(text: str, limit: int = 300) -> str:
 
 
 def open_checked(item: FileItem) -> IO[bytes]:
-    """Open a source file for sending, turning every OS failure into a one-line ``SourceFileError``.
-
-    A local file (``item.pin``) is opened without following a final symbolic link and must be the very
-    file the walk saw (``ingest.sources.pinned``): a link or folder swapped in since is refused."""
-    try:
-        return open_pinned(item.abs_path, item.pin)
-    except PinMismatch as exc:
-        raise SourceFileError(item.rel_path, str(exc)) from None
-    except FileNotFoundError:
-        raise SourceFileError(item.rel_path, "file disappeared between the walk and the upload") from None
-    except PermissionError:
-        raise SourceFileError(
-            item.rel_path, "permission denied; make it readable or leave it out with --exclude"
-        ) from None
-    except IsADirectoryError:
-        raise SourceFileError(item.rel_path, "became a folder after the walk") from None
-    except OSError as exc:
-        raise SourceFileError(item.rel_path, f"cannot open: {exc.strerror or exc}") from None
-
-
-def _read_and_hash(f: IO[bytes], n: int, digest: Any) -> bytes:
-    chunk = f.read(n)
-    digest.update(chunk)  # hashlib releases the GIL on large buffers: this stays off the loop
-    return chunk
+    """Open a local source file for sending, turning every OS failure into a one-line ``SourceFileError``
+    (symlink-safe and pinned to the walk's file: ``ingest.sources.reader.open_local``)."""
+    return open_local(item)
 
 
 class FileBody(AsyncIterablePayload):
     """A file streamed as a request body (or one multipart part) in fixed-size chunks.
 
-    Its size is declared up front, so requests carry ``Content-Length`` like curl's do. Reading and
-    md5 hashing happen together in a worker thread. If the file is shorter or longer than the walk
+    Its size is declared up front, so requests carry ``Content-Length`` like curl's do. The body is a
+    ``BodyStream`` (``ingest.sources.reader``): a local file is opened here, read and md5-hashed in a
+    worker thread; a bucket object is opened (a GET conditioned on its ETag) when the first chunk is
+    wanted and streamed through, one chunk in memory. If the body is shorter or longer than the walk
     said, the send is aborted with ``SourceFileError``: a truncated or mixed body must never reach the
     platform under that name. One ``FileBody`` is good for one send: retries build a new one.
     """
@@ -99,9 +80,19 @@ class FileBody(AsyncIterablePayload):
         self.md5 = hashlib.md5(usedforsecurity=False)
         self._chunk_size = chunk_size
         self._on_bytes = on_bytes
-        self._file = open_checked(item)
-        #: Set when the file itself made the send fail (changed, unreadable): not a network problem.
-        self.failure: SourceFileError | None = None
+        # A local file is opened now (a missing one fails before any request); a remote one when read.
+        self._stream: BodyStream | None = LocalStream(item, open_local(item)) if item.origin is None else None
+        self._closed = False
+        #: A small remote body fetched ahead (``ingest.sources.reader.PREFETCH_MAX``).
+        self._ahead: asyncio.Task[BodyStream] | None = None
+        if item.origin is not None and item.size <= PREFETCH_MAX:
+            try:
+                self._ahead = asyncio.get_running_loop().create_task(fetch_small(item))
+            except RuntimeError:
+                pass  # no running asyncio loop: open it when read
+        #: Set when the body made the send fail: the file itself (changed, unreadable:
+        #: ``SourceFileError``) or its store (``TransientError``), not the platform's network.
+        self.failure: IngestError | None = None
         super().__init__(self._chunks(), content_type=content_type, filename=filename)
         self._size = item.size
 
@@ -109,20 +100,22 @@ class FileBody(AsyncIterablePayload):
         try:
             async for chunk in self._read():
                 yield chunk
-        except SourceFileError as exc:
+        except (SourceFileError, TransientError) as exc:
             self.failure = exc
             raise
 
     async def _read(self) -> AsyncIterator[bytes]:
-        f, item = self._file, self.item
+        item = self.item
+        if self._stream is None and not self._closed:
+            self._stream = await (self._ahead if self._ahead is not None else open_body(item))
+        stream = self._stream
+        if stream is None:
+            return
         sent = 0
         try:
             while True:
                 want = min(self._chunk_size, item.size - sent + 1)  # +1 notices a file that grew
-                try:
-                    chunk = await anyio.to_thread.run_sync(_read_and_hash, f, want, self.md5)
-                except OSError as exc:
-                    raise SourceFileError(item.rel_path, f"read failed: {exc.strerror or exc}") from None
+                chunk = await stream.read(want, (self.md5,))
                 if not chunk:
                     break
                 sent += len(chunk)
@@ -133,15 +126,24 @@ class FileBody(AsyncIterablePayload):
                 yield chunk
                 _failpoints.failpoint("mid-body")
                 if len(chunk) < want:
-                    break  # a buffered read comes back short only at end of file: no need to ask again
+                    break  # a stream comes back short only at its end: no need to ask again
             if sent != item.size:
                 raise SourceFileError(item.rel_path, "file shrank while being sent; rerun to send it")
         finally:
-            f.close()
+            await stream.aclose()
 
     def close_now(self) -> None:
-        """Release the file handle of a body that will not be sent."""
-        self._file.close()
+        """Release the file or connection of a body that will not be sent (any more): called after
+        every send, finished or not."""
+        self._closed = True
+        if self._stream is not None:
+            self._stream.close_now()
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            if not ahead.done():
+                ahead.cancel()
+            elif not ahead.cancelled() and ahead.exception() is None:
+                ahead.result().close_now()
 
     @property
     def hexdigest(self) -> str:

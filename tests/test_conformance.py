@@ -17,13 +17,15 @@ import pytest
 
 import ingest
 from ingest.config import EngineConfig, RunConfig, SourceConfig
+from tests.bucket_harness import BUCKET_HARNESSES
 from tests.conftest import ManifestUnderTest, make_tree, manifest_under_test
 from tests.harness import ENGINE_HARNESSES, MOI, Faults
 
 pytestmark = pytest.mark.anyio
 
-#: (harness, manifest backend): every harness on SQLite, MOI on PostgreSQL too.
-CASES = [pytest.param((h, "sqlite"), id=h.name) for h in ENGINE_HARNESSES] + [
+#: (harness, manifest backend): every harness on SQLite, from a folder and (``+bucket``) from a bucket
+#: holding the same tree; MOI on PostgreSQL too.
+CASES = [pytest.param((h, "sqlite"), id=h.name) for h in [*ENGINE_HARNESSES, *BUCKET_HARNESSES]] + [
     pytest.param((MOI, "postgres"), id="moi-postgres")
 ]
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from tests.bucket_harness import BUCKET_HARNESSES
 from tests.conftest import ManifestUnderTest, make_tree, manifest_under_test
 from tests.harness import ENGINE_HARNESSES, MOI, Faults, ServerProcess, run_cli
 
@@ -34,6 +35,8 @@ KILL_POINTS = ["after-intent:4", "mid-body:6", "after-submit:3", "after-receipt:
 CASES = [pytest.param(h, "sqlite", id=h.name) for h in ENGINE_HARNESSES] + [
     pytest.param(MOI, "postgres", id="moi-postgres")
 ]
+#: The kill points are also checked with each target reading a bucket (``tests/bucket_harness.py``).
+KILL_CASES = CASES + [pytest.param(h, "sqlite", id=h.name) for h in BUCKET_HARNESSES]
 
 
 def emulator_files(url: str) -> dict[str, dict[str, Any]]:
@@ -59,7 +62,7 @@ def wait_for_progress(manifest: ManifestUnderTest, proc: subprocess.Popen[Any], 
     raise AssertionError("the run finished or stalled before the kill")
 
 
-@pytest.mark.parametrize(("harness", "backend"), CASES)
+@pytest.mark.parametrize(("harness", "backend"), KILL_CASES)
 @pytest.mark.parametrize("kill_at", KILL_POINTS)
 def test_sigkill_at_any_point_then_rerun_stores_every_file_once(
     harness: Any, backend: str, kill_at: str, request: pytest.FixtureRequest, tmp_path: Path

@@ -134,6 +134,20 @@ def add_source_flags(p: argparse.ArgumentParser) -> None:
         help="follow symbolic links (loops are detected and skipped)",
     )
     g.add_argument("--max-size", type=size, metavar="SIZE", help="leave out files larger than SIZE (e.g. 200MiB)")
+    b = p.add_argument_group(
+        "bucket source (s3://BUCKET/PREFIX)",
+        "keys from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or [source] access_key / secret_key); never stored",
+    )
+    b.add_argument(
+        "--source-endpoint", metavar="URL", help="S3-compatible endpoint (OSS, TOS, MinIO, …); default: AWS S3"
+    )
+    b.add_argument("--source-region", metavar="REGION", help="the bucket's region")
+    b.add_argument(
+        "--source-path-style",
+        action="store_true",
+        default=None,
+        help="path-style URLs (endpoint/bucket/key), for stores without virtual-host buckets",
+    )
 
 
 def add_destination_flags(p: argparse.ArgumentParser) -> None:
@@ -336,6 +350,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
             tree.setdefault("source", {})[key] = [*tree.get("source", {}).get(key, []), *values]
     for key in ("hidden", "follow_symlinks", "max_size"):
         _set(tree, "source", key, getattr(args, key))
+    for key in ("endpoint", "region", "path_style"):
+        _set(tree, "source", key, getattr(args, f"source_{key}", None))
     for key, value in engine_settings(args).items():
         _set(tree, "engine", key, value)
     _target_flags(tree, args)
@@ -347,7 +363,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     _set(tree, None, "quiet", args.quiet)
     _set(tree, None, "progress", args.progress)
     if "source" not in tree or "path" not in tree["source"]:
-        raise ConfigError("no source folder: pass it as `ingest run DIR` or set source.path in --config")
+        raise ConfigError(
+            "no source folder: pass it (or s3://BUCKET/PREFIX) as `ingest run DIR`, or set source.path in --config"
+        )
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as exc:

@@ -34,9 +34,21 @@ examples:
   KEYUE_TOKEN=… ingest run ./docs --target keyue --endpoint URL --uid u1 --username alice --dir-id 0 --mirror-dirs
   VOLC_ACCESSKEY=… VOLC_SECRETKEY=… ingest run ./docs --target viking --collection kb1 --staging-bucket stage
   ingest migrate --connector 7 --volume-id 1001 --manifest m.db   bucket -> MOI volume via load tasks
+  AWS_ACCESS_KEY_ID=… AWS_SECRET_ACCESS_KEY=… ingest run s3://corp-docs/handbook/ \
+      --source-endpoint https://oss-cn-hangzhou.aliyuncs.com --target keyue …   a bucket through the engine
+  ingest run s3://kb-src/ --target viking --collection kb1 --by-reference    TOS objects added by tos_path
 
 {EXIT_CODES_HELP}
 """
+
+
+#: Shown when a bucket goes into MOI through the engine: MOI can also load it server-side.
+MIGRATE_NOTE = (
+    "note: MOI can read this bucket itself: `ingest migrate --connector ID --volume-id …` (server-side"
+    " connectors, no bytes through this machine) is the better choice when MOI reaches the bucket and the"
+    " bucket is large; `ingest run s3://…` streams every byte through here, and suits buckets MOI cannot"
+    " reach, filters (--include/--exclude/--max-size) and one manifest across sources"
+)
 
 
 def add_parser(commands: Any) -> None:
@@ -49,7 +61,7 @@ def add_parser(commands: Any) -> None:
         "with the platform's dedup option; changed files are sent again.",
         epilog=EPILOG,
     )
-    p.add_argument("source", nargs="?", type=Path, help="the folder to ingest (or source.path in --config)")
+    p.add_argument("source", nargs="?", help="the folder or s3://BUCKET/PREFIX to ingest (or source.path in --config)")
     p.add_argument("--config", type=Path, metavar="FILE.toml", help="settings file; flags override it")
     add_source_flags(p)
     add_destination_flags(p)
@@ -66,6 +78,8 @@ def command(args: argparse.Namespace) -> int:
     fan_out = (args.processes or 1) > 1 or args.ray is not None
     if config.target is None and not config.quiet and not args.json and not fan_out:
         output.say("no --target given: sending to the embedded local MOI emulator (files under ./.ingest/local)")
+    if config.source.is_bucket and config.target is not None and config.target.type == "moi" and not args.json:
+        output.say(MIGRATE_NOTE)
     if fan_out:
         from ingest.cli import fanout
 

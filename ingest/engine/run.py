@@ -59,11 +59,28 @@ async def run(
     Raises ``ConfigError`` (and subclasses) for problems the user must fix, ``InterruptedRun`` when
     ``handle_signals`` is set and SIGINT/SIGTERM arrived.
     """
-    root = config.source.path.expanduser()
+    if config.source.is_bucket:
+        from ingest.sources.bucket import open_bucket_source
+
+        # The bucket is checked (exists, credentials, endpoint) before anything else: nothing recorded.
+        async with open_bucket_source(config.source, _walk_options(config), config.engine) as bucket:
+            return await _run_source(bucket, config, command, handle_signals, only_failed)
+    root = Path(config.source.path).expanduser()  # noqa: ASYNC240 - one stat, before the engine runs
     if not root.is_dir():
         what = "does not exist" if not root.exists() else "is not a folder"
         raise ConfigError(f"source {root} {what}; pass the folder to ingest")
-    source = LocalSource(root.resolve(), _walk_options(config), own_state=_own_state(config))
+    return await _run_source(
+        LocalSource(root.resolve(), _walk_options(config), own_state=_own_state(config)),
+        config,
+        command,
+        handle_signals,
+        only_failed,
+    )
+
+
+async def _run_source(
+    source: Source, config: RunConfig, command: str, handle_signals: bool, only_failed: bool
+) -> RunSummary:
     return await run_job(
         Job(
             source=source,

@@ -185,6 +185,9 @@ class VikingTargetConfig(TargetConfigBase):
     staging: StagingConfig
     #: ``tos``: doc/add reads the staged object by ``tos_path``; ``url``: by a presigned GET URL.
     add_type: Literal["tos", "url"] = "tos"
+    #: A bucket source (``s3://…``) in the TOS VikingDB reads (the staging endpoint): add each object by
+    #: its own ``tos_path``, with no staging copy. Any other source is refused at its first file.
+    by_reference: bool = False
     #: Seconds a presigned URL stays valid (``add_type = "url"``); the platform downloads within it.
     url_expires: int = Field(default=24 * 3600, ge=60, le=7 * 24 * 3600)
     #: ``meta`` fields for every document; strings may use ``{top_folder}`` and the other placeholders.

@@ -52,6 +52,13 @@ CLI_OPTIONS = (
         kind="switch",
     ),
     CliOption(
+        "--by-reference",
+        "by_reference",
+        "VikingDB: add the objects of an s3:// source that is the TOS VikingDB reads by their own tos_path"
+        " (no staging copy, no bytes through this machine)",
+        kind="switch",
+    ),
+    CliOption(
         "--add-type",
         "add_type",
         "VikingDB: how doc/add reads staged files: by tos_path (tos, default) or a presigned URL (url)",

@@ -1,5 +1,6 @@
-"""Staging local files in an S3-compatible store (TOS on Volcengine) through aiobotocore, so that
-VikingDB's ``doc/add`` can read them by ``tos_path`` or by a presigned URL.
+"""Staging source files (local files, or objects of a source bucket: ``ingest.sources.reader``) in an
+S3-compatible store (TOS on Volcengine) through aiobotocore, so that VikingDB's ``doc/add`` can read
+them by ``tos_path`` or by a presigned URL.
 
 A file up to ``part_size`` goes up in one PUT; a larger one as a multipart upload, one part at a time.
 Either way the file is read in ``chunk_size`` pieces (off the event loop, hashing as it goes) into one
@@ -20,7 +21,7 @@ import io
 from collections.abc import Awaitable, Callable, Container, Mapping
 from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 import anyio
@@ -39,8 +40,8 @@ from ingest.errors import (
     classify,
     connection_failed,
 )
-from ingest.http import open_checked
 from ingest.models import FileItem
+from ingest.sources.reader import BodyStream, open_body
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -126,13 +127,6 @@ class Staged:
     md5: str
 
 
-def _read_chunk(f: IO[bytes], n: int, digests: tuple[Any, ...]) -> bytes:
-    chunk = f.read(n)
-    for digest in digests:
-        digest.update(chunk)  # hashlib releases the GIL on large buffers: this stays off the loop
-    return chunk
-
-
 class Staging:
     """One S3 client for one staging bucket. ``open`` checks the bucket; ``aclose`` releases the client."""
 
@@ -206,7 +200,7 @@ class Staging:
     async def put(self, item: FileItem, key: str, metadata: Mapping[str, str]) -> Staged:
         """Upload ``item`` to ``key`` with user ``metadata``; returns the whole file's md5."""
         digest = hashlib.md5(usedforsecurity=False)
-        f = open_checked(item)
+        f = await open_body(item)  # a local file or a bucket object: read the same way
         try:
             if item.size <= self.settings.part_size:
                 body, md5 = await self._read_part(f, item, item.size, digest, last=True)
@@ -224,11 +218,11 @@ class Staging:
             else:
                 await self._put_multipart(f, item, key, metadata, digest)
         finally:
-            f.close()
+            await f.aclose()
         return Staged(key, item.size, digest.hexdigest())
 
     async def _put_multipart(
-        self, f: IO[bytes], item: FileItem, key: str, metadata: Mapping[str, str], digest: Any
+        self, f: BodyStream, item: FileItem, key: str, metadata: Mapping[str, str], digest: Any
     ) -> None:
         what = f"staging {item.rel_path}"
         bucket = self.settings.bucket
@@ -277,7 +271,7 @@ class Staging:
         return call
 
     async def _read_part(
-        self, f: IO[bytes], item: FileItem, want: int, digest: Any, *, last: bool
+        self, f: BodyStream, item: FileItem, want: int, digest: Any, *, last: bool
     ) -> tuple[io.BytesIO, str]:
         """Read ``want`` bytes in chunks: the part (a buffer sent as is, never copied) and its base64 md5
         (for ``Content-MD5``). On the last part, also check that the file did not grow."""
@@ -286,10 +280,7 @@ class Staging:
         got = 0
         while got < want:
             n = min(self._chunk_size, want - got)
-            try:
-                chunk = await anyio.to_thread.run_sync(_read_chunk, f, n, (digest, part_digest))
-            except OSError as exc:
-                raise SourceFileError(item.rel_path, f"read failed: {exc.strerror or exc}") from None
+            chunk = await f.read(n, (digest, part_digest))
             if not chunk:
                 raise SourceFileError(item.rel_path, "file shrank while being sent; rerun to send it")
             buffer.write(chunk)
@@ -298,11 +289,7 @@ class Staging:
                 self._on_bytes(len(chunk))
             _failpoints.failpoint("mid-body")
         if last:
-            try:
-                extra = await anyio.to_thread.run_sync(f.read, 1)
-            except OSError as exc:
-                raise SourceFileError(item.rel_path, f"read failed: {exc.strerror or exc}") from None
-            if extra:
+            if await f.read(1):
                 raise SourceFileError(item.rel_path, "file grew while being sent; rerun to send it")
         buffer.seek(0)
         return buffer, base64.b64encode(part_digest.digest()).decode()

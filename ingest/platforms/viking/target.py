@@ -26,7 +26,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from ingest._aio import run_concurrently
-from ingest.errors import TransientError
+from ingest.errors import ConfigError, TransientError
 from ingest.http import one_line
 from ingest.models import FileItem, Receipt, RemoteState, RemoteStatus
 from ingest.platforms.base import RemoteDocument, Target, TargetContext, TargetFeatures
@@ -150,6 +150,8 @@ class VikingTarget(Target):
         if doc_type is None:  # refuse() keeps these out; a file renamed since the walk lands here
             return Receipt(item.rel_path, error=self.refuse(item))
         doc_id = self._doc_id(item)
+        if self.config.by_reference:
+            return await self._add_by_reference(item, doc_id, doc_type)
         key = staging_key(self.staging.settings.prefix, doc_id, item)
         # doc_id in the object metadata is how the platform names a document added by tos_path.
         staged = await self.staging.put(item, key, {"doc_id": doc_id, **source_path_metadata(item.rel_path)})
@@ -178,8 +180,45 @@ class VikingTarget(Target):
             )
         return Receipt(item.rel_path, remote_id=given, extra={"md5": staged.md5, "key": key})
 
+    def _reference(self, item: FileItem) -> tuple[str, str]:
+        """``(bucket, key)`` of a source object VikingDB can read itself, or ``ConfigError``."""
+        ref = item.origin.reference() if item.origin is not None else None
+        if ref is None:
+            raise ConfigError(
+                "--by-reference adds objects of an s3:// source by their tos_path; this source is a local folder:"
+                " drop --by-reference to stage its files"
+            )
+        endpoint, bucket, key = ref
+        tos = self.staging.settings.endpoint.rstrip("/")
+        if (endpoint or "").rstrip("/") != tos:
+            raise ConfigError(
+                f"--by-reference: the source bucket is at {endpoint or 'AWS S3'}, not in the TOS VikingDB reads"
+                f" ({tos}); drop --by-reference to stage copies, or set --staging-endpoint if it is that TOS"
+            )
+        return bucket, key
+
+    async def _add_by_reference(self, item: FileItem, doc_id: str, doc_type: str) -> Receipt:
+        """``doc/add`` of the source object itself (``add_type: tos``): no staging, no bytes sent."""
+        bucket, key = self._reference(item)
+        fields: dict[str, Any] = {
+            "add_type": "tos",
+            "doc_id": doc_id,
+            "doc_name": doc_name_for(item.rel_path),
+            "doc_type": doc_type,
+            "tos_path": f"{bucket}/{key}",
+        }
+        if self.config.meta:
+            fields["meta"] = meta_for(self.config.meta, item.rel_path)
+        data = await self.api.add_doc(fields, what=f"adding {item.rel_path} by reference")
+        return Receipt(
+            item.rel_path, remote_id=str(data.get("doc_id") or doc_id), extra={"tos_path": fields["tos_path"]}
+        )
+
     async def find_existing(self, item: FileItem) -> Receipt | None:
         """The document for this version of the file, if a crash interrupted the run after its doc/add."""
+        if self.config.by_reference:
+            # The object's key names every version alike: add again, which replaces the doc_id's document.
+            return None
         doc_id = self._doc_id(item)
         key = staging_key(self.staging.settings.prefix, doc_id, item)
         doc = await self.api.doc_info(doc_id, what=f"looking up {item.rel_path}")
