@@ -31,7 +31,7 @@ from ingest.models import FileItem, FileState, Receipt
 
 __all__ = ["SCHEMA_VERSION", "PostgresManifest"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: ``version -> statements`` applied in order, under a lock, to a database of an older version.
 _MIGRATIONS: dict[int, list[str]] = {
@@ -67,7 +67,24 @@ _MIGRATIONS: dict[int, list[str]] = {
             takeovers bigint NOT NULL DEFAULT 0, lost bigint NOT NULL DEFAULT 0,
             stopped boolean NOT NULL DEFAULT false, PRIMARY KEY (job, id))""",
     ],
+    # Convergence (ingest.manifest.versions): earlier versions still on the platform, delete intents.
+    2: [
+        """CREATE TABLE ingest_versions (
+            job text NOT NULL, path text NOT NULL, remote_id text NOT NULL,
+            state text NOT NULL DEFAULT 'retired', reason text NOT NULL, run_id bigint,
+            created_at double precision NOT NULL, PRIMARY KEY (job, path, remote_id))""",
+        "CREATE INDEX ingest_versions_remote ON ingest_versions (job, remote_id)",
+        "CREATE INDEX ingest_files_remote ON ingest_files (job, remote_id)",
+    ],
 }
+#: Keeps the remote id of a file's current version in ``ingest_versions`` before the statement it prefixes
+#: overwrites it (a data-modifying CTE sees the row as it was): replace on change deletes that version
+#: once the new one is done. Parameters: run_id, now, job, path, the id about to be recorded (or NULL).
+_RETIRE = (
+    "WITH retired AS (INSERT INTO ingest_versions (job, path, remote_id, reason, run_id, created_at)"
+    " SELECT job, path, remote_id, 'replaced', %s, %s FROM ingest_files WHERE job = %s AND path = %s"
+    " AND remote_id IS NOT NULL AND remote_id IS DISTINCT FROM %s::text ON CONFLICT DO NOTHING) "
+)
 #: Serialises migrations of one database by concurrent first runs (an arbitrary constant).
 _MIGRATION_LOCK = 0x1A6E57
 
@@ -331,14 +348,16 @@ class PostgresManifest:
             cond, fparams, fenced = _fence(owner, item.rel_path)
             stmts.append(
                 (
-                    "INSERT INTO ingest_files AS f (job, path, size, mtime_ns, state, attempts, dedup, run_id,"
+                    _RETIRE
+                    + "INSERT INTO ingest_files AS f (job, path, size, mtime_ns, state, attempts, dedup, run_id,"
                     " created_at, updated_at) VALUES (%s, %s, %s, %s, 'uploading', 1, %s, %s, %s, %s)"
                     " ON CONFLICT (job, path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns,"
                     " state = 'uploading', attempts = f.attempts + 1, dedup = excluded.dedup,"
                     " run_id = excluded.run_id, last_error = NULL, remote_id = NULL, task_id = NULL,"
                     " extra = NULL, md5 = NULL, updated_at = excluded.updated_at WHERE true"
                     + cond.replace("owner", "f.owner").replace("fence", "f.fence"),
-                    (self.job, item.rel_path, item.size, item.mtime_ns, dedup, run_id, now, now, *fparams),
+                    (run_id, now, self.job, item.rel_path, None)
+                    + (self.job, item.rel_path, item.size, item.mtime_ns, dedup, run_id, now, now, *fparams),
                     fenced,
                 )
             )
@@ -355,9 +374,11 @@ class PostgresManifest:
             extra = json.dumps(r.extra) if r.extra else None
             stmts.append(
                 (
-                    "UPDATE ingest_files SET state = 'processing', remote_id = %s, task_id = %s, extra = %s,"
+                    _RETIRE
+                    + "UPDATE ingest_files SET state = 'processing', remote_id = %s, task_id = %s, extra = %s,"
                     f" md5 = COALESCE(%s, md5), run_id = %s, updated_at = %s{bump} WHERE job = %s AND path = %s" + cond,
-                    (r.remote_id, r.task_id, extra, r.extra.get("md5"), run_id, now, self.job, r.rel_path, *fparams),
+                    (run_id, now, self.job, r.rel_path, r.remote_id)
+                    + (r.remote_id, r.task_id, extra, r.extra.get("md5"), run_id, now, self.job, r.rel_path, *fparams),
                     fenced,
                 )
             )
