@@ -100,7 +100,9 @@ class RunSummary:
                 + (f"; {self.delete_pending} deletions left for the next run" if self.delete_pending else "")
             )
         if self.removed_kept:
-            out.append(f"{self.removed_kept} files no longer in the source stay on the platform (delete them with --delete)")
+            out.append(
+                f"{self.removed_kept} files no longer in the source stay on the platform (delete them with --delete)"
+            )
         if self.excluded_kept:
             out.append(f"{self.excluded_kept} files now excluded by the filters stay on the platform")
         if self.stored_at is not None:

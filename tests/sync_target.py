@@ -51,9 +51,7 @@ class DocStore:
         )
 
     def count(self, kind: str) -> None:
-        self.conn.execute(
-            "INSERT INTO counts VALUES (?, 1) ON CONFLICT(kind) DO UPDATE SET n = n + 1", (kind,)
-        )
+        self.conn.execute("INSERT INTO counts VALUES (?, 1) ON CONFLICT(kind) DO UPDATE SET n = n + 1", (kind,))
 
     def counts(self) -> dict[str, int]:
         return dict(self.conn.execute("SELECT kind, n FROM counts").fetchall())
@@ -134,7 +132,11 @@ class DocStoreTarget(Target):
         out = []
         for r in receipts:
             found = self.store.conn.execute("SELECT 1 FROM docs WHERE id = ?", (r.remote_id,)).fetchone()
-            out.append(RemoteStatus(r.rel_path, RemoteState.DONE if found else RemoteState.FAILED, None if found else "unknown document"))
+            out.append(
+                RemoteStatus(
+                    r.rel_path, RemoteState.DONE if found else RemoteState.FAILED, None if found else "unknown document"
+                )
+            )
         return out
 
     async def list_documents(self) -> AsyncIterator[RemoteDocument]:  # type: ignore[override]

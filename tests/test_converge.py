@@ -55,7 +55,8 @@ async def test_changed_file_leaves_exactly_one_document_with_the_new_content(mod
     docs = platform(tmp_path)
     assert (summary.done, summary.skipped, summary.replaced) == (1, 9, 1)
     assert [d["md5"] for d in docs["f0002.txt"]] == [md5(b"version two")]
-    assert all(len(v) == 1 for v in docs.values()) and set(docs) == set(files)
+    assert all(len(v) == 1 for v in docs.values())
+    assert set(docs) == set(files)
     with SqliteManifest(tmp_path / "m.db") as m:
         assert sum(VersionStore(m).count().values()) == 0
 
@@ -71,7 +72,8 @@ async def test_on_change_keep_keeps_the_old_version_and_remembers_its_id(tmp_pat
         assert VersionStore(m).count() == {"replaced": 1}
     # The next run that replaces deletes it.
     summary = await ingest.run(config(tmp_path))
-    assert summary.replaced == 1 and len(platform(tmp_path)["f0002.txt"]) == 1
+    assert summary.replaced == 1
+    assert len(platform(tmp_path)["f0002.txt"]) == 1
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -80,14 +82,17 @@ async def test_removed_file_is_kept_without_delete_and_deleted_with_it(mode: str
     await ingest.run(config(tmp_path, mode))
     (tmp_path / "src" / "f0002.txt").unlink()
     kept = await ingest.run(config(tmp_path, mode))
-    assert kept.removed_kept == 1 and "f0002.txt" in platform(tmp_path)
+    assert kept.removed_kept == 1
+    assert "f0002.txt" in platform(tmp_path)
     with SqliteManifest(tmp_path / "m.db") as m:
         assert m.get_meta("removed_from_source") == "1"
     gone = await ingest.run(config(tmp_path, mode, delete=True))
     assert (gone.deleted, gone.removed_kept) == (1, 0)
-    assert "f0002.txt" not in platform(tmp_path) and len(platform(tmp_path)) == 9
+    assert "f0002.txt" not in platform(tmp_path)
+    assert len(platform(tmp_path)) == 9
     with SqliteManifest(tmp_path / "m.db") as m:
-        assert m.lookup("f0002.txt") is None and m.get_meta("removed_from_source") == "0"
+        assert m.lookup("f0002.txt") is None
+        assert m.get_meta("removed_from_source") == "0"
 
 
 async def test_max_delete_stops_before_deleting_or_sending_anything(tmp_path: Path) -> None:
@@ -99,13 +104,15 @@ async def test_max_delete_stops_before_deleting_or_sending_anything(tmp_path: Pa
     before = platform(tmp_path)
     with pytest.raises(MaxDeleteExceeded) as err:
         await ingest.run(config(tmp_path, delete=True, max_delete="1"))
-    assert "--max-delete 2" in str(err.value) and "\n" not in str(err.value)
+    assert "--max-delete 2" in str(err.value)
+    assert "\n" not in str(err.value)
     assert platform(tmp_path) == before
     # A percentage: 2 of 10 is 20%.
     with pytest.raises(MaxDeleteExceeded):
         await ingest.run(config(tmp_path, delete=True, max_delete="10%"))
     summary = await ingest.run(config(tmp_path, delete=True, max_delete="2"))
-    assert summary.deleted == 2 and summary.done == 1
+    assert summary.deleted == 2
+    assert summary.done == 1
 
 
 async def test_a_file_excluded_by_a_filter_change_is_kept(tmp_path: Path) -> None:
@@ -137,7 +144,8 @@ async def test_a_delete_intent_left_by_a_crash_is_resumed(tmp_path: Path) -> Non
     await ingest.run(config(tmp_path))
     with SqliteManifest(tmp_path / "m.db") as m:
         record = m.lookup("f0002.txt")
-        assert record is not None and record.remote_id
+        assert record is not None
+        assert record.remote_id
         async with m.writer():
             from ingest.manifest.versions import Version
 

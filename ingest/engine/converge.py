@@ -178,8 +178,12 @@ async def delete_versions(
     for start in range(0, len(versions), DELETE_CHUNK):
         chunk = list(versions[start : start + DELETE_CHUNK])
         ids = [v.remote_id for v in chunk]
+
+        async def call(ids: list[str] = ids) -> list[str]:
+            return await target.delete(ids)
+
         try:
-            gone = set(await retrying(lambda ids=ids: target.delete(ids), DELETE_RETRY, what="deleting documents"))
+            gone = set(await retrying(call, DELETE_RETRY, what="deleting documents"))
         except TransientError as exc:
             log.warning("deleting %d documents failed, the next run resumes it: %s", len(ids), exc)
             left.extend(chunk)
@@ -254,7 +258,9 @@ class Convergence:
         if not self.target.features.can_delete:
             return
         todo = [
-            v for v in self.store.iter() if v.state == "deleting" or (self.same_ids and self.replace and v.reason == "replaced")
+            v
+            for v in self.store.iter()
+            if v.state == "deleting" or (self.same_ids and self.replace and v.reason == "replaced")
         ]
         await self._delete(todo)
 

@@ -118,7 +118,7 @@ class Job:
     #: ``None``: the registered platform of ``target.type``.
     target_factory: Callable[[Any, TargetContext], Target] | None = None
     #: Replace on change, ``--delete``, ``--max-delete`` (``ingest.engine.converge``).
-    sync: SyncConfig = SyncConfig()
+    sync: SyncConfig = field(default_factory=SyncConfig)
     #: Look every manifest file up in the source to find the removed ones (``ingest run`` of a folder).
     scan_removed: bool = False
 
@@ -167,7 +167,7 @@ async def run_job(job: Job, *, command: str, handle_signals: bool = False, only_
         if not shared:
             from ingest.manifest.lock import hold
 
-            stack.enter_context(hold(Path(manifest_path)))  # one run per manifest: a second one exits 2
+            stack.enter_context(hold(manifest_path))  # type: ignore[arg-type]  # a Path when not shared  # one run per manifest: a second one exits 2
         manifest = open_manifest(
             manifest_path, job.job_name or given_job or _default_job(job.source.identity(), destination)
         )

@@ -346,6 +346,7 @@ class PostgresManifest:
         stmts: list[Stmt] = []
         for item in items:
             cond, fparams, fenced = _fence(owner, item.rel_path)
+            retire = (run_id, now, self.job, item.rel_path, None)
             stmts.append(
                 (
                     _RETIRE
@@ -356,8 +357,7 @@ class PostgresManifest:
                     " run_id = excluded.run_id, last_error = NULL, remote_id = NULL, task_id = NULL,"
                     " extra = NULL, md5 = NULL, updated_at = excluded.updated_at WHERE true"
                     + cond.replace("owner", "f.owner").replace("fence", "f.fence"),
-                    (run_id, now, self.job, item.rel_path, None)
-                    + (self.job, item.rel_path, item.size, item.mtime_ns, dedup, run_id, now, now, *fparams),
+                    (*retire, self.job, item.rel_path, item.size, item.mtime_ns, dedup, run_id, now, now, *fparams),
                     fenced,
                 )
             )
@@ -372,13 +372,13 @@ class PostgresManifest:
         for r in receipts:
             cond, fparams, fenced = _fence(owner, r.rel_path)
             extra = json.dumps(r.extra) if r.extra else None
+            retire = (run_id, now, self.job, r.rel_path, r.remote_id)  # a retry may bring a new id
             stmts.append(
                 (
                     _RETIRE
                     + "UPDATE ingest_files SET state = 'processing', remote_id = %s, task_id = %s, extra = %s,"
                     f" md5 = COALESCE(%s, md5), run_id = %s, updated_at = %s{bump} WHERE job = %s AND path = %s" + cond,
-                    (run_id, now, self.job, r.rel_path, r.remote_id)
-                    + (r.remote_id, r.task_id, extra, r.extra.get("md5"), run_id, now, self.job, r.rel_path, *fparams),
+                    (*retire, r.remote_id, r.task_id, extra, r.extra.get("md5"), run_id, now, self.job, r.rel_path, *fparams),
                     fenced,
                 )
             )

@@ -44,11 +44,17 @@ class VersionStore:
 
         self.manifest: Any = manifest
         self._sqlite = isinstance(manifest, SqliteManifest)
+        self._params: tuple[Any, ...] = ()
         if self._sqlite:
-            self._table, self._files, self._scope, self._params = "versions", "files", "", ()
+            self._table, self._files, self._scope = "versions", "files", ""
         else:
             job = manifest.job  # type: ignore[attr-defined]
-            self._table, self._files, self._scope, self._params = "ingest_versions", "ingest_files", "job = ? AND ", (job,)
+            self._table, self._files, self._scope, self._params = (
+                "ingest_versions",
+                "ingest_files",
+                "job = ? AND ",
+                (job,),
+            )
 
     def _sql(self, sql: str) -> str:
         return sql if self._sqlite else sql.replace("?", "%s")
@@ -87,7 +93,9 @@ class VersionStore:
             last = (rows[-1][0], rows[-1][1])
 
     def count(self) -> dict[str, int]:
-        rows = self._rows(f"SELECT reason, COUNT(*) FROM {self._table} WHERE {self._scope}1 = 1 GROUP BY reason", self._params)
+        rows = self._rows(
+            f"SELECT reason, COUNT(*) FROM {self._table} WHERE {self._scope}1 = 1 GROUP BY reason", self._params
+        )
         return {str(r[0]): int(r[1]) for r in rows}
 
     def by_remote_id(self, remote_id: str) -> Version | None:
@@ -98,7 +106,9 @@ class VersionStore:
         return Version(*rows[0]) if rows else None
 
     def file_by_remote_id(self, remote_id: str) -> FileRecord | None:
-        rows = self._rows(f"SELECT path FROM {self._files} WHERE {self._scope}remote_id = ? LIMIT 1", (*self._params, remote_id))
+        rows = self._rows(
+            f"SELECT path FROM {self._files} WHERE {self._scope}remote_id = ? LIMIT 1", (*self._params, remote_id)
+        )
         return self.manifest.lookup(rows[0][0]) if rows else None
 
     # ----- writes (each awaits its commit) ----------------------------------------------------------
@@ -114,7 +124,8 @@ class VersionStore:
         else:
             sql = (
                 "INSERT INTO ingest_versions (job, path, remote_id, state, reason, created_at)"
-                " VALUES (?, ?, ?, 'deleting', ?, ?) ON CONFLICT (job, path, remote_id) DO UPDATE SET state = 'deleting'"
+                " VALUES (?, ?, ?, 'deleting', ?, ?)"
+                " ON CONFLICT (job, path, remote_id) DO UPDATE SET state = 'deleting'"
             )
         await self._write([(sql, (*self._params, v.path, v.remote_id, v.reason, now), None) for v in versions])
 
@@ -144,7 +155,10 @@ class VersionStore:
             stmts.append((f"DELETE FROM {self._files} WHERE {self._scope}path = ?", (*self._params, path), None))
         if not self._sqlite:
             # The PostgreSQL writer orders a group's statements by their text: keep each pair together.
-            stmts = [(f"WITH moved AS ({s[0]}) {d[0]}", (*s[1], *d[1]), None) for s, d in zip(stmts[::2], stmts[1::2], strict=True)]
+            stmts = [
+                (f"WITH moved AS ({s[0]}) {d[0]}", (*s[1], *d[1]), None)
+                for s, d in zip(stmts[::2], stmts[1::2], strict=True)
+            ]
         await self._write(stmts)
 
     async def note_meta(self, values: dict[str, str]) -> None:
