@@ -124,7 +124,9 @@ def test_max_delete_stops_with_one_line_and_exit_1(tmp_path: Path) -> None:
     result = ingest(tmp_path, *run_args(tmp_path, "new", "--delete", "--max-delete", "1"))
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "--max-delete 2" in lines[0] and "nothing was sent or deleted" in lines[0]
+    assert len(lines) == 1
+    assert "--max-delete 2" in lines[0]
+    assert "nothing was sent or deleted" in lines[0]
     assert platform(tmp_path) == before
     status = ingest(tmp_path, "status", "--manifest", "m.db")
     assert "2 files no longer in the source" in status.stdout
@@ -154,7 +156,9 @@ def test_dry_run_sends_nothing_and_its_counts_are_the_next_run(tmp_path: Path) -
     plan = json.loads(dry.stdout)
     assert counts(tmp_path) == before  # not one request
     assert (plan["new"], plan["changed"], plan["unchanged"], plan["to_delete"]) == (2, 3, 7, 2)
-    assert plan["replace_deletes"] == 3 and plan["requests"] > 0 and plan["max_delete_stops"] is False
+    assert plan["replace_deletes"] == 3
+    assert plan["requests"] > 0
+    assert plan["max_delete_stops"] is False
     same = ingest(tmp_path, "plan", "src", *run_args(tmp_path, "new", "--delete", "--json")[2:])
     assert json.loads(same.stdout)["to_send"] == plan["to_send"]
     real = ingest(tmp_path, *run_args(tmp_path, "new", "--delete", "--json"))
@@ -166,7 +170,8 @@ def test_dry_run_sends_nothing_and_its_counts_are_the_next_run(tmp_path: Path) -
     (tmp_path / "src" / "new1.txt").unlink()
     (tmp_path / "src" / "new2.txt").unlink()
     stop = ingest(tmp_path, *run_args(tmp_path, "new", "--delete", "--max-delete", "1", "--dry-run", "--json"))
-    assert stop.returncode == 1 and json.loads(stop.stdout)["max_delete_stops"] is True
+    assert stop.returncode == 1
+    assert json.loads(stop.stdout)["max_delete_stops"] is True
 
 
 def test_verify_finds_and_fixes_changes_made_behind_ingests_back(tmp_path: Path) -> None:
@@ -183,16 +188,19 @@ def test_verify_finds_and_fixes_changes_made_behind_ingests_back(tmp_path: Path)
     store.close()
     found = ingest(tmp_path, "verify", "--manifest", "m.db", "--report", "diff.json")
     assert found.returncode == 1
-    assert "- f0003.txt" in found.stdout and "+ f0005.txt" in found.stdout
+    assert "- f0003.txt" in found.stdout
+    assert "+ f0005.txt" in found.stdout
     report = json.loads((tmp_path / "diff.json").read_text())
     assert {(d["code"], d["path"]) for d in report} == {("-", "f0003.txt"), ("+", "f0005.txt")}
     fixed = ingest(tmp_path, "verify", "--manifest", "m.db", "--fix")
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
     docs = platform(tmp_path)
-    assert len(docs["f0003.txt"]) == 1 and intruder not in {d["id"] for d in docs["f0005.txt"]}
+    assert len(docs["f0003.txt"]) == 1
+    assert intruder not in {d["id"] for d in docs["f0005.txt"]}
     assert any(d["id"] == foreign for d in docs["unrelated.txt"])
     again = ingest(tmp_path, "verify", "--manifest", "m.db", "--json")
-    assert again.returncode == 0 and json.loads(again.stdout)["agree"] is True
+    assert again.returncode == 0
+    assert json.loads(again.stdout)["agree"] is True
 
 
 def json_documents(text: str) -> list[Any]:
@@ -252,7 +260,8 @@ def test_every_runs_repeatedly_converging_and_sigterm_stops_it_consistently(tmp_
         second = ingest(tmp_path, *run_args(tmp_path))
         assert second.returncode == 2
         assert f"is in use by ingest pid {proc.pid} on host" in second.stderr
-        assert "wait for it or stop it" in second.stderr and len(second.stderr.strip().splitlines()) == 1
+        assert "wait for it or stop it" in second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1
         (tmp_path / "src" / "f0002.txt").write_bytes(b"changed between runs")
         (tmp_path / "src" / "f0004.txt").unlink()
         after_change("a run after the first change")
@@ -268,7 +277,8 @@ def test_every_runs_repeatedly_converging_and_sigterm_stops_it_consistently(tmp_
             proc.communicate()
     assert proc.returncode in (0, 130), err
     runs = _runs(tmp_path)
-    assert len(runs) >= 3 and all(status in ("completed", "interrupted") for _, status in runs)
+    assert len(runs) >= 3
+    assert all(status in ("completed", "interrupted") for _, status in runs)
     assert len(json_documents(out)) >= 3  # one summary per run
     events = [json.loads(line) for line in log.read_text().splitlines()]
     kinds = [e["event"] for e in events]
