@@ -68,7 +68,7 @@ class DocStoreHarness:
         self.name = f"docstore-{self.mode}"
 
     @asynccontextmanager
-    async def start(self, data_dir: Path, faults: Faults = Faults()) -> AsyncIterator[DocStoreDeployment]:
+    async def start(self, data_dir: Path, faults: Faults | None = None) -> AsyncIterator[DocStoreDeployment]:
         yield DocStoreDeployment(data_dir, self.mode)
 
     def cli(self, data_dir: Path) -> tuple[list[str], dict[str, str]]:
@@ -119,9 +119,13 @@ def current_ids(manifest: Path) -> dict[str, str]:
     return {r.path: str(r.remote_id) for r in records}
 
 
-async def assert_converged(target: Target, manifest: Path, src: Path, foreign: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+def source_paths(src: Path) -> set[str]:
+    return {p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file()}
+
+
+async def assert_converged(target: Target, manifest: Path, src: Path, foreign: frozenset[str] = frozenset()) -> None:
     ids = current_ids(manifest)
-    assert set(ids) == {p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file()}
+    assert set(ids) == source_paths(src)
     assert await listed(target) == set(ids.values()) | set(foreign)
 
 
@@ -282,7 +286,7 @@ def test_sigkill_at_each_convergence_point_then_rerun_converges(harness: Any, po
             target = build_target(dep.target_config, TargetContext())
             try:
                 await target.open()
-                await assert_converged(target, tmp_path / "m.db", src, foreign)
+                await assert_converged(target, tmp_path / "m.db", src, frozenset(foreign))
             finally:
                 await target.aclose()
 
