@@ -169,3 +169,32 @@ async def test_replace_refuses_a_target_that_cannot_delete_before_any_work(tmp_p
     # Not chosen explicitly: keep, and say so.
     summary = await ingest.run(cfg.model_copy(update={"sync": SyncConfig()}))
     assert summary.done == 3
+
+
+async def test_json_log_has_one_object_per_event_and_no_secret(tmp_path: Path) -> None:
+    import json
+    import logging
+
+    from ingest.logs import configure, event
+
+    log = tmp_path / "events.jsonl"
+    configure(log, "json", secrets=["s3cret-value"])
+    base = logging.getLogger("ingest")
+    try:
+        make_tree(tmp_path / "src", 3, nested=False)
+        await ingest.run(config(tmp_path))
+        (tmp_path / "src" / "f0002.txt").unlink()
+        await ingest.run(config(tmp_path, delete=True))
+        event("run-error", "the platform said s3cret-value is wrong")
+    finally:
+        for handler in list(base.handlers):
+            if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename) == log:
+                base.removeHandler(handler)
+                handler.close()
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    kinds = [e["event"] for e in events]
+    assert kinds.count("run-start") == 2
+    assert kinds.count("run-end") == 2
+    assert any(e["event"] == "delete" and e["path"] == "f0002.txt" for e in events)
+    assert events[-2]["summary"]["deleted"] == 1
+    assert "s3cret-value" not in log.read_text()
