@@ -257,11 +257,17 @@ class Convergence:
         """Delete intents a crash left; with same-id versions, every recorded earlier version."""
         if not self.target.features.can_delete:
             return
-        todo = [
-            v
-            for v in self.store.iter()
-            if v.state == "deleting" or (self.same_ids and self.replace and v.reason == "replaced")
-        ]
+        todo: list[Version] = []
+        forget: list[Version] = []
+        for v in self.store.iter():
+            if not (v.state == "deleting" or (self.same_ids and self.replace and v.reason == "replaced")):
+                continue
+            record = self.manifest.lookup(v.path)
+            if record is not None and record.remote_id == v.remote_id:
+                forget.append(v)  # the current version after all: never deleted
+            else:
+                todo.append(v)
+        await self.store.forget(forget)
         await self._delete(todo)
 
     async def removals(self) -> None:
