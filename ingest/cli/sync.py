@@ -53,12 +53,12 @@ def apply_sync_flags(args: argparse.Namespace, config: RunConfig) -> RunConfig:
             values[key] = value
     from pydantic import ValidationError
 
-    from ingest.config import validation_message
-
     try:
         sync = SyncConfig.model_validate(values)
     except ValidationError as exc:
-        raise ConfigError(validation_message(exc, "flags")) from None
+        err = exc.errors()[0]
+        flag = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "flags"
+        raise ConfigError(f"{flag}: {err['msg'].removeprefix('Value error, ')}") from None
     return config.model_copy(update={"sync": sync})
 
 
