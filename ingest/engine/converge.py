@@ -37,7 +37,7 @@ import anyio
 
 from ingest import _failpoints
 from ingest.config import SyncConfig
-from ingest.errors import ConfigError, IngestError, TransientError
+from ingest.errors import ConfigError, IngestError, PermanentError, TransientError
 from ingest.manifest.base import Manifest
 from ingest.manifest.versions import Version, VersionStore
 from ingest.models import FileItem, FileState, Receipt, RemoteStatus
@@ -184,8 +184,8 @@ async def delete_versions(
 
         try:
             gone = set(await retrying(call, DELETE_RETRY, what="deleting documents"))
-        except TransientError as exc:
-            log.warning("deleting %d documents failed, the next run resumes it: %s", len(ids), exc)
+        except (TransientError, PermanentError) as exc:
+            log.warning("deleting %d documents failed, the next run asks again: %s", len(ids), exc)
             left.extend(chunk)
             continue
         _failpoints.failpoint("mid-delete")
@@ -228,6 +228,7 @@ class Convergence:
         self.store = VersionStore(manifest)
         self.replace = replace_mode(sync, target)
         self.same_ids = target.features.version_ids == "same"
+        self._done_paths: Any = None
 
     def wrap(self, target: Target) -> Target:
         """The target the engine sends through: delete-then-add for ``version_ids == "same"``."""
@@ -244,8 +245,58 @@ class Convergence:
         except BaseException:
             engine.close()  # never started: nothing to clean up
             raise
-        await engine
+        if not self._streaming:
+            await engine
+            await self.sweep()
+            return
+        send, receive = anyio.create_memory_object_stream[list[str]](math.inf)
+        self._done_paths = send
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._delete_replaced, receive)
+            try:
+                await engine
+            finally:
+                self._done_paths = None
+                send.close()
         await self.sweep()
+
+    @property
+    def _streaming(self) -> bool:
+        """Make before break as files finish: an earlier version goes as soon as its successor is done."""
+        return self.replace and not self.same_ids and self.target.features.can_delete
+
+    def hooked(self, manifest: Any) -> Any:
+        """The manifest the engine writes to: ``mark_done`` also hands the done paths to the deleter."""
+        return _DoneHook(manifest, self) if self._streaming else manifest
+
+    def _done(self, paths: list[str]) -> None:
+        if self._done_paths is not None and paths:
+            self._done_paths.send_nowait(paths)
+
+    async def _delete_replaced(self, receive: Any) -> None:
+        """Delete the earlier versions of files as they reach done (batched by what has arrived)."""
+        async with receive:
+            async for paths in receive:
+                batch = list(paths)
+                while True:
+                    try:
+                        batch.extend(receive.receive_nowait())
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                todo: list[Version] = []
+                forget: list[Version] = []
+                for v in self.store.iter(paths=batch):
+                    if v.reason != "replaced" or v.state == "deleting":
+                        continue
+                    record = self.manifest.lookup(v.path)
+                    if record is not None and record.remote_id == v.remote_id:
+                        forget.append(v)
+                    elif record is not None and record.state is FileState.DONE:
+                        todo.append(v)
+                await self.store.forget(forget)
+                if todo:
+                    _failpoints.failpoint("after-new-version-done")
+                    await self._delete(todo)
 
     def _count(self, v: Version) -> None:
         if v.reason == "removed":
@@ -330,6 +381,23 @@ class Convergence:
     async def _delete(self, versions: list[Version]) -> None:
         left = await delete_versions(self.target, self.store, versions, on_deleted=self._count)
         self.summary.delete_pending += len(left)
+
+
+class _DoneHook:
+    """A manifest whose ``mark_done`` also tells the convergence which files finished (every other
+    attribute is the manifest's own)."""
+
+    def __init__(self, inner: Any, convergence: Convergence) -> None:
+        self._inner = inner
+        self._convergence = convergence
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def mark_done(self, paths: Sequence[str], run_id: int, **kwargs: Any) -> set[str]:
+        lost: set[str] = await self._inner.mark_done(paths, run_id, **kwargs)
+        self._convergence._done([p for p in paths if p not in lost])
+        return lost
 
 
 class SameIdTarget(Target):

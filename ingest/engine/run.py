@@ -197,7 +197,7 @@ async def run_job(job: Job, *, command: str, handle_signals: bool = False, only_
         try:
             engine = (
                 run_worker(
-                    store=manifest,
+                    store=sync.hooked(manifest),
                     source=source,
                     target=sync.wrap(target),
                     run_id=run_id,
@@ -210,7 +210,7 @@ async def run_job(job: Job, *, command: str, handle_signals: bool = False, only_
                 else run_engine(
                     source=source,
                     target=sync.wrap(target),
-                    manifest=manifest,
+                    manifest=sync.hooked(manifest),
                     run_id=run_id,
                     config=job.engine,
                     progress=progress,
