@@ -11,9 +11,12 @@ Around the engine (``Convergence.around``), inside the manifest's writer:
    its document becomes a ``removed`` version (the intent, committed in one transaction with the removal
    of its file row), else the run stops before sending or deleting anything (``MaxDeleteExceeded``).
 3. The **engine** runs. A changed file's previous remote id was kept as a ``replaced`` version by the
-   same transaction that recorded the new version's intent (``mark_uploading``).
-4. **Sweep**: every earlier version whose successor is done (make before break), and every removed
-   file's document, is deleted: intent committed, then ``Target.delete``, then the row forgotten.
+   same transaction that recorded the new version's intent (``mark_uploading``). As files reach done
+   (``mark_done``, seen through ``hooked``), a deleter task alongside the engine deletes their earlier
+   versions (make before break): failpoint ``after-new-version-done``.
+4. **Sweep**: whatever is left — earlier versions whose successor is done, every removed file's
+   document, deletions a crash or an error interrupted — is deleted. Every delete is: intent committed
+   (``before-old-deleted``), ``Target.delete``, then the rows forgotten (``mid-delete`` in between).
 
 With ``version_ids == "same"`` (the platform reuses the id), ``SameIdTarget`` deletes a file's earlier
 versions just before its new version is submitted (delete then add), each step recorded: a SIGKILL
