@@ -239,16 +239,19 @@ def test_sigkill_at_each_convergence_point_then_rerun_converges(harness: Any, po
         flags, env = harness.cli(server.url)
         dep = _remote_deployment(harness, server.url)
 
-    async def probe() -> bool:
+    async def probe() -> Any:
         target = build_target(dep.target_config, TargetContext())
         try:
-            return target.features.can_list and target.features.can_delete
+            return target.features
         finally:
             await target.aclose()
 
     try:
-        if not anyio.run(probe):
+        features = anyio.run(probe)
+        if not (features.can_list and features.can_delete):
             pytest.skip(f"{harness.name} cannot list and delete documents yet (the platform side of issue 9)")
+        if features.version_ids == "same" and point.startswith("after-new-version-done"):
+            pytest.skip("same ids: the old version is deleted before the new one is sent, never after it is done")
         base = [sys.executable, "-m", "tests.sync_target", "run", "docs", *flags, "--manifest", "m.db", "-q"]
         base += ["--poll-initial", "0.02", "--poll-max", "0.2"]
         full_env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), **env}

@@ -375,10 +375,20 @@ class PostgresManifest:
             retire = (run_id, now, self.job, r.rel_path, r.remote_id)  # a retry may bring a new id
             stmts.append(
                 (
-                    _RETIRE
-                    + "UPDATE ingest_files SET state = 'processing', remote_id = %s, task_id = %s, extra = %s,"
+                    _RETIRE + "UPDATE ingest_files SET state = 'processing', remote_id = %s, task_id = %s, extra = %s,"
                     f" md5 = COALESCE(%s, md5), run_id = %s, updated_at = %s{bump} WHERE job = %s AND path = %s" + cond,
-                    (*retire, r.remote_id, r.task_id, extra, r.extra.get("md5"), run_id, now, self.job, r.rel_path, *fparams),
+                    (
+                        *retire,
+                        r.remote_id,
+                        r.task_id,
+                        extra,
+                        r.extra.get("md5"),
+                        run_id,
+                        now,
+                        self.job,
+                        r.rel_path,
+                        *fparams,
+                    ),
                     fenced,
                 )
             )
