@@ -7,7 +7,8 @@ process and its rerun see the same platform), listing and deletion on, either ``
   exists with other content is refused: the old version must be deleted first (delete then add).
 
 Every call is counted by kind (``counts()``), like the emulators' ``/_emulator/stats``. Registered as
-``--target docstore``; ``python -m tests.sync_target ARGS`` is ``ingest ARGS`` with it registered.
+``--target docstore`` by ``registered()``; ``python -m tests.sync_target ARGS`` is ``ingest ARGS`` with it
+registered.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import hashlib
 import sqlite3
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,7 +27,7 @@ from ingest.models import FileItem, Receipt, RemoteState, RemoteStatus
 from ingest.platforms.base import RemoteDocument, Target, TargetConfigBase, TargetContext, TargetFeatures
 from ingest.platforms.registry import CliOption, TargetSpec, register
 
-__all__ = ["DocStore", "DocStoreConfig", "DocStoreTarget"]
+__all__ = ["SPEC", "DocStore", "DocStoreConfig", "DocStoreTarget", "registered"]
 
 
 class DocStoreConfig(TargetConfigBase):
@@ -173,20 +175,32 @@ class DocStoreTarget(Target):
         self.store.close()
 
 
-SPEC = register(
-    TargetSpec(
-        name="docstore",
-        help="a test platform in a SQLite file (tests only)",
-        config_model=DocStoreConfig,
-        factory=DocStoreTarget,
-        cli_options=(
-            CliOption("--data-dir", "data_dir", "docstore: its folder", metavar="DIR"),
-            CliOption("--version-ids", "version_ids", "docstore: new or same", choices=("new", "same")),
-        ),
-    )
+SPEC = TargetSpec(
+    name="docstore",
+    help="a test platform in a SQLite file (tests only)",
+    config_model=DocStoreConfig,
+    factory=DocStoreTarget,
+    cli_options=(
+        CliOption("--data-dir", "data_dir", "docstore: its folder", metavar="DIR"),
+        CliOption("--version-ids", "version_ids", "docstore: new or same", choices=("new", "same")),
+    ),
 )
+
+
+@contextmanager
+def registered() -> Iterator[TargetSpec]:
+    """``--target docstore`` for the length of the block (the other suites never see it)."""
+    from ingest.platforms import registry
+
+    register(SPEC)
+    try:
+        yield SPEC
+    finally:
+        registry._REGISTRY.pop(SPEC.name, None)
+
 
 if __name__ == "__main__":
     from ingest.cli.main import main
 
+    register(SPEC)
     sys.exit(main())

@@ -14,7 +14,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +37,15 @@ from tests.harness import HARNESSES, Faults, ServerProcess
 from tests.sync_target import DocStore, DocStoreConfig
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _docstore() -> Iterator[None]:
+    """``--target docstore`` for this module only."""
+    from tests.sync_target import registered
+
+    with registered():
+        yield
 
 
 @dataclass

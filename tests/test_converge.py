@@ -5,6 +5,7 @@ documents untouched. The same behaviours run over every real target in ``test_co
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,15 @@ from tests.sync_target import DocStore, DocStoreConfig
 pytestmark = pytest.mark.anyio
 
 MODES = ["new", "same"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _docstore() -> Iterator[None]:
+    """``--target docstore`` for this module only."""
+    from tests.sync_target import registered
+
+    with registered():
+        yield
 
 
 def config(tmp: Path, mode: str = "new", *, source: str = "src", **sync: Any) -> RunConfig:

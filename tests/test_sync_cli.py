@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,15 @@ from tests.conftest import make_tree
 from tests.sync_target import DocStore
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _docstore() -> Iterator[None]:
+    """``--target docstore`` for this module only."""
+    from tests.sync_target import registered
+
+    with registered():
+        yield
 
 
 def env(**extra: str) -> dict[str, str]:

@@ -164,14 +164,14 @@ async def run_job(job: Job, *, command: str, handle_signals: bool = False, only_
         manifest_path = job.manifest or default_manifest_path(job.source.identity(), destination)
         given_job = manifest_path.job if isinstance(manifest_path, PostgresLocation) else None
         shared = job.shared or isinstance(manifest_path, PostgresLocation)
-        if not shared:
-            from ingest.manifest.lock import hold
-
-            stack.enter_context(hold(manifest_path))  # type: ignore[arg-type]  # a Path when not shared  # one run per manifest: a second one exits 2
         manifest = open_manifest(
             manifest_path, job.job_name or given_job or _default_job(job.source.identity(), destination)
         )
         stack.callback(manifest.close)
+        if not isinstance(manifest_path, PostgresLocation) and not shared:
+            from ingest.manifest.lock import hold
+
+            stack.enter_context(hold(manifest_path))  # one run per manifest: a second one exits 2 at once
         manifest.bind(job.source.identity(), destination)
         manifest.set_meta("run_config", json.dumps(job.settings))
         run_id = manifest.start_run(command)
@@ -264,6 +264,9 @@ def _own_state(config: RunConfig) -> list[Path]:
         paths.append(Path(config.manifest))
     if config.report is not None:
         paths.append(config.report)
+    from ingest.manifest.lock import lock_path
+
+    paths.extend(lock_path(p) for p in paths[1:2] if p != config.report)  # the manifest's lock file
     return paths
 
 
