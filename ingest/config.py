@@ -22,6 +22,7 @@ __all__ = [
     "EngineConfig",
     "RunConfig",
     "SourceConfig",
+    "SyncConfig",
     "load_toml",
     "parse_size",
     "validation_message",
@@ -123,6 +124,26 @@ class EngineConfig(_Model):
         return parse_size(value) if isinstance(value, str) else value
 
 
+class SyncConfig(_Model):
+    """How a rerun converges the destination on the source (``ingest.engine.converge``)."""
+
+    #: ``replace``: a changed file's previous document is deleted once the new one is done; ``keep``: it
+    #: stays. ``None`` (not chosen): replace where the target can delete, keep (with a warning) elsewhere.
+    on_change: Literal["replace", "keep"] | None = None
+    #: Delete the documents of files that left the source.
+    delete: bool = False
+    #: Most deletions of removed files one run may make: ``N`` or ``P%`` of the files in the manifest.
+    max_delete: str = "50%"
+
+    @field_validator("max_delete", mode="before")
+    @classmethod
+    def _max_delete(cls, value: Any) -> Any:
+        text = str(value).strip()
+        if not re.fullmatch(r"\d+(\.\d+)?%|\d+", text):
+            raise ValueError(f"{value!r} is not a count or a percentage; write e.g. 100 or 10%")
+        return text
+
+
 class RunConfig(_Model):
     """Everything one ``ingest run`` needs. ``target=None`` means the embedded local emulator."""
 
@@ -141,6 +162,7 @@ class RunConfig(_Model):
     report: Path | None = None
     quiet: bool = False
     progress: bool | None = None  # None: bars when stderr is a terminal and not quiet
+    sync: SyncConfig = SyncConfig()
 
     @field_validator("target", mode="before")
     @classmethod

@@ -37,6 +37,16 @@ class RunSummary:
     stored_at: Path | None = None  # where a local destination (the embedded default) keeps the files
     #: Files the walk passed over on purpose, by reason ("hidden", "excluded", …): not failures.
     passed_over: dict[str, int] = field(default_factory=dict)
+    #: Earlier versions of changed files deleted on the platform (replace on change).
+    replaced: int = 0
+    #: Documents of files no longer in the source deleted on the platform (``--delete``).
+    deleted: int = 0
+    #: Files no longer in the source whose documents stay on the platform (no ``--delete``).
+    removed_kept: int = 0
+    #: Files of the manifest the filters now leave out: kept on the platform.
+    excluded_kept: int = 0
+    #: Deletions the platform did not confirm (a transient error): the next run resumes them.
+    delete_pending: int = 0
 
     @property
     def exit_code(self) -> int:
@@ -65,6 +75,11 @@ class RunSummary:
             "mb_per_s": round(self.mb_per_second, 2),
             "stopped_reason": self.stopped_reason,
             "passed_over": self.passed_over,
+            "replaced": self.replaced,
+            "deleted": self.deleted,
+            "removed_kept": self.removed_kept,
+            "excluded_kept": self.excluded_kept,
+            "delete_pending": self.delete_pending,
             "failures": [{"path": p, "error": e} for p, e in self.failures[:100]],
         }
 
@@ -79,6 +94,17 @@ class RunSummary:
         if any(self.passed_over.values()):
             reasons = ", ".join(f"{n} {why}" for why, n in self.passed_over.items() if n)
             out.append(f"passed over: {reasons}")
+        if self.replaced or self.deleted or self.delete_pending:
+            out.append(
+                f"deleted {self.replaced} earlier versions of changed files, {self.deleted} documents of removed files"
+                + (f"; {self.delete_pending} deletions left for the next run" if self.delete_pending else "")
+            )
+        if self.removed_kept:
+            out.append(
+                f"{self.removed_kept} files no longer in the source stay on the platform (delete them with --delete)"
+            )
+        if self.excluded_kept:
+            out.append(f"{self.excluded_kept} files now excluded by the filters stay on the platform")
         if self.stored_at is not None:
             out.append(f"files stored by {self.destination} under {self.stored_at}")
         if self.stopped_reason:

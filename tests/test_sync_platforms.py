@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from ingest.config import EngineConfig, RunConfig, SourceConfig
+from ingest.config import EngineConfig, RunConfig, SourceConfig, SyncConfig
 from ingest.errors import PermanentError
 from ingest.platforms.base import RemoteDocument
 from tests.harness import HARNESSES, KEYUE, MOI, VIKING
@@ -114,15 +114,18 @@ async def test_receipt_ids_are_the_ids_listed_and_deleted(harness: Any, tmp_path
 async def test_changed_file_sent_again_is_a_second_version_where_ids_are_per_version(
     harness: Any, tmp_path: Path
 ) -> None:
-    """Today's engine re-sends a changed file without deleting anything: where each version has its own
-    id (``version_ids="new"``) the per-document view shows the stale version next to the new one; where
-    the id is reused (VikingDB) the platform overwrote it."""
+    """With ``--on-change keep`` (the engine before replace on change) a changed file is re-sent without
+    deleting anything: where each version has its own id (``version_ids="new"``) the per-document view
+    shows the stale version next to the new one; where the id is reused (VikingDB) the platform
+    overwrote it. (Replace on change, the default, is checked in ``test_conformance_sync.py``.)"""
     write(tmp_path / "src", {"doc1.txt": b"version one", "other.txt": b"unchanged"})
     async with harness.start(tmp_path / "data") as dep:
-        await dep.run(config_for(dep, tmp_path / "src", tmp_path / "m.db"))
+        keep = config_for(dep, tmp_path / "src", tmp_path / "m.db")
+        keep = keep.model_copy(update={"sync": SyncConfig(on_change="keep")})
+        await dep.run(keep)
         first = {d["name"]: d for d in await dep.documents()}
         (tmp_path / "src" / "doc1.txt").write_bytes(b"version two, longer")
-        assert (await dep.run(config_for(dep, tmp_path / "src", tmp_path / "m.db"))).done == 1
+        assert (await dep.run(keep)).done == 1
         versions = [d for d in await dep.documents() if d["name"] == "doc1.txt"]
         async with dep.target() as target:
             policy = target.features.version_ids

@@ -45,6 +45,10 @@ def build_parser(*, with_emulators: bool = True) -> argparse.ArgumentParser:
     run.add_parser(commands)
     retry.add_parser(commands)
     status.add_parser(commands)
+    from ingest.cli import sync, verify
+
+    sync.add_plan_parser(commands)
+    verify.add_parser(commands)
     serve.add_parser(commands, with_emulators=with_emulators)
     for spec in target_specs():
         if spec.add_commands is not None:

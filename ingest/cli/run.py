@@ -68,13 +68,23 @@ def add_parser(commands: Any) -> None:
     add_engine_flags(p)
     add_output_flags(p)
     add_scale_flags(p)
+    from ingest.cli.sync import add_sync_flags
+
+    add_sync_flags(p)
     p.set_defaults(handler=command)
 
 
 def command(args: argparse.Namespace) -> int:
+    from ingest.cli.sync import run_command
     from ingest.engine.run import run
 
     config = config_from_args(args)
+    done = run_command(args, config)  # --dry-run, --every/--cron; also --delete, --on-change, --log-file
+    if done is not None:
+        return done
+    from ingest.cli.sync import synced
+
+    config = synced(args, config)
     fan_out = (args.processes or 1) > 1 or args.ray is not None
     if config.target is None and not config.quiet and not args.json and not fan_out:
         output.say("no --target given: sending to the embedded local MOI emulator (files under ./.ingest/local)")

@@ -63,6 +63,9 @@ def command(args: argparse.Namespace) -> int:
             "last_run": runs[-1] if runs else None,
             "runs": len(runs),
         }
+        removed, excluded = manifest.get_meta("removed_from_source"), manifest.get_meta("excluded_by_filters")
+        info["no_longer_in_source"] = int(removed or 0)  # as the last run of a folder found (kept on the platform)
+        info["excluded_by_filters"] = int(excluded or 0)
         if args.failed:
             info["failed_files"] = [
                 {"path": r.path, "error": r.last_error} for r in manifest.iter_files(states=(FileState.FAILED,))
@@ -70,5 +73,13 @@ def command(args: argparse.Namespace) -> int:
     finally:
         manifest.close()
     info.update(job)
-    output.print_status(info, as_json=args.json, extra=job_lines(job))
+    extra = list(job_lines(job))
+    if info["no_longer_in_source"]:
+        extra.append(
+            f"{info['no_longer_in_source']} files no longer in the source (kept on the platform; "
+            "`ingest run … --delete` deletes them)"
+        )
+    if info["excluded_by_filters"]:
+        extra.append(f"{info['excluded_by_filters']} files now excluded by the filters (kept on the platform)")
+    output.print_status(info, as_json=args.json, extra=extra)
     return EXIT_OK

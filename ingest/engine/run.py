@@ -17,10 +17,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from ingest._aio import first_leaf, run_with_signals
-from ingest.config import EngineConfig, RunConfig, validation_message
+from ingest.config import EngineConfig, RunConfig, SyncConfig, validation_message
+from ingest.engine import converge
 from ingest.engine.pipeline import run_engine
 from ingest.engine.shared import DEFAULT_LEASE, run_worker
 from ingest.errors import ConfigError, InterruptedRun, TransientError
+from ingest.logs import event
 from ingest.manifest import Manifest, PostgresLocation, open_manifest, parse_location
 from ingest.models import FileItem, FileState
 from ingest.platforms.base import Target, TargetConfigBase, TargetContext
@@ -94,6 +96,8 @@ async def _run_source(
             quiet=config.quiet,
             progress=config.progress,
             settings=config.public_dump(),
+            sync=config.sync,
+            scan_removed=not only_failed,
         ),
         command=command,
         handle_signals=handle_signals,
@@ -130,6 +134,10 @@ class Job:
     #: Builds a target that is no ``--target`` of ``ingest run`` (``ingest migrate``'s load tasks);
     #: ``None``: the registered platform of ``target.type``.
     target_factory: Callable[[Any, TargetContext], Target] | None = None
+    #: Replace on change, ``--delete``, ``--max-delete`` (``ingest.engine.converge``).
+    sync: SyncConfig = field(default_factory=SyncConfig)
+    #: Look every manifest file up in the source to find the removed ones (``ingest run`` of a folder).
+    scan_removed: bool = False
 
 
 async def run_job(job: Job, *, command: str, handle_signals: bool = False, only_failed: bool = False) -> RunSummary:
@@ -168,16 +176,21 @@ async def run_job(job: Job, *, command: str, handle_signals: bool = False, only_
         stack.push_async_callback(target.aclose)
         # The destination is checked before the manifest is touched: a typo in it is the error to show.
         await _open_target(target, job.engine.request_retries)
+        converge.check(job.sync, target)  # what the platform cannot do is refused before any work
         if not only_failed and not job.quiet:  # a warning nobody sees is not worth a pass over the source
             await target.preflight(job.source)
         destination = embedded.identity if embedded is not None else target.identity()
         manifest_path = job.manifest or default_manifest_path(job.source.identity(), destination)
         given_job = manifest_path.job if isinstance(manifest_path, PostgresLocation) else None
+        shared = job.shared or isinstance(manifest_path, PostgresLocation)
         manifest = open_manifest(
             manifest_path, job.job_name or given_job or _default_job(job.source.identity(), destination)
         )
         stack.callback(manifest.close)
-        shared = job.shared or isinstance(manifest_path, PostgresLocation)
+        if not isinstance(manifest_path, PostgresLocation) and not shared:
+            from ingest.manifest.lock import hold
+
+            stack.enter_context(hold(manifest_path))  # one run per manifest: a second one exits 2 at once
         manifest.bind(job.source.identity(), destination)
         manifest.set_meta("run_config", json.dumps(job.settings))
         run_id = manifest.start_run(command)
@@ -189,12 +202,23 @@ async def run_job(job: Job, *, command: str, handle_signals: bool = False, only_
             report=job.report,
             stored_at=embedded.stored_at if embedded is not None else None,
         )
+        sync = converge.Convergence(
+            target=target,
+            manifest=manifest,
+            source=source,
+            sync=job.sync,
+            summary=summary,
+            run_id=run_id,
+            scan_removed=job.scan_removed and not shared,
+            say=progress.message,
+        )
+        event("run-start", command=command, run_id=run_id, manifest=str(summary.manifest), source=source.describe())
         try:
             engine = (
                 run_worker(
-                    store=manifest,
+                    store=sync.hooked(manifest),
                     source=source,
-                    target=target,
+                    target=sync.wrap(target),
                     run_id=run_id,
                     config=job.engine,
                     progress=progress,
@@ -204,8 +228,8 @@ async def run_job(job: Job, *, command: str, handle_signals: bool = False, only_
                 if shared
                 else run_engine(
                     source=source,
-                    target=target,
-                    manifest=manifest,
+                    target=sync.wrap(target),
+                    manifest=sync.hooked(manifest),
                     run_id=run_id,
                     config=job.engine,
                     progress=progress,
@@ -214,7 +238,7 @@ async def run_job(job: Job, *, command: str, handle_signals: bool = False, only_
             )
             try:
                 async with manifest.writer():
-                    interrupted = await run_with_signals(handle_signals, engine)
+                    interrupted = await run_with_signals(handle_signals, sync.around(engine))
             except BaseExceptionGroup as group:
                 # The task groups around the engine wrap what it raised: show the error itself.
                 raise first_leaf(group, (ConfigError, Exception)) from None
@@ -225,6 +249,9 @@ async def run_job(job: Job, *, command: str, handle_signals: bool = False, only_
             summary.elapsed = time.monotonic() - started
             summary.passed_over = dict(source.passed_over())
             manifest.finish_run(run_id, status, summary.to_json())
+            for path, reason in summary.failures:
+                event("file-failed", f"{path}: {reason}", path=path, error=reason)
+            event("run-end", command=command, run_id=run_id, status=status, summary=summary.to_json())
         if job.report is not None:
             write_report(manifest, run_id, job.report)
         if status == "interrupted":
@@ -256,6 +283,9 @@ def _own_state(config: RunConfig) -> list[Path]:
         paths.append(Path(config.manifest))
     if config.report is not None:
         paths.append(config.report)
+    from ingest.manifest.lock import lock_path
+
+    paths.extend(lock_path(p) for p in paths[1:2] if p != config.report)  # the manifest's lock file
     return paths
 
 

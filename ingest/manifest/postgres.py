@@ -32,7 +32,7 @@ from ingest.models import FileItem, FileState, Receipt
 
 __all__ = ["SCHEMA_VERSION", "PostgresManifest"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: ``version -> statements`` applied in order, under a lock, to a database of an older version.
 _MIGRATIONS: dict[int, list[str]] = {
@@ -68,7 +68,28 @@ _MIGRATIONS: dict[int, list[str]] = {
             takeovers bigint NOT NULL DEFAULT 0, lost bigint NOT NULL DEFAULT 0,
             stopped boolean NOT NULL DEFAULT false, PRIMARY KEY (job, id))""",
     ],
+    # Convergence (ingest.manifest.versions): earlier versions still on the platform, delete intents.
+    2: [
+        """CREATE TABLE ingest_versions (
+            job text NOT NULL, path text NOT NULL, remote_id text NOT NULL,
+            state text NOT NULL DEFAULT 'retired', reason text NOT NULL, run_id bigint,
+            created_at double precision NOT NULL, PRIMARY KEY (job, path, remote_id))""",
+        "CREATE INDEX ingest_versions_remote ON ingest_versions (job, remote_id)",
+        "CREATE INDEX ingest_files_remote ON ingest_files (job, remote_id)",
+    ],
 }
+#: Keeps the remote id of a file's current version in ``ingest_versions`` before the statement it prefixes
+#: overwrites it (a data-modifying CTE sees the row as it was): replace on change deletes that version
+#: once the new one is done. Parameters: run_id, now, job, path, the id about to be recorded (or NULL).
+#: Keeps a file's current remote id as an earlier version before a write replaces it (to be deleted once
+#: the new version is done). Unfenced, as the version exists whoever holds the row. ``_commit_once`` runs
+#: a group's statements sorted by SQL text: this ``INSERT INTO ingest_versions`` sorts before every
+#: set-based write (``UPDATE …``/``WITH …``), so it reads the row before the group changes it.
+_RETIRE = (
+    "INSERT INTO ingest_versions (job, path, remote_id, reason, run_id, created_at)"
+    " SELECT job, path, remote_id, 'replaced', %s, %s FROM ingest_files WHERE job = %s AND path = %s"
+    " AND remote_id IS NOT NULL AND remote_id IS DISTINCT FROM %s::text ON CONFLICT DO NOTHING"
+)
 #: Serialises migrations of one database by concurrent first runs (an arbitrary constant).
 _MIGRATION_LOCK = 0x1A6E57
 
@@ -254,6 +275,11 @@ def _fence(owner: Owner | None, path: str) -> tuple[str, tuple[Any, ...], str | 
 
 #: A statement of a group, queued for the commit: SQL, parameters, fenced path, and its caller's write.
 _Queued = tuple[str, tuple[Any, ...], str | None, Write]
+
+
+def _retire(job: str, path: str, new_remote_id: str | None, run_id: int, now: float) -> Stmt:
+    """The ``_RETIRE`` statement for one path (unfenced)."""
+    return _RETIRE, (run_id, now, job, path, new_remote_id), None
 
 
 def _row(kind: _SetWrite, job: str, owner: Owner | None, path: str, *values: Any) -> Stmt:
@@ -534,10 +560,12 @@ class PostgresManifest:
     ) -> set[str]:
         """The intent record: committed before any byte of these files is sent."""
         now = time.time()
-        stmts = [
-            _row(_MARK_UPLOADING, self.job, owner, item.rel_path, item.size, item.mtime_ns, dedup, run_id, now)
-            for item in items
-        ]
+        stmts: list[Stmt] = []
+        for item in items:
+            stmts.append(_retire(self.job, item.rel_path, None, run_id, now))
+            stmts.append(
+                _row(_MARK_UPLOADING, self.job, owner, item.rel_path, item.size, item.mtime_ns, dedup, run_id, now)
+            )
         return await self._writer.write(stmts)
 
     async def mark_processing(
@@ -545,22 +573,24 @@ class PostgresManifest:
     ) -> set[str]:
         now = time.time()
         bump = 1 if retried else 0
-        stmts = [
-            _row(
-                _MARK_PROCESSING,
-                self.job,
-                owner,
-                r.rel_path,
-                r.remote_id,
-                r.task_id,
-                json.dumps(r.extra) if r.extra else None,
-                r.extra.get("md5"),
-                run_id,
-                now,
-                bump,
+        stmts: list[Stmt] = []
+        for r in receipts:
+            stmts.append(_retire(self.job, r.rel_path, r.remote_id, run_id, now))  # a retry may bring a new id
+            stmts.append(
+                _row(
+                    _MARK_PROCESSING,
+                    self.job,
+                    owner,
+                    r.rel_path,
+                    r.remote_id,
+                    r.task_id,
+                    json.dumps(r.extra) if r.extra else None,
+                    r.extra.get("md5"),
+                    run_id,
+                    now,
+                    bump,
+                )
             )
-            for r in receipts
-        ]
         return await self._writer.write(stmts)
 
     async def mark_done(self, paths: Sequence[str], run_id: int, *, owner: Owner | None = None) -> set[str]:

@@ -86,6 +86,18 @@ INSERT INTO walk (id) VALUES (1);
 """,
 }
 
+#: Convergence (``ingest.manifest.versions``): every earlier version of a file this manifest created that may
+#: still be on the platform, and the delete intents. Purely additive, so it is created whenever it is
+#: missing rather than by a numbered migration: an older ingest opening the manifest ignores it.
+_VERSIONS = """
+CREATE TABLE IF NOT EXISTS versions (
+    path TEXT NOT NULL, remote_id TEXT NOT NULL, state TEXT NOT NULL DEFAULT 'retired', reason TEXT NOT NULL,
+    run_id INTEGER, created_at REAL NOT NULL, PRIMARY KEY (path, remote_id)
+);
+CREATE INDEX IF NOT EXISTS versions_remote ON versions (remote_id);
+CREATE INDEX IF NOT EXISTS files_remote ON files (remote_id);
+"""
+
 _COLUMNS = "path, size, mtime_ns, md5, state, remote_id, task_id, extra, attempts, last_error, run_id, updated_at"
 _UNFINISHED_SQL = "('" + "', '".join(UNFINISHED) + "')"
 
@@ -146,6 +158,18 @@ def _fence(owner: Owner | None, path: str) -> tuple[str, tuple[Any, ...], str | 
     return " AND files.owner = ? AND files.fence = ?", (owner.worker, owner.fences[path]), path
 
 
+def _retire(path: str, keep: str | None, run_id: int, now: float) -> Stmt:
+    """Keep the remote id of the file's current version in ``versions`` before it is overwritten (unless it
+    is ``keep``, the id about to be recorded): replace on change deletes it once the new version is done."""
+    return (
+        "INSERT OR IGNORE INTO versions (path, remote_id, reason, run_id, created_at)"
+        " SELECT path, remote_id, 'replaced', ?, ? FROM files WHERE path = ? AND remote_id IS NOT NULL"
+        " AND remote_id IS NOT ?",
+        (run_id, now, path, keep),
+        None,
+    )
+
+
 class SqliteManifest:
     """An open manifest file. Reads are synchronous and cheap; writes go through ``writer()``."""
 
@@ -204,6 +228,8 @@ class SqliteManifest:
             for target in range(version + 1, SCHEMA_VERSION + 1):
                 for statement in _statements(_MIGRATIONS[target]):
                     conn.execute(statement)
+            for statement in _statements(_VERSIONS):
+                conn.execute(statement)
             conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         except BaseException:
             conn.execute("ROLLBACK")
@@ -351,6 +377,7 @@ class SqliteManifest:
         stmts: list[Stmt] = []
         for item in items:
             cond, fparams, fenced = _fence(owner, item.rel_path)
+            stmts.append(_retire(item.rel_path, None, run_id, now))  # the version it replaces stays known
             stmts.append(
                 (
                     "INSERT INTO files (path, size, mtime_ns, state, attempts, dedup, run_id, created_at,"
@@ -374,6 +401,7 @@ class SqliteManifest:
         for r in receipts:
             cond, fparams, fenced = _fence(owner, r.rel_path)
             extra = json.dumps(r.extra) if r.extra else None
+            stmts.append(_retire(r.rel_path, r.remote_id, run_id, now))  # a retry may bring a new id
             stmts.append(
                 (
                     "UPDATE files SET state = 'processing', remote_id = ?, task_id = ?, extra = ?,"
