@@ -52,7 +52,7 @@ async def test_versions_are_kept_until_forgotten(manifest: Any) -> None:
         # The same id again is not an earlier version.
         await manifest.mark_processing([Receipt("a", "id-a3")], 2, retried=True)
         assert {v.remote_id for v in store.iter()} == {"id-a1", "id-a2"}
-        assert store.by_remote_id("id-a2") == Version("a", "id-a2", "retired", "replaced")
+        assert store.by_remote_id("id-a2") == Version("a", "id-a2", "retired", "attempt")  # never done
         assert store.file_by_remote_id("id-a3").path == "a"
         await store.intend([Version("a", "id-a1", "retired", "replaced")])
         assert {v.remote_id: v.state for v in store.iter(paths=["a"])} == {"id-a1": "deleting", "id-a2": "retired"}

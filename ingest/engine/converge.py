@@ -50,6 +50,11 @@ from ingest.retry import RetryPolicy, retrying
 from ingest.sources.base import Rejected, Source
 from ingest.sources.globs import GlobSet
 
+#: Reasons of earlier versions: a done version replaced by a new one, or an attempt that failed (or was cut
+#: short) and was sent again. With same ids only ``replaced`` is deleted before the send: a resent attempt
+#: overwrites its own id, which the sweep then finds current and forgets.
+_EARLIER = ("replaced", "attempt")
+
 __all__ = [
     "DELETE_CHUNK",
     "Convergence",
@@ -289,7 +294,7 @@ class Convergence:
                 todo: list[Version] = []
                 forget: list[Version] = []
                 for v in self.store.iter(paths=batch):
-                    if v.reason != "replaced" or v.state == "deleting":
+                    if v.reason not in _EARLIER or v.state == "deleting":
                         continue
                     record = self.manifest.lookup(v.path)
                     if record is not None and record.remote_id == v.remote_id:
@@ -369,7 +374,7 @@ class Convergence:
             record = self.manifest.lookup(v.path)
             if record is not None and record.remote_id == v.remote_id:
                 forget.append(v)  # it is the current version after all (a resend found it again)
-            elif v.state == "deleting" or v.reason != "replaced":
+            elif v.state == "deleting" or v.reason not in _EARLIER:
                 todo.append(v)
             elif not self.replace:
                 continue

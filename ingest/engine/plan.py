@@ -232,7 +232,7 @@ async def _plan(
                     current = manifest.lookup(v.path)
                     if current is not None and current.remote_id == v.remote_id:
                         continue
-                    if v.state == "deleting" or v.reason != "replaced":
+                    if v.state == "deleting" or v.reason not in ("replaced", "attempt"):
                         plan.to_delete += v.reason == "removed"
                         plan.replace_deletes += v.reason != "removed"
                     elif replace:

@@ -147,7 +147,7 @@ async def verify(
                 continue
             version = store.by_remote_id(doc.remote_id)
             if version is not None:
-                code = "~" if version.reason == "replaced" else "+"
+                code = "~" if version.reason in ("replaced", "attempt") else "+"
                 report(Difference(code, version.path, doc.remote_id, f"{version.reason}, id {doc.remote_id}"))
                 to_delete.append(version)
                 continue

@@ -87,7 +87,8 @@ _MIGRATIONS: dict[int, list[str]] = {
 #: set-based write (``UPDATE …``/``WITH …``), so it reads the row before the group changes it.
 _RETIRE = (
     "INSERT INTO ingest_versions (job, path, remote_id, reason, run_id, created_at)"
-    " SELECT job, path, remote_id, 'replaced', %s, %s FROM ingest_files WHERE job = %s AND path = %s"
+    " SELECT job, path, remote_id, CASE WHEN state = 'done' THEN 'replaced' ELSE 'attempt' END, %s, %s"
+    " FROM ingest_files WHERE job = %s AND path = %s"
     " AND remote_id IS NOT NULL AND remote_id IS DISTINCT FROM %s::text ON CONFLICT DO NOTHING"
 )
 #: Serialises migrations of one database by concurrent first runs (an arbitrary constant).

@@ -163,7 +163,8 @@ def _retire(path: str, keep: str | None, run_id: int, now: float) -> Stmt:
     is ``keep``, the id about to be recorded): replace on change deletes it once the new version is done."""
     return (
         "INSERT OR IGNORE INTO versions (path, remote_id, reason, run_id, created_at)"
-        " SELECT path, remote_id, 'replaced', ?, ? FROM files WHERE path = ? AND remote_id IS NOT NULL"
+        " SELECT path, remote_id, CASE WHEN state = 'done' THEN 'replaced' ELSE 'attempt' END, ?, ?"
+        " FROM files WHERE path = ? AND remote_id IS NOT NULL"
         " AND remote_id IS NOT ?",
         (run_id, now, path, keep),
         None,
