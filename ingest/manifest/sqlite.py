@@ -200,6 +200,11 @@ class SqliteManifest:
                     f"manifest {path} is in a read-only folder (SQLite writes its -wal beside it); make "
                     f"{path.parent} writable"
                 ) from None
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                raise ConfigError(
+                    f"manifest {path}: no space left on the device holding it; free some space or point "
+                    "--manifest at another disk (the manifest is consistent: rerun to resume)"
+                ) from None
             raise ConfigError(
                 f"manifest {path} cannot be opened ({exc}); point --manifest at a manifest file or a new path"
             ) from None
