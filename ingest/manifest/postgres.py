@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from itertools import groupby
 from typing import Any
 from urllib.parse import unquote
@@ -299,7 +300,8 @@ class PostgresManifest:
         self.path = location.redacted  # what summaries and messages show
         self._lockconn: psycopg.Connection[Any] | None = None
         try:
-            self._wconn = self._connect(autocommit=False)
+            # Autocommit: a single statement commits on its own; several go in ``transaction()``.
+            self._wconn = self._connect(autocommit=True)
             self._rconn = self._connect(autocommit=True)
             self._migrate()
             # Everything the writer's connection runs touches a few rows found by key (a group's rows,
@@ -308,7 +310,6 @@ class PostgresManifest:
             # not seen yet), but look each row up by primary key.
             self._wconn.execute("SET enable_hashjoin = off")
             self._wconn.execute("SET enable_mergejoin = off")
-            self._wconn.commit()
         except psycopg.Error as exc:
             raise self._error(exc) from None
         self._writer = GroupCommit(self._commit)
@@ -477,64 +478,48 @@ class PostgresManifest:
             yield self
 
     def _commit(self, writes: list[Write]) -> None:
-        for attempt in range(8):
-            try:
-                self._commit_once(writes)
-                return
-            except _RETRYABLE:
-                self._wconn.rollback()
-                for write in writes:
-                    write.lost.clear()
-                if attempt == 7:
-                    raise
-                time.sleep(0.01 * (attempt + 1))
-
-    def _commit_once(self, writes: list[Write]) -> None:
         # One statement per kind of write for the whole group (``_SET_WRITES``: the rows go as arrays
-        # through ``unnest``); any other statement goes in one executemany per SQL text. Pipelined: BEGIN,
-        # the statements and COMMIT reach the server together, one round trip per group (the
-        # ``RETURNING`` rows are read once COMMIT succeeded). Sorting by SQL, then path, gives every
-        # transaction the same lock order: no deadlocks between workers committing overlapping groups.
+        # through ``unnest``): each caller's rows are all of one kind, so each kind's statement commits
+        # on its own, in autocommit: one round trip, and the server never holds a row lock waiting for
+        # this process (a worker paused mid-commit would otherwise keep its rows from being taken
+        # over). Any other statements (the walk, a worker's stop: several statements of one caller)
+        # go together in one transaction, one executemany per SQL text. Sorting by SQL, then path,
+        # gives every statement the same lock order: no deadlocks between workers committing
+        # overlapping groups (one that happens anyway is retried: nothing of it was committed).
         stmts = sorted(
             ((sql, params, fenced, write) for write in writes for sql, params, fenced in write.stmts),
             key=lambda s: (s[0], s[1][1] if s[0] in _SET_WRITES else s[2] or ""),
         )
-        conn = self._wconn
-        fenced_results: list[tuple[psycopg.Cursor[Any], list[_Queued]]] = []
-        try:
-            with conn.pipeline(), conn.cursor() as cur:
-                for sql, group_iter in groupby(stmts, key=lambda s: s[0]):
-                    group = list(group_iter)
-                    kind = _SET_WRITES.get(sql)
-                    if kind is not None:
-                        fenced_results += self._send_set(kind, group)
-                        continue
-                    fenced_any = any(s[2] is not None for s in group)
-                    if not fenced_any:
-                        cur.executemany(sql, [s[1] for s in group])
-                        continue
-                    cur.executemany(sql + " RETURNING 1", [s[1] for s in group], returning=True)
-                    for _, _, fenced, write in group:
-                        if cur.fetchone() is None and fenced is not None:
-                            write.lost.add(fenced)
-                        cur.nextset()
-                conn.commit()
-            for rcur, queued in fenced_results:
-                changed = {r[0] for r in rcur.fetchall()}
-                for _, _, path, write in queued:
-                    if path is not None and path not in changed:
-                        write.lost.add(path)
-        except BaseException:
-            conn.rollback()
-            raise
-        finally:
-            for rcur, _ in fenced_results:
-                rcur.close()
+        others: list[_Queued] = []
+        for sql, group_iter in groupby(stmts, key=lambda s: s[0]):
+            group = list(group_iter)
+            kind = _SET_WRITES.get(sql)
+            if kind is None:
+                others += group
+                continue
+            planned = self._plan_set(kind, group)
+            for write, path in self._retrying(partial(self._run_set, planned)):
+                write.lost.add(path)
+        if others:
+            for write, path in self._retrying(partial(self._run_others, others)):
+                write.lost.add(path)
 
-    def _send_set(self, kind: _SetWrite, group: list[_Queued]) -> list[tuple[psycopg.Cursor[Any], list[_Queued]]]:
-        """Queue the rows of one kind (sorted by path) in as few statements as the paths allow: a path
-        written twice in one group goes in a second round, after the first, as single-row statements did.
-        Returns each statement whose ``RETURNING`` tells which fenced paths it changed, with its rows."""
+    def _retrying(self, run: Callable[[], list[tuple[Write, str]]]) -> list[tuple[Write, str]]:
+        """``run()`` (one statement, or one transaction), again after a transient conflict; the lost
+        paths it reports, once it committed."""
+        for attempt in range(8):
+            try:
+                return run()
+            except _RETRYABLE:
+                if attempt == 7:
+                    raise
+                time.sleep(0.01 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def _plan_set(self, kind: _SetWrite, group: list[_Queued]) -> list[tuple[str, list[_Queued]]]:
+        """The statements of one kind (rows sorted by path): usually one. A path written twice in one
+        group goes in a second round, after the first, as single-row statements did; an upsert kind's
+        unfenced rows take ``upsert``."""
         rounds: list[list[_Queued]] = []
         seen: dict[str, int] = {}
         for stmt in group:
@@ -543,18 +528,43 @@ class PostgresManifest:
             if n == len(rounds):
                 rounds.append([])
             rounds[n].append(stmt)
-        sent: list[tuple[psycopg.Cursor[Any], list[_Queued]]] = []
+        planned: list[tuple[str, list[_Queued]]] = []
         for stmts in rounds:
-            free = [s for s in stmts if s[2] is None] if kind.upsert is not None else []
-            fenced = [s for s in stmts if s[2] is not None] if kind.upsert is not None else stmts
-            if free:
-                assert kind.upsert is not None
-                self._wconn.execute(kind.upsert, kind.params([s[1] for s in free]))
-            if fenced:
-                cur = self._wconn.cursor()
-                cur.execute(kind.update, kind.params([s[1] for s in fenced]))
-                sent.append((cur, fenced))
-        return sent
+            if kind.upsert is not None and (free := [s for s in stmts if s[2] is None]):
+                planned.append((kind.upsert, free))
+                stmts = [s for s in stmts if s[2] is not None]
+            if stmts:
+                planned.append((kind.update, stmts))
+        return planned
+
+    def _run_set(self, planned: list[tuple[str, list[_Queued]]]) -> list[tuple[Write, str]]:
+        conn = self._wconn
+        lost: list[tuple[Write, str]] = []
+        # Several statements (rare) are one transaction, as one caller's write must be.
+        with conn.transaction() if len(planned) > 1 else nullcontext():
+            for sql, stmts in planned:
+                cur = conn.execute(sql, _SET_WRITES[stmts[0][0]].params([s[1] for s in stmts]))
+                if sql.startswith("INSERT"):
+                    continue  # an unfenced upsert: nothing to lose
+                changed = {r[0] for r in cur.fetchall()}
+                lost += [(write, path) for _, _, path, write in stmts if path is not None and path not in changed]
+        return lost
+
+    def _run_others(self, stmts: list[_Queued]) -> list[tuple[Write, str]]:
+        conn = self._wconn
+        lost: list[tuple[Write, str]] = []
+        with conn.transaction(), conn.cursor() as cur:
+            for sql, group_iter in groupby(stmts, key=lambda s: s[0]):
+                group = list(group_iter)
+                if all(s[2] is None for s in group):
+                    cur.executemany(sql, [s[1] for s in group])
+                    continue
+                cur.executemany(sql + " RETURNING 1", [s[1] for s in group], returning=True)
+                for _, _, fenced, write in group:
+                    if cur.fetchone() is None and fenced is not None:
+                        lost.append((write, fenced))
+                    cur.nextset()
+        return lost
 
     async def mark_uploading(
         self, items: Sequence[FileItem], run_id: int, *, dedup: bool, owner: Owner | None = None
@@ -629,22 +639,23 @@ class PostgresManifest:
 
     async def heartbeat(self, worker: str, lease: float, *, claimed: int, done: int, lost: int) -> int:
         def beat() -> int:
-            conn = self._wconn
-            try:
-                extended = conn.execute(
+            # One statement, committed on its own (autocommit): no window in which this process holds
+            # the locks of all its rows while the server waits for it.
+            row = self._wconn.execute(
+                f"WITH extended AS (UPDATE ingest_files SET lease_until = {_LEASE} WHERE job = %s AND owner = %s"
+                " RETURNING 1)"
+                " UPDATE ingest_workers SET heartbeat_at = %s, claimed = %s, done = %s, lost = %s"
+                " WHERE job = %s AND id = %s RETURNING (SELECT count(*) FROM extended)",
+                (lease, self.job, worker, time.time(), claimed, done, lost, self.job, worker),
+            ).fetchone()
+            if row is not None:
+                return int(row[0])
+            return int(  # a worker never registered: still extend its leases
+                self._wconn.execute(
                     f"UPDATE ingest_files SET lease_until = {_LEASE} WHERE job = %s AND owner = %s",
                     (lease, self.job, worker),
                 ).rowcount
-                conn.execute(
-                    "UPDATE ingest_workers SET heartbeat_at = %s, claimed = %s, done = %s, lost = %s"
-                    " WHERE job = %s AND id = %s",
-                    (time.time(), claimed, done, lost, self.job, worker),
-                )
-                conn.commit()
-            except BaseException:
-                conn.rollback()
-                raise
-            return int(extended)
+            )
 
         return await self._writer.run_sync(beat)
 
@@ -669,16 +680,10 @@ class PostgresManifest:
 
     async def claim(self, worker: str, limit: int, lease: float) -> list[Claim]:
         def take() -> list[Claim]:
-            conn = self._wconn
-            try:
-                # One statement, pipelined with BEGIN and COMMIT: one round trip per claim.
-                with conn.pipeline(), conn.cursor() as cur:
-                    cur.execute(_CLAIM, {"job": self.job, "worker": worker, "limit": limit, "lease": lease})
-                    conn.commit()
-                    rows = cur.fetchall()
-            except BaseException:
-                conn.rollback()
-                raise
+            # One statement, committed on its own (autocommit): one round trip, and no window in which
+            # this process holds the claimed rows' locks while the server waits for it.
+            params = {"job": self.job, "worker": worker, "limit": limit, "lease": lease}
+            rows = self._wconn.execute(_CLAIM, params).fetchall()
             return [Claim(_record(r), int(r[12]), r[13] is not None and r[13] != worker) for r in rows]
 
         return await self._writer.run_sync(take)
