@@ -12,8 +12,8 @@
 (2) claim-and-commit: the PostgreSQL backend with no platform at all. A job of ``--claim-files`` pending
     rows; W worker processes each loop: claim a batch (``FOR UPDATE SKIP LOCKED``, a lease), then for
     every file of the batch, concurrently, a fenced ``mark_uploading``, ``mark_processing`` and
-    ``mark_done`` (one write per file, as the engine issues them; group commit folds them into a few
-    transactions). Files/s = files / (time until every row is done).
+    ``mark_done`` (one write per file, as the engine issues them; group commit folds the batch's writes
+    of one kind into one set-based statement). Files/s = files / (time until every row is done).
 
 PostgreSQL: ``--pg postgresql://…`` (any database you own; each run uses its own job name), or a private
 server started for the run (``initdb`` + ``pg_ctl`` in a temporary folder, as the tests do). Usage::

@@ -3,8 +3,9 @@ number of machines (see ``ingest.manifest.jobs`` for claims, leases, fencing and
 
 Driver: psycopg 3. Its synchronous connection keeps the ``Manifest`` contract's reads synchronous and
 cheap (as SQLite's are), and the writer runs in a worker thread exactly as SQLite's does; the async
-driver asyncpg would have forced every read of the contract to become a coroutine. ``executemany``
-pipelines a whole group of statements in one round trip, which is what makes group commit pay here.
+driver asyncpg would have forced every read of the contract to become a coroutine. Group commit pays
+here through set-based writes: all the rows of one kind of write in a group go as arrays in one
+statement (``_SetWrite``), committed on its own in one round trip.
 
 Leases are timed by the server's clock (``clock_timestamp()``), never by the workers' clocks: machines
 disagree about the time, the database is one.
@@ -106,7 +107,8 @@ _RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailu
 #: is fenced on (NULL: not fenced). The job is a column of the rows, not a constant of the statement: the
 #: planner then joins the group's rows to the table by primary key, one index lookup per row, whatever
 #: its statistics say about the job (a constant ``job = %s`` lets it believe a job just walked is a few
-#: rows and scan the whole job through one of the ``(job, …)`` indexes for every group).
+#: rows and scan the whole job through one of the ``(job, …)`` indexes for every group). The writer's
+#: connection also rules out hash and merge joins, which a table of some 10,000s of rows would get.
 _KEY = (("job", "text"), ("path", "text"), ("owner", "text"), ("fence", "bigint"))
 #: The fence of a set-based write, per row: what ``_fence`` adds to a single-row statement.
 _FENCED = "(v.owner IS NULL OR (f.owner = v.owner AND f.fence = v.fence))"
