@@ -292,3 +292,24 @@ async def test_one_group_of_fenced_writes_reports_only_the_loser_paths(opener: O
         mine[0]: 1,
         "new": 1,
     }
+
+
+async def test_fenced_writes_keep_the_version_they_replace(opener: Opener) -> None:
+    """A worker's (fenced) intent for a changed file keeps the previous remote id as an earlier version in
+    the same commit, as an unfenced one does; so does a retry that brings a new id."""
+    from ingest.manifest.versions import VersionStore
+
+    m = opener()
+    await plan(m, ["a"])
+    for run, ids in ((1, ["id-1"]), (2, ["id-2", "id-3"])):
+        if run == 2:
+            await plan(m, ["a"], run_id=2)  # walked again after it changed: pending
+        claims = await m.claim("w", 10, lease=30)
+        owner = Owner("w", {c.record.path: c.fence for c in claims})
+        async with m.writer():
+            assert await m.mark_uploading([item("a", 10 * run)], run, dedup=False, owner=owner) == set()
+            for n, remote_id in enumerate(ids):
+                assert await m.mark_processing([Receipt("a", remote_id)], run, retried=n > 0, owner=owner) == set()
+            assert await m.mark_done(["a"], run, owner=owner) == set()
+    kept = {(v.remote_id, v.reason) for v in VersionStore(m).iter()}  # type: ignore[arg-type]
+    assert kept == {("id-1", "attempt"), ("id-2", "attempt")}  # id-1: walked again, pending, not done

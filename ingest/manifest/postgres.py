@@ -80,19 +80,6 @@ _MIGRATIONS: dict[int, list[str]] = {
         "CREATE INDEX ingest_files_remote ON ingest_files (job, remote_id)",
     ],
 }
-#: Keeps the remote id of a file's current version in ``ingest_versions`` before the statement it prefixes
-#: overwrites it (a data-modifying CTE sees the row as it was): replace on change deletes that version
-#: once the new one is done. Parameters: run_id, now, job, path, the id about to be recorded (or NULL).
-#: Keeps a file's current remote id as an earlier version before a write replaces it (to be deleted once
-#: the new version is done). Unfenced, as the version exists whoever holds the row. ``_commit_once`` runs
-#: a group's statements sorted by SQL text: this ``INSERT INTO ingest_versions`` sorts before every
-#: set-based write (``UPDATE …``/``WITH …``), so it reads the row before the group changes it.
-_RETIRE = (
-    "INSERT INTO ingest_versions (job, path, remote_id, reason, run_id, created_at)"
-    " SELECT job, path, remote_id, CASE WHEN state = 'done' THEN 'replaced' ELSE 'attempt' END, %s, %s"
-    " FROM ingest_files WHERE job = %s AND path = %s"
-    " AND remote_id IS NOT NULL AND remote_id IS DISTINCT FROM %s::text ON CONFLICT DO NOTHING"
-)
 #: Serialises migrations of one database by concurrent first runs (an arbitrary constant).
 _MIGRATION_LOCK = 0x1A6E57
 
@@ -141,18 +128,40 @@ class _SetWrite:
         return {name: list(column) for name, column in zip(names, zip(*rows, strict=True), strict=True)}
 
 
-def _set_update(cols: tuple[tuple[str, str], ...], assign: str) -> str:
+def _with_v(cols: tuple[tuple[str, str], ...], retire: str | None) -> str:
+    """``WITH v AS (the group's rows)``, and with ``retire`` (the remote id the write records, or NULL)
+    a ``retired`` step keeping each row's current remote id in ``ingest_versions`` first, to be deleted
+    once the new version is done (``ingest.manifest.versions``). Every step of one statement reads the
+    rows as they were before it, so the id kept is the one the write replaces. Unfenced: the version
+    exists whoever holds the row."""
+    sql = f"WITH v AS MATERIALIZED (SELECT * FROM {_unnest(cols)})"
+    if retire is not None:
+        sql += (
+            ", retired AS (INSERT INTO ingest_versions (job, path, remote_id, reason, run_id, created_at)"
+            " SELECT g.job, g.path, g.remote_id, CASE WHEN g.state = 'done' THEN 'replaced' ELSE 'attempt' END,"
+            " v.run_id, v.ts FROM v JOIN ingest_files g ON g.job = v.job AND g.path = v.path"
+            f" WHERE g.remote_id IS NOT NULL AND g.remote_id IS DISTINCT FROM {retire} ON CONFLICT DO NOTHING)"
+        )
+    return sql
+
+
+def _set_update(cols: tuple[tuple[str, str], ...], assign: str, retire: str | None = None) -> str:
+    if retire is None:
+        return (
+            f"UPDATE ingest_files f SET {assign} FROM {_unnest(cols)}"
+            f" WHERE f.job = v.job AND f.path = v.path AND {_FENCED} RETURNING f.path"
+        )
     return (
-        f"UPDATE ingest_files f SET {assign} FROM {_unnest(cols)}"
+        f"{_with_v(cols, retire)} UPDATE ingest_files f SET {assign} FROM v"
         f" WHERE f.job = v.job AND f.path = v.path AND {_FENCED} RETURNING f.path"
     )
 
 
-def _set_upsert(cols: tuple[tuple[str, str], ...], assign: str, insert: str, values: str) -> str:
-    """The fenced rows of an upsert kind: the held rows updated, the absent ones inserted (both statements
-    see the rows as they were before it: a row is either updated or inserted, never both)."""
+def _set_upsert(cols: tuple[tuple[str, str], ...], assign: str, insert: str, values: str, retire: str | None) -> str:
+    """The fenced rows of an upsert kind: the held rows updated, the absent ones inserted (both steps see
+    the rows as they were before the statement: a row is either updated or inserted, never both)."""
     return (
-        f"WITH v AS MATERIALIZED (SELECT * FROM {_unnest(cols)}),"
+        f"{_with_v(cols, retire)},"
         f" changed AS (UPDATE ingest_files f SET {assign} FROM v WHERE f.job = v.job AND f.path = v.path"
         f" AND {_FENCED} RETURNING f.path),"
         f" added AS (INSERT INTO ingest_files ({insert}) SELECT {values} FROM v WHERE NOT EXISTS"
@@ -176,8 +185,10 @@ _MARK_UPLOADING = _SetWrite(
         " updated_at = v.ts",
         _UPLOADING_INSERT,
         _UPLOADING_VALUES,
+        "NULL",
     ),
-    f"INSERT INTO ingest_files AS f ({_UPLOADING_INSERT}) SELECT {_UPLOADING_VALUES} FROM {_unnest(_UPLOADING_COLS)}"
+    f"{_with_v(_UPLOADING_COLS, 'NULL')} INSERT INTO ingest_files AS f ({_UPLOADING_INSERT})"
+    f" SELECT {_UPLOADING_VALUES} FROM v"
     " ON CONFLICT (job, path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns, state = 'uploading',"
     " attempts = f.attempts + 1, dedup = excluded.dedup, run_id = excluded.run_id, last_error = NULL,"
     " remote_id = NULL, task_id = NULL, extra = NULL, md5 = NULL, updated_at = excluded.updated_at",
@@ -193,6 +204,7 @@ _MARK_PROCESSING = _SetWrite(
         "state = 'processing', remote_id = v.remote_id, task_id = v.task_id, extra = v.extra,"
         " md5 = COALESCE(v.md5, f.md5), run_id = v.run_id,"
         " updated_at = v.ts, attempts = f.attempts + v.bump",
+        "v.remote_id",  # a retry may bring a new id
     ),
 )
 _DONE_COLS = (("run_id", "bigint"), ("ts", "float8"))
@@ -214,6 +226,7 @@ _MARK_FAILED = _SetWrite(
         " lease_until = NULL",
         _FAILED_INSERT,
         _FAILED_VALUES,
+        None,
     ),
     f"INSERT INTO ingest_files AS f ({_FAILED_INSERT}) SELECT {_FAILED_VALUES} FROM {_unnest(_FAILED_COLS)}"
     " ON CONFLICT (job, path) DO UPDATE SET state = 'failed', last_error = excluded.last_error,"
@@ -279,11 +292,6 @@ def _fence(owner: Owner | None, path: str) -> tuple[str, tuple[Any, ...], str | 
 
 #: A statement of a group, queued for the commit: SQL, parameters, fenced path, and its caller's write.
 _Queued = tuple[str, tuple[Any, ...], str | None, Write]
-
-
-def _retire(job: str, path: str, new_remote_id: str | None, run_id: int, now: float) -> Stmt:
-    """The ``_RETIRE`` statement for one path (unfenced)."""
-    return _RETIRE, (run_id, now, job, path, new_remote_id), None
 
 
 def _row(kind: _SetWrite, job: str, owner: Owner | None, path: str, *values: Any) -> Stmt:
@@ -546,8 +554,8 @@ class PostgresManifest:
         with conn.transaction() if len(planned) > 1 else nullcontext():
             for sql, stmts in planned:
                 cur = conn.execute(sql, _SET_WRITES[stmts[0][0]].params([s[1] for s in stmts]))
-                if sql.startswith("INSERT"):
-                    continue  # an unfenced upsert: nothing to lose
+                if sql == _SET_WRITES[stmts[0][0]].upsert:
+                    continue  # unfenced rows: nothing to lose
                 changed = {r[0] for r in cur.fetchall()}
                 lost += [(write, path) for _, _, path, write in stmts if path is not None and path not in changed]
         return lost
@@ -573,12 +581,11 @@ class PostgresManifest:
     ) -> set[str]:
         """The intent record: committed before any byte of these files is sent."""
         now = time.time()
-        stmts: list[Stmt] = []
-        for item in items:
-            stmts.append(_retire(self.job, item.rel_path, None, run_id, now))
-            stmts.append(
-                _row(_MARK_UPLOADING, self.job, owner, item.rel_path, item.size, item.mtime_ns, dedup, run_id, now)
-            )
+        # The statement keeps each row's current remote id as an earlier version first (``_with_v``).
+        stmts = [
+            _row(_MARK_UPLOADING, self.job, owner, item.rel_path, item.size, item.mtime_ns, dedup, run_id, now)
+            for item in items
+        ]
         return await self._writer.write(stmts)
 
     async def mark_processing(
@@ -586,24 +593,23 @@ class PostgresManifest:
     ) -> set[str]:
         now = time.time()
         bump = 1 if retried else 0
-        stmts: list[Stmt] = []
-        for r in receipts:
-            stmts.append(_retire(self.job, r.rel_path, r.remote_id, run_id, now))  # a retry may bring a new id
-            stmts.append(
-                _row(
-                    _MARK_PROCESSING,
-                    self.job,
-                    owner,
-                    r.rel_path,
-                    r.remote_id,
-                    r.task_id,
-                    json.dumps(r.extra) if r.extra else None,
-                    r.extra.get("md5"),
-                    run_id,
-                    now,
-                    bump,
-                )
+        # The statement keeps a row's remote id as an earlier version when a retry brings a new one.
+        stmts = [
+            _row(
+                _MARK_PROCESSING,
+                self.job,
+                owner,
+                r.rel_path,
+                r.remote_id,
+                r.task_id,
+                json.dumps(r.extra) if r.extra else None,
+                r.extra.get("md5"),
+                run_id,
+                now,
+                bump,
             )
+            for r in receipts
+        ]
         return await self._writer.write(stmts)
 
     async def mark_done(self, paths: Sequence[str], run_id: int, *, owner: Owner | None = None) -> set[str]:

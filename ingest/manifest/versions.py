@@ -2,9 +2,9 @@
 longer) the current version of a file, in both backends.
 
 A row is written in the same transaction that overwrites a file's remote id (``mark_uploading`` of a
-changed file, a retry that brings a new id: ``_retire`` in ``ingest.manifest.sqlite`` and ``_RETIRE`` in
-``ingest.manifest.postgres``), or when ``--delete`` finds a file gone from the source (``remove_files``).
-It lives until the platform confirmed the document gone. States:
+changed file, a retry that brings a new id: ``_retire`` in ``ingest.manifest.sqlite`` and the
+``retired`` step of the set-based writes in ``ingest.manifest.postgres``), or when ``--delete`` finds
+a file gone from the source (``remove_files``). It lives until the platform confirmed the document gone. States:
 
 - ``retired``: an earlier version, still on the platform; deleted once its successor is done
   (``version_ids == "new"``: make before break) or before the successor is sent (``"same"``).
