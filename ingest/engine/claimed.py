@@ -88,6 +88,11 @@ class FencedManifest:
         found = self._claimed.pop(path, None)
         return found if found is not None else self.store.lookup(path)
 
+    def lookup_many(self, paths: Sequence[str]) -> dict[str, FileRecord]:
+        found = {p: r for p in paths if (r := self._claimed.pop(p, None)) is not None}
+        rest = [p for p in paths if p not in found]
+        return found | (self.store.lookup_many(rest) if rest else {})
+
     def is_empty(self) -> bool:
         return False  # claimed rows exist by definition: look each one up
 

@@ -9,6 +9,7 @@ means the same thing wherever the manifest lives. ``ingest.manifest.sqlite`` is 
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -16,7 +17,39 @@ from typing import Any, Protocol
 
 from ingest.models import FileItem, FileState, Receipt
 
-__all__ = ["Decision", "FileRecord", "Manifest", "Owner", "decide"]
+__all__ = ["Decision", "FileRecord", "JsonObject", "Manifest", "Owner", "decide"]
+
+
+class JsonObject(Mapping[str, str]):
+    """A JSON object stored as text, parsed the first time it is read.
+
+    A rerun of a large unchanged tree reads every record only to compare size and mtime: parsing each
+    record's ``extra`` there cost as much as the rest of the comparison (benchmarks/README.md).
+    """
+
+    __slots__ = ("_parsed", "_text")
+
+    def __init__(self, text: str | None) -> None:
+        self._text = text
+        self._parsed: dict[str, str] | None = None if text else {}
+
+    def _value(self) -> dict[str, str]:
+        if self._parsed is None:
+            loaded = json.loads(self._text or "{}")
+            self._parsed = loaded if isinstance(loaded, dict) else {}
+        return self._parsed
+
+    def __getitem__(self, key: str) -> str:
+        return self._value()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._value())
+
+    def __len__(self) -> int:
+        return len(self._value())
+
+    def __repr__(self) -> str:
+        return repr(self._value())
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +61,8 @@ class FileRecord:
     state: FileState
     remote_id: str | None
     task_id: str | None
-    extra: dict[str, str]
+    #: A ``JsonObject`` as read from a manifest: parsed only when a caller looks inside.
+    extra: Mapping[str, str]
     attempts: int
     last_error: str | None
     run_id: int | None
@@ -108,6 +142,10 @@ class Manifest(Protocol):
     def finish_run(self, run_id: int, status: str, summary: dict[str, Any]) -> None: ...
     def runs(self) -> list[dict[str, Any]]: ...
     def lookup(self, path: str) -> FileRecord | None: ...
+    def lookup_many(self, paths: Sequence[str]) -> dict[str, FileRecord]:
+        """The records of those of ``paths`` the manifest knows, in one query per few hundred paths."""
+        ...
+
     def is_empty(self) -> bool: ...
     def counts(self) -> dict[str, int]: ...
     def iter_files(

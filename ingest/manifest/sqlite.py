@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ingest.errors import ConfigError
-from ingest.manifest.base import FileRecord, Owner
+from ingest.manifest.base import FileRecord, JsonObject, Owner
 from ingest.manifest.groupcommit import GroupCommit, Stmt, Write
 from ingest.manifest.jobs import UNFINISHED, Claim, WalkState, WorkerInfo
 from ingest.models import FileItem, FileState, Receipt
@@ -111,7 +111,7 @@ def _record(row: sqlite3.Row | tuple[Any, ...]) -> FileRecord:
         state=FileState(row[4]),
         remote_id=row[5],
         task_id=row[6],
-        extra=json.loads(row[7]) if row[7] else {},
+        extra=JsonObject(row[7]),
         attempts=row[8],
         last_error=row[9],
         run_id=row[10],
