@@ -33,7 +33,6 @@ import math
 import os
 import stat
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -108,14 +107,16 @@ def check(sync: SyncConfig, target: Target) -> None:
 # ----- the source side: is a manifest path still in the source? --------------------------------------
 
 
-def _local_status(root: Path, options: Any, include: GlobSet, exclude: GlobSet, rel: str) -> str:
-    parts = rel.split("/")
-    if not options.hidden and any(p.startswith(".") for p in parts):
+def _local_status(root: str, options: Any, include: GlobSet, exclude: GlobSet, rel: str) -> str:
+    # Plain strings, not ``Path``: this runs once per manifest row on every rerun (a million rows).
+    if not options.hidden and (rel.startswith(".") or "/." in rel):
         return "excluded"
-    if exclude and any(exclude.matches("/".join(parts[:i])) for i in range(1, len(parts))):
-        return "excluded"
+    if exclude and "/" in rel:
+        parts = rel.split("/")
+        if any(exclude.matches("/".join(parts[:i])) for i in range(1, len(parts))):
+            return "excluded"
     try:
-        st = os.stat(root / rel) if options.follow_symlinks else os.lstat(root / rel)
+        st = os.stat(root + rel) if options.follow_symlinks else os.lstat(root + rel)
     except OSError:
         return "gone"
     if not stat.S_ISREG(st.st_mode):
@@ -133,7 +134,7 @@ async def classify_paths(source: Source, paths: Sequence[str]) -> list[str]:
     from ingest.sources.local import LocalSource
 
     if isinstance(source, LocalSource):
-        root, options = source.root, source.options
+        root, options = os.path.join(source.root, ""), source.options
         include, exclude = GlobSet(options.include), GlobSet(options.exclude)
         return await anyio.to_thread.run_sync(
             lambda: [_local_status(root, options, include, exclude, p) for p in paths]

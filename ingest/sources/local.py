@@ -11,9 +11,10 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import AsyncIterator, Collection, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import anyio
 
@@ -165,7 +166,7 @@ async def walk(
                 yield Rejected(display_path(prefix or "."), f"cannot list folder: {exc.strerror or exc}")
                 continue
             subdirs: list[tuple[str, str, str, tuple[int, int] | None]] = []
-            directory = os.path.join(root, prefix) if prefix else os.fspath(root)
+            child = _child_paths(Path(os.path.join(root, prefix)) if prefix else Path(root))
             for entry_name, st, is_link, error in entries:
                 rel = prefix + entry_name
                 if rel in own_state:
@@ -211,7 +212,7 @@ async def walk(
                     continue
                 yield FileItem(
                     rel_path=rel,
-                    abs_path=Path(directory, entry_name),
+                    abs_path=child(entry_name),
                     size=st.st_size,
                     mtime_ns=st.st_mtime_ns,
                     pin=_pin(st, follow),
@@ -220,6 +221,30 @@ async def walk(
     finally:
         for _, fd in chain:
             os.close(fd)
+
+
+def _child_paths(directory: Path) -> Callable[[str], Path]:
+    """``directory / name`` for many names, fast.
+
+    ``Path(folder, name)`` parses the whole path again for every file (2 µs, a tenth of a no-op rerun's
+    time per file); CPython's own ``_make_child_relpath`` (what its glob and ``Path.walk`` use) joins an
+    already-parsed folder with one name in a tenth of that. It is private, so it is used only where it
+    exists and gives the same answer as the public spelling.
+    """
+    make = getattr(directory, "_make_child_relpath", None)
+    if callable(make) and _CHILD_PATHS_OK:
+        return cast("Callable[[str], Path]", make)
+    return directory.joinpath
+
+
+def _child_paths_agree() -> bool:
+    try:
+        return bool(Path("/a/b")._make_child_relpath("c.txt") == Path("/a/b/c.txt"))  # type: ignore[attr-defined]
+    except Exception:  # any failure means: use the public spelling
+        return False
+
+
+_CHILD_PATHS_OK = _child_paths_agree()
 
 
 def _inside(root: Path, paths: Collection[Path]) -> Iterator[str]:
