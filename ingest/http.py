@@ -172,8 +172,8 @@ class HttpClient:
 
     ``headers`` may hold secrets: they are sent, never logged or put in messages. Connection-level
     failures become ``TransientError`` naming the endpoint and the operation; HTTP statuses are left
-    to the caller, who knows the platform's envelope. With a ``budget`` (``--max-rps``), every request
-    sent, each retry included, first waits for its token.
+    to the caller, who knows the platform's envelope. With a ``budget`` (``ingest.ratelimit``), every
+    request sent, each retry included, first waits for its token, and every answer's status adapts it.
     """
 
     def __init__(
@@ -238,6 +238,8 @@ class HttpClient:
             async with session.request(method, url, params=params, data=body, headers=req_headers) as resp:
                 raw = await _read_reply(resp, what)
                 status, resp_headers = resp.status, dict(resp.headers)
+            if self._budget is not None:
+                self._budget.answered(status)  # 429s slow the whole run down, not just this request
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             # A source file that failed mid-body surfaces as a connection error; report the file.
             for body in file_bodies:

@@ -41,6 +41,7 @@ RAY_SUMMARY_KEYS = (
     "platform_retries",
     "budget_requests",
     "budget_waits",
+    "rate_limited",
 )
 
 

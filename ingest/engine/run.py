@@ -164,8 +164,9 @@ async def run_job(job: Job, *, command: str, handle_signals: bool = False, only_
             summary.sent_bytes += n
             progress.sent(n)
 
-        # One bucket for the whole run: uploads, polls, lookups, deletes and their retries share it.
-        budget = RequestBudget(job.engine.max_rps) if job.engine.max_rps else None
+        # One bucket for the whole run: uploads, polls, lookups, deletes and their retries share it. Without
+        # --max-rps it paces nothing until the platform answers 429, and then keeps under its limit.
+        budget = RequestBudget(job.engine.max_rps)
         context = TargetContext(
             connections=job.engine.concurrency + 8,
             chunk_size=job.engine.chunk_size,
@@ -250,9 +251,9 @@ async def run_job(job: Job, *, command: str, handle_signals: bool = False, only_
         finally:
             progress.close()
             target.add_to_summary(summary)
-            if budget is not None:
-                summary.max_rps = budget.rate
-                summary.budget_requests, summary.budget_waits = budget.taken, budget.waited
+            summary.max_rps, summary.rate_limited = budget.max_rps, budget.rejected
+            summary.budget_requests, summary.budget_waits = budget.taken, budget.waited
+            summary.settled_rps = budget.rate if budget.rejected else None
             summary.elapsed = time.monotonic() - started
             summary.passed_over = dict(source.passed_over())
             manifest.finish_run(run_id, status, summary.to_json())
