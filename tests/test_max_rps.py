@@ -15,6 +15,7 @@ import pytest
 
 from ingest.cli.fanout import worker_argv
 from ingest.ratelimit import RequestBudget, split_budget
+from ingest.report import RunSummary
 from tests.conftest import make_tree
 from tests.harness import MOI, ServerProcess, run_cli
 
@@ -257,3 +258,13 @@ def test_a_budget_under_the_limit_is_never_rate_limited(tmp_path: Path) -> None:
     assert control_stats["rate_limited"] > 0
     assert control["rate_limited"] == control_stats["rate_limited"]
     assert control["budget_requests"] == sum(control_stats["requests"].values())  # retries took tokens too
+
+
+def test_the_summary_mentions_the_budget_and_the_429s() -> None:
+    """The end-of-run lines say what budget was kept and, if the platform pushed back, how hard."""
+    summary = RunSummary(destination="MOI", manifest="m.db", max_rps=95, budget_requests=600, budget_waits=580)
+    assert "request budget: at most 95 requests/s; 600 requests, 580 of them waited their turn" in summary.lines()
+    assert not any("rate-limited" in line for line in summary.lines())
+    pushed = RunSummary(destination="MOI", manifest="m.db", rate_limited=12, settled_rps=91.4)
+    assert "the platform rate-limited 12 requests (HTTP 429); sending slowed to 91 requests/s" in pushed.lines()
+    assert not any("request budget" in line for line in pushed.lines())
