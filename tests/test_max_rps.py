@@ -205,7 +205,7 @@ def test_help_says_the_budget_is_shared_and_split() -> None:
 
 
 def test_plan_estimates_time_from_the_budget(tmp_path: Path) -> None:
-    """`ingest plan --max-rps` bounds the estimate by requests / budget, and says so."""
+    """`ingest plan --max-rps` (or `[engine] max_rps`) bounds the estimate by requests / budget, and says so."""
     make_tree(tmp_path / "docs", 30)
     result = run_cli(["plan", "docs", "--batch-files", "1", "--max-rps", "0.5", "--json"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -214,6 +214,9 @@ def test_plan_estimates_time_from_the_budget(tmp_path: Path) -> None:
     assert plan["estimate_s"] >= plan["requests"] / 0.5
     text = run_cli(["plan", "docs", "--batch-files", "1", "--max-rps", "0.5"], cwd=tmp_path).stdout
     assert "at most 0.5 requests/s" in text
+    (tmp_path / "c.toml").write_text("[source]\npath = 'docs'\n[engine]\nmax_rps = 2.5\n")
+    from_file = run_cli(["plan", "--config", "c.toml", "--json"], cwd=tmp_path)
+    assert json.loads(from_file.stdout)["max_rps"] == 2.5, from_file.stderr
 
 
 # ----- end to end ------------------------------------------------------------------------------------
