@@ -117,6 +117,10 @@ class EngineConfig(_Model):
     unreachable_after: float = Field(default=300.0, gt=0)
     #: Files accepted by the platform but not yet finished, at most; bounds memory for huge trees.
     max_in_flight: int = Field(default=20_000, ge=1)
+    #: Requests per second to the platform, at most, every kind and every retry counted (``--max-rps``,
+    #: ``ingest.ratelimit``); ``None``: no budget, only backing off after 429s. A job fanned out over
+    #: several processes gives each its share.
+    max_rps: float | None = Field(default=None, gt=0)
 
     @field_validator("batch_bytes", mode="before")
     @classmethod

@@ -20,6 +20,7 @@ from aiohttp.payload import AsyncIterablePayload
 from ingest import _failpoints
 from ingest.errors import IngestError, SourceFileError, TransientError, connection_failed
 from ingest.models import FileItem
+from ingest.ratelimit import RequestBudget
 from ingest.sources.reader import PREFETCH_MAX, BodyStream, LocalStream, fetch_small, open_body, open_local
 
 __all__ = ["FileBody", "HttpClient", "HttpReply", "one_line", "open_checked", "parse_retry_after"]
@@ -171,7 +172,8 @@ class HttpClient:
 
     ``headers`` may hold secrets: they are sent, never logged or put in messages. Connection-level
     failures become ``TransientError`` naming the endpoint and the operation; HTTP statuses are left
-    to the caller, who knows the platform's envelope.
+    to the caller, who knows the platform's envelope. With a ``budget`` (``ingest.ratelimit``), every
+    request sent, each retry included, first waits for its token, and every answer's status adapts it.
     """
 
     def __init__(
@@ -182,6 +184,7 @@ class HttpClient:
         connections: int = 64,
         connect_timeout: float | None = None,
         read_timeout: float = 300.0,
+        budget: RequestBudget | None = None,
     ) -> None:
         """``connect_timeout``: by default 30 s, or ``read_timeout`` if shorter (``--request-timeout``)."""
         connect_timeout = min(30.0, read_timeout) if connect_timeout is None else connect_timeout
@@ -190,6 +193,7 @@ class HttpClient:
         self._connections = connections
         self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=read_timeout)
         self._session: aiohttp.ClientSession | None = None
+        self._budget = budget
 
     def _ensure_session(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -227,10 +231,15 @@ class HttpClient:
         if json_body is not None:
             body = json.dumps(json_body, ensure_ascii=False).encode()
             req_headers.setdefault("Content-Type", "application/json")
+        if self._budget is not None:
+            # Before the connection is taken from the pool: a request waiting its turn holds none.
+            await self._budget.take()
         try:
             async with session.request(method, url, params=params, data=body, headers=req_headers) as resp:
                 raw = await _read_reply(resp, what)
                 status, resp_headers = resp.status, dict(resp.headers)
+            if self._budget is not None:
+                self._budget.answered(status)  # 429s slow the whole run down, not just this request
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             # A source file that failed mid-body surfaces as a connection error; report the file.
             for body in file_bodies:

@@ -47,6 +47,13 @@ class RunSummary:
     excluded_kept: int = 0
     #: Deletions the platform did not confirm (a transient error): the next run resumes them.
     delete_pending: int = 0
+    #: The request budget (``--max-rps``) this run kept, if any; the requests sent and how many of
+    #: them waited for their turn; the platform's 429s, and the rate the run settled at after them.
+    max_rps: float | None = None
+    budget_requests: int = 0
+    budget_waits: int = 0
+    rate_limited: int = 0
+    settled_rps: float | None = None
 
     @property
     def exit_code(self) -> int:
@@ -80,6 +87,11 @@ class RunSummary:
             "removed_kept": self.removed_kept,
             "excluded_kept": self.excluded_kept,
             "delete_pending": self.delete_pending,
+            "max_rps": self.max_rps,
+            "budget_requests": self.budget_requests,
+            "budget_waits": self.budget_waits,
+            "rate_limited": self.rate_limited,
+            "settled_rps": round(self.settled_rps, 1) if self.settled_rps is not None else None,
             "failures": [{"path": p, "error": e} for p, e in self.failures[:100]],
         }
 
@@ -105,6 +117,14 @@ class RunSummary:
             )
         if self.excluded_kept:
             out.append(f"{self.excluded_kept} files now excluded by the filters stay on the platform")
+        if self.max_rps:
+            out.append(
+                f"request budget: at most {self.max_rps:g} requests/s; {self.budget_requests} requests, "
+                f"{self.budget_waits} of them waited their turn"
+            )
+        if self.rate_limited:
+            settled = f"; sending slowed to {self.settled_rps:.0f} requests/s" if self.settled_rps else ""
+            out.append(f"the platform rate-limited {self.rate_limited} requests (HTTP 429){settled}")
         if self.stored_at is not None:
             out.append(f"files stored by {self.destination} under {self.stored_at}")
         if self.stopped_reason:

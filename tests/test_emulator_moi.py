@@ -473,7 +473,8 @@ async def test_volume_create_and_info(emu: Emulator) -> None:
 
 
 async def test_rate_limit_answers_429_with_retry_after(config: MoiEmulatorConfig) -> None:
-    """Beyond rate_limit requests per second the emulator answers 429 with an integer Retry-After >= 1."""
+    """Beyond rate_limit requests per second the emulator answers 429 with an integer Retry-After >= 1, and
+    counts each 429 in /_emulator/stats."""
     async with running(replace(config, rate_limit=1.0)) as emu:
         statuses = []
         for _ in range(3):
@@ -487,7 +488,9 @@ async def test_rate_limit_answers_429_with_retry_after(config: MoiEmulatorConfig
         assert body["code"] == "ErrDynamicServiceRateLimit"
         assert retry_after.isdigit()
         assert int(retry_after) >= 1
-        assert (await emu.call("GET", "/_emulator/stats"))[0] == 200  # hooks are never limited
+        status, stats = await emu.call("GET", "/_emulator/stats")
+        assert status == 200  # hooks are never limited
+        assert stats["rate_limited"] == statuses.count(429)
 
 
 async def test_error_rate_one_answers_500(config: MoiEmulatorConfig) -> None:
@@ -555,14 +558,16 @@ async def test_state_persists_across_restarts(config: MoiEmulatorConfig) -> None
 
 async def test_emulator_stats_count_api_requests(emu: Emulator) -> None:
     """/_emulator/stats counts every API request by method and route, rejected ones included."""
-    assert (await emu.call("GET", "/_emulator/stats"))[1] == {"requests": {}}
+    assert (await emu.call("GET", "/_emulator/stats"))[1] == {"requests": {}, "rate_limited": 0, "span_s": 0.0}
     await emu.upload([("a.txt", b"a")])
     await emu.call("GET", "/task/list")
     async with aiohttp.ClientSession(base_url=emu.url) as anonymous, anonymous.get("/task/list") as response:
         assert response.status == 401
     await emu.files()
     _, stats = await emu.call("GET", "/_emulator/stats")
-    assert stats == {"requests": {"GET /task/list": 2, "POST /connectors/upload": 1}}
+    assert stats["requests"] == {"GET /task/list": 2, "POST /connectors/upload": 1}
+    assert stats["rate_limited"] == 0
+    assert stats["span_s"] >= 0.0
 
 
 # --- building blocks --------------------------------------------------------------------------------------

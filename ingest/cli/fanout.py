@@ -1,6 +1,7 @@
 """One job, many engine processes: ``ingest run … --processes N`` (this machine) and ``--ray [ADDRESS]
 --workers N`` (a Ray cluster). Each process is an ordinary shared-job worker (``--shared``); they meet
 only in the manifest. This process shows one progress display (from the manifest) and one summary.
+A request budget (``--max-rps N``) is the job's: each of the N workers keeps N/workers of it.
 """
 
 from __future__ import annotations
@@ -16,18 +17,38 @@ from typing import Any
 from ingest.config import RunConfig
 from ingest.errors import ConfigError
 from ingest.manifest import open_manifest, parse_location
+from ingest.ratelimit import split_budget
 from ingest.report import RunSummary
 
 __all__ = ["RAY_SUMMARY_KEYS", "combine", "run_processes", "worker_argv"]
 
 #: Flags of the parent that its workers must not see (their value follows unless it is a switch).
-_PARENT_FLAGS = {"--processes": True, "--workers": True, "--json": False, "-q": False, "--quiet": False}
-RAY_SUMMARY_KEYS = ("done", "failed", "skipped", "resumed", "sent_files", "sent_bytes", "platform_retries")
+_PARENT_FLAGS = {
+    "--processes": True,
+    "--workers": True,
+    "--max-rps": True,  # the job's budget: each worker is given its share instead
+    "--json": False,
+    "-q": False,
+    "--quiet": False,
+}
+RAY_SUMMARY_KEYS = (
+    "done",
+    "failed",
+    "skipped",
+    "resumed",
+    "sent_files",
+    "sent_bytes",
+    "platform_retries",
+    "budget_requests",
+    "budget_waits",
+    "rate_limited",
+)
 
 
-def worker_argv(argv: Sequence[str]) -> list[str]:
+def worker_argv(argv: Sequence[str], *, max_rps: float | None = None) -> list[str]:
     """The parent's ``run`` arguments for one worker: without the fan-out flags, with ``--shared``,
-    quiet, and the summary as JSON on stdout."""
+    quiet, the summary as JSON on stdout and ``max_rps``, the worker's share of the job's budget
+    (a flag, so it also beats a budget in the ``--config`` file)."""
     out: list[str] = []
     skip_value = False
     args = list(argv)
@@ -47,7 +68,8 @@ def worker_argv(argv: Sequence[str]) -> list[str]:
             skip_value = _PARENT_FLAGS[name] and "=" not in arg
             continue
         out.append(arg)
-    return [*out, "--shared", "--json", "-q", "--no-progress"]
+    share = ["--max-rps", repr(max_rps)] if max_rps is not None else []
+    return [*out, *share, "--shared", "--json", "-q", "--no-progress"]
 
 
 def combine(parts: Sequence[dict[str, Any]], *, destination: str, manifest: str, elapsed: float) -> RunSummary:
@@ -71,12 +93,21 @@ def _require_manifest(manifest: str | None) -> str:
     return manifest
 
 
-def run_processes(argv: Sequence[str], n: int, *, manifest: str | None, job: str | None, show: bool) -> RunSummary:
-    """Start ``n`` worker processes of this job and wait for them; one progress line, one summary."""
+def run_processes(
+    argv: Sequence[str],
+    n: int,
+    *,
+    manifest: str | None,
+    job: str | None,
+    show: bool,
+    max_rps: float | None = None,
+) -> RunSummary:
+    """Start ``n`` worker processes of this job and wait for them; one progress line, one summary.
+    ``max_rps`` is the job's request budget, split evenly between the workers."""
     location = parse_location(_require_manifest(manifest), job)
     if isinstance(location, Path):
         open_manifest(location).close()  # created (and migrated) once, before the workers race to it
-    child = worker_argv(argv)
+    child = worker_argv(argv, max_rps=split_budget(max_rps, n))
     started = time.monotonic()
     procs = [
         subprocess.Popen(
@@ -100,7 +131,9 @@ def run_processes(argv: Sequence[str], n: int, *, manifest: str | None, job: str
             raise ConfigError(f"a worker process failed: {line.removeprefix('ingest: error: ')}")
         parts.append(json.loads(out))
     destination = str(parts[0].get("destination", "")) if parts else ""
-    return combine(parts, destination=destination, manifest=str(location), elapsed=time.monotonic() - started)
+    summary = combine(parts, destination=destination, manifest=str(location), elapsed=time.monotonic() - started)
+    summary.max_rps = max_rps
+    return summary
 
 
 def _watch(procs: list[subprocess.Popen[str]], location: Any, job: str | None, show: bool) -> None:
@@ -133,10 +166,13 @@ def run_on_ray(config: RunConfig, n: int, address: str | None) -> RunSummary:
     manifest = _require_manifest(str(config.manifest) if config.manifest is not None else None)
     from ingest.engine.ray_workers import run_actors
 
-    worker = config.model_copy(update={"shared": True, "quiet": True, "progress": False})
+    engine = config.engine.model_copy(update={"max_rps": split_budget(config.engine.max_rps, n)})
+    worker = config.model_copy(update={"shared": True, "quiet": True, "progress": False, "engine": engine})
     started = time.monotonic()
     parts = run_actors(ray, worker, n, address)
     destination = str(parts[0].get("destination", "")) if parts else ""
-    return combine(
+    summary = combine(
         parts, destination=destination, manifest=str(parse_location(manifest or "")), elapsed=time.monotonic() - started
     )
+    summary.max_rps = config.engine.max_rps
+    return summary

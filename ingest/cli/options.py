@@ -38,6 +38,7 @@ __all__ = [
     "config_from_args",
     "engine_settings",
     "number_or_name",
+    "positive_float",
     "positive_int",
     "size",
 ]
@@ -96,6 +97,17 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A number above 0 (``95``, ``0.5``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a number above 0")
     return value
 
 
@@ -228,6 +240,14 @@ def add_engine_flags(p: argparse.ArgumentParser) -> None:
         "with the next run (default 300)",
     )
     g.add_argument(
+        "--max-rps",
+        type=positive_float,
+        metavar="N",
+        help="send at most N requests per second to the platform, uploads, status checks, lookups, deletes "
+        "and retries together (like rclone's --tpslimit), to stay under its quota; with --processes or "
+        "--ray --workers each worker gets N/workers (default: no budget, only backing off after 429s)",
+    )
+    g.add_argument(
         "--max-in-flight",
         type=int,
         metavar="N",
@@ -268,6 +288,7 @@ ENGINE_KEYS = (
     "max_in_flight",
     "request_timeout",
     "unreachable_after",
+    "max_rps",
 )
 
 

@@ -99,7 +99,9 @@ def command(args: argparse.Namespace) -> int:
             summary = fanout.run_on_ray(config, args.workers or 2, args.ray or None)
         else:
             show = not config.quiet and not args.json
-            summary = fanout.run_processes(argv, args.processes, manifest=manifest, job=config.job, show=show)
+            summary = fanout.run_processes(
+                argv, args.processes, manifest=manifest, job=config.job, show=show, max_rps=config.engine.max_rps
+            )
     else:
         summary = anyio.run(lambda: run(config, handle_signals=True))
     output.print_summary(summary, as_json=args.json, quiet=args.quiet)

@@ -89,7 +89,7 @@ def synced(args: argparse.Namespace, config: RunConfig) -> RunConfig:
 def _plan(args: argparse.Namespace, config: RunConfig) -> int:
     from ingest.engine.plan import make_plan
 
-    plan = anyio.run(lambda: make_plan(config, remote=args.remote, max_rps=getattr(args, "max_rps", None)))
+    plan = anyio.run(lambda: make_plan(config, remote=args.remote))  # --max-rps is in config.engine
     if args.json:
         output.print_json(plan.to_json())
     else:

@@ -5,15 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from ingest.cli import output
 from ingest.cli.exits import EXIT_FAILED, EXIT_OK
-from ingest.cli.options import add_command, add_json_flag, add_platform_options
+from ingest.cli.options import add_command, add_json_flag, add_platform_options, positive_float
 from ingest.errors import ConfigError
 from ingest.platforms.registry import target_specs
+
+if TYPE_CHECKING:
+    from ingest.config import RunConfig
+    from ingest.platforms.base import TargetContext
 
 __all__ = ["add_parser", "command"]
 
@@ -44,6 +48,13 @@ def add_parser(commands: Any) -> None:
     p.add_argument("--report", type=Path, metavar="FILE.json", help="write every difference as JSON")
     p.add_argument("--fix", action="store_true", help="re-send missing files and delete stale and extra documents")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
+    p.add_argument(
+        "--max-rps",
+        type=positive_float,
+        metavar="N",
+        help="send at most N requests per second to the platform (listing, deletes, re-sends); "
+        "default: the --max-rps of the run that wrote the manifest, if any",
+    )
     add_json_flag(p)
     secrets = p.add_argument_group("secrets (never stored in the manifest: give them again)")
     add_platform_options(
@@ -59,12 +70,13 @@ def command(args: argparse.Namespace) -> int:
     from ingest.engine.verify import Difference, verify
     from ingest.manifest import open_manifest
     from ingest.manifest.lock import hold
-    from ingest.platforms.base import TargetContext
     from ingest.platforms.registry import build_target
 
     config = saved_config(args.manifest, _secrets(args))
     if config.target is None:
         raise ConfigError(f"manifest {args.manifest} was loaded into the embedded emulator; nothing to verify")
+    if args.max_rps is not None:
+        config = config.model_copy(update={"engine": config.engine.model_copy(update={"max_rps": args.max_rps})})
     diffs: list[dict[str, Any]] = []
 
     def on_difference(diff: Difference) -> None:
@@ -77,7 +89,7 @@ def command(args: argparse.Namespace) -> int:
         return await retry_failed(cfg)
 
     async def main() -> Any:
-        target = build_target(config.target, TargetContext())  # type: ignore[arg-type]
+        target = build_target(config.target, _context(config))  # type: ignore[arg-type]
         try:
             await target.open()
             manifest = open_manifest(args.manifest)
@@ -115,11 +127,10 @@ def _converged(manifest_path: Path, config: Any) -> bool:
     """After ``--fix``: verify again, quietly."""
     from ingest.engine.verify import verify
     from ingest.manifest import open_manifest
-    from ingest.platforms.base import TargetContext
     from ingest.platforms.registry import build_target
 
     async def again() -> bool:
-        target = build_target(config.target, TargetContext())
+        target = build_target(config.target, _context(config))
         try:
             await target.open()
             with open_manifest(manifest_path) as manifest:
@@ -129,3 +140,13 @@ def _converged(manifest_path: Path, config: Any) -> bool:
             await target.aclose()
 
     return anyio.run(again)
+
+
+def _context(config: RunConfig) -> TargetContext:
+    """The target's context: the request budget (``--max-rps``) if one is set. The re-sends of ``--fix``
+    come after the listing and the deletes, as a run of their own with the same budget."""
+    from ingest.platforms.base import TargetContext
+    from ingest.ratelimit import RequestBudget
+
+    rate = config.engine.max_rps
+    return TargetContext(budget=RequestBudget(rate) if rate else None)

@@ -134,10 +134,13 @@ def _duration(seconds: float) -> str:
 
 
 async def make_plan(config: RunConfig, *, remote: bool = False, max_rps: float | None = None) -> Plan:
-    """What ``ingest run`` with ``config`` would do now. Sends nothing (lists with ``remote``)."""
+    """What ``ingest run`` with ``config`` would do now. Sends nothing (lists with ``remote``).
+
+    ``max_rps`` (default: the config's ``--max-rps``) bounds the time estimate by the request budget."""
     from ingest.engine.run import _walk_options, default_manifest_path, run_job  # noqa: F401 - same rules
     from ingest.errors import ConfigError
 
+    max_rps = max_rps if max_rps is not None else config.engine.max_rps
     if config.source.is_bucket:
         from ingest.sources.bucket import open_bucket_source
 

@@ -28,6 +28,7 @@ from ingest.models import FileItem, FileState
 from ingest.platforms.base import Target, TargetConfigBase, TargetContext
 from ingest.platforms.registry import EmbeddedDestination, build_target, embedded_spec, get_spec
 from ingest.progress import Progress
+from ingest.ratelimit import RequestBudget
 from ingest.report import RunSummary, check_report_path, write_report
 from ingest.retry import RetryPolicy, retrying
 from ingest.sources.base import Rejected, Source
@@ -163,12 +164,16 @@ async def run_job(job: Job, *, command: str, handle_signals: bool = False, only_
             summary.sent_bytes += n
             progress.sent(n)
 
+        # One bucket for the whole run: uploads, polls, lookups, deletes and their retries share it. Without
+        # --max-rps it paces nothing until the platform answers 429, and then keeps under its limit.
+        budget = RequestBudget(job.engine.max_rps)
         context = TargetContext(
             connections=job.engine.concurrency + 8,
             chunk_size=job.engine.chunk_size,
             on_bytes=on_bytes,
             on_message=progress.message,
             request_timeout=job.engine.request_timeout,
+            budget=budget,
         )
         target = (
             job.target_factory(target_config, context) if job.target_factory else build_target(target_config, context)
@@ -246,6 +251,9 @@ async def run_job(job: Job, *, command: str, handle_signals: bool = False, only_
         finally:
             progress.close()
             target.add_to_summary(summary)
+            summary.max_rps, summary.rate_limited = budget.max_rps, budget.rejected
+            summary.budget_requests, summary.budget_waits = budget.taken, budget.waited
+            summary.settled_rps = budget.rate if budget.rejected else None
             summary.elapsed = time.monotonic() - started
             summary.passed_over = dict(source.passed_over())
             manifest.finish_run(run_id, status, summary.to_json())

@@ -49,6 +49,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr, field_validator, model_va
 from ingest.models import FileItem, Receipt, RemoteState, RemoteStatus
 
 if TYPE_CHECKING:
+    from ingest.ratelimit import RequestBudget
     from ingest.report import RunSummary
     from ingest.sources.base import Source
 
@@ -236,3 +237,5 @@ class TargetContext:
     on_bytes: Callable[[int], None] | None = None
     on_message: Callable[[str], None] | None = None
     request_timeout: float = 300.0
+    #: ``--max-rps``: the token bucket every platform request takes from (``ingest.ratelimit``).
+    budget: RequestBudget | None = None

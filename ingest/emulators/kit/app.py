@@ -178,6 +178,8 @@ def _middleware(spec: EmulatorApp[Any, Any], faults: FaultInjector, counter: Req
                 counter.count(request)
                 faulted = await faults.inject(request)
                 if faulted is not None:
+                    if faulted.status == 429:
+                        counter.count_rate_limited()
                     return faulted
                 if request.path not in public:
                     await authenticate(request)

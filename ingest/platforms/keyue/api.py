@@ -123,6 +123,7 @@ class KeyueApi:
             },
             connections=context.connections,
             read_timeout=context.request_timeout,
+            budget=context.budget,
         )
         self._context = context
 

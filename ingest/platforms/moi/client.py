@@ -75,6 +75,7 @@ from ingest.platforms.moi.wire import (
     Volume,
     wire,
 )
+from ingest.ratelimit import RequestBudget
 from ingest.retry import RetryPolicy, retrying
 
 __all__ = ["MOI_ERRORS", "MoiClient", "UploadReply", "check_envelope"]
@@ -204,6 +205,7 @@ class MoiClient:
         connections: int = 16,
         request_timeout: float = 300.0,
         retries: RetryPolicy | None = DEFAULT_RETRIES,
+        budget: RequestBudget | None = None,
     ) -> None:
         key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
         headers = {"moi-key": key} if auth_header == "moi-key" else {"X-API-Key": key}
@@ -211,7 +213,9 @@ class MoiClient:
             headers["X-Workspace-ID"] = workspace_id
         headers["User-Agent"] = "ingest/0.1 (+moi)"
         self.endpoint = endpoint.rstrip("/")
-        self.http = HttpClient(self.endpoint, headers=headers, connections=connections, read_timeout=request_timeout)
+        self.http = HttpClient(
+            self.endpoint, headers=headers, connections=connections, read_timeout=request_timeout, budget=budget
+        )
         self.retries = retries
 
     async def __aenter__(self) -> MoiClient:

@@ -80,6 +80,7 @@ class MoiTarget(Target):
             connections=context.connections,
             request_timeout=context.request_timeout,
             retries=None,
+            budget=context.budget,
         )
         self._status_table = FILE_STATUS_TABLES[config.file_status_table]
 

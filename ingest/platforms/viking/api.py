@@ -33,6 +33,7 @@ from ingest.errors import (
 )
 from ingest.http import HttpClient, HttpReply, one_line
 from ingest.platforms.viking.signing import Credentials, sign
+from ingest.ratelimit import RequestBudget
 
 __all__ = [
     "COLLECTION_NOT_EXIST",
@@ -139,6 +140,7 @@ class VikingApi:
         kb_label: str,
         connections: int = 64,
         read_timeout: float = 300.0,
+        budget: RequestBudget | None = None,
     ) -> None:
         self.endpoint = endpoint.rstrip("/")
         self._credentials = credentials
@@ -152,6 +154,7 @@ class VikingApi:
             headers={"User-Agent": "ingest/0.1 (+viking)", "Accept": "application/json"},
             connections=connections,
             read_timeout=read_timeout,
+            budget=budget,
         )
 
     async def call(self, method: str, path: str, body: Any, *, what: str) -> Any:

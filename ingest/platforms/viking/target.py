@@ -88,6 +88,7 @@ class VikingTarget(Target):
             kb_label=config.knowledge_base(),
             connections=context.connections,
             read_timeout=context.request_timeout,
+            budget=context.budget,
         )
         self.staging = Staging(
             _staging_settings(config),
