@@ -1,0 +1,322 @@
+"""Every performance goal of issue 11 in one run: one table of measured values, goals and verdicts.
+
+    python benchmarks/run.py --quick     # about 3 minutes: what to run before a commit touching a hot path
+    python benchmarks/run.py             # the full sizes the goals are stated for (about 20 minutes)
+    python benchmarks/run.py --only moi,status --json-out results.json
+
+Parts (``--only`` takes their names; each baseline is measured in the same run, on the same machine):
+
+  moi       MOI small files (``bench_moi.py``'s scenarios): curl ``--parallel`` one file per request,
+            ingest batched, ingest ``--batch-files 1``, curl sending ingest's batches (the emulator's
+            ceiling). Goals 1-3: files/s ratios, client CPU per file, requests per file; goal 4's
+            emulator CPU per upload request (from the curl run: no client code in it).
+  status    the MOI emulator's CPU per status request (``GET /task/get`` sent by curl ``--parallel``).
+  targets   Keyue and VikingDB, one file per request: files/s, client CPU per file, requests per file.
+  embedded  ``ingest run DIR`` with no target (``bench_embedded.py``): files/s, no-op rerun, RSS.
+  rate      the request budget against ``ingest serve moi --rate-limit 100`` (``bench_rate.py``).
+  big       one 1 GiB file into MOI against ``curl -F`` (256 MiB with ``--quick``): goal 8.
+
+Everything talks to 127.0.0.1. Wall times include interpreter start-up (what a user waits for); CPU is
+the kernel's ``os.wait4`` accounting of each client process. Exit status 0 when every run stored every
+file (goals met or not: read the verdicts), 1 when a run failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # the sibling benchmarks, and tests.harness for the emulators
+
+import bench_moi as moi  # noqa: E402
+
+Row = dict[str, Any]
+PARTS = ("moi", "status", "targets", "embedded", "rate", "big")
+
+
+def row(scenario: str, metric: str, value: float, goal: float | None = None, *, at_most: bool = False) -> Row:
+    """One measured value; with a goal, its verdict (``≥ goal``, or ``≤ goal`` when ``at_most``)."""
+    if goal is None:
+        return {"scenario": scenario, "metric": metric, "value": value, "goal": "", "verdict": "–"}
+    met = value <= goal if at_most else value >= goal
+    sign = "<=" if at_most else ">="
+    verdict = "met" if met else "MISSED"
+    return {"scenario": scenario, "metric": metric, "value": value, "goal": f"{sign} {goal:g}", "verdict": verdict}
+
+
+def _requests_excluding_hooks(emu: moi.Emulator) -> dict[str, int]:
+    return {k: v for k, v in emu.requests().items() if "/_emulator" not in k}
+
+
+# ----- MOI small files ------------------------------------------------------------------------------------
+
+
+def part_moi(quick: bool) -> list[Row]:
+    settings = moi.Settings(
+        files=500 if quick else 2000, size=4096, big_mib=0, latency_ms=20, task_delay_ms=50, concurrency=32,
+        repeat=1 if quick else 3, seed_loop_files=0, skip_big=True, reference=True,
+    )  # fmt: skip
+    with moi.work_dir(None) as work:
+        scenarios = {sc.key: sc for sc in moi.bench_small(work, settings, skip_seed=True)}
+        fixed = moi_startup_cpu_s(work)
+    print(moi.small_table(list(scenarios.values())), flush=True)
+    for sc in scenarios.values():
+        for r in sc.runs:
+            if r.warning:
+                raise RuntimeError(f"{sc.label}: {r.warning}")
+    curl, batched = scenarios["curl"].median(), scenarios["ingest"].median()
+    single, ceiling = scenarios["ingest-nobatch"].median(), scenarios["curl-batched"].median()
+    n = settings.files
+
+    def per_file_ms(r: moi.Run) -> float:
+        return (r.client_cpu_s - fixed) * 1000 / n
+
+    def requests_per_file(r: moi.Run) -> float:
+        return (r.upload_requests + r.other_requests) / n
+
+    one = "MOI, 1 file/request"
+    many = "MOI, batched"
+    return [
+        row(one, "files/s vs curl --parallel (x)", single.files_per_s / curl.files_per_s, 1.0),
+        row(one, "client CPU ms/file (start-up excluded)", per_file_ms(single), 0.6, at_most=True),
+        row(one, "requests/file", requests_per_file(single), 1.3, at_most=True),
+        row(many, "files/s vs curl --parallel (x)", batched.files_per_s / curl.files_per_s, 2.5),
+        row(many, "files/s vs curl sending the same batches (x)", batched.files_per_s / ceiling.files_per_s, 0.8),
+        row(many, "client CPU ms/file (start-up excluded)", per_file_ms(batched), 0.25, at_most=True),
+        row(many, "requests/file", requests_per_file(batched), 0.12, at_most=True),
+        row(
+            "MOI emulator",
+            "CPU ms/upload request (curl's run)",
+            curl.server_cpu_s * 1000 / curl.upload_requests,
+            0.8,
+            at_most=True,
+        ),
+        row("ingest", "CPU s of a run with nothing to send (start-up)", fixed),
+        row("curl --parallel", "files/s (baseline)", curl.files_per_s),
+        row("curl, ingest's batches", "files/s (baseline)", ceiling.files_per_s),
+    ]
+
+
+def moi_startup_cpu_s(work: Path) -> float:
+    """CPU of ``ingest run`` on an empty folder against a fresh emulator: the interpreter, imports, the
+    manifest and the target's preflight, paid once per run whatever its size. CPU per file is reported
+    without it, so a goal stated per file does not depend on how many files the benchmark sends."""
+    empty = work / "empty"
+    empty.mkdir()
+    run_dir = work / "runs" / "startup"
+    run_dir.mkdir(parents=True)
+    with moi.Emulator(run_dir / "data", latency_ms=0, task_delay_ms=0) as emu:
+        m = moi.run_measured(
+            moi.ingest_cmd(empty, emu.url, run_dir, 1), cwd=run_dir, env=moi.child_env(MOI_KEY=moi.API_KEY)
+        )
+    if m.returncode != 0:
+        raise RuntimeError(f"ingest run of an empty folder: exit {m.returncode}: {m.stderr.strip()[-300:]}")
+    return m.cpu_s
+
+
+# ----- the MOI emulator's status requests -----------------------------------------------------------------
+
+
+def part_status(quick: bool) -> list[Row]:
+    """curl ``--parallel`` asking ``/task/get`` for one task ``count`` times: the emulator's CPU per answer."""
+    count = 2000 if quick else 10_000
+    with moi.work_dir(None) as work:
+        src = work / "one" / "a.txt"
+        src.parent.mkdir()
+        src.write_text("status benchmark\n")
+        with moi.Emulator(work / "data", latency_ms=0, task_delay_ms=0) as emu:
+            upload = subprocess.run(
+                ["curl", "--silent", "--show-error", "--fail", "--config", "-"],
+                input=moi.curl_config(emu.url, [src]).replace('output = "/dev/null"\n', "").replace(
+                    'write-out = "%{http_code}\\n"\n', ""),
+                capture_output=True, text=True, check=True, env=moi.child_env(),
+            )  # fmt: skip
+            task_id = json.loads(upload.stdout)["data"]["task_id"]
+            line = "\n".join(
+                [
+                    f"url = {json.dumps(f'{emu.url}/task/get?task_id={task_id}')}",
+                    f"header = {json.dumps('moi-key: ' + moi.API_KEY)}",
+                    'output = "/dev/null"',
+                    'write-out = "%{http_code}\\n"',
+                ]
+            )
+            (work / "status.cfg").write_text("\nnext\n".join([line] * count) + "\n")
+            before = emu.cpu_s()
+            m = moi.run_measured(
+                ["curl", "--silent", "--parallel", "--parallel-max", "32", "--config", str(work / "status.cfg")],
+                cwd=work, env=moi.child_env(),
+            )  # fmt: skip
+            server = emu.cpu_s() - before
+    ok = m.stdout.split().count("200")
+    if ok != count:
+        raise RuntimeError(f"status: {count - ok} of {count} status requests were not answered 200")
+    return [
+        row("MOI emulator", "CPU ms per status request", server * 1000 / count, 0.3, at_most=True),
+        row("MOI emulator", "status requests/s (curl --parallel 32)", count / m.wall_s),
+    ]
+
+
+# ----- Keyue and VikingDB ---------------------------------------------------------------------------------
+
+
+def part_targets(quick: bool) -> list[Row]:
+    """``ingest run`` of small files into each emulator (one file per request: the platforms have no
+    batch upload). No curl baseline: Keyue needs a JSON create call per uploaded file and VikingDB a
+    signed request after a staging PUT, which curl's ``--parallel`` cannot chain (goal 1's "minimal
+    aiohttp client" baseline is not built yet)."""
+    from tests.harness import KEYUE, VIKING, ServerProcess
+
+    files = 300 if quick else 1000
+    rows: list[Row] = []
+    for harness in (KEYUE, VIKING):
+        with moi.work_dir(None) as work:
+            expected = moi.make_small_files(work / "docs", files, 4096)
+            server = ServerProcess(harness.serve_command(work / "data"))
+            try:
+                flags, env = harness.cli(server.url)
+                (work / "empty").mkdir()
+                cmd = [sys.executable, "-m", "ingest", "run", "empty", *flags, "--manifest", "e.db",
+                       "--concurrency", "32", "--json", "--quiet"]  # fmt: skip
+                fixed = moi.run_measured(cmd, cwd=work, env=moi.child_env(**env)).cpu_s
+                before = _requests(server.url)
+                cmd[4], cmd[cmd.index("e.db")] = "docs", "m.db"
+                m = moi.run_measured(cmd, cwd=work, env=moi.child_env(**env))
+                requests = _requests(server.url) - before
+            finally:
+                server.stop()
+        summary = json.loads(m.stdout) if m.stdout.strip() else {}
+        if m.returncode != 0 or summary.get("done") != len(expected):
+            raise RuntimeError(f"{harness.name}: run incomplete (exit {m.returncode}): {m.stderr.strip()[-300:]}")
+        name = {"keyue": "Keyue", "viking": "VikingDB"}.get(harness.name, harness.name)
+        rows += [
+            row(name, "files/s", files / m.wall_s),
+            row(name, "client CPU ms/file (start-up excluded)", (m.cpu_s - fixed) * 1000 / files, 0.6, at_most=True),
+            row(name, "CPU s of a run with nothing to send (start-up)", fixed),
+            row(name, "requests/file", requests / files, 1.3, at_most=True),
+        ]
+    return rows
+
+
+def _requests(url: str) -> int:
+    """Platform requests the emulator at ``url`` has answered so far (its test hooks not counted)."""
+    with moi._NO_PROXY_OPENER.open(url + "/_emulator/stats", timeout=60) as resp:
+        counts = json.loads(resp.read())["requests"]
+    return sum(int(v) for k, v in counts.items() if "/_emulator" not in k)
+
+
+# ----- embedded, rate, big --------------------------------------------------------------------------------
+
+
+def part_embedded(quick: bool) -> list[Row]:
+    import bench_embedded
+
+    return list(bench_embedded.run(quick))
+
+
+def part_rate(quick: bool) -> list[Row]:
+    try:
+        bench_rate = importlib.import_module("bench_rate")
+    except ModuleNotFoundError:
+        return [row("request budget", "benchmarks/bench_rate.py is not there yet", float("nan"))]
+    return list(bench_rate.run(quick))
+
+
+def part_big(quick: bool) -> list[Row]:
+    settings = moi.Settings(
+        files=0, size=0, big_mib=256 if quick else 1024, latency_ms=0, task_delay_ms=50, concurrency=32,
+        repeat=1, seed_loop_files=0, skip_big=False, reference=False,
+    )  # fmt: skip
+    with moi.work_dir(None) as work:
+        curl, ingest = moi.bench_big(work, settings)
+    print(moi.big_table([curl, ingest]), flush=True)
+    label = f"MOI, one {settings.big_mib} MiB file"
+    return [
+        row(label, "MB/s vs curl -F (x)", ingest.median().mb_per_s / curl.median().mb_per_s, 0.7),
+        row(label, "client peak RSS MiB", max(r.max_rss_mib for r in ingest.runs), 80, at_most=True),
+    ]
+
+
+PART_FUNCTIONS: dict[str, Callable[[bool], list[Row]]] = {
+    "moi": part_moi,
+    "status": part_status,
+    "targets": part_targets,
+    "embedded": part_embedded,
+    "rate": part_rate,
+    "big": part_big,
+}
+
+
+# ----- main -----------------------------------------------------------------------------------------------
+
+
+def table(rows: Sequence[Row]) -> str:
+    headers = ["scenario", "metric", "value", "goal", "verdict"]
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return "–" if value != value else f"{value:,.3f}" if abs(value) < 10 else f"{value:,.1f}"
+        return str(value)
+
+    cells = [[cell(r[h]) for h in headers] for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
+
+    def line(cs: Sequence[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cs, widths, strict=True)) + " |"
+
+    return "\n".join([line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, cells)])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small sizes, one run each (a few minutes)")
+    p.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts (default: all of {','.join(PARTS)})")
+    p.add_argument("--json-out", type=Path, default=None, help="also write the rows as JSON here")
+    args = p.parse_args(argv)
+    parts = [x.strip() for x in args.only.split(",") if x.strip()]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        p.error(f"unknown part(s) {', '.join(unknown)}: choose from {', '.join(PARTS)}")
+    if shutil.which("curl") is None:
+        print("benchmarks/run.py: curl is required", file=sys.stderr)
+        return 2
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}; {'quick' if args.quick else 'full'}")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}, load {load}")
+    started = time.perf_counter()
+    rows: list[Row] = []
+    failed = []
+    for name in parts:
+        print(f"\n## {name}\n", flush=True)
+        t0 = time.perf_counter()
+        try:
+            rows += PART_FUNCTIONS[name](args.quick)
+        except (RuntimeError, subprocess.CalledProcessError, OSError) as exc:
+            failed.append(name)
+            print(f"{name}: FAILED: {exc}", file=sys.stderr)
+        print(f"({name}: {time.perf_counter() - t0:.0f}s)", flush=True)
+    print(f"\n## All goals ({time.perf_counter() - started:.0f}s)\n")
+    print(table(rows))
+    missed = [f"{r['scenario']}: {r['metric']}" for r in rows if r["verdict"] == "MISSED"]
+    print(f"\n{len(rows)} values, {sum(r['verdict'] == 'met' for r in rows)} goals met, {len(missed)} missed")
+    if args.json_out:
+        args.json_out.write_text(json.dumps({"load": load, "quick": args.quick, "rows": rows}, indent=2))
+    if failed:
+        print(f"parts that did not finish: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
