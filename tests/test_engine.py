@@ -86,6 +86,38 @@ class MeddlingSource(LocalSource):
             yield entry
 
 
+class TricklingSource(LocalSource):
+    """Files in two batches, the second only once the first is stored: as a shared-job worker's claims,
+    which come only when the files this worker already holds are finished (by it or by others)."""
+
+    def __init__(self, root: Path, dep: Any, first: int) -> None:
+        super().__init__(root, WalkOptions())
+        self.dep, self.first = dep, first
+
+    async def entry_batches(self) -> AsyncIterator[list[FileItem | Rejected]]:
+        walked = [entry async for entry in super().entries()]
+        yield walked[: self.first]
+        with anyio.fail_after(20):  # bounded: a planner that holds the first batch back never sends it
+            while len(await self.dep.stored()) < self.first:  # noqa: ASYNC110 - the emulator is asked over HTTP
+                await anyio.sleep(0.05)
+        yield walked[self.first :]
+
+    async def entries(self) -> AsyncIterator[FileItem | Rejected]:  # type: ignore[override]
+        async for batch in self.entry_batches():
+            for entry in batch:
+                yield entry
+
+
+async def test_a_batched_source_has_each_batch_sent_before_the_next_arrives(tmp_path: Path) -> None:
+    """The planner decides walked files in chunks (one manifest query each), but never holds back a
+    batch a source says is complete: a worker's claimed files are its alone, so waiting for a fuller
+    chunk would stall the whole job (four ``--processes`` workers each holding a few files, forever)."""
+    make_tree(tmp_path / "src", 10)
+    async with MOI.start(tmp_path / "data", Faults(task_delay_ms=10)) as dep:
+        summary = await run_with_source(dep, tmp_path, TricklingSource(tmp_path / "src", dep, first=3))
+    assert (summary.done, summary.failed) == (10, 0)
+
+
 async def run_with_source(dep: Any, tmp_path: Path, source: LocalSource) -> RunSummary:
     target = MoiTarget(dep.target_config, TargetContext())
     stats = RunSummary(destination="test", manifest=tmp_path / "m.db")

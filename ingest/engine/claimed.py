@@ -168,6 +168,13 @@ class ClaimSource:
         return self.source.describe()
 
     async def entries(self) -> AsyncIterator[FileItem | Rejected]:
+        async for batch in self.entry_batches():
+            for entry in batch:
+                yield entry
+
+    async def entry_batches(self) -> AsyncIterator[list[FileItem | Rejected]]:
+        """One batch per claim, yielded at once: claimed files are this worker's alone to send, so
+        holding them back (until a chunk fills) would stall the job until their leases expire."""
         store, worker = self.manifest.store, self.manifest.worker
         idle = 0.05
         while True:
@@ -176,8 +183,7 @@ class ClaimSource:
                 idle = 0.05
                 for claim in claims:
                     self.manifest.hold(claim)
-                for claim in claims:
-                    yield await self.source.lookup(claim.record.path)
+                yield [await self.source.lookup(claim.record.path) for claim in claims]
                 continue
             state = store.walk_state()
             if state.done and state.walk >= self.walk and store.unfinished(besides=worker) == 0:

@@ -17,7 +17,7 @@ from ingest.engine.state import RunState, Tracked, Work, track
 from ingest.manifest.base import Decision, FileRecord, decide
 from ingest.models import FileItem, Receipt
 from ingest.retry import retrying
-from ingest.sources.base import Rejected
+from ingest.sources.base import BatchedSource, Rejected
 
 __all__ = ["plan"]
 
@@ -43,7 +43,12 @@ async def plan(
     dedup_mode = run.config.dedup
     server_dedup = run.target.features.server_dedup
     async with work, to_poller:
-        async for chunk in _chunks(run.source.entries(), LOOKUP_CHUNK):
+        source = run.source
+        if isinstance(source, BatchedSource):
+            chunks = source.entry_batches()
+        else:
+            chunks = _chunks(source.entries(), LOOKUP_CHUNK)
+        async for chunk in chunks:
             if run.stop_sending:
                 break
             # One manifest query for a chunk of the walk instead of one per file: on a rerun of a

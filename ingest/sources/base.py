@@ -23,11 +23,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from ingest.models import FileItem
 
-__all__ = ["Rejected", "Source"]
+__all__ = ["BatchedSource", "Rejected", "Source"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,4 +63,18 @@ class Source(Protocol):
 
     def passed_over(self) -> Mapping[str, int]:
         """Files left out on purpose, by reason with the flag that includes them; read after the walk."""
+        ...
+
+
+@runtime_checkable
+class BatchedSource(Protocol):
+    """A source whose files come in batches that must be decided as soon as each arrives.
+
+    The planner decides walked files in chunks (one manifest query per chunk). A source that waits
+    between its batches (a shared-job worker waiting for files to claim) must not have its files held
+    back until a chunk fills: they are already claimed by this worker, and nobody else may send them.
+    """
+
+    def entry_batches(self) -> AsyncIterator[list[FileItem | Rejected]]:
+        """The files of ``entries``, a batch at a time, each batch as soon as it is available."""
         ...
