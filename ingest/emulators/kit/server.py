@@ -45,12 +45,8 @@ async def serve_in_background(app: web.Application, host: str = "127.0.0.1", por
     try:
         site = web.TCPSite(runner, host, port) if guard is None else guard.site(runner, host, port)
         await site.start()
-        if guard is not None:
-            guard.start()
         yield _base_url(runner.addresses[0])
     finally:
-        if guard is not None:
-            guard.stop()
         # Shielded: cleanup must finish even when the surrounding scope is being cancelled.
         with anyio.CancelScope(shield=True):
             await runner.cleanup()

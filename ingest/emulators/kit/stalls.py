@@ -123,7 +123,8 @@ class StallGuard:
         return self._loop.time()
 
     def site(self, runner: web.BaseRunner, host: str, port: int) -> web.BaseSite:
-        """A TCP site whose connections this guard watches (in place of ``web.TCPSite``)."""
+        """A TCP site whose connections this guard watches (in place of ``web.TCPSite``); it starts and
+        stops the guard's sweeps with itself."""
         return _GuardedSite(runner, host, port, self)
 
     def start(self) -> None:
@@ -193,6 +194,8 @@ class StallGuard:
         assert self._loop is not None
         log.debug("emulator: closing a connection from %s: %s", transport.get_extra_info("peername"), why)
         self.closed(conn)
+        if transport.is_closing():  # aiohttp is closing it already
+            return
         transport.write(answer)
         transport.close()
         # close() waits for the answer to flush, which a client that reads nothing may never allow.
@@ -215,8 +218,13 @@ class _GuardedSite(web.BaseSite):
         server = self._runner.server
         assert server is not None
         wrap: Callable[[], Any] = lambda: _Connection(server(), self._guard)  # noqa: E731
+        self._guard.start()  # before the first connection can arrive: it reads the guard's clock
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(wrap, self._host, self._port, backlog=self._backlog)
+
+    async def stop(self) -> None:
+        self._guard.stop()
+        await super().stop()
 
 
 #: Where ``build_app`` keeps an app's guard, for ``server.serve_in_background``.
