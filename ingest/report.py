@@ -43,6 +43,8 @@ class RunSummary:
     deleted: int = 0
     #: Files no longer in the source whose documents stay on the platform (no ``--delete``).
     removed_kept: int = 0
+    #: Failed files no longer in the source: no longer failed, and not sent again.
+    gone_failures: int = 0
     #: Files of the manifest the filters now leave out: kept on the platform.
     excluded_kept: int = 0
     #: Deletions the platform did not confirm (a transient error): the next run resumes them.
@@ -85,6 +87,7 @@ class RunSummary:
             "replaced": self.replaced,
             "deleted": self.deleted,
             "removed_kept": self.removed_kept,
+            "gone_failures": self.gone_failures,
             "excluded_kept": self.excluded_kept,
             "delete_pending": self.delete_pending,
             "max_rps": self.max_rps,
@@ -114,6 +117,10 @@ class RunSummary:
         if self.removed_kept:
             out.append(
                 f"{self.removed_kept} files no longer in the source stay on the platform (delete them with --delete)"
+            )
+        if self.gone_failures:
+            out.append(
+                f"{self.gone_failures} failed files are no longer in the source: recorded as gone, no longer failed"
             )
         if self.excluded_kept:
             out.append(f"{self.excluded_kept} files now excluded by the filters stay on the platform")

@@ -43,6 +43,7 @@ def add_parser(commands: Any) -> None:
 
 def command(args: argparse.Namespace) -> int:
     from ingest.cli.jobstatus import job_lines, job_status
+    from ingest.engine.converge import GONE_FAILURES_META
     from ingest.manifest import open_manifest, parse_location
     from ingest.models import FileState
 
@@ -66,6 +67,8 @@ def command(args: argparse.Namespace) -> int:
         removed, excluded = manifest.get_meta("removed_from_source"), manifest.get_meta("excluded_by_filters")
         info["no_longer_in_source"] = int(removed or 0)  # as the last run of a folder found (kept on the platform)
         info["excluded_by_filters"] = int(excluded or 0)
+        # Failed files later found gone from the source: recorded as gone, no longer failed (issue 13).
+        info["failed_no_longer_in_source"] = int(manifest.get_meta(GONE_FAILURES_META) or 0)
         if args.failed:
             info["failed_files"] = [
                 {"path": r.path, "error": r.last_error} for r in manifest.iter_files(states=(FileState.FAILED,))
@@ -78,6 +81,11 @@ def command(args: argparse.Namespace) -> int:
         extra.append(
             f"{info['no_longer_in_source']} files no longer in the source (kept on the platform; "
             "`ingest run … --delete` deletes them)"
+        )
+    if info["failed_no_longer_in_source"]:
+        extra.append(
+            f"{info['failed_no_longer_in_source']} failed files were found no longer in the source "
+            "(recorded as gone, not failed)"
         )
     if info["excluded_by_filters"]:
         extra.append(f"{info['excluded_by_filters']} files now excluded by the filters (kept on the platform)")

@@ -10,6 +10,11 @@ Around the engine (``Convergence.around``), inside the manifest's writer:
    ("no longer in the source") unless ``--delete``: then, if the deletions stay within ``--max-delete``,
    its document becomes a ``removed`` version (the intent, committed in one transaction with the removal
    of its file row), else the run stops before sending or deleting anything (``MaxDeleteExceeded``).
+   **Failed files gone from the source** (any run of a whole source, and ``retry-failed``): their
+   failure no longer applies. Their rows go (``VersionStore.forget_failed``; a document the platform
+   holds for one is a failed ``attempt``), they are counted in the meta ``failed_no_longer_in_source``,
+   and neither the run's exit code nor ``retry-failed`` sees them again. Under ``--delete`` step 2
+   already removed them with the other gone files.
 3. The **engine** runs. A changed file's previous remote id was kept as a ``replaced`` version by the
    same transaction that recorded the new version's intent (``mark_uploading``). As files reach done
    (``mark_done``, seen through ``hooked``), a deleter task alongside the engine deletes their earlier
@@ -56,6 +61,7 @@ _EARLIER = ("replaced", "attempt")
 
 __all__ = [
     "DELETE_CHUNK",
+    "GONE_FAILURES_META",
     "Convergence",
     "MaxDeleteExceeded",
     "SameIdTarget",
@@ -66,6 +72,8 @@ __all__ = [
 
 log = logging.getLogger("ingest.converge")
 
+#: The manifest meta counting failed files found gone from the source (and so no longer failed).
+GONE_FAILURES_META = "failed_no_longer_in_source"
 #: Remote ids per ``Target.delete`` call.
 DELETE_CHUNK = 50
 #: Deletes are retried like any request; ids still there after that stay recorded for the next run.
@@ -224,6 +232,7 @@ class Convergence:
         summary: RunSummary,
         run_id: int,
         scan_removed: bool,
+        forget_gone_failures: bool = False,
         say: Callable[[str], None] | None = None,
     ) -> None:
         self.target = target
@@ -233,6 +242,7 @@ class Convergence:
         self.summary = summary
         self.run_id = run_id
         self.scan_removed = scan_removed
+        self.forget_gone_failures = forget_gone_failures
         self.say = say or (lambda _line: None)
         self.store = VersionStore(manifest)
         self.replace = replace_mode(sync, target)
@@ -249,6 +259,8 @@ class Convergence:
         """``engine`` between the resume and removal steps and the sweep."""
         try:
             await self.resume()
+            if self.forget_gone_failures and not (self.scan_removed and self.sync.delete):
+                await self.gone_failures()
             if self.scan_removed:
                 await self.removals()
         except BaseException:
@@ -354,6 +366,29 @@ class Convergence:
         async for gone, _ in scan_removed(self.manifest, self.source):
             await self.store.remove_files([p for p, _ in gone], self.run_id)
         await self._note(0, excluded)
+
+    async def gone_failures(self, *, page: int = 500) -> None:
+        """Forget the failed files no longer in the source (see the module's docstring, step 2)."""
+        forgotten = 0
+        batch: list[str] = []
+
+        async def flush() -> int:
+            states = await classify_paths(self.source, batch)
+            gone = [path for path, s in zip(batch, states, strict=True) if s == "gone"]
+            await self.store.forget_failed(gone, self.run_id)
+            return len(gone)
+
+        for record in self.manifest.iter_files(states=(FileState.FAILED,)):
+            batch.append(record.path)
+            if len(batch) >= page:
+                forgotten += await flush()
+                batch = []
+        if batch:
+            forgotten += await flush()
+        self.summary.gone_failures = forgotten
+        if forgotten:
+            before = int(self.manifest.get_meta(GONE_FAILURES_META) or 0)
+            await self.store.note_meta({GONE_FAILURES_META: str(before + forgotten)})
 
     async def _note(self, removed: int, excluded: int) -> None:
         await self.store.note_meta({"removed_from_source": str(removed), "excluded_by_filters": str(excluded)})

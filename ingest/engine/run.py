@@ -99,6 +99,7 @@ async def _run_source(
             settings=config.public_dump(),
             sync=config.sync,
             scan_removed=not only_failed,
+            forget_gone_failures=True,
         ),
         command=command,
         handle_signals=handle_signals,
@@ -139,6 +140,8 @@ class Job:
     sync: SyncConfig = field(default_factory=SyncConfig)
     #: Look every manifest file up in the source to find the removed ones (``ingest run`` of a folder).
     scan_removed: bool = False
+    #: Look the failed files up in the source, and forget those gone (``ingest run``, ``retry-failed``).
+    forget_gone_failures: bool = False
 
 
 async def run_job(job: Job, *, command: str, handle_signals: bool = False, only_failed: bool = False) -> RunSummary:
@@ -210,11 +213,13 @@ async def run_job(job: Job, *, command: str, handle_signals: bool = False, only_
         sync = converge.Convergence(
             target=target,
             manifest=manifest,
-            source=source,
+            source=job.source,  # the whole source, also under retry-failed: it says what is gone
             sync=job.sync,
             summary=summary,
             run_id=run_id,
             scan_removed=job.scan_removed and not shared,
+            # Idempotent and limited to failed rows, so every worker of a shared job may do it.
+            forget_gone_failures=job.forget_gone_failures,
             say=progress.message,
         )
         event("run-start", command=command, run_id=run_id, manifest=str(summary.manifest), source=source.describe())

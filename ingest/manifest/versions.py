@@ -3,16 +3,18 @@ longer) the current version of a file, in both backends.
 
 A row is written in the same transaction that overwrites a file's remote id (``mark_uploading`` of a
 changed file, a retry that brings a new id: ``_retire`` in ``ingest.manifest.sqlite`` and the
-``retired`` step of the set-based writes in ``ingest.manifest.postgres``), or when ``--delete`` finds
-a file gone from the source (``remove_files``). It lives until the platform confirmed the document gone. States:
+``retired`` step of the set-based writes in ``ingest.manifest.postgres``), when ``--delete`` finds
+a file gone from the source (``remove_files``), or when a failed file is gone from it (``forget_failed``).
+It lives until the platform confirmed the document gone. States:
 
 - ``retired``: an earlier version, still on the platform; deleted once its successor is done
   (``version_ids == "new"``: make before break) or before the successor is sent (``"same"``).
 - ``deleting``: the delete intent is committed; the call may or may not have happened. A crash here is
   resumed by the next run: ``Target.delete`` is idempotent.
 
-Reasons: ``replaced`` (a new version of the same path), ``removed`` (the path left the source),
-``duplicate`` (found by ``ingest verify`` next to the current version, deleted by ``--fix``).
+Reasons: ``replaced`` (a new version of the same path), ``attempt`` (a failed or cut-short send of it),
+``removed`` (the path left the source), ``duplicate`` (found by ``ingest verify`` next to the current
+version, deleted by ``--fix``).
 """
 
 from __future__ import annotations
@@ -137,22 +139,34 @@ class VersionStore:
     async def remove_files(self, paths: Sequence[str], run_id: int) -> None:
         """Files gone from the source, under ``--delete``: their documents become ``removed`` versions and
         their file rows go, in one transaction (the documents are deleted after the run's sends)."""
+        await self._remove(paths, run_id, reason="removed", only_failed=False)
+
+    async def forget_failed(self, paths: Sequence[str], run_id: int) -> None:
+        """Failed files gone from the source: their failure no longer applies, so their rows go. A document
+        the platform holds for one (it failed there) is a failed ``attempt``, cleaned up like any other.
+        A row that is no longer ``failed`` (a concurrent walk found the file back) is left alone."""
+        await self._remove(paths, run_id, reason="attempt", only_failed=True)
+
+    async def _remove(self, paths: Sequence[str], run_id: int, *, reason: str, only_failed: bool) -> None:
         now = time.time()
         ignore = "OR IGNORE " if self._sqlite else ""
         conflict = "" if self._sqlite else " ON CONFLICT DO NOTHING"
         cols = "job, path" if not self._sqlite else "path"
+        failed = " AND state = 'failed'" if only_failed else ""
         stmts: list[Stmt] = []
         for path in paths:
             stmts.append(
                 (
                     f"INSERT {ignore}INTO {self._table} ({cols}, remote_id, state, reason, run_id, created_at)"
-                    f" SELECT {cols}, remote_id, 'retired', 'removed', ?, ? FROM {self._files}"
-                    f" WHERE {self._scope}path = ? AND remote_id IS NOT NULL{conflict}",
-                    (run_id, now, *self._params, path),
+                    f" SELECT {cols}, remote_id, 'retired', ?, ?, ? FROM {self._files}"
+                    f" WHERE {self._scope}path = ? AND remote_id IS NOT NULL{failed}{conflict}",
+                    (reason, run_id, now, *self._params, path),
                     None,
                 )
             )
-            stmts.append((f"DELETE FROM {self._files} WHERE {self._scope}path = ?", (*self._params, path), None))
+            stmts.append(
+                (f"DELETE FROM {self._files} WHERE {self._scope}path = ?{failed}", (*self._params, path), None)
+            )
         if not self._sqlite:
             # The PostgreSQL writer orders a group's statements by their text: keep each pair together.
             stmts = [

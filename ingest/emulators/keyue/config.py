@@ -76,6 +76,7 @@ def add_keyue_arguments(parser: argparse.ArgumentParser) -> None:
         parser, help="largest document accepted, e.g. 100MiB (default: no limit; Keyue's own is undocumented)"
     )
     _cli.add_fault_arguments(parser, server_error="500", rate_limited="429 with Retry-After", resettable="imports")
+    _cli.add_stall_arguments(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> KeyueEmulatorConfig:
@@ -90,4 +91,5 @@ def config_from_args(args: argparse.Namespace) -> KeyueEmulatorConfig:
         fail_rate=args.fail_rate,
         max_file_size=args.max_file_size,
         **_cli.fault_options(args),
+        **_cli.stall_options(args),
     )

@@ -11,7 +11,8 @@ opens the platform's store). ``build_app`` then wires the skeleton the same way 
   authenticated. One middleware rather than four: a request pays one layer, not four;
 - the test hooks ``GET /_emulator/stats``, ``GET /_emulator/files`` (stored content by path) and, when the
   platform has it, ``GET /_emulator/documents`` (one entry per document, every version of a file apart);
-- the store opened (in a worker thread) on startup, and closed on cleanup, even when cancelled.
+- the store opened (in a worker thread) on startup, and closed on cleanup, even when cancelled;
+- the ``stalls.StallGuard`` that ``server.serve_in_background`` enforces the config's stall limits with.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from aiohttp.typedefs import Handler
 
 from ingest.emulators.kit.common import ApiError
 from ingest.emulators.kit.faults import TEST_HOOK_PREFIX, Fault, FaultInjector, fault_settings
+from ingest.emulators.kit.stalls import STALL_GUARD, StallGuard, StallLimits
 from ingest.emulators.kit.stats import RequestCounter
 
 __all__ = ["EmulatorApp", "EmulatorConfig", "EmulatorState", "build_app"]
@@ -55,6 +57,12 @@ class EmulatorConfig:
     reset_rate: float = 0.0
     #: Seed of the fault draws (and of the platform's own failure draws).
     seed: int | None = None
+    #: Seconds a client may take to send a request's headers (``stalls.StallGuard``).
+    header_timeout: float = 10.0
+    #: Seconds a request body may pause while the server waits for it.
+    body_idle_timeout: float = 30.0
+    #: Connections that may be slow to send their headers at once; further slow ones are closed.
+    max_slow_connections: int = 256
 
     def problems(self) -> list[str]:
         """Every invalid setting, one sentence each (empty when the config is usable).
@@ -70,6 +78,15 @@ class EmulatorConfig:
             found.append("latency_ms must not be negative")
         if self.rate_limit is not None and not self.rate_limit > 0:
             found.append(f"rate_limit must be positive, got {self.rate_limit}")
+        found += [
+            f"{name} must be positive, got {value}"
+            for name, value in (
+                ("header_timeout", self.header_timeout),
+                ("body_idle_timeout", self.body_idle_timeout),
+                ("max_slow_connections", self.max_slow_connections),
+            )
+            if not value > 0
+        ]
         return found
 
 
@@ -156,8 +173,10 @@ def build_app(spec: EmulatorApp[ConfigT, StateT], config: ConfigT) -> web.Applic
     faults = FaultInjector(fault_settings(config), spec.fault_response, seed=config.seed, resettable=spec.resettable)
     state = spec.new_state(config, faults)
     counter = RequestCounter(state.requests)
-    app = web.Application(middlewares=[_middleware(spec, faults, counter)])
+    guard = StallGuard(StallLimits(config.header_timeout, config.body_idle_timeout, config.max_slow_connections))
+    app = web.Application(middlewares=[_middleware(spec, faults, counter, guard)])
     app[spec.state_key] = state
+    app[STALL_GUARD] = guard
     app.cleanup_ctx.append(_lifetime(spec.state_key))
     spec.add_routes(app, state)
     app.router.add_get("/_emulator/files", spec.emulator_files, allow_head=False)
@@ -167,11 +186,18 @@ def build_app(spec: EmulatorApp[ConfigT, StateT], config: ConfigT) -> web.Applic
     return app
 
 
-def _middleware(spec: EmulatorApp[Any, Any], faults: FaultInjector, counter: RequestCounter) -> Any:
+def _middleware(spec: EmulatorApp[Any, Any], faults: FaultInjector, counter: RequestCounter, guard: StallGuard) -> Any:
     render, public, authenticate = spec.render_error, spec.public_paths, spec.authenticate
 
     @web.middleware
     async def emulator(request: web.Request, handler: Handler) -> web.StreamResponse:
+        guard.request_started(request)
+        try:
+            return await _handle(request, handler)
+        finally:
+            guard.request_finished(request)
+
+    async def _handle(request: web.Request, handler: Handler) -> web.StreamResponse:
         hook = request.path.startswith(TEST_HOOK_PREFIX)
         try:
             if not hook:

@@ -19,18 +19,21 @@ from typing import TypedDict
 
 __all__ = [
     "FaultOptions",
+    "StallOptions",
     "add_data_dir_argument",
     "add_delay_argument",
     "add_fault_arguments",
     "add_max_file_size_argument",
     "add_rate_argument",
     "add_secret_argument",
+    "add_stall_arguments",
     "fault_options",
     "fraction",
     "non_negative_int",
     "positive_float",
     "positive_int",
     "size",
+    "stall_options",
 ]
 
 #: A byte count: a number, then optionally K/M/G/T (powers of 1000) or KiB/MiB/… (powers of 1024).
@@ -162,4 +165,41 @@ def fault_options(args: argparse.Namespace) -> FaultOptions:
         rate_limit=args.rate_limit,
         reset_rate=args.reset_rate,
         seed=args.seed,
+    )
+
+
+def add_stall_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--header-timeout``, ``--body-idle-timeout`` and ``--max-slow-connections`` (see ``stalls.StallGuard``).
+
+    The defaults are far beyond what a working client takes, so only a stalled or hostile one meets them.
+    """
+    parser.add_argument(
+        "--header-timeout", type=positive_float, default=10.0, metavar="SECONDS",
+        help="close a connection (408) whose request line and headers take longer than this (default: 10)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--body-idle-timeout", type=positive_float, default=30.0, metavar="SECONDS",
+        help="close a connection (408) whose request body sends nothing for this long (default: 30)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-slow-connections", type=positive_int, default=256, metavar="N",
+        help="connections still sending their headers after a second that are kept; further ones are closed"
+        " (503) (default: 256)",
+    )  # fmt: skip
+
+
+class StallOptions(TypedDict):
+    """The stall limits as every emulator config names its fields."""
+
+    header_timeout: float
+    body_idle_timeout: float
+    max_slow_connections: int
+
+
+def stall_options(args: argparse.Namespace) -> StallOptions:
+    """The parsed ``add_stall_arguments`` flags, to pass to an emulator config as ``**stall_options(args)``."""
+    return StallOptions(
+        header_timeout=args.header_timeout,
+        body_idle_timeout=args.body_idle_timeout,
+        max_slow_connections=args.max_slow_connections,
     )

@@ -10,6 +10,8 @@ from typing import Any
 import anyio
 from aiohttp import web
 
+from ingest.emulators.kit.stalls import STALL_GUARD
+
 __all__ = ["serve_forever", "serve_in_background"]
 
 #: Seconds a shutdown waits for in-flight requests. Emulator requests are short; don't hang a test run.
@@ -35,11 +37,13 @@ async def serve_in_background(app: web.Application, host: str = "127.0.0.1", por
 
     ``port=0`` binds a free port, read back from the bound socket, so parallel tests never collide.
     The server is shut down (and the app's cleanup hooks run) when the block exits, even on cancel.
+    An app made by ``build_app`` has its stall limits enforced on every connection.
     """
+    guard = app.get(STALL_GUARD)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port) if guard is None else guard.site(runner, host, port)
         await site.start()
         yield _base_url(runner.addresses[0])
     finally:

@@ -136,6 +136,7 @@ def add_moi_arguments(parser: argparse.ArgumentParser) -> None:
     _cli.add_fault_arguments(
         parser, server_error="500 ErrServer", rate_limited="429 with Retry-After", resettable="uploads"
     )
+    _cli.add_stall_arguments(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> MoiEmulatorConfig:
@@ -153,4 +154,5 @@ def config_from_args(args: argparse.Namespace) -> MoiEmulatorConfig:
         allow_remote_sources=args.allow_remote_sources,
         restricted_keys=tuple(args.restricted_keys),
         **_cli.fault_options(args),
+        **_cli.stall_options(args),
     )

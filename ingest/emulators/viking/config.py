@@ -176,6 +176,7 @@ def add_viking_arguments(parser: argparse.ArgumentParser) -> None:
         rate_limited="429 with code 1000029",
         resettable="doc/add requests",
     )
+    _cli.add_stall_arguments(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> VikingEmulatorConfig:
@@ -197,4 +198,5 @@ def config_from_args(args: argparse.Namespace) -> VikingEmulatorConfig:
         fail_codes=args.fail_codes,
         max_docs=args.max_docs,
         **_cli.fault_options(args),
+        **_cli.stall_options(args),
     )
