@@ -150,7 +150,9 @@ async def classify_paths(source: Source, paths: Sequence[str]) -> list[str]:
     out: list[str] = []
     for path in paths:
         found = await source.lookup(path)
-        out.append("gone" if isinstance(found, Rejected) else "present")
+        # Only a certain "not there" is gone: an object that could not be looked up (403, network) is
+        # kept as it is, or a flaky store would have its documents deleted and its failures dropped.
+        out.append("gone" if isinstance(found, Rejected) and found.gone else "present")
     return out
 
 

@@ -32,10 +32,16 @@ __all__ = ["BatchedSource", "Rejected", "Source"]
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
-    """A path the source found but cannot send; the engine records it as failed with ``reason``."""
+    """A path the source found but cannot send; the engine records it as failed with ``reason``.
+
+    ``gone`` is true only when the source says for certain that the file is not there (a missing file,
+    a 404): a file that merely could not be looked up (a 403, a network error) is not gone, and nothing
+    that converges the platform to the source (``--delete``, dropping stale failures) may act on it.
+    """
 
     rel_path: str
     reason: str
+    gone: bool = False
 
 
 class Source(Protocol):

@@ -77,6 +77,9 @@ _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-_]{1,254}$")
 HASH_IN_THREAD = 256 * 1024
 PAGE_SIZE = 1000
 
+#: The error codes of a HEAD for a key that does not exist (HEAD answers carry no body: just "404").
+_NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
+
 
 def is_bucket_url(text: str | Path) -> bool:
     return isinstance(text, str) and text.startswith("s3://")
@@ -342,8 +345,10 @@ class BucketSource:
         key = self.settings.prefix + rel_path
         try:
             head = await self.client.head_object(Bucket=self.settings.bucket, Key=key)
-        except ClientError:
-            return Rejected(rel_path, f"not in {self.settings.url} any more")
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in _NOT_FOUND:
+                return Rejected(rel_path, f"not in {self.settings.url} any more", gone=True)
+            return Rejected(rel_path, f"cannot look it up in {self.settings.url}: {_short(exc)}")
         except Exception as exc:  # one object's problem, reported on it
             return Rejected(rel_path, f"cannot look it up in {self.settings.url}: {_short(exc)}")
         return self._item(rel_path, key, int(head["ContentLength"]), head["LastModified"], head.get("ETag", ""))

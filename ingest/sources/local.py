@@ -24,6 +24,9 @@ from ingest.sources.globs import GlobSet
 
 __all__ = ["LocalSource", "Rejected", "WalkOptions", "WalkStats", "display_path", "pin_stat", "walk"]
 
+#: Why a file cannot be sent when it is simply not there any more (as opposed to unreadable).
+DISAPPEARED = "file disappeared between the walk and the upload"
+
 
 @dataclass(frozen=True, slots=True)
 class WalkOptions:
@@ -290,7 +293,7 @@ class LocalSource:
         try:
             st = pin_stat(self.root, rel_path, self.options.follow_symlinks)
         except FileNotFoundError:
-            return "file disappeared between the walk and the upload"
+            return DISAPPEARED
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 return "a folder on its path became a symbolic link or a file after the walk; not followed"
@@ -318,7 +321,7 @@ class LocalSource:
     async def lookup(self, rel_path: str) -> FileItem | Rejected:
         st = await anyio.to_thread.run_sync(self._stat, rel_path)
         if isinstance(st, str):
-            return Rejected(rel_path, f"not found under {self.root} any more ({st})")
+            return Rejected(rel_path, f"not found under {self.root} any more ({st})", gone=st == DISAPPEARED)
         return FileItem(
             rel_path, self.root / rel_path, st.st_size, st.st_mtime_ns, _pin(st, self.options.follow_symlinks)
         )

@@ -54,7 +54,7 @@ class ConnectorSource:
             self._by_uri = {f.uri: _item(f) for f in await self._list()}
         found = self._by_uri.get(rel_path)
         if found is None:
-            return Rejected(rel_path, f"MOI connector {self.connector_id} no longer lists it")
+            return Rejected(rel_path, f"MOI connector {self.connector_id} no longer lists it", gone=True)
         return found
 
     def passed_over(self) -> Mapping[str, int]:
