@@ -47,6 +47,10 @@ class RunSummary:
     gone_failures: int = 0
     #: Files of the manifest the filters now leave out: kept on the platform.
     excluded_kept: int = 0
+    #: Walked files the manifest already knew, and whether the walk went to its end: when every file
+    #: the manifest knew was walked, none can have left the source (not reported; see converge.py).
+    walk_known: int = 0
+    walk_finished: bool = False
     #: Deletions the platform did not confirm (a transient error): the next run resumes them.
     delete_pending: int = 0
     #: The request budget (``--max-rps``) this run kept, if any; the requests sent and how many of

@@ -259,17 +259,24 @@ class Convergence:
 
     async def around(self, engine: Coroutine[Any, Any, object]) -> None:
         """``engine`` between the resume and removal steps and the sweep."""
+        rows_before: int | None = None
         try:
             await self.resume()
             if self.forget_gone_failures and not (self.scan_removed and self.sync.delete):
                 await self.gone_failures()
-            if self.scan_removed:
+            if self.scan_removed and self.sync.delete:
+                # Before anything is sent: over --max-delete, the run must stop with nothing done.
                 await self.removals()
+            elif self.scan_removed:
+                # Only counted (nothing is deleted), so after the walk, which usually proves that no
+                # file left: a look at every manifest row (an lstat each) was a third of a no-op rerun.
+                rows_before = sum(self.manifest.counts().values())
         except BaseException:
             engine.close()  # never started: nothing to clean up
             raise
         if not self._streaming:
             await engine
+            await self._removals_after_walk(rows_before)
             await self.sweep()
             return
         send, receive = anyio.create_memory_object_stream[list[str]](math.inf)
@@ -281,7 +288,19 @@ class Convergence:
             finally:
                 self._done_paths = None
                 send.close()
+        await self._removals_after_walk(rows_before)
         await self.sweep()
+
+    async def _removals_after_walk(self, rows_before: int | None) -> None:
+        """Count the files no longer in the source once the walk is over (no ``--delete``). When the
+        walk met every file the manifest held before the run, none can have gone: nothing to scan."""
+        if rows_before is None or not self.summary.walk_finished:
+            return  # counted before the run, or a walk cut short: the last complete count stands
+        if self.summary.walk_known == rows_before:
+            self.summary.removed_kept = self.summary.excluded_kept = 0
+            await self._note(0, 0)
+            return
+        await self.removals()
 
     @property
     def _streaming(self) -> bool:

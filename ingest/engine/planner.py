@@ -55,10 +55,12 @@ async def plan(
             # large unchanged tree the lookups were most of the time (benchmarks/README.md).
             known = [e.rel_path for e in chunk if not isinstance(e, Rejected)]
             records = {} if run.fresh_manifest or not known else run.manifest.lookup_many(known)
+            run.summary.walk_known += len(records)
             for entry in chunk:
                 if run.stop_sending:
                     break
                 await _plan_one(run, entry, records.get(entry.rel_path), work, to_poller, dedup_mode, server_dedup)
+        run.summary.walk_finished = not run.stop_sending
     run.completion.end_walk()
 
 
