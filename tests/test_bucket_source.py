@@ -25,7 +25,8 @@ from ingest.errors import ConfigError, SourceFileError
 from ingest.http import FileBody
 from ingest.manifest import SqliteManifest
 from ingest.models import FileItem
-from ingest.sources.bucket import BucketSettings, BucketSource, change_token, parse_bucket_url
+from ingest.sources.base import Rejected
+from ingest.sources.bucket import BucketObject, BucketSettings, BucketSource, change_token, parse_bucket_url, path_of
 from ingest.sources.local import WalkOptions
 from ingest.sources.reader import open_body
 from tests.bucket_harness import BUCKET_ENV, new_bucket, s3_client
@@ -111,7 +112,7 @@ async def test_two_thousand_objects_arrive_once_and_markers_are_counted(tmp_path
     objects = many_objects(2000)
     markers = {"d0/": b"", "d1/d2/": b"", "empty-folder/": b""}
     put_all(bucket, {**objects, **markers})
-    expected = {"/".join(p for p in k.split("/") if p): md5(v) for k, v in objects.items()}
+    expected = {path_of(k): md5(v) for k, v in objects.items()}
     assert len(expected) == 2000
     async with MOI.start(tmp_path / "data") as dep:
         config = RunConfig(
@@ -161,16 +162,103 @@ async def test_filters_apply_to_keys_and_listing_is_paged(tmp_path: Path) -> Non
     assert passed["hidden (use --hidden)"] == 1
 
 
+def test_paths_write_empty_segments_so_that_they_lead_back_to_their_key() -> None:
+    """An empty segment is written ``%2F`` (platforms refuse empty folder names); every other key is
+    its own path. The path leads back to the key, so nothing needs remembering."""
+    from ingest.sources.bucket import key_of
+
+    cases = {
+        "a/b.txt": "a/b.txt",
+        "a//b.txt": "a/%2F/b.txt",
+        "/lead.txt": "%2F/lead.txt",
+        "x///y/z.md": "x/%2F/%2F/y/z.md",
+        "é文//空.txt": "é文/%2F/空.txt",
+        "100%2F.txt": "100%2F.txt",  # only a whole segment is the escape
+    }
+    for key, path in cases.items():
+        assert path_of(key) == path
+        assert key_of(path) == key
+
+
 @pytest.mark.anyio
-async def test_folded_keys_that_clash_fail_alone(tmp_path: Path) -> None:
-    """``a//b`` is sent as ``a/b``, unless the key ``a/b`` exists too: then it fails alone, named."""
+async def test_a_key_whose_path_would_lead_back_to_another_key_fails_alone(tmp_path: Path) -> None:
+    """``a//b.txt`` and ``a/b.txt`` are two objects and both are sent; a key with a literal ``%2F``
+    segment would read back as ``a//b.txt``: it fails alone, saying what to do."""
     bucket = new_bucket()
-    put_all(bucket, {"a//b.txt": b"1", "a/b.txt": b"2", "c//d.txt": b"3"})
+    put_all(bucket, {"a//b.txt": b"1", "a/b.txt": b"2", "a/%2F/b.txt": b"3", "c//d.txt": b"4"})
     async with BucketSource(settings(bucket), WalkOptions()) as source:
         entries = [e async for e in source.entries()]
     paths = [(type(e).__name__, e.rel_path) for e in entries]
-    assert paths == [("Rejected", "a//b.txt"), ("FileItem", "a/b.txt"), ("FileItem", "c/d.txt")]
-    assert "same path" in entries[0].reason  # type: ignore[union-attr]
+    assert paths == [
+        ("Rejected", "a/%2F/b.txt"),
+        ("FileItem", "a/%2F/b.txt"),
+        ("FileItem", "a/b.txt"),
+        ("FileItem", "c/%2F/d.txt"),
+    ]
+    reason = entries[0].reason  # type: ignore[union-attr]
+    assert "'a//b.txt'" in reason
+    assert "rename it" in reason
+    assert [e.origin.key for e in entries[1:] if isinstance(e, FileItem) and isinstance(e.origin, BucketObject)] == [
+        "a//b.txt",
+        "a/b.txt",
+        "c//d.txt",
+    ]
+
+
+@pytest.mark.anyio
+async def test_lookup_finds_every_listed_object_by_its_path(tmp_path: Path) -> None:
+    """What ``retry-failed`` and shared-job workers do with a manifest path: ``lookup`` yields the item
+    the listing yielded (same key, size, change token) for ``//`` keys, leading ``/``, non-ASCII keys,
+    under a prefix; folder markers are never listed, so never looked up."""
+    bucket = new_bucket()
+    keys = ["p/a//b.txt", "p//lead.txt", "p/x///y/z.md", "p/é文//空.txt", "p/ñ/plain.txt", "p/d/", "p/d//"]
+    put_all(bucket, {k: k.encode() for k in keys})
+    async with BucketSource(settings(bucket, "p/"), WalkOptions()) as source:
+        listed = [e async for e in source.entries()]
+        found = [await source.lookup(e.rel_path) for e in listed]
+        markers = source.passed_over()["folder markers (keys ending in /)"]
+        missing = await source.lookup("a/b.txt")  # the folded path names no key
+    assert all(isinstance(e, FileItem) for e in listed + found)
+    assert markers == 2
+    assert sorted(e.origin.key for e in listed if isinstance(e.origin, BucketObject)) == sorted(keys[:5])
+    for item, again in zip(listed, found, strict=True):
+        assert isinstance(item, FileItem)
+        assert isinstance(again, FileItem)
+        assert (again.rel_path, again.size, again.mtime_ns) == (item.rel_path, item.size, item.mtime_ns)
+        assert isinstance(again.origin, BucketObject)
+        assert isinstance(item.origin, BucketObject)
+        assert again.origin.key == item.origin.key
+    assert isinstance(missing, Rejected)
+
+
+@pytest.mark.anyio
+async def test_retry_failed_sends_a_double_slash_key_once(tmp_path: Path) -> None:
+    """The platform fails every file of the first run (``//`` keys among them); ``ingest retry-failed``
+    finds each again from its manifest path and sends it once, with the right md5."""
+    import anyio
+
+    from tests.bucket_harness import source_flags
+    from tests.harness import Faults
+
+    bucket = new_bucket()
+    objects = {"a//b.txt": b"double slash", "//lead.txt": b"leading slash", "é文/空.txt": b"non-ascii"}
+    put_all(bucket, objects)
+    async with MOI.start(tmp_path / "data", Faults(task_fail_rate=1.0)) as dep:
+        flags, env = MOI.cli(dep.url)
+        env = {**env, **BUCKET_ENV}
+        args = ["run", *source_flags(bucket), *flags, "--manifest", "m.db", "--max-attempts", "1", "--json", "-q"]
+        first = await anyio.to_thread.run_sync(lambda: run_cli(args, env=env, cwd=tmp_path))
+        assert first.returncode == 1, first.stderr
+        with SqliteManifest(tmp_path / "m.db") as manifest:
+            assert manifest.counts()["failed"] == 3
+        dep.set_faults(task_fail_rate=0.0)
+        retry = ["retry-failed", "--manifest", "m.db", "--json"]
+        retried = await anyio.to_thread.run_sync(lambda: run_cli(retry, env=env, cwd=tmp_path))
+        stored = await dep.stored()
+    assert retried.returncode == 0, retried.stderr
+    assert json.loads(retried.stdout)["done"] == 3
+    # Two uploads each: the first run's (its task failed) and exactly one by retry-failed.
+    assert {p: (f.md5, f.uploads) for p, f in stored.items()} == {path_of(k): (md5(v), 2) for k, v in objects.items()}
 
 
 # ----- bodies ----------------------------------------------------------------------------------------

@@ -4,12 +4,14 @@ Listing is ``ListObjectsV2``, one page of up to 1,000 keys at a time, pulled onl
 takes files (never the whole bucket in memory). Keys come in the store's order (UTF-8 binary order),
 so two listings of an unchanged bucket yield the same sequence. The path of an object is its key
 without the prefix (``s3://b/docs`` and ``s3://b/docs/`` both mean the keys under ``docs/``), non-ASCII
-included, with empty segments folded (``a//b`` and ``/a`` are sent as ``a/b`` and ``a``: platforms
-refuse empty folder names; the object is still read by its own key). A key whose folded path another
-key has too fails alone, naming the clash (keys with ``//`` are rare: only they are remembered, and
-each is checked with one HEAD). Keys ending in ``/`` are "folder" markers some
-tools create: nothing to send, counted in ``passed_over``. ``--include``/``--exclude``/``--max-size``
-and the hidden rule (a path segment starting with ``.``) apply to keys as to local paths.
+included. Platforms refuse empty folder names, so an empty segment of a key (``a//b``, ``/a``) is
+written ``%2F`` in its path (``a/%2F/b``, ``%2F/a``): the mapping is lossless, a path leads back to
+exactly one key (``key_of``) with no lookup table, which ``retry-failed`` and the workers of a shared job
+(they get paths from the manifest) rely on. A key with a segment that is literally ``%2F`` would read
+back as another key: it fails alone, saying so (docs/sources.md says why this scheme). Keys ending
+in ``/`` are "folder" markers some tools create: nothing to send, counted in ``passed_over``.
+``--include``/``--exclude``/``--max-size`` and the hidden rule (a path segment starting with ``.``)
+apply to paths of keys as to local paths.
 
 The change token of an object (``FileItem.mtime_ns``, beside ``size``) is its LastModified in whole
 seconds with a fingerprint of its ETag in the sub-second digits: a new ETag, a new size or a new
@@ -60,11 +62,13 @@ if TYPE_CHECKING:
     from ingest.config import EngineConfig, SourceConfig
 
 __all__ = [
+    "EMPTY_SEGMENT",
     "BucketObject",
     "BucketSettings",
     "BucketSource",
     "change_token",
     "is_bucket_url",
+    "key_of",
     "open_bucket_source",
     "parse_bucket_url",
 ]
@@ -76,6 +80,9 @@ _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-_]{1,254}$")
 #: Chunks at least this large are md5-hashed in a worker thread (hashlib releases the GIL).
 HASH_IN_THREAD = 256 * 1024
 PAGE_SIZE = 1000
+#: How an empty segment of a key is written in its path (``a//b`` → ``a/%2F/b``): what a ``/`` is when
+#: URL-encoded, so a reader sees where the extra slash was.
+EMPTY_SEGMENT = "%2F"
 
 #: The error codes of a HEAD for a key that does not exist (HEAD answers carry no body: just "404").
 _NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
@@ -94,6 +101,19 @@ def parse_bucket_url(url: str) -> tuple[str, str]:
     if prefix and not prefix.endswith("/"):
         prefix += "/"
     return m.group(1), prefix
+
+
+def path_of(raw: str) -> str:
+    """The path of a key (``raw``: the key without the prefix, not a folder marker): empty segments
+    written ``EMPTY_SEGMENT``. ``key_of`` undoes it for every key without a literal ``%2F`` segment."""
+    if "//" not in raw and not raw.startswith("/"):
+        return raw  # the usual key: its path as it is
+    return "/".join(part or EMPTY_SEGMENT for part in raw.split("/"))
+
+
+def key_of(rel_path: str) -> str:
+    """The key (without the prefix) of a path: the one key whose ``path_of`` it is."""
+    return "/".join("" if part == EMPTY_SEGMENT else part for part in rel_path.split("/"))
 
 
 def change_token(last_modified: Any, etag: str) -> int:
@@ -215,8 +235,6 @@ class BucketSource:
         self._page_size = page_size
         self._stack = AsyncExitStack()
         self._client: S3Client | None = None
-        #: Paths of the keys whose empty segments were folded (``a//b`` is sent as ``a/b``).
-        self._folded: set[str] = set()
 
     # ----- lifecycle -----------------------------------------------------------------------------
 
@@ -298,8 +316,8 @@ class BucketSource:
                 if not raw or key.endswith("/"):
                     self.folders += 1
                     continue
-                parts = [p for p in raw.split("/") if p]
-                rel = "/".join(parts)
+                rel = path_of(raw)
+                parts = rel.split("/")
                 if not o.hidden and any(p.startswith(".") for p in parts):
                     stats.hidden += 1
                     continue
@@ -311,29 +329,15 @@ class BucketSource:
                     stats.too_large += 1
                     continue
                 stats.files_seen += 1
-                if rel != raw or rel in self._folded:
-                    clash = await self._clash(raw, rel)
-                    if clash is not None:
-                        yield Rejected(raw, clash)
-                        continue
+                if EMPTY_SEGMENT in raw and EMPTY_SEGMENT in raw.split("/"):
+                    yield Rejected(raw, _RESERVED.format(raw=raw, other=key_of(raw)))
+                    continue
                 yield self._item(rel, key, size, obj["LastModified"], obj.get("ETag", ""))
             if not page.get("IsTruncated"):
                 return
             token = page.get("NextContinuationToken")
             if not token:
                 return
-
-    async def _clash(self, raw: str, rel: str) -> str | None:
-        """Why the key ``prefix + raw`` cannot be sent as ``rel`` (its ``//`` folded), if another key has
-        that path too. Only keys with empty segments are remembered (and HEAD-checked): few, if any."""
-        if rel in self._folded:
-            return f"another key of {self.settings.url} has the path {rel!r} once '//' is folded; rename one"
-        if rel != raw:
-            found = await self.lookup(rel)
-            if isinstance(found, FileItem):
-                return f"the key {rel!r} has the same path once '//' is folded; rename one of them"
-        self._folded.add(rel)
-        return None
 
     async def refresh(self, item: FileItem) -> FileItem | str:
         # No HEAD per object: the GET that reads the body is conditioned on the listed ETag.
@@ -342,7 +346,7 @@ class BucketSource:
     async def lookup(self, rel_path: str) -> FileItem | Rejected:
         from botocore.exceptions import ClientError
 
-        key = self.settings.prefix + rel_path
+        key = self.settings.prefix + key_of(rel_path)
         try:
             head = await self.client.head_object(Bucket=self.settings.bucket, Key=key)
         except ClientError as exc:
@@ -442,6 +446,11 @@ class BucketSource:
             ) from None
         except BotoCoreError as exc:
             raise ConfigError(f"{what}: {_short(exc)}") from None
+
+
+_RESERVED = (
+    "its path would lead back to the key {other!r}: a path segment '%2F' stands for an empty one ('//'); rename it"
+)
 
 
 def _excluded(exclude: GlobSet, rel: str, parts: list[str]) -> bool:
