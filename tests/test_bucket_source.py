@@ -537,3 +537,39 @@ async def test_viking_by_reference_adds_the_objects_themselves(tmp_path: Path, s
     assert s3.list_objects_v2(Bucket=MOTO.bucket).get("KeyCount", 0) == staged_before  # no staging copy
     by_md5 = sorted(d["md5"] for d in docs if d["collection"] == VIKING.collection)
     assert by_md5 == sorted(md5(v) for v in objects.values())
+
+
+@pytest.mark.anyio
+async def test_viking_by_reference_needs_no_staging_bucket(tmp_path: Path) -> None:
+    """``ingest run s3://b/p --target viking --by-reference`` without ``--staging-bucket`` adds every
+    object by its own tos_path; without ``--by-reference`` the staging bucket is still required, in one
+    line, exit 2."""
+    import anyio
+
+    from tests.bucket_harness import source_flags
+    from tests.harness import VIKING
+
+    bucket = new_bucket()
+    objects = {"kb/a.txt": b"alpha", "kb/deep//b.md": b"# beta"}
+    put_all(bucket, objects)
+    async with VIKING.start(tmp_path / "data") as dep:
+        flags, env = VIKING.cli(dep.url)
+        at = flags.index("--staging-bucket")
+        no_staging = flags[:at] + flags[at + 2 :]
+        env = {**env, **BUCKET_ENV}
+        source = [f"s3://{bucket}/kb", *source_flags(bucket)[1:]]
+        args = ["run", *source, *no_staging, "--by-reference", "--manifest", "m.db", "--json", "-q"]
+        by_reference = await anyio.to_thread.run_sync(lambda: run_cli(args, env=env, cwd=tmp_path))
+        docs = await dep._get("/_emulator/files")
+        staged = ["run", *source, *no_staging, "--manifest", "s.db"]
+        refused = await anyio.to_thread.run_sync(lambda: run_cli(staged, env=env, cwd=tmp_path))
+    assert by_reference.returncode == 0, by_reference.stderr
+    assert json.loads(by_reference.stdout)["done"] == 2
+    assert sorted(d["md5"] for d in docs if d["collection"] == VIKING.collection) == sorted(
+        md5(v) for v in objects.values()
+    )
+    assert refused.returncode == 2
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1, refused.stderr
+    assert "--staging-bucket" in lines[0]
+    assert not (tmp_path / "s.db").exists()

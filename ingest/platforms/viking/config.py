@@ -66,7 +66,8 @@ class StagingConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    bucket: str
+    #: Required unless ``by_reference`` (which stages nothing): ``VikingTargetConfig`` checks it.
+    bucket: str | None = None
     #: Default: TOS's S3-compatible endpoint of the target's region, ``https://tos-s3-<region>.volces.com``.
     endpoint: str | None = None
     #: Key prefix of staged objects; each file goes to ``<prefix><doc_id>/<size>-<mtime>/<file name>``.
@@ -94,8 +95,8 @@ class StagingConfig(BaseModel):
 
     @field_validator("bucket")
     @classmethod
-    def _bucket(cls, value: str) -> str:
-        if not _BUCKET_RE.fullmatch(value):
+    def _bucket(cls, value: str | None) -> str | None:
+        if value is not None and not _BUCKET_RE.fullmatch(value):
             raise ValueError(f"{value!r} is not a bucket name (3-63 lowercase letters, digits, '.' or '-')")
         return value
 
@@ -182,7 +183,8 @@ class VikingTargetConfig(TargetConfigBase):
     resource_id: str | None = None
     collection_name: str | None = None
     project: str = "default"
-    staging: StagingConfig
+    #: Where files are staged; by reference only its endpoint counts (the TOS VikingDB reads).
+    staging: StagingConfig = Field(default_factory=StagingConfig)
     #: ``tos``: doc/add reads the staged object by ``tos_path``; ``url``: by a presigned GET URL.
     add_type: Literal["tos", "url"] = "tos"
     #: A bucket source (``s3://…``) in the TOS VikingDB reads (the staging endpoint): add each object by
@@ -239,6 +241,11 @@ class VikingTargetConfig(TargetConfigBase):
     def _knowledge_base(self) -> VikingTargetConfig:
         if not self.resource_id and not self.collection_name:
             raise ValueError("name the knowledge base: collection_name (--collection) or resource_id (--resource-id)")
+        if self.staging.bucket is None and not self.by_reference:
+            raise ValueError(
+                "name the bucket files are staged in: --staging-bucket BUCKET (staging.bucket); only"
+                " --by-reference, which adds the objects of an s3:// source themselves, needs none"
+            )
         return self
 
     def public_dump(self) -> dict[str, Any]:

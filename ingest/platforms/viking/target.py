@@ -90,20 +90,31 @@ class VikingTarget(Target):
             read_timeout=context.request_timeout,
             budget=context.budget,
         )
-        self.staging = Staging(
-            _staging_settings(config),
-            chunk_size=context.chunk_size,
-            on_bytes=context.on_bytes,
-            connections=context.connections,
-            read_timeout=context.request_timeout,
+        #: The TOS VikingDB reads: where a by-reference source must be.
+        self.tos_endpoint = config.staging.endpoint_for(config.region)
+        #: ``None`` only by reference without a staging bucket (the config requires one otherwise).
+        self._staging = (
+            None
+            if config.staging.bucket is None
+            else Staging(
+                _staging_settings(config, config.staging.bucket),
+                chunk_size=context.chunk_size,
+                on_bytes=context.on_bytes,
+                connections=context.connections,
+                read_timeout=context.request_timeout,
+            )
         )
         self._warned_ids = False
 
+    @property
+    def staging(self) -> Staging:
+        if self._staging is None:
+            raise RuntimeError("no staging bucket: only --by-reference runs without one")
+        return self._staging
+
     def describe(self) -> str:
-        return (
-            f"VikingDB knowledge base {self.config.knowledge_base()} at {self.config.endpoint}"
-            f" (staged in {self.staging.describe()})"
-        )
+        where = f"staged in {self._staging.describe()}" if self._staging is not None else "by reference"
+        return f"VikingDB knowledge base {self.config.knowledge_base()} at {self.config.endpoint} ({where})"
 
     def identity(self) -> str:
         kb = (
@@ -121,7 +132,7 @@ class VikingTarget(Target):
             await self.api.ping()
             await self.api.collection_info()
 
-        await run_concurrently([check_api, self.staging.open], limit=2)
+        await run_concurrently([check_api, *([self._staging.open] if self._staging is not None else [])], limit=2)
 
     def refuse(self, item: FileItem) -> str | None:
         doc_type = doc_type_for(item.rel_path)
@@ -190,7 +201,7 @@ class VikingTarget(Target):
                 " drop --by-reference to stage its files"
             )
         endpoint, bucket, key = ref
-        tos = self.staging.settings.endpoint.rstrip("/")
+        tos = self.tos_endpoint.rstrip("/")
         if (endpoint or "").rstrip("/") != tos:
             raise ConfigError(
                 f"--by-reference: the source bucket is at {endpoint or 'AWS S3'}, not in the TOS VikingDB reads"
@@ -297,7 +308,8 @@ class VikingTarget(Target):
         try:
             await self.api.aclose()
         finally:
-            await self.staging.aclose()
+            if self._staging is not None:
+                await self._staging.aclose()
 
     # ----- task/info -----------------------------------------------------------------------------
 
@@ -305,13 +317,13 @@ class VikingTarget(Target):
         return await self.api.task_info(task_id)
 
 
-def _staging_settings(config: VikingTargetConfig) -> StagingSettings:
+def _staging_settings(config: VikingTargetConfig, bucket: str) -> StagingSettings:
     staging: StagingConfig = config.staging
     access = staging.access_key or config.access_key
     secret = staging.secret_key or config.secret_key
     return StagingSettings(
         endpoint=staging.endpoint_for(config.region),
-        bucket=staging.bucket,
+        bucket=bucket,
         prefix=staging.prefix,
         region=staging.region or config.region,
         access_key=access.get_secret_value(),
