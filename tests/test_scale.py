@@ -200,3 +200,89 @@ async def test_retry_failed_with_a_postgres_manifest(pg: Any, tmp_path: Path) ->
     assert refused.returncode != 0
     assert refused.stderr.strip().count("\n") == 0
     assert "names no job" in refused.stderr
+
+
+# ----- bucket sources: workers read objects straight from the bucket, no shared file system ----------
+
+
+def bucket_objects(n: int) -> dict[str, bytes]:
+    """``n`` objects with the keys that are no plain file names: ``//``, a leading ``/``, non-ASCII."""
+    names = ["a//f{:03d}.txt", "/lead{:03d}.txt", "é文/空{:03d}.txt", "d/e/f{:03d}.txt"]
+    return {names[i % 4].format(i): f"object {i} ".encode() * (i % 5 + 1) for i in range(n)}
+
+
+def fill_bucket(objects: dict[str, bytes]) -> tuple[str, dict[str, str]]:
+    """A new bucket holding ``objects`` and a folder marker; the expected ``{path: md5}``."""
+    import hashlib
+
+    from ingest.sources.bucket import path_of
+    from tests.bucket_harness import new_bucket, s3_client
+
+    bucket = new_bucket()
+    s3 = s3_client()
+    for key, data in {**objects, "d/": b""}.items():
+        s3.put_object(Bucket=bucket, Key=key, Body=data)
+    return bucket, {path_of(k): hashlib.md5(v).hexdigest() for k, v in objects.items()}
+
+
+def test_processes_2_on_a_bucket_store_every_object_once(tmp_path: Path) -> None:
+    """``ingest run s3://… --processes 2`` with a SQLite manifest: the planner lists, both workers read
+    their claimed objects from the bucket by manifest path; every object is stored once."""
+    from tests.bucket_harness import BUCKET_ENV, source_flags
+
+    bucket, expected = fill_bucket(bucket_objects(120))
+    server = ServerProcess(MOI.serve_command(tmp_path / "data", Faults(task_delay_ms=50, latency_ms=20)))
+    try:
+        flags, env = MOI.cli(server.url)
+        args = ["run", *source_flags(bucket), *flags, "--manifest", "m.db", "--processes", "2", "--concurrency", "4",
+                "-q"]  # fmt: skip
+        result = run_cli(args, env={**env, **BUCKET_ENV}, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert_exactly_once(server.url, expected)
+    finally:
+        server.stop()
+    assert counts(str(tmp_path / "m.db"))["done"] == 120
+    m = open_manifest(tmp_path / "m.db")
+    try:
+        assert len(m.workers()) == 2
+        assert sum(w.done for w in m.workers()) == 120
+    finally:
+        m.close()
+
+
+def test_bucket_workers_on_postgres_store_every_object_once_and_refuse_another_source(pg: Any, tmp_path: Path) -> None:
+    """Workers of one PostgreSQL job on a bucket; the planner is killed mid-walk. A worker started on
+    another prefix, or on the same prefix with other filters (another listing), is refused with one
+    line, exit 2; the others finish the walk and store every object once."""
+    from tests.bucket_harness import BUCKET_ENV, source_flags
+
+    bucket, expected = fill_bucket(bucket_objects(250))
+    location = pg.url(f"bucket-{uuid.uuid4().hex[:8]}")
+    server = ServerProcess(MOI.serve_command(tmp_path / "data", Faults(task_delay_ms=50, latency_ms=10)))
+    try:
+        flags, env = MOI.cli(server.url)
+        env = {**env, **BUCKET_ENV}
+        tail = [*flags, "--manifest", location, "--lease", LEASE, "--concurrency", "4", "--json", "-q",
+                "--poll-initial", "0.05", "--poll-max", "0.2"]  # fmt: skip
+        args = ["run", *source_flags(bucket), *tail]
+        # The first worker plans alone and dies once it recorded the first stretch of the walk.
+        planner = start_worker(args, env, tmp_path, failpoint="walk-recorded:1")
+        assert finish(planner) == -signal.SIGKILL
+        elsewhere = ["run", f"s3://{bucket}/d/", *source_flags(bucket)[1:], *tail]
+        filtered = [*args, "--exclude", "a"]
+        refusals = [run_cli(a, env=env, cwd=tmp_path) for a in (elsewhere, filtered)]
+        workers = [start_worker(args, env, tmp_path) for _ in range(2)]
+        for proc in workers:
+            _out, err = proc.communicate(timeout=180)
+            assert proc.returncode == 0, err
+        assert_exactly_once(server.url, expected)
+    finally:
+        server.stop()
+    for refused, says in zip(refusals, ("records", "differs from the one the planner"), strict=True):
+        assert refused.returncode == 2, refused.stderr
+        lines = refused.stderr.strip().splitlines()
+        assert len(lines) == 1, refused.stderr
+        assert says in lines[0]
+        assert BUCKET_ENV["AWS_SECRET_ACCESS_KEY"] not in refused.stderr
+    assert "bucket and prefix" in refusals[1].stderr
+    assert counts(location) == {"pending": 0, "uploading": 0, "processing": 0, "done": 250, "failed": 0}

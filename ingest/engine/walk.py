@@ -48,7 +48,8 @@ def check_fingerprint(store: JobStore, mine: str, source: Source) -> None:
     if recorded.fingerprint is not None and not recorded.done and recorded.fingerprint != mine:
         raise ConfigError(
             f"source {source.describe()} here differs from the one the planner of job {store.job!r} walked; "
-            "every worker must see the same files (mount the same share at the same path)"
+            "every worker must see the same files: the same folder (mount the same share at the same path)"
+            " or the same bucket and prefix, with the same --include/--exclude/--max-size"
         )
 
 
