@@ -89,6 +89,8 @@ async def open_body(item: FileItem) -> BodyStream:
 #: Remote bodies up to this size are fetched ahead, whole, as soon as their send is prepared: the GETs of
 #: one batched request then overlap instead of queueing behind each other, and no connection to the
 #: store is held while a body waits for its turn in the request (so batches cannot starve each other).
+#: A prefetched body is held whole: up to concurrency x 20 files x this. 64 KiB keeps that inside the
+#: flat-memory budget; larger objects gain little (docs/sources.md, "Why 64 KiB"; bench_prefetch.py).
 PREFETCH_MAX = 64 * 1024
 
 
