@@ -293,6 +293,7 @@ class GoesSilent:
                 pass
 
         async def handle(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+            self._writers.add(client_w)
             try:
                 if self.silent:
                     while await client_r.read(65536):
@@ -305,13 +306,20 @@ class GoesSilent:
                     up_w.close()
             finally:
                 client_w.close()
+                self._writers.discard(client_w)
 
+        self._writers: set[asyncio.StreamWriter] = set()
         self._server = await asyncio.start_server(handle, "127.0.0.1", 0)
         self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        # Server.close() stops listening but leaves the connections it accepted open (Python 3.11):
+        # close them too, or a client's pooled connection is left to the garbage collector.
         self._server.close()
+        for writer in list(self._writers):
+            writer.close()
+        await self._server.wait_closed()
 
 
 @pytest.mark.anyio
