@@ -26,7 +26,8 @@ from tests.conftest import make_tree
 from tests.harness import MOI, Faults, ServerProcess, run_cli
 from tests.test_scale import assert_exactly_once, counts, wait_until
 
-pytestmark = pytest.mark.ray
+# One cluster per session: in a parallel run, both tests go to the same worker (and its one cluster).
+pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("ray")]
 ray = pytest.importorskip("ray")
 
 
