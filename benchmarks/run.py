@@ -1,6 +1,6 @@
 """Every performance goal of issue 11 in one run: one table of measured values, goals and verdicts.
 
-    python benchmarks/run.py --quick     # about 3 minutes: what to run before a commit touching a hot path
+    python benchmarks/run.py --quick     # about 2 minutes: what to run before a commit touching a hot path
     python benchmarks/run.py             # the full sizes the goals are stated for (about 20 minutes)
     python benchmarks/run.py --only moi,status --json-out results.json
 
@@ -14,7 +14,7 @@ Parts (``--only`` takes their names; each baseline is measured in the same run, 
   targets   Keyue and VikingDB, one file per request: files/s, client CPU per file, requests per file.
   embedded  ``ingest run DIR`` with no target (``bench_embedded.py``): files/s, no-op rerun, RSS.
   rate      the request budget against ``ingest serve moi --rate-limit 100`` (``bench_rate.py``).
-  big       one 1 GiB file into MOI against ``curl -F`` (256 MiB with ``--quick``): goal 8.
+  big       one 1 GiB file into MOI against ``curl -F`` (128 MiB with ``--quick``): goal 8.
 
 Everything talks to 127.0.0.1. Wall times include interpreter start-up (what a user waits for); CPU is
 the kernel's ``os.wait4`` accounting of each client process. Exit status 0 when every run stored every
@@ -65,7 +65,7 @@ def _requests_excluding_hooks(emu: moi.Emulator) -> dict[str, int]:
 
 def part_moi(quick: bool) -> list[Row]:
     settings = moi.Settings(
-        files=500 if quick else 2000, size=4096, big_mib=0, latency_ms=20, task_delay_ms=50, concurrency=32,
+        files=300 if quick else 2000, size=4096, big_mib=0, latency_ms=20, task_delay_ms=50, concurrency=32,
         repeat=1 if quick else 3, seed_loop_files=0, skip_big=True, reference=True,
     )  # fmt: skip
     with moi.work_dir(None) as work:
@@ -131,7 +131,7 @@ def moi_startup_cpu_s(work: Path) -> float:
 
 def part_status(quick: bool) -> list[Row]:
     """curl ``--parallel`` asking ``/task/get`` for one task ``count`` times: the emulator's CPU per answer."""
-    count = 2000 if quick else 10_000
+    count = 1000 if quick else 10_000
     with moi.work_dir(None) as work:
         src = work / "one" / "a.txt"
         src.parent.mkdir()
@@ -178,7 +178,7 @@ def part_targets(quick: bool) -> list[Row]:
     aiohttp client" baseline is not built yet)."""
     from tests.harness import KEYUE, VIKING, ServerProcess
 
-    files = 300 if quick else 1000
+    files = 150 if quick else 1000
     rows: list[Row] = []
     for harness in (KEYUE, VIKING):
         with moi.work_dir(None) as work:
@@ -222,7 +222,7 @@ def _requests(url: str) -> int:
 def part_embedded(quick: bool) -> list[Row]:
     import bench_embedded
 
-    return list(bench_embedded.run(quick))
+    return list(bench_embedded.run(quick, files=10_000 if quick else None))
 
 
 def part_rate(quick: bool) -> list[Row]:
@@ -230,12 +230,14 @@ def part_rate(quick: bool) -> list[Row]:
         bench_rate = importlib.import_module("bench_rate")
     except ModuleNotFoundError:
         return [row("request budget", "benchmarks/bench_rate.py is not there yet", float("nan"))]
+    # Quick: bench_rate's own 1,000 files, ~20 s per scenario (fewer, and the first second's discovery
+    # of the limit weighs too much in the 429 share).
     return list(bench_rate.run(quick))
 
 
 def part_big(quick: bool) -> list[Row]:
     settings = moi.Settings(
-        files=0, size=0, big_mib=256 if quick else 1024, latency_ms=0, task_delay_ms=50, concurrency=32,
+        files=0, size=0, big_mib=128 if quick else 1024, latency_ms=0, task_delay_ms=50, concurrency=32,
         repeat=1, seed_loop_files=0, skip_big=False, reference=False,
     )  # fmt: skip
     with moi.work_dir(None) as work:
