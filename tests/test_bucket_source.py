@@ -434,7 +434,7 @@ def test_cli_runs_a_bucket_prefix_into_moi(tmp_path: Path) -> None:
 # ----- flat memory -----------------------------------------------------------------------------------
 
 CLIENT = """
-import json, resource, sys
+import json, sys
 import anyio, ingest
 from pydantic import SecretStr
 
@@ -444,9 +444,13 @@ config = ingest.RunConfig(
     manifest=sys.argv[7],
     quiet=True,
 )
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+# VmHWM, not ru_maxrss: ru_maxrss starts at the forking test process's peak (Linux carries it across
+# exec), which would hide any growth below it.
+def peak_kib():
+    return int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM:")))
+before = peak_kib()
 summary = anyio.run(ingest.run, config)
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+after = peak_kib()
 print(json.dumps({"before_kib": before, "after_kib": after, "done": summary.done, "failed": summary.failed}))
 """
 
