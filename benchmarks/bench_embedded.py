@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from bench_moi import child_env  # the benchmarks' one child environment: no proxies, loopback only
 
 MIB = 1024 * 1024
 CLIENT_TIMEOUT_S = 4 * 3600.0
@@ -124,12 +125,6 @@ def make_tree(root: Path, files: int, size: int, dirs: int) -> None:
 # ----- one run, sampled ----------------------------------------------------------------------------------
 
 
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k.lower() not in {"http_proxy", "https_proxy", "all_proxy"}}
-    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
-    return env
-
-
 def _done_count(work: Path) -> int | None:
     manifests = sorted((work / ".ingest" / "manifests").glob("*.db"))
     if not manifests:
@@ -171,7 +166,7 @@ def run_sampled(name: str, tree: Path, work: Path, every_s: float) -> RunResult:
     stop = threading.Event()
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=work, env=_env(), stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        proc = subprocess.Popen(cmd, cwd=work, env=child_env(), stdin=subprocess.DEVNULL, stdout=out, stderr=err)
         sampler = threading.Thread(target=_sampler, args=(proc.pid, work, every_s, samples, stop), daemon=True)
         sampler.start()
         killer = threading.Timer(CLIENT_TIMEOUT_S, proc.kill)

@@ -151,25 +151,33 @@ def _stopped(pid: int) -> bool:
         return False
 
 
-def test_processes_2_with_sqlite_store_every_file_once(tmp_path: Path) -> None:
-    """``--processes 2`` on one SQLite manifest: the same exactly-once result as one process, one summary."""
-    expected = make_tree(tmp_path / "docs", 120)
+def two_processes_store_every_file_once(
+    tmp_path: Path, source: list[str], source_env: dict[str, str], expected: dict[str, str]
+) -> None:
+    """``ingest run SOURCE --processes 2`` on a SQLite manifest: each file stored once, all done, the work
+    shared by two workers."""
     server = ServerProcess(MOI.serve_command(tmp_path / "data", Faults(task_delay_ms=50, latency_ms=20)))
     try:
         flags, env = MOI.cli(server.url)
-        args = ["run", "docs", *flags, "--manifest", "m.db", "--processes", "2", "--concurrency", "4", "-q"]
-        result = run_cli(args, env=env, cwd=tmp_path)
+        args = ["run", *source, *flags, "--manifest", "m.db", "--processes", "2", "--concurrency", "4", "-q"]
+        result = run_cli(args, env={**env, **source_env}, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
         assert_exactly_once(server.url, expected)
     finally:
         server.stop()
-    assert counts(str(tmp_path / "m.db"))["done"] == 120
+    assert counts(str(tmp_path / "m.db"))["done"] == len(expected)
     m = open_manifest(tmp_path / "m.db")
     try:
         assert len(m.workers()) == 2
-        assert sum(w.done for w in m.workers()) == 120
+        assert sum(w.done for w in m.workers()) == len(expected)
     finally:
         m.close()
+
+
+def test_processes_2_with_sqlite_store_every_file_once(tmp_path: Path) -> None:
+    """``--processes 2`` on one SQLite manifest: the same exactly-once result as one process, one summary."""
+    expected = make_tree(tmp_path / "docs", 120)
+    two_processes_store_every_file_once(tmp_path, ["docs"], {}, expected)
 
 
 @pytest.mark.anyio
@@ -231,23 +239,7 @@ def test_processes_2_on_a_bucket_store_every_object_once(tmp_path: Path) -> None
     from tests.bucket_harness import BUCKET_ENV, source_flags
 
     bucket, expected = fill_bucket(bucket_objects(120))
-    server = ServerProcess(MOI.serve_command(tmp_path / "data", Faults(task_delay_ms=50, latency_ms=20)))
-    try:
-        flags, env = MOI.cli(server.url)
-        args = ["run", *source_flags(bucket), *flags, "--manifest", "m.db", "--processes", "2", "--concurrency", "4",
-                "-q"]  # fmt: skip
-        result = run_cli(args, env={**env, **BUCKET_ENV}, cwd=tmp_path)
-        assert result.returncode == 0, result.stderr
-        assert_exactly_once(server.url, expected)
-    finally:
-        server.stop()
-    assert counts(str(tmp_path / "m.db"))["done"] == 120
-    m = open_manifest(tmp_path / "m.db")
-    try:
-        assert len(m.workers()) == 2
-        assert sum(w.done for w in m.workers()) == 120
-    finally:
-        m.close()
+    two_processes_store_every_file_once(tmp_path, source_flags(bucket), BUCKET_ENV, expected)
 
 
 def test_bucket_workers_on_postgres_store_every_object_once_and_refuse_another_source(pg: Any, tmp_path: Path) -> None:
