@@ -2,7 +2,9 @@
 
 Due files are polled together (``POLL_CHUNK`` receipts per ``Target.poll``) with a growing interval per
 file, bounded by the task timeout; failures are retried through the platform (``Target.retry``) or by
-sending the file again, up to ``max_attempts``.
+sending the file again, up to ``max_attempts``. Rounds start at most every ``poll_initial`` seconds, so
+files submitted one after another are polled together (a platform that answers for many files in one
+request, such as MOI's task list, then needs a request a round rather than one a file).
 """
 
 from __future__ import annotations
@@ -45,17 +47,19 @@ async def poller(
                 outstanding[tracked.item.rel_path] = tracked
                 arrived.set()
 
+    next_round = 0.0
     async with anyio.create_task_group() as tg:
         tg.start_soon(intake)
         while not run.completion.all_done.is_set():
             now = time.monotonic()
-            due = [t for t in outstanding.values() if t.next_poll <= now]
+            due = [t for t in outstanding.values() if t.next_poll <= now] if now >= next_round else []
             if not due:
-                wake = min((t.next_poll for t in outstanding.values()), default=now + 1.0)
+                wake = max(next_round, min((t.next_poll for t in outstanding.values()), default=now + 1.0))
                 arrived = anyio.Event()
                 with anyio.move_on_after(max(0.0, wake - now)):
                     await _first_of(arrived, run.completion.all_done)
                 continue
+            next_round = now + run.config.poll_initial
             for start in range(0, len(due), POLL_CHUNK):
                 if run.breaker.tripped:
                     _abandon(run, outstanding)

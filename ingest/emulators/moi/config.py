@@ -40,6 +40,8 @@ class MoiEmulatorConfig(EmulatorConfig):
     #: Further API keys, each limited to the volumes it names: ``(("k2", ("1001",)),)``. Using another
     #: volume, or creating one, is 403 ``ErrForbidden`` (``access``).
     restricted_keys: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    #: Tasks carry MOI 5.0's ``success_file_count`` / ``failed_file_count``; off answers in the seed's form.
+    task_counts: bool = True
 
     def problems(self) -> list[str]:
         """Every invalid setting, one sentence each (empty when the config is usable)."""
@@ -133,6 +135,11 @@ def add_moi_arguments(parser: argparse.ArgumentParser) -> None:
         help="let connectors (validate, file lists, load tasks) connect to other machines; by default the"
         " emulator connects only to localhost, 127.0.0.0/8 and ::1",
     )  # fmt: skip
+    parser.add_argument(
+        "--no-task-counts", dest="task_counts", action="store_false",
+        help="answer /task/get and /task/list in the seed document's form, without MOI 5.0's"
+        " success_file_count and failed_file_count",
+    )  # fmt: skip
     _cli.add_fault_arguments(
         parser, server_error="500 ErrServer", rate_limited="429 with Retry-After", resettable="uploads"
     )
@@ -153,6 +160,7 @@ def config_from_args(args: argparse.Namespace) -> MoiEmulatorConfig:
         load_concurrency=args.load_concurrency,
         allow_remote_sources=args.allow_remote_sources,
         restricted_keys=tuple(args.restricted_keys),
+        task_counts=args.task_counts,
         **_cli.fault_options(args),
         **_cli.stall_options(args),
     )

@@ -2,11 +2,16 @@
 
 Each call answers for connector load tasks (``loadtasks``, asked first) and for the tasks of local
 uploads alike; an upload task's progress is computed from its files' timestamps, as seen now.
+
+A task (``/task/get``, ``/task/list``) carries MOI 5.0's ``success_file_count`` and ``failed_file_count``
+(API-NOTES, "Tasks": 5.0 adds them to the task object) unless the emulator runs with ``--no-task-counts``,
+which answers in the seed document's form (no counts), for clients that must cope with both.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import collections
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import anyio
@@ -14,7 +19,7 @@ from aiohttp import web
 
 from ingest.emulators.kit.common import ApiError, now_ms, read_json_object
 from ingest.emulators.moi.filetypes import file_type
-from ingest.emulators.moi.loadtasks import LOADS, files_view, load_task_json, retry_ids
+from ingest.emulators.moi.loadtasks import LOADS, LoadTask, files_view, load_task_json, retry_ids
 from ingest.emulators.moi.state import state_of
 from ingest.emulators.moi.store import MoiStore, Task, TaskFile, file_status
 from ingest.emulators.moi.wire import (
@@ -68,6 +73,25 @@ def _seconds(ms: int) -> int:
     return ms // 1000
 
 
+def _with_counts(view: dict[str, Any], statuses: Iterable[int], request: web.Request) -> dict[str, Any]:
+    """``view`` with MOI 5.0's file counts (files finished successfully, files failed), unless the
+    emulator answers in the seed's form."""
+    if state_of(request).config.task_counts:
+        counted = collections.Counter(int(s) for s in statuses)
+        view["success_file_count"] = counted[FileStatus.SUCCESS]
+        view["failed_file_count"] = counted[FileStatus.FAILED]
+    return view
+
+
+def _upload_task_json(task: Task, now: int, request: web.Request) -> dict[str, Any]:
+    statuses = (file_status(f, now, task.paused_at_ms) for f in task.files)
+    return _with_counts(_task_json(task, now), statuses, request)
+
+
+def _load_json(load: LoadTask, request: web.Request) -> dict[str, Any]:
+    return _with_counts(load_task_json(load), (f.status for f in load.files), request)
+
+
 def _task_json(task: Task, now: int) -> dict[str, Any]:
     status = _task_status(task, now)
     updated = max([task.updated_ms, *(_file_updated_ms(f, now, task.paused_at_ms) for f in task.files)])
@@ -119,12 +143,12 @@ async def get_task(request: web.Request) -> web.Response:
     task_id = query_id(request, "task_id")
     load = await anyio.to_thread.run_sync(request.app[LOADS].loads.task, task_id)
     if load is not None:
-        return ok(request, {"task": load_task_json(load)})
+        return ok(request, {"task": _load_json(load, request)})
     task = await anyio.to_thread.run_sync(state_of(request).store.task, task_id)
     if task is None:
         # As the real service does (API-NOTES): an unknown task is an ErrServer inside HTTP 200.
         raise ApiError(200, SERVER_ERROR, f"task {task_id} not found")
-    return ok(request, {"task": _task_json(task, now_ms())})
+    return ok(request, {"task": _upload_task_json(task, now_ms(), request)})
 
 
 async def task_files(request: web.Request) -> web.Response:
@@ -180,7 +204,7 @@ async def list_tasks(request: web.Request) -> web.Response:
     tasks = await anyio.to_thread.run_sync(state_of(request).store.tasks)
     loads = await anyio.to_thread.run_sync(request.app[LOADS].loads.tasks)
     now = now_ms()
-    views = [_task_json(task, now) for task in tasks] + [load_task_json(load) for load in loads]
+    views = [_upload_task_json(task, now, request) for task in tasks] + [_load_json(load, request) for load in loads]
     if intervals is not None:
         views = [
             v

@@ -3,7 +3,9 @@
 One upload request carries up to ``max_batch_files`` files as repeated ``file`` parts with a ``meta``
 array in MOI 5.0's form (``filename`` = the file's name, ``path`` = its relative path in the tree)
 and creates one MOI task; ``/task/files`` reports each file's status and ``/task/retry`` re-runs the
-failed ones. Dedup uses ``{"by": ["name", "md5"], "strategy": "skip"}``.
+failed ones. Dedup uses ``{"by": ["name", "md5"], "strategy": "skip"}``. Tasks of one file each
+(``--batch-files 1``) are followed together through ``/task/list`` pages (``tasklist``), falling back
+to ``/task/files`` for the tasks the list cannot settle.
 
 The volume's files are listed with ``/catalog/file/list`` (one ``volume_id`` filter, paged) and deleted
 one by one with ``/catalog/file/delete`` (``{"id"}``); the id is the upload's ``file_id``, which is what a
@@ -28,6 +30,7 @@ from ingest.errors import ConfigError, PermanentError, TransientError
 from ingest.models import FileItem, Receipt, RemoteState, RemoteStatus
 from ingest.platforms.base import RemoteDocument, Target, TargetConfigBase, TargetContext, TargetFeatures
 from ingest.platforms.moi.client import MoiClient, check_envelope
+from ingest.platforms.moi.tasklist import Verdict, listed_tasks, verdict
 from ingest.platforms.moi.wire import FILE_STATUS_TABLES, CatalogFile, DedupConfig, UploadFileResult, UploadResult
 
 __all__ = ["MoiTarget", "MoiTargetConfig", "check_envelope"]
@@ -35,6 +38,11 @@ __all__ = ["MoiTarget", "MoiTargetConfig", "check_envelope"]
 DEDUP_SKIP = DedupConfig(by=["name", "md5"], strategy="skip")
 TASK_FILES_PAGE = 1000
 POLL_PARALLEL_TASKS = 8
+#: Single-file tasks a poll must follow before a ``/task/list`` page is worth asking instead of their
+#: ``/task/files`` (one task is one request either way, and ``/task/files`` answers it exactly).
+LIST_MIN_TASKS = 2
+#: ``Receipt.extra`` key: how many files the upload that made the receipt's task carried.
+TASK_FILES = "task_files"
 #: Files per ``/catalog/file/list`` page, and ``/catalog/file/delete`` calls in flight (one id each).
 CATALOG_PAGE = 100
 DELETE_PARALLEL = 8
@@ -83,6 +91,8 @@ class MoiTarget(Target):
             budget=context.budget,
         )
         self._status_table = FILE_STATUS_TABLES[config.file_status_table]
+        #: Off once MOI refuses ``/task/list`` (say, a key without the right): ``/task/files`` alone then.
+        self._use_task_list = True
 
     def describe(self) -> str:
         return f"MOI volume {self.config.volume_id} at {self.config.endpoint}"
@@ -129,7 +139,8 @@ class MoiTarget(Target):
                 reason = result.message or "rejected by MOI"
                 receipts.append(Receipt(item.rel_path, error=f"MOI refused the file: {reason}"))
                 continue
-            receipts.append(Receipt(item.rel_path, remote_id=result.file_id or None, task_id=task, extra={"md5": md5}))
+            extra = {"md5": md5, TASK_FILES: str(len(items))}
+            receipts.append(Receipt(item.rel_path, remote_id=result.file_id or None, task_id=task, extra=extra))
         return receipts
 
     # ----- polling -------------------------------------------------------------------------------
@@ -144,9 +155,35 @@ class MoiTarget(Target):
                 )
             else:
                 by_task[receipt.task_id].append(receipt)
+        statuses.extend(await self._settle_from_list(by_task))
         calls = [functools.partial(self._poll_task_or_skip, task_id, wanted) for task_id, wanted in by_task.items()]
         for found in await run_concurrently(calls, limit=POLL_PARALLEL_TASKS):
             statuses.extend(found)
+        return statuses
+
+    async def _settle_from_list(self, by_task: dict[str, list[Receipt]]) -> list[RemoteStatus]:
+        """Statuses of the single-file tasks the ``/task/list`` pages settle; those tasks leave ``by_task``
+        (what stays there is asked through ``/task/files``). Batched tasks stay: one ``/task/files``
+        already answers for many files."""
+        single = [
+            task_id
+            for task_id, wanted in by_task.items()
+            if len(wanted) == 1 and wanted[0].extra.get(TASK_FILES) == "1"
+        ]
+        if not self._use_task_list or len(single) < LIST_MIN_TASKS:
+            return []
+        listed = await listed_tasks(self.client, single)
+        if listed is None:
+            self._use_task_list = False
+            return []
+        statuses = []
+        for task_id in single:
+            found = verdict(listed.get(task_id))
+            if found is Verdict.ASK_FILES:
+                continue
+            (receipt,) = by_task.pop(task_id)
+            state = RemoteState.DONE if found is Verdict.DONE else RemoteState.PENDING
+            statuses.append(RemoteStatus(receipt.rel_path, state))
         return statuses
 
     async def _poll_task_or_skip(self, task_id: str, wanted: list[Receipt]) -> list[RemoteStatus]:

@@ -433,11 +433,14 @@ class Task(_Reply):
     end_at: int = 0
     created_at: int = 0
     updated_at: int = 0
+    #: MOI 5.0 (API-NOTES, "Tasks"); ``None`` when the platform answers in the seed's form, without them.
+    success_file_count: int | None = None
+    failed_file_count: int | None = None
 
     _ids = field_validator("id", "volume_id", mode="before")(_to_str)
     _ints = field_validator(
         "status", "source_connector_id", "source_connector_type", "start_at", "end_at", "created_at", "updated_at",
-        mode="before",
+        "success_file_count", "failed_file_count", mode="before",
     )(_to_int)  # fmt: skip
 
     @property

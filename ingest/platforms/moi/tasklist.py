@@ -1,0 +1,98 @@
+"""MOI: following many single-file upload tasks with a page of ``GET /task/list`` instead of one
+``GET /task/files`` each.
+
+With ``--batch-files 1`` every upload makes a task of its own, and asking each task's ``/task/files`` costs
+a request per file per poll. ``/task/list``, newest first, shows ``LIST_PAGE`` tasks a page with their
+``status`` (4 = finished) and, from MOI 5.0, their ``success_file_count`` / ``failed_file_count``. What a
+listed task says about the one file its upload carried (``verdict``):
+
+- running, pausing or paused: still pending, nothing more to ask;
+- finished with no failed file and one that succeeded: done;
+- anything else asks that task's ``/task/files``: finished with a failure (the reason is only there),
+  no counts (the seed document's form), a status the documents do not define.
+
+The list holds every task of the account: other writers' uploads and connector load tasks too, which
+are passed over (only the ids asked about are looked at). A task not in the pages read (pushed out of
+the window by newer tasks, shifted by a task made between two pages, or left out by MOI) is just not
+seen this round and asked the old way: nothing is failed for being absent from the list.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Collection
+
+from ingest.errors import PermanentError, PermissionDenied, TransientError
+from ingest.platforms.moi.client import MoiClient
+from ingest.platforms.moi.wire import Task, TaskQuery, TaskStatus
+
+__all__ = ["LIST_MAX_PAGES", "LIST_PAGE", "Verdict", "listed_tasks", "verdict"]
+
+#: Tasks per ``/task/list`` page. The documents give no limit; 100 is what the client pages by elsewhere.
+LIST_PAGE = 100
+#: Pages read at most in one poll, so an account busy with other writers' tasks costs a bounded number
+#: of requests before falling back to ``/task/files``.
+LIST_MAX_PAGES = 5
+
+_STILL_RUNNING = frozenset({TaskStatus.RUNNING, TaskStatus.PAUSING, TaskStatus.PAUSED})
+
+
+class Verdict(enum.Enum):
+    DONE = "done"
+    PENDING = "pending"
+    #: The list cannot tell: ask the task's ``/task/files``.
+    ASK_FILES = "ask files"
+
+
+def verdict(task: Task | None) -> Verdict:
+    """What ``task`` (as listed; ``None`` = not seen) says of the single file its upload carried."""
+    if task is None:
+        return Verdict.ASK_FILES
+    if task.status in _STILL_RUNNING:
+        return Verdict.PENDING
+    if (
+        task.status == TaskStatus.FINISHED
+        and task.failed_file_count == 0
+        and task.success_file_count is not None
+        and task.success_file_count >= 1
+    ):
+        return Verdict.DONE
+    return Verdict.ASK_FILES
+
+
+async def listed_tasks(client: MoiClient, task_ids: Collection[str]) -> dict[str, Task] | None:
+    """The tasks of ``task_ids`` among the newest ``/task/list`` pages, by id; ``None`` when MOI refuses
+    the list (the caller stops using it).
+
+    Reads until every id is seen, the list ends, the page holds only tasks older than all of ours (task
+    ids are snowflakes: the seed's examples grow with ``created_at``), or ``LIST_MAX_PAGES`` were read. A
+    transient error ends the reading: what was not seen yet is asked the old way.
+    """
+    wanted = set(task_ids)
+    oldest = min((int(i) for i in wanted if i.isdigit()), default=None)
+    seen: dict[str, Task] = {}
+    for page_no in range(1, LIST_MAX_PAGES + 1):
+        query = TaskQuery(order_by="created_at", is_desc=True, page=page_no, page_size=LIST_PAGE)
+        try:
+            page = await client.list_tasks(query)
+        except TransientError:
+            break
+        except (PermissionDenied, PermanentError):
+            return None
+        for task in page.tasks:
+            if task.id in wanted:
+                seen.setdefault(task.id, task)
+        if (
+            len(seen) == len(wanted)
+            # Fewer than asked: the end, or MOI caps page_size below ours (then page 2 would skip tasks).
+            or len(page.tasks) < LIST_PAGE
+            or page_no * LIST_PAGE >= page.total
+            or _all_older(page.tasks, oldest)
+        ):
+            break
+    return seen
+
+
+def _all_older(tasks: list[Task], oldest: int | None) -> bool:
+    """Whether every task of the page was made before the oldest task asked about."""
+    return oldest is not None and all(t.id.isdigit() and int(t.id) < oldest for t in tasks)
