@@ -424,6 +424,28 @@ async def test_task_list_filters_and_orders(config: MoiEmulatorConfig) -> None:
         assert status == 400
 
 
+async def test_tasks_carry_the_5_0_file_counts_unless_asked_for_the_seed_form(config: MoiEmulatorConfig) -> None:
+    """/task/get and /task/list give success_file_count / failed_file_count (API-NOTES: MOI 5.0);
+    --no-task-counts answers without them, as the seed document does."""
+    async with running(replace(config, task_delay_ms=0, task_fail_rate=1.0)) as emu:
+        failed = (await emu.upload([("bad.txt", b"x")]))[1]["data"]["task_id"]
+        emu.state.task_fail_rate = 0.0
+        good = (await emu.upload([("a.txt", b"a"), ("b.txt", b"b")]))[1]["data"]["task_id"]
+        _, listed = await emu.call("GET", "/task/list", params={"is_desc": "true"})
+        tasks = listed["data"]["tasks"]
+        counts = {t["id"]: (t["status"], t["success_file_count"], t["failed_file_count"]) for t in tasks}
+        assert counts == {good: (TaskStatus.FINISHED, 2, 0), failed: (TaskStatus.FINISHED, 0, 1)}
+        _, got = await emu.call("GET", "/task/get", params={"task_id": good})
+        assert (got["data"]["task"]["success_file_count"], got["data"]["task"]["failed_file_count"]) == (2, 0)
+    async with running(replace(config, task_delay_ms=0, task_counts=False)) as emu:
+        task_id = (await emu.upload([("a.txt", b"a")]))[1]["data"]["task_id"]
+        _, listed = await emu.call("GET", "/task/list")
+        _, got = await emu.call("GET", "/task/get", params={"task_id": task_id})
+        for task in (listed["data"]["tasks"][0], got["data"]["task"]):
+            assert "success_file_count" not in task
+            assert "failed_file_count" not in task
+
+
 async def test_pause_and_resume(config: MoiEmulatorConfig) -> None:
     """Pausing freezes unfinished files (status 3) and resuming lets them finish."""
     async with running(replace(config, task_delay_ms=500)) as emu:
@@ -583,6 +605,9 @@ def test_cli_flags_build_an_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     app = spec.build_app(args)
     config = app[MOI_STATE].config
     assert (config.api_key, config.volumes, config.rate_limit) == ("from-env", ("1", "2"), 5.0)
+    assert config.task_counts
+    seed_form = spec.build_app(parser.parse_args(["--data-dir", str(tmp_path), "--no-task-counts"]))
+    assert not seed_form[MOI_STATE].config.task_counts
     for bad in (["--error-rate", "1.5"], ["--task-delay-ms", "-1"], ["--rate-limit", "0"], ["--volume", "../x"]):
         with pytest.raises(SystemExit):
             parser.parse_args(["--data-dir", str(tmp_path), *bad])
