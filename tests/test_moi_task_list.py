@@ -225,3 +225,19 @@ async def test_a_run_of_single_file_uploads_polls_them_together(tmp_path: Path) 
     assert cost["POST /connectors/upload"] == 20
     polls = cost.get("GET /task/list", 0) + cost.get("GET /task/files", 0)
     assert polls <= 5  # one list page a round (2 s apart); 20 before, one /task/files a file
+
+
+async def test_a_failing_list_leaves_the_tasks_to_the_next_poll(tmp_path: Path) -> None:
+    """A server error on /task/list (and then on /task/files) is no news, not a failure: the files are
+    left out of the answer and settled by a later poll."""
+    async with moi_target(tmp_path) as (moi, target):
+        receipts = await upload_one_by_one(target, tmp_path, ["a.txt", "b.txt"])
+        await finished(target, receipts)
+        moi.state.faults.settings.error_rate = 1.0
+        states, cost = await polled(moi, target, receipts)
+        assert states == {}
+        assert cost == {"GET /task/list": 1, "GET /task/files": 2}  # the list failed: asked the old way
+        moi.state.faults.settings.error_rate = 0.0
+        states, cost = await polled(moi, target, receipts)
+    assert states == {r.rel_path: (RemoteState.DONE, None) for r in receipts}
+    assert cost == {"GET /task/list": 1}
