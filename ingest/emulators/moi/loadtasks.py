@@ -67,6 +67,7 @@ __all__ = [
     "LOAD_SCHEMA",
     "LoadHost",
     "LoadService",
+    "LoadTask",
     "add_load_routes",
     "files_view",
     "load_task_json",
