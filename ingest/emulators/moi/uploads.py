@@ -328,7 +328,7 @@ async def _accept_upload(request: web.Request, state: MoiState, form: _Form) -> 
     ]
     # In a worker thread, never on the loop: creating the files can wait on the file system's journal
     # (milliseconds each on a busy disk, measured), which would stall every other request.
-    task_id, stored = await anyio.to_thread.run_sync(
+    task_id, stored = await state.store.in_thread(
         lambda: state.store.commit_upload(
             volume.id, accepted, dedup, delay_ms=state.task_delay_ms, fail_rate=state.task_fail_rate
         )
