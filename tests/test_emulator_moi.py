@@ -6,6 +6,7 @@ import argparse
 import hashlib
 import io
 import json
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -19,6 +20,7 @@ import pytest
 from ingest.emulators import emulator_specs
 from ingest.emulators.kit.common import relative_path_problem, safe_join
 from ingest.emulators.moi import MOI_STATE, FileStatus, MoiEmulatorConfig, MoiState, TaskStatus, create_moi_app
+from ingest.emulators.moi.uploads import KEEP_IN_MEMORY
 from tests.emulator_client import ServedEmulator, serving
 
 pytestmark = pytest.mark.anyio
@@ -182,6 +184,24 @@ async def test_upload_with_sdk_meta_after_the_files(emu: Emulator, config: MoiEm
     assert status == 200, body
     assert [f["path"] for f in await emu.files()] == ["x.txt", "y.csv"]
     assert (config.data_dir / VOLUME / "x.txt").read_bytes() == b"x" * 70_000
+
+
+async def test_small_parts_in_memory_and_large_ones_staged_store_alike(
+    emu: Emulator, config: MoiEmulatorConfig
+) -> None:
+    """Parts kept in memory (up to KEEP_IN_MEMORY per request) and parts staged on disk end up the same:
+    every body stored whole, new paths and replaced ones, and nothing left in staging."""
+    big = 700_000  # the first fits the request's allowance, the second no longer does, the third is staged
+    files = [("a.bin", b"a" * big), ("b.bin", b"b" * big), ("c.bin", b"c" * (KEEP_IN_MEMORY + 1)), ("d.txt", b"d")]
+    assert (await emu.upload(files))[0] == 200
+    again = [(name, data.upper()) for name, data in files]  # the same paths again: each replaced
+    assert (await emu.upload(again))[0] == 200
+    for name, data in again:
+        assert (config.data_dir / VOLUME / name).read_bytes() == data
+    assert [(f["path"], f["md5"], f["uploads"]) for f in await emu.files()] == [
+        (name, md5(data), 2) for name, data in again
+    ]
+    assert staging_files(config) == []
 
 
 async def test_meta_count_must_match_file_parts(emu: Emulator) -> None:
@@ -459,6 +479,34 @@ async def test_pause_and_resume(config: MoiEmulatorConfig) -> None:
         await emu.wait_finished(task_id)
         status, body = await emu.call("POST", "/task/pause", json={"task_id": "5"})
         assert (status, body["code"]) == (404, "ErrNotFound")
+
+
+async def test_status_waits_for_a_busy_store_without_blocking_the_server(emu: Emulator) -> None:
+    """A status request is answered on the event loop when the store is free; while another thread holds
+    the store (here: a long transaction) it waits in a worker thread, and other requests go on meanwhile."""
+    _, body = await emu.upload([("a.txt", b"a")])
+    task_id = body["data"]["task_id"]
+    store = emu.state.store
+    released = threading.Event()
+
+    def hold() -> None:
+        with store.transaction():
+            released.wait(5)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(anyio.to_thread.run_sync, hold)
+        await anyio.sleep(0.1)  # the transaction has started
+        answer: list[dict[str, Any]] = []
+
+        async def ask() -> None:
+            answer.append(await emu.task(task_id))
+
+        tg.start_soon(ask)
+        await anyio.sleep(0.1)
+        assert answer == []  # still waiting for the store...
+        assert (await emu.call("GET", "/_emulator/stats"))[0] == 200  # ...while the server answers others
+        released.set()
+    assert answer[0]["id"] == task_id
 
 
 # --- volumes ----------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import itertools
 import json
 import os
 import posixpath
@@ -172,10 +173,10 @@ class Dedup:
 
 @dataclass(frozen=True, slots=True)
 class IncomingFile:
-    """One validated file of an upload, staged on disk."""
+    """One validated file of an upload, staged on disk or, when small, in memory."""
 
     dest: str
-    staged: Path
+    staged: Path | bytes
     size: int
     md5: str
 
@@ -471,7 +472,10 @@ class MoiStore(SqliteStore):
     def _move_into_place(self, volume_id: str, incoming: IncomingFile) -> None:
         target = safe_join(self.data_dir / volume_id, incoming.dest)
         target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(incoming.staged, target)
+        if isinstance(incoming.staged, Path):
+            os.replace(incoming.staged, target)
+        else:
+            _write_new_or_replace(target, incoming.staged, self.staging_dir)
 
     # tasks
 
@@ -661,6 +665,32 @@ class MoiStore(SqliteStore):
                 "SELECT volume_id, path, size, md5, uploads FROM stored_files ORDER BY volume_id, path"
             ).fetchall()
         return [dict(zip(("volume_id", "path", "size", "md5", "uploads"), row, strict=True)) for row in rows]
+
+
+def _write_new_or_replace(target: Path, body: bytes, staging_dir: Path) -> None:
+    """Write a small body kept in memory to ``target``, never leaving a stored file half replaced.
+
+    A new path is written in place (no staging file, no rename: the cheap case, by far the most common);
+    if the emulator dies mid-write the half-written file has no row, so it is not a stored file and the
+    next upload of that path replaces it. An existing file is replaced as a staged body is, by a rename.
+    """
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        staged = staging_dir / f"{os.getpid()}-{next(_REPLACEMENTS)}.part"
+        try:
+            staged.write_bytes(body)
+            os.replace(staged, target)
+        finally:
+            with suppress(FileNotFoundError):
+                staged.unlink()
+        return
+    with os.fdopen(fd, "wb") as out:
+        out.write(body)
+
+
+#: Names for replacement bodies in staging, unique within the process (the pid tells emulators apart).
+_REPLACEMENTS = itertools.count()
 
 
 def _dedup_match(volume_id: str, incoming: IncomingFile, by: frozenset[str]) -> tuple[str, list[str]]:

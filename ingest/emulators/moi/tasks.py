@@ -139,12 +139,23 @@ def _task_file_json(task: Task, f: TaskFile, status: FileStatus, now: int) -> di
 # --- handlers -------------------------------------------------------------------------------------------
 
 
+async def _either_task(request: web.Request, task_id: str) -> tuple[LoadTask | None, Task | None]:
+    """The load task with this id, else the upload task: one store call, on the loop when the store is free
+    (two point lookups; a status poll is the emulator's most frequent request)."""
+    store, loads = state_of(request).store, request.app[LOADS].loads
+
+    def lookup() -> tuple[LoadTask | None, Task | None]:
+        load = loads.task(task_id)
+        return (load, None) if load is not None else (None, store.task(task_id))
+
+    return await store.run(lookup)
+
+
 async def get_task(request: web.Request) -> web.Response:
     task_id = query_id(request, "task_id")
-    load = await anyio.to_thread.run_sync(request.app[LOADS].loads.task, task_id)
+    load, task = await _either_task(request, task_id)
     if load is not None:
         return ok(request, {"task": _load_json(load, request)})
-    task = await anyio.to_thread.run_sync(state_of(request).store.task, task_id)
     if task is None:
         # As the real service does (API-NOTES): an unknown task is an ErrServer inside HTTP 200.
         raise ApiError(200, SERVER_ERROR, f"task {task_id} not found")
@@ -155,10 +166,9 @@ async def task_files(request: web.Request) -> web.Response:
     task_id = query_id(request, "task_id")
     wanted = query_int(request, "status", None, 0, max(FileStatus))
     page, page_size = query_paging(request)
-    load = await anyio.to_thread.run_sync(request.app[LOADS].loads.task, task_id)
+    load, task = await _either_task(request, task_id)
     if load is not None:
         return ok(request, files_view(load, wanted, page, page_size))
-    task = await anyio.to_thread.run_sync(state_of(request).store.task, task_id)
     if task is None:
         # Answered as /task/get answers it (API-NOTES: ErrServer inside HTTP 200); the documents give no
         # other form for an unknown task, so none is invented here.

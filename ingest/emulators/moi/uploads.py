@@ -1,8 +1,9 @@
 """MOI emulator: ``POST /connectors/upload``, the multipart upload of local files into a volume.
 
 The form (``file`` x N, ``VolumeID``, ``meta``, ``dedup``, ``file_types``, ``path_regex``, …) is read
-part by part; file parts are streamed to ``<data_dir>/.staging`` while their md5 is computed, and moved
-to ``<data_dir>/<volume>/<path>`` only once the whole request is valid, as one new upload task.
+part by part; file parts are streamed to ``<data_dir>/.staging`` while their md5 is computed (small ones,
+up to ``KEEP_IN_MEMORY`` bytes per request in all, are kept in memory instead), and moved or written to
+``<data_dir>/<volume>/<path>`` only once the whole request is valid, as one new upload task.
 """
 
 from __future__ import annotations
@@ -19,11 +20,7 @@ import anyio
 from aiohttp import BodyPartReader, web
 
 from ingest.emulators.kit.common import ApiError, relative_path_problem
-from ingest.emulators.kit.multipart import (
-    PartNames,
-    receive_form,
-    stage_part,
-)
+from ingest.emulators.kit.multipart import PartNames, receive_form, receive_part
 from ingest.emulators.kit.store import discard_staged
 from ingest.emulators.moi.access import check_unrestricted, check_volume
 from ingest.emulators.moi.connfiles import keep_connector_files
@@ -46,6 +43,10 @@ _DATA_FIELD = "data"
 _EMPTY_FIELD = "__empty"
 _DEDUP_KEYS = frozenset({"name", "md5"})
 _DEDUP_STRATEGIES = {"skip": "skip", "replace": "replace", "overwrite": "replace"}
+#: Bytes of ``file`` parts one request may keep in memory instead of staging them (``receive_part``):
+#: a batch of small files costs no staging file each, and a request never holds more than this (plus
+#: one write buffer) whatever it sends.
+KEEP_IN_MEMORY = 1 << 20
 
 
 # --- receiving the multipart body -------------------------------------------------------------------------
@@ -53,7 +54,8 @@ _DEDUP_STRATEGIES = {"skip": "skip", "replace": "replace", "overwrite": "replace
 
 @dataclass
 class _StagedPart:
-    path: Path
+    #: Staged on disk, or the bytes themselves for a small ``file`` part.
+    body: Path | bytes
     size: int
     md5: str
     field: str = _FILE_FIELD
@@ -64,6 +66,8 @@ class _StagedPart:
 class _Form:
     fields: dict[str, str] = field(default_factory=dict)
     files: list[_StagedPart] = field(default_factory=list)
+    #: What is left of ``KEEP_IN_MEMORY`` for this request.
+    keep_allowance: int = KEEP_IN_MEMORY
 
 
 async def _receive_form(request: web.Request, state: MoiState, staged: list[Path]) -> _Form:
@@ -74,7 +78,7 @@ async def _receive_form(request: web.Request, state: MoiState, staged: list[Path
         if name in (_FILE_FIELD, _DATA_FIELD):
             if len(form.files) >= state.config.max_files_per_request:
                 raise bad(f"too many files: at most {state.config.max_files_per_request} per request")
-            form.files.append(await _stage_file(part, (name, filename), len(form.files), state, staged))
+            form.files.append(await _stage_file(part, (name, filename), form, state, staged))
         elif name == _EMPTY_FIELD:
             await part.release()  # the SDK's placeholder that keeps an upload without files multipart
         else:
@@ -86,18 +90,24 @@ async def _receive_form(request: web.Request, state: MoiState, staged: list[Path
 
 
 async def _stage_file(
-    part: BodyPartReader, names: PartNames, index: int, state: MoiState, staged: list[Path]
+    part: BodyPartReader, names: PartNames, form: _Form, state: MoiState, staged: list[Path]
 ) -> _StagedPart:
-    """Stream one file part to staging, hashing as it goes."""
-    limit = state.config.max_file_size
-    path, size, md5 = await stage_part(
+    """Stream one file part to staging (or keep it, when small), hashing as it goes."""
+    limit, index = state.config.max_file_size, len(form.files)
+    # ``data`` parts may become connector files, which are kept as staged files: only ``file`` parts stay
+    # in memory.
+    keep = form.keep_allowance if names[0] == _FILE_FIELD else -1
+    body, size, md5 = await receive_part(
         part,
         state.store.staging_dir,
         staged,
         limit=limit,
         too_large=lambda: bad(f"file part {index} is larger than the {limit}-byte limit"),
+        keep_up_to=keep,
     )
-    return _StagedPart(path, size, md5, names[0] or _FILE_FIELD, names[1] or "")
+    if isinstance(body, bytes):
+        form.keep_allowance -= size
+    return _StagedPart(body, size, md5, names[0] or _FILE_FIELD, names[1] or "")
 
 
 # --- validating the fields ------------------------------------------------------------------------
@@ -286,11 +296,11 @@ async def _accept_upload(request: web.Request, state: MoiState, form: _Form) -> 
     if not fields and form.files and all(part.field == _DATA_FIELD for part in form.files):
         # The seed's "upload files to a connector": data parts and nothing else (see ``connfiles``).
         check_unrestricted(request, "upload connector files")
-        parts = [(part.path, part.filename) for part in form.files]
+        parts = [(_on_disk(part), part.filename) for part in form.files]
         return ok(request, await anyio.to_thread.run_sync(keep_connector_files, state.store, parts))
     volume_id = _volume_id_field(fields)
     check_volume(request, volume_id)
-    volume = await anyio.to_thread.run_sync(state.store.volume, volume_id)
+    volume = await state.store.run(lambda: state.store.volume(volume_id))
     if volume is None:
         raise ApiError(404, NOT_FOUND, f"volume {short(volume_id)} not found")
     if "meta" not in fields and form.files and all(p.field == _DATA_FIELD for p in form.files):
@@ -312,17 +322,26 @@ async def _accept_upload(request: web.Request, state: MoiState, form: _Form) -> 
 
     refusals = [_filter_problem(entry, file_types, path_regex) for entry in entries]
     accepted = [
-        IncomingFile(entry.dest, part.path, part.size, part.md5)
+        IncomingFile(entry.dest, part.body, part.size, part.md5)
         for entry, part, refusal in zip(entries, form.files, refusals, strict=True)
         if refusal is None
     ]
-    task_id, stored = await anyio.to_thread.run_sync(
+    # In a worker thread, never on the loop: creating the files can wait on the file system's journal
+    # (milliseconds each on a busy disk, measured), which would stall every other request.
+    task_id, stored = await state.store.in_thread(
         lambda: state.store.commit_upload(
             volume.id, accepted, dedup, delay_ms=state.task_delay_ms, fail_rate=state.task_fail_rate
         )
     )
     results = _merge_results(refusals, stored)
     return ok(request, _upload_data(task_id, results))
+
+
+def _on_disk(part: _StagedPart) -> Path:
+    """A ``data`` part's staged file (they are never kept in memory, see ``_stage_file``)."""
+    if not isinstance(part.body, Path):
+        raise TypeError("a data part was kept in memory")
+    return part.body
 
 
 def _merge_results(refusals: list[str | None], stored: list[FileResult]) -> list[FileResult]:

@@ -1,0 +1,160 @@
+"""Benchmark: the MOI emulator's own CPU per small upload and per status request, nothing else.
+
+The same load as ``run.py``'s ``moi`` (curl's run) and ``status`` parts, without the ingest scenarios,
+so before/after comparisons of emulator changes are quick and can alternate:
+
+- ``--uploads N`` (default 2,000) files of 4 KiB, one per request, sent by one ``curl --parallel
+  --parallel-max 32`` to a fresh emulator (``--latency-ms 20 --task-delay-ms 50``, as ``run.py``);
+- ``--status N`` (default 10,000) ``GET /task/get`` for one task, also curl ``--parallel 32``.
+
+Emulator CPU is read from ``/proc/PID/stat`` before and after each load (the kernel's accounting, not
+wall time: the machine is shared). ``--profile DIR`` also records each load with ``py-spy record``
+(flame graphs ``DIR/upload.svg`` and ``DIR/status.svg``, plus ``-f raw`` folded stacks next to them)::
+
+    python benchmarks/bench_emulator_cpu.py [--uploads 2000] [--status 10000] [--repeat 1] [--profile DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_moi as moi
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu(emu: moi.Emulator) -> tuple[float, float]:
+    """The emulator's (user, system) CPU seconds so far."""
+    assert emu._proc is not None
+    fields = Path(f"/proc/{emu._proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) / _CLK_TCK, int(fields[12]) / _CLK_TCK
+
+
+@contextmanager
+def _profiled(emu: moi.Emulator, out: Path | None, name: str) -> Iterator[None]:
+    """``py-spy record`` of the emulator for the duration of the block (nothing when ``out`` is None)."""
+    if out is None:
+        yield
+        return
+    pyspy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    assert emu._proc is not None
+    procs = [
+        subprocess.Popen(
+            [pyspy, "record", "--pid", str(emu._proc.pid), "--rate", "250", "--nonblocking", "-o", str(path), *fmt],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for path, fmt in ((out / f"{name}.svg", []), (out / f"{name}.txt", ["-f", "raw"]))
+    ]
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGINT)
+        for proc in procs:
+            proc.wait(timeout=60)
+
+
+def uploads_ms(work: Path, count: int, profile: Path | None) -> tuple[float, float]:
+    """Emulator CPU ms per upload request, one 4 KiB file per request: (user + system, system)."""
+    src = work / "files"
+    if not src.exists():
+        moi.make_small_files(src, count, 4096)
+    paths = sorted(src.iterdir())
+    data = work / "data"
+    shutil.rmtree(data, ignore_errors=True)
+    (work / "upload.cfg").write_text(moi.curl_config("URL", paths))
+    with moi.Emulator(data, latency_ms=20, task_delay_ms=50) as emu:
+        cfg = work / "upload.run.cfg"
+        cfg.write_text((work / "upload.cfg").read_text().replace('"URL/', json.dumps(emu.url)[:-1] + "/"))
+        before = _cpu(emu)
+        with _profiled(emu, profile, "upload"):
+            m = moi.run_measured(
+                ["curl", "--silent", "--parallel", "--parallel-max", "32", "--config", str(cfg)],
+                cwd=work,
+                env=moi.child_env(),
+            )
+        after = _cpu(emu)
+        stored = len(emu.stored())
+    ok = m.stdout.split().count("200")
+    if ok != count or stored != count:
+        raise RuntimeError(f"uploads: {ok} answered 200 and {stored} stored of {count}")
+    return (sum(after) - sum(before)) * 1000 / count, (after[1] - before[1]) * 1000 / count
+
+
+def status_ms(work: Path, count: int, profile: Path | None) -> tuple[float, float]:
+    """Emulator CPU ms per ``GET /task/get`` of a one-file task: (user + system, system)."""
+    one = work / "one"
+    one.mkdir(exist_ok=True)
+    (one / "a.txt").write_text("status benchmark\n")
+    data = work / "data-status"
+    shutil.rmtree(data, ignore_errors=True)
+    with moi.Emulator(data, latency_ms=0, task_delay_ms=0) as emu:
+        config = moi.curl_config(emu.url, [one / "a.txt"]).replace('output = "/dev/null"\n', "")
+        upload = subprocess.run(
+            ["curl", "--silent", "--show-error", "--fail", "--config", "-"],
+            input=config.replace('write-out = "%{http_code}\\n"\n', ""),
+            capture_output=True,
+            text=True,
+            check=True,
+            env=moi.child_env(),
+        )
+        task_id = json.loads(upload.stdout)["data"]["task_id"]
+        line = "\n".join(
+            [
+                f"url = {json.dumps(f'{emu.url}/task/get?task_id={task_id}')}",
+                f"header = {json.dumps('moi-key: ' + moi.API_KEY)}",
+                'output = "/dev/null"',
+                'write-out = "%{http_code}\\n"',
+            ]
+        )
+        (work / "status.cfg").write_text("\nnext\n".join([line] * count) + "\n")
+        before = _cpu(emu)
+        with _profiled(emu, profile, "status"):
+            m = moi.run_measured(
+                ["curl", "--silent", "--parallel", "--parallel-max", "32", "--config", str(work / "status.cfg")],
+                cwd=work,
+                env=moi.child_env(),
+            )
+        after = _cpu(emu)
+    ok = m.stdout.split().count("200")
+    if ok != count:
+        raise RuntimeError(f"status: {count - ok} of {count} status requests were not answered 200")
+    return (sum(after) - sum(before)) * 1000 / count, (after[1] - before[1]) * 1000 / count
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--uploads", type=int, default=2000)
+    parser.add_argument("--status", type=int, default=10_000)
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--profile", type=Path, default=None, help="record py-spy flame graphs into this folder")
+    args = parser.parse_args(argv)
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    with moi.work_dir(None) as work:
+        for _ in range(args.repeat):
+            nan = (float("nan"), float("nan"))
+            up = uploads_ms(work, args.uploads, args.profile) if args.uploads else nan
+            st = status_ms(work, args.status, args.profile) if args.status else nan
+            print(
+                f"emulator CPU ms/upload request {up[0]:.3f} (system {up[1]:.3f})"
+                f"  ms/status request {st[0]:.3f} (system {st[1]:.3f})",
+                flush=True,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
