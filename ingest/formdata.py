@@ -1,14 +1,14 @@
 """``multipart/form-data`` request bodies that carry files: the one way targets build an upload form.
 
 A form whose files are all small local files is built in memory: one worker-thread hop opens, reads and
-md5-hashes every file of the request, and the body goes out as one buffer (one socket write or two).
+md5-hashes every file of the request (``ingest.smallfiles``), and the body goes out as one buffer (one
+socket write or two).
 Streaming each small file as its own ``FileBody`` part cost, per file, two or three thread hops and
 four to thirteen socket writes (aiohttp writes each part's headers, body and CRLF separately): most
 of the client's CPU per small file (benchmarks/README.md, "Client CPU per file"). Any other form (a
 file larger than ``SMALL_FILE_MAX``, or a bucket object) streams every file through ``FileBody`` in
-chunks, as before: a body is held whole only when it is small, so memory stays bounded by
-``--concurrency`` x files per request x ``SMALL_FILE_MAX`` (the bound of the bucket prefetch, which
-holds bodies of the same size: docs/sources.md, "Why 64 KiB").
+chunks, as before: a body is held whole only when it is small (``ingest.smallfiles``: memory stays
+bounded).
 
 Both ways check the same things: the file is the one the walk saw (``open_local``), and a file that
 grew or shrank since is never sent under its name (``SourceFileError``). Both encode the parts as
@@ -17,7 +17,6 @@ aiohttp's ``FormData(quote_fields=False)`` does, so a platform sees the same req
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -26,16 +25,11 @@ from dataclasses import dataclass, field
 import aiohttp
 import anyio
 
-from ingest.errors import SourceFileError
 from ingest.http import DEFAULT_CHUNK_SIZE, FileBody
 from ingest.models import FileItem
-from ingest.sources.reader import PREFETCH_MAX, open_local
+from ingest.smallfiles import SMALL_FILE_MAX, is_small_local, read_small
 
 __all__ = ["SMALL_FILE_MAX", "FilePart", "Form", "SentForm"]
-
-#: Files up to this size are read whole into the request body (the bucket prefetch's bound, for the
-#: same memory budget).
-SMALL_FILE_MAX = PREFETCH_MAX
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +73,7 @@ class Form:
 
     def in_memory(self) -> bool:
         """Whether every file is a small local file (read whole: see the module docstring)."""
-        return all(f.item.origin is None and f.item.size <= SMALL_FILE_MAX for f in self.files)
+        return all(is_small_local(f.item) for f in self.files)
 
     @asynccontextmanager
     async def body(
@@ -88,14 +82,14 @@ class Form:
         """The body for one send (a retry asks again: files are re-read, never reused)."""
         if self.in_memory():
             files = self.files
-            contents = await anyio.to_thread.run_sync(_read_small, [f.item for f in files])
+            contents = await anyio.to_thread.run_sync(read_small, [f.item for f in files])
             if on_bytes is not None:
                 for f in files:
                     on_bytes(f.item.size)
             boundary = uuid.uuid4().hex
             data = _encode(self._parts, [content for content, _ in contents], boundary)
             headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
-            yield SentForm(data, headers, [], [md5 for _, md5 in contents])
+            yield SentForm(data, headers, [], [md5.hex() for _, md5 in contents])
             return
         form = aiohttp.FormData(quote_fields=False)
         bodies: list[FileBody] = []
@@ -117,23 +111,6 @@ class Form:
         finally:
             for body in bodies:
                 body.close_now()
-
-
-def _read_small(items: Sequence[FileItem]) -> list[tuple[bytes, str]]:
-    """Each file's bytes and md5 (in a worker thread: every open, read and hash of a request in one hop)."""
-    out = []
-    for item in items:
-        with open_local(item) as f:
-            try:
-                data = f.read(item.size + 1)  # one byte more notices a file that grew
-            except OSError as exc:
-                raise SourceFileError(item.rel_path, f"read failed: {exc.strerror or exc}") from None
-        if len(data) > item.size:
-            raise SourceFileError(item.rel_path, "file grew while being sent; rerun to send it")
-        if len(data) < item.size:
-            raise SourceFileError(item.rel_path, "file shrank while being sent; rerun to send it")
-        out.append((data, hashlib.md5(data, usedforsecurity=False).hexdigest()))
-    return out
 
 
 def _quote(value: str) -> str:

@@ -10,8 +10,9 @@ import aiohttp
 import pytest
 
 from ingest.errors import SourceFileError
-from ingest.formdata import SMALL_FILE_MAX, Form
+from ingest.formdata import Form
 from ingest.models import FileItem
+from ingest.smallfiles import SMALL_FILE_MAX
 
 pytestmark = pytest.mark.anyio
 
