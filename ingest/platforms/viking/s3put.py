@@ -49,11 +49,13 @@ class S3Object:
 
     @staticmethod
     def locate(endpoint: str, bucket: str, key: str, *, path_style: bool) -> tuple[str, str, str] | None:
-        """``(base URL, host header, encoded path)``, or ``None`` for a key an URL would rewrite (a ``.``
-        or ``..`` segment: left to aiobotocore)."""
+        """``(base URL, host header, encoded path)``, or ``None`` (left to aiobotocore) for a key an URL
+        would rewrite (a ``.`` or ``..`` segment) or an endpoint that is more than scheme and host."""
         if any(segment in (".", "..") for segment in key.split("/")):
             return None
         parts = urlsplit(endpoint.rstrip("/"))
+        if parts.scheme not in ("http", "https") or parts.path or parts.query or "@" in parts.netloc:
+            return None
         host = parts.netloc if path_style else f"{bucket}.{parts.netloc}"
         host = _strip_default_port(host, parts.scheme)
         path = quote(f"/{bucket}/{key}" if path_style else f"/{key}", safe="/~")
