@@ -16,6 +16,7 @@ from typing import IO, Any
 
 import aiohttp
 from aiohttp.payload import AsyncIterablePayload
+from yarl import URL
 
 from ingest import _failpoints
 from ingest.errors import IngestError, SourceFileError, TransientError, connection_failed
@@ -218,14 +219,16 @@ class HttpClient:
         data: Any = None,
         headers: Mapping[str, str] | None = None,
         file_bodies: Sequence[FileBody] = (),
+        encoded_path: bool = False,
     ) -> HttpReply:
         """Send one request; return status, headers and the decoded body.
 
         ``what`` names the operation in error messages (``upload of docs/a.pdf``); ``file_bodies``
-        are the streamed files inside ``data``, consulted when the send fails.
+        are the streamed files inside ``data``, consulted when the send fails. ``encoded_path``: ``path``
+        is already percent-encoded and goes out exactly as given (a signed path must not be requoted).
         """
         session = self._ensure_session()
-        url = self.base_url + path
+        url: str | URL = URL(self.base_url + path, encoded=True) if encoded_path else self.base_url + path
         body: Any = data
         req_headers = dict(headers or {})
         if json_body is not None:

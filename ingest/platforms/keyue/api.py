@@ -14,8 +14,6 @@ import mimetypes
 from collections.abc import Sequence
 from typing import Any
 
-import aiohttp
-
 from ingest.errors import (
     SERVER_STATUSES,
     AuthError,
@@ -27,7 +25,8 @@ from ingest.errors import (
     VersionConflict,
     classify,
 )
-from ingest.http import FileBody, HttpClient, HttpReply, one_line
+from ingest.formdata import Form
+from ingest.http import HttpClient, HttpReply, one_line
 from ingest.models import FileItem
 from ingest.platforms.base import TargetContext
 from ingest.platforms.keyue.config import KeyueTargetConfig
@@ -163,28 +162,20 @@ class KeyueApi:
         """Stream one file into ``dir_id``; returns ``data`` of the reply and the body's md5."""
         what = f"import of {item.rel_path}"
         mime = mimetypes.guess_type(name)[0] or "application/octet-stream"
-        body = FileBody(
-            item,
-            chunk_size=self._context.chunk_size,
-            on_bytes=self._context.on_bytes,
-            content_type=mime,
-            filename=name,
-        )
-        try:
-            form = aiohttp.FormData(quote_fields=False)
-            form.add_field("file", body, filename=name, content_type=mime)
-            form.add_field("taskExtend", task_extend)
+        form = Form()
+        form.add_file("file", item, filename=name, content_type=mime)
+        form.add_field("taskExtend", task_extend)
+        async with form.body(chunk_size=self._context.chunk_size, on_bytes=self._context.on_bytes) as sent:
             data = await self._call(
                 "POST",
                 "/task/create/llm_document_import",
                 what=what,
                 params={"dirId": dir_id},
-                data=form,
-                file_bodies=[body],
+                data=sent.data,
+                headers=sent.headers,
+                file_bodies=sent.file_bodies,
             )
-        finally:
-            body.close_now()
-        return data, body.hexdigest
+        return data, sent.md5s[0]
 
     async def retrain(self, document_ids: Sequence[str]) -> None:
         what = f"retraining {len(document_ids)} Keyue document(s)"

@@ -30,7 +30,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 
-import aiohttp
 from multidict import MultiDict
 from pydantic import BaseModel, SecretStr, ValidationError
 
@@ -46,7 +45,8 @@ from ingest.errors import (
     TransientError,
     classify,
 )
-from ingest.http import FileBody, HttpClient, HttpReply
+from ingest.formdata import Form
+from ingest.http import HttpClient, HttpReply
 from ingest.models import FileItem
 from ingest.multipart_names import header_filename
 from ingest.platforms.moi.wire import (
@@ -351,37 +351,32 @@ class MoiClient:
         the caller decides whether a failed upload may be repeated (with ``dedup``).
         """
         what = f"upload of {items[0].rel_path}" + (f" and {len(items) - 1} more" if len(items) > 1 else "")
-        form = aiohttp.FormData(quote_fields=False)
+        form = Form()
         # MOI 5.0's form (and the official SDK's): ``filename`` is the file's name, ``path`` its path in the
         # source tree. The request has no destination-folder field; the folder travels in ``path`` (see
         # docs/moi.md, "Which field carries the folder").
         meta = [{"filename": posixpath.basename(item.rel_path), "path": item.rel_path} for item in items]
-        content_types = [mimetypes.guess_type(item.rel_path)[0] or "application/octet-stream" for item in items]
         form.add_field("VolumeID", volume_id)
         form.add_field("meta", json.dumps(meta, ensure_ascii=False))
         if dedup is not None:
             form.add_field("dedup", json.dumps(wire(dedup)))
-        bodies: list[FileBody] = []
-        try:
-            for item, entry, content_type in zip(items, meta, content_types, strict=True):
-                body = FileBody(
-                    item,
-                    chunk_size=chunk_size,
-                    on_bytes=on_bytes,
-                    content_type=content_type,
-                    filename=header_filename(entry["filename"]),
-                )
-                bodies.append(body)
-                # meta[] names the file (JSON carries any character); the part's filename is a label,
-                # encoded so that a control character in a name cannot break the request.
-                form.add_field("file", body, filename=header_filename(entry["filename"]), content_type=content_type)
-            reply = await self.http.request("POST", "/connectors/upload", what=what, data=form, file_bodies=bodies)
-        finally:
-            for body in bodies:
-                body.close_now()
+        for item, entry in zip(items, meta, strict=True):
+            # meta[] names the file (JSON carries any character); the part's filename is a label,
+            # encoded so that a control character in a name cannot break the request.
+            content_type = mimetypes.guess_type(item.rel_path)[0] or "application/octet-stream"
+            form.add_file("file", item, filename=header_filename(entry["filename"]), content_type=content_type)
+        async with form.body(chunk_size=chunk_size, on_bytes=on_bytes) as sent:
+            reply = await self.http.request(
+                "POST",
+                "/connectors/upload",
+                what=what,
+                data=sent.data,
+                headers=sent.headers,
+                file_bodies=sent.file_bodies,
+            )
         data = check_envelope(reply, what) or {}
         result: UploadResult = _parse(UploadResult, data, what)
-        return UploadReply(result, [body.hexdigest for body in bodies])
+        return UploadReply(result, sent.md5s)
 
     # ----- load tasks ----------------------------------------------------------------------------------------
 
