@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import importlib
 import json
 import os
@@ -173,47 +174,32 @@ def part_status(quick: bool) -> list[Row]:
 
 def part_targets(quick: bool) -> list[Row]:
     """``ingest run`` of small files into each emulator (one file per request: the platforms have no
-    batch upload). No curl baseline: Keyue needs a JSON create call per uploaded file and VikingDB a
-    signed request after a staging PUT, which curl's ``--parallel`` cannot chain (goal 1's "minimal
-    aiohttp client" baseline is not built yet)."""
-    from tests.harness import KEYUE, VIKING, ServerProcess
+    batch upload) against ``baseline_clients.py``, a minimal aiohttp client sending the same requests
+    at the same concurrency and polling until done (``bench_targets.py``): goal 1's ratio."""
+    import bench_targets as targets
 
-    files = 150 if quick else 1000
+    files, repeat, concurrency = (150, 1, 32) if quick else (1000, 3, 32)
     rows: list[Row] = []
-    for harness in (KEYUE, VIKING):
+    for target in targets.PLATFORMS:
         with moi.work_dir(None) as work:
-            expected = moi.make_small_files(work / "docs", files, 4096)
-            server = ServerProcess(harness.serve_command(work / "data"))
-            try:
-                flags, env = harness.cli(server.url)
-                (work / "empty").mkdir()
-                cmd = [sys.executable, "-m", "ingest", "run", "empty", *flags, "--manifest", "e.db",
-                       "--concurrency", "32", "--json", "--quiet"]  # fmt: skip
-                fixed = moi.run_measured(cmd, cwd=work, env=moi.child_env(**env)).cpu_s
-                before = _requests(server.url)
-                cmd[4], cmd[cmd.index("e.db")] = "docs", "m.db"
-                m = moi.run_measured(cmd, cwd=work, env=moi.child_env(**env))
-                requests = _requests(server.url) - before
-            finally:
-                server.stop()
-        summary = json.loads(m.stdout) if m.stdout.strip() else {}
-        if m.returncode != 0 or summary.get("done") != len(expected):
-            raise RuntimeError(f"{harness.name}: run incomplete (exit {m.returncode}): {m.stderr.strip()[-300:]}")
-        name = {"keyue": "Keyue", "viking": "VikingDB"}.get(harness.name, harness.name)
+            fixed = targets.startup_cpu_s(target, work)
+            baseline, ingest = targets.bench_small(
+                target, work, files=files, size=4096, concurrency=concurrency, repeat=repeat
+            )
+        print(moi.small_table([baseline, ingest]), flush=True)
+        b, m = baseline.median(), ingest.median()
+        name = target.label
         rows += [
-            row(name, "files/s", files / m.wall_s),
-            row(name, "client CPU ms/file (start-up excluded)", (m.cpu_s - fixed) * 1000 / files, 0.6, at_most=True),
+            row(name, "files/s vs baseline client (x)", m.files_per_s / b.files_per_s, 1.0),
+            row(name, "client CPU ms/file (start-up excluded)", (m.client_cpu_s - fixed) * 1000 / files, 0.6,
+                at_most=True),
             row(name, "CPU s of a run with nothing to send (start-up)", fixed),
-            row(name, "requests/file", requests / files, 1.3, at_most=True),
-        ]
+            row(name, "requests/file", (m.upload_requests + m.other_requests) / files, 1.3, at_most=True),
+            row(f"{name} baseline", "files/s", b.files_per_s),
+            row(f"{name} baseline", "client CPU ms/file (start-up included)", b.client_cpu_s * 1000 / files),
+            row(f"{name} baseline", "requests/file", (b.upload_requests + b.other_requests) / files),
+        ]  # fmt: skip
     return rows
-
-
-def _requests(url: str) -> int:
-    """Platform requests the emulator at ``url`` has answered so far (its test hooks not counted)."""
-    with moi._NO_PROXY_OPENER.open(url + "/_emulator/stats", timeout=60) as resp:
-        counts = json.loads(resp.read())["requests"]
-    return sum(int(v) for k, v in counts.items() if "/_emulator" not in k)
 
 
 # ----- embedded, rate, big --------------------------------------------------------------------------------
@@ -236,18 +222,42 @@ def part_rate(quick: bool) -> list[Row]:
 
 
 def part_big(quick: bool) -> list[Row]:
+    """One big file into MOI (against ``curl -F``), Keyue (``curl -F``) and VikingDB (an s3transfer
+    multipart upload + ``doc/add``, ``bench_targets.py``): goal 8, MB/s ratio and the client's peak RSS."""
+    import bench_targets as targets
+
     settings = moi.Settings(
-        files=0, size=0, big_mib=128 if quick else 1024, latency_ms=0, task_delay_ms=50, concurrency=32,
+        files=0, size=0, big_mib=64 if quick else 1024, latency_ms=0, task_delay_ms=50, concurrency=32,
         repeat=1, seed_loop_files=0, skip_big=False, reference=False,
     )  # fmt: skip
+    rows: list[Row] = []
+
+    def rows_for(label: str, baseline_name: str, baseline: moi.Scenario, ingest: moi.Scenario) -> list[Row]:
+        return [
+            row(label, f"MB/s vs {baseline_name} (x)", ingest.median().mb_per_s / baseline.median().mb_per_s, 0.7),
+            row(label, "client peak RSS MiB", max(r.max_rss_mib for r in ingest.runs), 80, at_most=True),
+        ]
+
     with moi.work_dir(None) as work:
         curl, ingest = moi.bench_big(work, settings)
-    print(moi.big_table([curl, ingest]), flush=True)
-    label = f"MOI, one {settings.big_mib} MiB file"
-    return [
-        row(label, "MB/s vs curl -F (x)", ingest.median().mb_per_s / curl.median().mb_per_s, 0.7),
-        row(label, "client peak RSS MiB", max(r.max_rss_mib for r in ingest.runs), 80, at_most=True),
-    ]
+        print(moi.big_table([curl, ingest]), flush=True)
+        rows += rows_for(f"MOI, one {settings.big_mib} MiB file", "curl -F", curl, ingest)
+        big = work / "big" / "big.bin"  # made by bench_big; the other platforms send the same bytes
+        md5 = _md5(big)
+        for platform in targets.PLATFORMS:
+            baseline, ingest = targets.bench_big(platform, work, big, md5, repeat=settings.repeat)
+            print(moi.big_table([baseline, ingest]), flush=True)
+            name = "curl -F" if platform.key == "keyue" else "s3transfer + doc/add"
+            rows += rows_for(f"{platform.label}, one {settings.big_mib} MiB file", name, baseline, ingest)
+    return rows
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 PART_FUNCTIONS: dict[str, Callable[[bool], list[Row]]] = {
