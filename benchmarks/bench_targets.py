@@ -11,8 +11,8 @@ emulator. One big file: ``ingest run`` on a folder holding just it, against
             cannot do this one: a multipart upload is several signed requests, and ``doc/add`` (which
             makes the emulator read the whole object back) must follow it for the runs to be equal.
 
-VikingDB's big file is a ``.pdf`` (its only type allowed 1 GiB; ``.txt`` stops at 5 MiB), a hard link
-to the same bytes. Every run is checked through ``/_emulator/files`` (each file stored with its md5).
+VikingDB's big file is a ``.pdf`` (its only type allowed 1 GiB; ``.txt`` stops at 5 MiB). Every run is
+checked through ``/_emulator/files`` (each file stored with its md5).
 Used by ``run.py`` (parts ``targets`` and ``big``); the emulators and moto are on 127.0.0.1.
 """
 
@@ -22,7 +22,7 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,14 +109,25 @@ class Server:
 
 
 def run_one(
-    platform: Platform, kind: str, *, work: Path, name: str, src: Path, expected: dict[str, str], concurrency: int
+    platform: Platform,
+    kind: str,
+    *,
+    work: Path,
+    name: str,
+    src: Path,
+    expected: dict[str, str],
+    concurrency: int,
+    before: Callable[[Server, Path], None] | None = None,
 ) -> moi.Run:
-    """One client run (``ingest``, ``baseline`` or ``curl``) into a fresh emulator."""
+    """One client run (``ingest``, ``baseline`` or ``curl``) into a fresh emulator; ``before(server,
+    run_dir)`` runs first against the same emulator (unmeasured by this run)."""
     run_dir = work / "runs" / name
     run_dir.mkdir(parents=True)
     paths = sorted(src.iterdir())
     server = Server(platform, run_dir / "data")
     try:
+        if before is not None:
+            before(server, run_dir)
         stdin = None
         if kind == "ingest":
             cmd, env = platform.ingest_cmd(src, server.url, run_dir, concurrency)
@@ -148,42 +159,38 @@ def run_one(
     )  # fmt: skip
 
 
-def startup_cpu_s(platform: Platform, work: Path) -> float:
-    """CPU of ``ingest run`` on an empty folder: start-up, imports, manifest, preflight (see run.py)."""
-    empty = work / "empty"
-    empty.mkdir(exist_ok=True)
-    run_dir = work / "runs" / f"{platform.key}-startup"
-    run_dir.mkdir(parents=True)
-    server = Server(platform, run_dir / "data")
-    try:
-        cmd, env = platform.ingest_cmd(empty, server.url, run_dir, 1)
-        m = moi.run_measured(cmd, cwd=run_dir, env=moi.child_env(**env))
-    finally:
-        server.stop()
-        shutil.rmtree(run_dir, ignore_errors=True)
-    if m.returncode != 0:
-        raise RuntimeError(f"{platform.label}: ingest run of an empty folder: exit {m.returncode}")
-    return m.cpu_s
-
-
 def bench_small(
     platform: Platform, work: Path, *, files: int, size: int, concurrency: int, repeat: int
-) -> list[moi.Scenario]:
-    """``[baseline, ingest]``, ``repeat`` runs each, interleaved."""
+) -> tuple[moi.Scenario, moi.Scenario, float]:
+    """``baseline`` and ``ingest``, ``repeat`` runs each, interleaved, and the CPU seconds of ``ingest
+    run`` on an empty folder (start-up, imports, manifest, preflight: see run.py), measured against the
+    first ingest run's emulator before that run (one emulator start fewer)."""
     src = work / f"{platform.key}-small"
     expected = moi.make_small_files(src, files, size)
     baseline = moi.Scenario("baseline", f"{platform.label}: baseline_clients.py, {concurrency} at a time")
     ingest = moi.Scenario("ingest", f"{platform.label}: ingest run --concurrency {concurrency}")
-    return _interleaved(
-        platform, work, src, expected, concurrency, repeat, [("baseline", baseline), ("ingest", ingest)]
-    )
+    startup: list[float] = []
+
+    def empty_run(server: Server, run_dir: Path) -> None:
+        if startup:
+            return
+        (work / "empty").mkdir(exist_ok=True)
+        cmd, env = platform.ingest_cmd(work / "empty", server.url, run_dir / "empty", 1)
+        (run_dir / "empty").mkdir()
+        m = moi.run_measured(cmd, cwd=run_dir / "empty", env=moi.child_env(**env))
+        if m.returncode != 0:
+            raise RuntimeError(f"{platform.label}: ingest run of an empty folder: exit {m.returncode}")
+        startup.append(m.cpu_s)
+
+    kinds = [("baseline", baseline), ("ingest", ingest)]
+    _interleaved(platform, work, src, expected, concurrency, repeat, kinds, before={"ingest": empty_run})
+    return baseline, ingest, startup[0]
 
 
-def bench_big(platform: Platform, work: Path, big: Path, md5: str, *, repeat: int) -> list[moi.Scenario]:
-    """``[baseline, ingest]`` for one big file (``big``, linked under the platform's name)."""
+def bench_big(platform: Platform, work: Path, mib: int, *, repeat: int) -> list[moi.Scenario]:
+    """``[baseline, ingest]`` for one file of ``mib`` MiB (a 1 MiB random block repeated)."""
     src = work / f"{platform.key}-big"
-    src.mkdir()
-    os.link(big, src / platform.big_name)
+    md5 = moi.make_big_file(src / platform.big_name, mib)
     if platform.key == "keyue":
         baseline = moi.Scenario("curl", "Keyue: curl -F file=@big.bin")
         kinds = [("curl", baseline)]
@@ -195,7 +202,6 @@ def bench_big(platform: Platform, work: Path, big: Path, md5: str, *, repeat: in
     try:
         return _interleaved(platform, work, src, {platform.big_name: md5}, 32, repeat, kinds)
     finally:
-        shutil.rmtree(src, ignore_errors=True)
         if platform.key == "viking":
             _empty_staging_bucket()  # moto keeps every staged GiB (on disk) until told
 
@@ -208,12 +214,13 @@ def _interleaved(
     concurrency: int,
     repeat: int,
     kinds: Sequence[tuple[str, moi.Scenario]],
+    before: Mapping[str, Callable[[Server, Path], None]] | None = None,
 ) -> list[moi.Scenario]:
     for i in range(repeat):
         for kind, sc in kinds:  # interleaved, so background load spreads over both
             print(f"{sc.label}: run {i + 1}/{repeat} ...", file=sys.stderr, flush=True)
             r = run_one(platform, kind, work=work, name=f"{platform.key}-{kind}-{i}", src=src, expected=expected,
-                        concurrency=concurrency)  # fmt: skip
+                        concurrency=concurrency, before=(before or {}).get(kind))  # fmt: skip
             if r.warning:
                 raise RuntimeError(f"{sc.label}: {r.warning}")
             sc.runs.append(r)
