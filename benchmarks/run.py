@@ -1,7 +1,7 @@
 """Every performance goal of issue 11 in one run: one table of measured values, goals and verdicts.
 
-    python benchmarks/run.py --quick     # about 2 minutes: what to run before a commit touching a hot path
-    python benchmarks/run.py             # the full sizes the goals are stated for (about 20 minutes)
+    python benchmarks/run.py --quick     # under 2 minutes: what to run before a commit touching a hot path
+    python benchmarks/run.py             # the full sizes the goals are stated for (about 30 minutes)
     python benchmarks/run.py --only moi,status --json-out results.json
 
 Parts (``--only`` takes their names; each baseline is measured in the same run, on the same machine):
@@ -11,10 +11,18 @@ Parts (``--only`` takes their names; each baseline is measured in the same run, 
             ceiling). Goals 1-3: files/s ratios, client CPU per file, requests per file; goal 4's
             emulator CPU per upload request (from the curl run: no client code in it).
   status    the MOI emulator's CPU per status request (``GET /task/get`` sent by curl ``--parallel``).
-  targets   Keyue and VikingDB, one file per request: files/s, client CPU per file, requests per file.
+  targets   Keyue and VikingDB, one file per request, against ``baseline_clients.py`` (a minimal
+            aiohttp client sending the same requests at the same concurrency, polling until done):
+            files/s ratio (goal 1), client CPU per file, requests per file (``bench_targets.py``).
   embedded  ``ingest run DIR`` with no target (``bench_embedded.py``): files/s, no-op rerun, RSS.
   rate      the request budget against ``ingest serve moi --rate-limit 100`` (``bench_rate.py``).
-  big       one 1 GiB file into MOI against ``curl -F`` (128 MiB with ``--quick``): goal 8.
+  big       one 1 GiB file into MOI and Keyue against ``curl -F``, into VikingDB against an s3transfer
+            multipart upload + ``doc/add`` (``bench_targets.py``): goal 8, MB/s ratio and client peak
+            RSS. ``--quick``: 128 MiB (MOI, Keyue) and 24 MiB (VikingDB, staged through moto).
+
+``--quick`` runs every part with smaller sizes and one run per scenario, one part after the other (never
+side by side: that would corrupt the CPU numbers). Its ratios on small sizes weigh interpreter start-up
+(about 1 s of CPU for ingest, almost nothing for curl) much more than the full run does.
 
 Everything talks to 127.0.0.1. Wall times include interpreter start-up (what a user waits for); CPU is
 the kernel's ``os.wait4`` accounting of each client process. Exit status 0 when every run stored every
