@@ -145,6 +145,8 @@ def run_one(
     finally:
         server.stop()
         shutil.rmtree(run_dir, ignore_errors=True)
+        if platform.key == "viking":
+            _empty_staging_bucket()  # moto keeps every staged object (a big one on disk) until told
     if m.returncode != 0:
         tail = (m.stderr.strip().splitlines() or [""])[-1][:200]
         warning = "; ".join(x for x in (warning, f"client exit {m.returncode}: {tail}") if x)
@@ -199,11 +201,7 @@ def bench_big(platform: Platform, work: Path, mib: int, *, repeat: int) -> list[
         kinds = [("baseline", baseline)]
     ingest = moi.Scenario("ingest", f"{platform.label}: ingest run (folder with just {platform.big_name})")
     kinds.append(("ingest", ingest))
-    try:
-        return _interleaved(platform, work, src, {platform.big_name: md5}, 32, repeat, kinds)
-    finally:
-        if platform.key == "viking":
-            _empty_staging_bucket()  # moto keeps every staged GiB (on disk) until told
+    return _interleaved(platform, work, src, {platform.big_name: md5}, 32, repeat, kinds)
 
 
 def _interleaved(

@@ -242,7 +242,7 @@ def part_big(quick: bool) -> list[Row]:
 
     settings = moi.Settings(
         files=0, size=0, big_mib=BIG_MIB["moi"][0 if quick else 1], latency_ms=0, task_delay_ms=50,
-        concurrency=32, repeat=1, seed_loop_files=0, skip_big=False, reference=False,
+        concurrency=32, repeat=1 if quick else 3, seed_loop_files=0, skip_big=False, reference=False,
     )  # fmt: skip
     rows: list[Row] = []
 
