@@ -224,8 +224,8 @@ def part_rate(quick: bool) -> list[Row]:
     except ModuleNotFoundError:
         return [row("request budget", "benchmarks/bench_rate.py is not there yet", float("nan"))]
     # Quick: 700 files, ~15 s per scenario (the limit is 100 requests/s, two per file). The 429s of
-    # discovering the limit are a roughly fixed count (20-50 here, more under load), so their share
-    # grows as the run shrinks: 49 of 1,050 requests (4.7 %) at 500 files under load 7, too near 5 %.
+    # discovering the limit do not shrink with the run (18-55 here, more under load), so their share
+    # grows as it shrinks: 49 of 1,050 requests (4.7 %) at 500 files under load 7, too near 5 %.
     return list(bench_rate.run(quick, files=700 if quick else None))
 
 
