@@ -115,14 +115,23 @@ def _peak_rss_kib(pid: int, peak: list[int], done: threading.Event) -> None:
         done.wait(0.02)
 
 
-def run_measured(cmd: Sequence[str], *, cwd: Path, env: dict[str, str], timeout: float = CLIENT_TIMEOUT_S) -> Measured:
-    """Run ``cmd`` to completion; wall time and CPU time via ``os.wait4``, peak RSS from ``VmHWM``."""
-    out_path, err_path = cwd / "client.stdout", cwd / "client.stderr"
+def run_measured(
+    cmd: Sequence[str],
+    *,
+    cwd: Path,
+    env: dict[str, str],
+    timeout: float = CLIENT_TIMEOUT_S,
+    stdin_text: str | None = None,
+) -> Measured:
+    """Run ``cmd`` to completion; wall time and CPU time via ``os.wait4``, peak RSS from ``VmHWM``.
+    ``stdin_text`` (e.g. a header holding a token, kept out of argv) is the child's standard input."""
+    out_path, err_path, in_path = cwd / "client.stdout", cwd / "client.stderr", cwd / "client.stdin"
+    in_path.write_text(stdin_text or "", encoding="utf-8")
     peak = [0]
     done = threading.Event()
-    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+    with open(out_path, "wb") as out, open(err_path, "wb") as err, open(in_path, "rb") as stdin:
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=stdin, stdout=out, stderr=err)
         sampler = threading.Thread(target=_peak_rss_kib, args=(proc.pid, peak, done), daemon=True)
         sampler.start()
         killer = threading.Timer(timeout, proc.kill)
