@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import anyio
 
+from ingest import _failpoints
 from ingest.http import DEFAULT_CHUNK_SIZE, FileBody
 from ingest.models import FileItem
 from ingest.smallfiles import SMALL_FILE_MAX, is_small_local, read_small
@@ -83,9 +84,12 @@ class Form:
         if self.in_memory():
             files = self.files
             contents = await anyio.to_thread.run_sync(read_small, [f.item for f in files])
-            if on_bytes is not None:
-                for f in files:
+            for f in files:
+                if on_bytes is not None:
                     on_bytes(f.item.size)
+                # The body leaves in one write, so there is no middle to crash in: a kill here leaves what a
+                # kill mid-body leaves (the intent durable, nothing stored), which the crash tests need.
+                _failpoints.failpoint("mid-body")
             boundary = uuid.uuid4().hex
             data = _encode(self._parts, [content for content, _ in contents], boundary)
             headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
