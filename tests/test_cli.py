@@ -51,6 +51,26 @@ def test_embedded_default_needs_no_account(tmp_path: Path) -> None:
     assert "0 done, 0 failed, 12 skipped" in again.stdout
 
 
+def test_embedded_emulator_starts_only_when_a_file_is_sent(tmp_path: Path) -> None:
+    """A rerun with nothing to send never starts the embedded emulator (it was a second of every no-op
+    rerun); a run that needs it and cannot start it stops with one line saying why."""
+    make_tree(tmp_path / "docs", 5)
+    assert run_cli(["run", "docs"], cwd=tmp_path).returncode == 0
+    store = tmp_path / ".ingest/local/.emulator.db"
+    for leftover in store.parent.glob(".emulator.db-*"):
+        leftover.unlink()
+    store.write_bytes(b"not a database, so the emulator cannot start" * 100)  # its next start fails
+
+    again = run_cli(["run", "docs", "--json"], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert (json.loads(again.stdout)["skipped"], json.loads(again.stdout)["sent_files"]) == (5, 0)
+
+    (tmp_path / "docs" / "new.txt").write_text("a new file must be sent")
+    needs_it = run_cli(["run", "docs"], cwd=tmp_path)
+    assert needs_it.returncode == 2
+    assert "the embedded local MOI emulator did not start" in one_line_error(needs_it)
+
+
 def test_run_status_and_json_summary(server: ServerProcess, tmp_path: Path) -> None:
     """A run against an endpoint, then `status` counts per state, in text and JSON."""
     make_tree(tmp_path / "docs", 10)

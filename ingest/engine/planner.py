@@ -59,9 +59,28 @@ async def plan(
             for entry in chunk:
                 if run.stop_sending:
                     break
-                await _plan_one(run, entry, records.get(entry.rel_path), work, to_poller, dedup_mode, server_dedup)
+                record = records.get(entry.rel_path)
+                if record is not None and _skipped(run, entry, record):
+                    continue
+                await _plan_one(run, entry, record, work, to_poller, dedup_mode, server_dedup)
         run.summary.walk_finished = not run.stop_sending
     run.completion.end_walk()
+
+
+def _skipped(run: RunState, entry: FileItem | Rejected, record: FileRecord) -> bool:
+    """Count ``entry`` as skipped if it is done and unchanged: the same rule as ``_plan_one`` (refusal first,
+    then ``decide``), without a coroutine per file; on a no-op rerun that is every file."""
+    if (
+        isinstance(entry, Rejected)
+        or run.target.refuse(entry) is not None
+        or decide(record, entry) is not Decision.SKIP
+    ):
+        return False
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("%s: %s", entry.rel_path, _DECISIONS[Decision.SKIP])
+    run.summary.skipped += 1
+    run.summary.skipped_bytes += entry.size
+    return True
 
 
 async def _plan_one(

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from ingest._aio import first_leaf, run_with_signals
 from ingest.config import EngineConfig, RunConfig, SyncConfig, validation_message
 from ingest.engine import converge
+from ingest.engine.deferred import StartedOnFirstUse
 from ingest.engine.pipeline import run_engine
 from ingest.engine.shared import DEFAULT_LEASE, run_worker
 from ingest.errors import ConfigError, InterruptedRun, TransientError
@@ -182,8 +183,14 @@ async def run_job(job: Job, *, command: str, handle_signals: bool = False, only_
             job.target_factory(target_config, context) if job.target_factory else build_target(target_config, context)
         )
         stack.push_async_callback(target.aclose)
-        # The destination is checked before the manifest is touched: a typo in it is the error to show.
-        await _open_target(target, job.engine.request_retries)
+        if embedded is not None and embedded.start is not None:
+            # Started (and the target opened) just before the first request: a rerun with nothing to send
+            # never pays for starting it. Its settings are ours, so there is no typo to catch first.
+            opened = target
+            target = StartedOnFirstUse(target, embedded.start, lambda: _open_target(opened, job.engine.request_retries))
+        else:
+            # The destination is checked before the manifest is touched: a typo in it is the error to show.
+            await _open_target(target, job.engine.request_retries)
         converge.check(job.sync, target)  # what the platform cannot do is refused before any work
         if not only_failed and not job.quiet:  # a warning nobody sees is not worth a pass over the source
             await target.preflight(job.source)

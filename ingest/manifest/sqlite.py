@@ -102,13 +102,17 @@ _COLUMNS = "path, size, mtime_ns, md5, state, remote_id, task_id, extra, attempt
 _UNFINISHED_SQL = "('" + "', '".join(UNFINISHED) + "')"
 
 
+#: ``FileState(text)`` through a dict: the enum's own lookup was a sixth of building a record.
+_STATES: dict[str, FileState] = {state.value: state for state in FileState}
+
+
 def _record(row: sqlite3.Row | tuple[Any, ...]) -> FileRecord:
     return FileRecord(
         path=row[0],
         size=row[1],
         mtime_ns=row[2],
         md5=row[3],
-        state=FileState(row[4]),
+        state=_STATES.get(row[4]) or FileState(row[4]),
         remote_id=row[5],
         task_id=row[6],
         extra=JsonObject(row[7]),

@@ -14,7 +14,7 @@ registered twice, as rclone's backend registry does.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +69,9 @@ class EmbeddedDestination:
     identity: str
     #: Where the stored copies of the files can be seen, if anywhere.
     stored_at: Path | None = None
+    #: Starts the destination; the runner calls it just before the first request (``ingest.engine.deferred``)
+    #: so a run that sends nothing never starts it. ``None``: running from the start of the block.
+    start: Callable[[], Awaitable[None]] | None = None
 
 
 #: ``embedded(data_dir)``: an async context manager that runs the destination while the block runs.

@@ -208,7 +208,7 @@ async def walk(
                     stats.too_large += 1
                     continue
                 stats.files_seen += 1
-                if not _is_utf8(rel):
+                if not rel.isascii() and not _is_utf8(rel):
                     yield Rejected(
                         display_path(rel), "file name is not valid UTF-8; rename it (e.g. with convmv) to send it"
                     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -32,18 +33,26 @@ def _base_url(bound: tuple[Any, ...]) -> str:
 
 
 @asynccontextmanager
-async def serve_in_background(app: web.Application, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+async def serve_in_background(
+    app: web.Application, host: str = "127.0.0.1", port: int = 0, *, sock: socket.socket | None = None
+) -> AsyncIterator[str]:
     """Start ``app`` on ``host:port`` and yield its base URL, e.g. ``http://127.0.0.1:40123``.
 
     ``port=0`` binds a free port, read back from the bound socket, so parallel tests never collide.
     The server is shut down (and the app's cleanup hooks run) when the block exits, even on cancel.
-    An app made by ``build_app`` has its stall limits enforced on every connection.
+    An app made by ``build_app`` has its stall limits enforced on every connection. ``sock``: serve on
+    this listening socket instead (one a parent process bound and handed down), ignoring host and port.
     """
     guard = app.get(STALL_GUARD)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port) if guard is None else guard.site(runner, host, port)
+        if guard is not None:
+            site = guard.site(runner, host, port, sock=sock)
+        elif sock is not None:
+            site = web.SockSite(runner, sock)
+        else:
+            site = web.TCPSite(runner, host, port)
         await site.start()
         yield _base_url(runner.addresses[0])
     finally:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -122,10 +123,10 @@ class StallGuard:
         assert self._loop is not None
         return self._loop.time()
 
-    def site(self, runner: web.BaseRunner, host: str, port: int) -> web.BaseSite:
-        """A TCP site whose connections this guard watches (in place of ``web.TCPSite``); it starts and
-        stops the guard's sweeps with itself."""
-        return _GuardedSite(runner, host, port, self)
+    def site(self, runner: web.BaseRunner, host: str, port: int, *, sock: socket.socket | None = None) -> web.BaseSite:
+        """A TCP site whose connections this guard watches (in place of ``web.TCPSite``, or of
+        ``web.SockSite`` given ``sock``); it starts and stops the guard's sweeps with itself."""
+        return _GuardedSite(runner, host, port, self, sock)
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -205,9 +206,13 @@ class StallGuard:
 class _GuardedSite(web.BaseSite):
     """``web.TCPSite``, but each connection's protocol is wrapped for the guard."""
 
-    def __init__(self, runner: web.BaseRunner, host: str, port: int, guard: StallGuard) -> None:
+    def __init__(
+        self, runner: web.BaseRunner, host: str, port: int, guard: StallGuard, sock: socket.socket | None = None
+    ) -> None:
         super().__init__(runner)
-        self._host, self._port, self._guard = host, port, guard
+        self._host, self._port, self._guard, self._sock = host, port, guard, sock
+        if sock is not None:
+            self._host, self._port = sock.getsockname()[:2]
 
     @property
     def name(self) -> str:
@@ -220,7 +225,10 @@ class _GuardedSite(web.BaseSite):
         wrap: Callable[[], Any] = lambda: _Connection(server(), self._guard)  # noqa: E731
         self._guard.start()  # before the first connection can arrive: it reads the guard's clock
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(wrap, self._host, self._port, backlog=self._backlog)
+        if self._sock is not None:
+            self._server = await loop.create_server(wrap, sock=self._sock, backlog=self._backlog)
+        else:
+            self._server = await loop.create_server(wrap, self._host, self._port, backlog=self._backlog)
 
     async def stop(self) -> None:
         self._guard.stop()

@@ -9,6 +9,11 @@ The emulator runs in its own process (``ingest.emulators.moi.child``), not on th
 its CPU (multipart parsing, hashing, commits) then runs on another core, which more than doubles what
 the embedded default sends per second on a machine with two cores (``benchmarks/bench_embedded.py``).
 This module never imports the emulator: it talks to it over two pipes, see the child's protocol.
+
+The child is started only when the run first talks to it (``EmbeddedDestination.start``, through
+``ingest.engine.deferred``): a rerun that finds every file unchanged never starts it, which was about a
+second of every such run. The address is known before: this process binds and listens on the loopback
+socket and hands it to the child.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import collections
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -41,6 +47,8 @@ START_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
 #: Lines of the child's stderr kept for an error message (it is drained all along so it never blocks).
 STDERR_LINES = 20
+#: Connections that may wait for the child to start serving (the engine opens at most ``concurrency + 8``).
+LISTEN_BACKLOG = 1024
 
 
 @asynccontextmanager
@@ -51,17 +59,48 @@ async def embedded_moi(data_dir: Path) -> AsyncIterator[EmbeddedDestination]:
     # A key derived from the data dir: stable, local, and not a secret anyone else holds.
     key = hashlib.sha256(str(data_dir).encode()).hexdigest()[:32]
     settings = {"data_dir": str(data_dir), "api_key": key, "volumes": [EMBEDDED_VOLUME], "task_delay_ms": 20}
-    child = await anyio.to_thread.run_sync(_start, settings)
+    launcher = _Launcher(settings)
     try:
         yield EmbeddedDestination(
-            config=MoiTargetConfig(endpoint=child.url, api_key=SecretStr(key), volume_id=EMBEDDED_VOLUME),
+            config=MoiTargetConfig(endpoint=launcher.url, api_key=SecretStr(key), volume_id=EMBEDDED_VOLUME),
             description="the embedded local MOI emulator",
             identity=f"embedded-moi:{data_dir}",
             stored_at=data_dir / EMBEDDED_VOLUME,
+            start=launcher.start,
         )
     finally:
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(child.stop)
+            await launcher.stop()
+
+
+class _Launcher:
+    """The child, started on the first ``start()``; its listening socket is bound from the outset."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0), backlog=LISTEN_BACKLOG)
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._settings = settings
+        self._child: _Child | None = None
+        self._lock = anyio.Lock()
+
+    async def start(self) -> None:
+        async with self._lock:
+            if self._child is not None:
+                return
+            if self._listener.fileno() < 0:
+                raise ConfigError("the embedded local MOI emulator could not be started; run again")
+            listener = self._listener
+            try:
+                self._child = await anyio.to_thread.run_sync(_start, self._settings, listener)
+            finally:
+                # The child holds its own copy: with this one closed, a child that dies resets the waiting
+                # connections at once instead of leaving them to time out.
+                listener.close()
+
+    async def stop(self) -> None:
+        self._listener.close()
+        if self._child is not None:
+            await anyio.to_thread.run_sync(self._child.stop)
 
 
 class _Child:
@@ -101,8 +140,10 @@ class _Child:
         return ConfigError(f"the embedded local MOI emulator {what}{detail}; run with --target to use a real platform")
 
 
-def _start(settings: dict[str, Any]) -> _Child:
-    """Start the child, hand it its settings, and wait for its address (blocking: run in a thread)."""
+def _start(settings: dict[str, Any], listener: socket.socket) -> _Child:
+    """Start the child, hand it its settings and ``listener``, and wait for its answer (blocking: run in
+    a thread)."""
+    settings = {**settings, "listen_fd": listener.fileno()}
     process = subprocess.Popen(
         [sys.executable, "-m", "ingest.emulators.moi.child"],
         stdin=subprocess.PIPE,
@@ -112,6 +153,7 @@ def _start(settings: dict[str, Any]) -> _Child:
         # Its own session: Ctrl-C in the terminal reaches only the run, which then stops the child
         # in order (after its last requests), instead of killing the emulator under in-flight uploads.
         start_new_session=True,
+        pass_fds=(listener.fileno(),),
     )
     child = _Child(process)
     assert process.stdin is not None
