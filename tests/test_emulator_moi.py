@@ -430,6 +430,25 @@ async def test_task_files_paging_and_status_filter(config: MoiEmulatorConfig) ->
         assert more["data"]["task_id"] != task_id
 
 
+async def test_task_list_pages_read_only_their_window_yet_agree_with_the_whole_list(config: MoiEmulatorConfig) -> None:
+    """Unfiltered, by creation or id, a page is built from the newest tasks only; every page, either way
+    round, is the matching slice of the whole list, and ``total`` counts every task."""
+    async with running(replace(config, task_delay_ms=0)) as emu:
+        ids = [(await emu.upload([(f"{i}.txt", b"x")]))[1]["data"]["task_id"] for i in range(7)]
+        for order_by in ("created_at", "id"):
+            for desc in ("true", "false"):
+                whole = await emu.call("GET", "/task/list", params={"order_by": order_by, "is_desc": desc})
+                everything = [t["id"] for t in whole[1]["data"]["tasks"]]
+                assert everything == (ids[::-1] if desc == "true" else ids)
+                paged: list[str] = []
+                for page in (1, 2, 3, 4):
+                    params = {"order_by": order_by, "is_desc": desc, "page": page, "page_size": 2}
+                    _, body = await emu.call("GET", "/task/list", params=params)
+                    assert body["data"]["total"] == 7
+                    paged += [t["id"] for t in body["data"]["tasks"]]
+                assert paged == everything
+
+
 async def test_task_list_filters_and_orders(config: MoiEmulatorConfig) -> None:
     """/task/list returns every task with total, ordered by creation, filterable by status."""
     async with running(replace(config, task_delay_ms=0)) as emu:

@@ -505,6 +505,21 @@ class MoiStore(SqliteStore):
                 files[task_id].append(_task_file(values))
             return [self._task_from_row(row, files.get(row[0], [])) for row in rows]
 
+    def newest_tasks(self, limit: int, *, descending: bool, by_id: bool = False) -> tuple[list[Task], int]:
+        """The first ``limit`` upload tasks in ``/task/list``'s order for ``created_at`` (second, then id) or,
+        ``by_id``, for ``id``, and how many there are: one page without building every task."""
+        direction = "DESC" if descending else "ASC"
+        first = "" if by_id else f"t.created_ms / 1000 {direction}, "
+        with self._lock:
+            total = int(self._db.execute("SELECT COUNT(*) FROM tasks").fetchone()[0])
+            rows = self._db.execute(
+                "SELECT t.id, t.volume_id, COALESCE(v.name, t.volume_id), t.uris, t.created_ms,"
+                " t.updated_ms, t.paused_at_ms FROM tasks t LEFT JOIN volumes v ON v.id = t.volume_id"
+                f" ORDER BY {first}CAST(t.id AS INTEGER) {direction} LIMIT ?",
+                (limit,),
+            ).fetchall()
+            return [self._task_from_row(row, self._task_files(row[0])) for row in rows], total
+
     def _task_files(self, task_id: str) -> list[TaskFile]:
         rows = self._db.execute(
             "SELECT file_id, name, size, started_ms, uploading_ms, done_ms, retrying, fail_reason"
