@@ -47,8 +47,8 @@ from ingest.config import SyncConfig
 from ingest.errors import ConfigError, IngestError, PermanentError, TransientError
 from ingest.manifest.base import Manifest
 from ingest.manifest.versions import Version, VersionStore
-from ingest.models import FileItem, FileState, Receipt, RemoteStatus
-from ingest.platforms.base import RemoteDocument, Target
+from ingest.models import FileItem, FileState, Receipt
+from ingest.platforms.base import ForwardingTarget, Target
 from ingest.report import RunSummary
 from ingest.retry import RetryPolicy, retrying
 from ingest.sources.base import Rejected, Source
@@ -465,18 +465,13 @@ class _DoneHook:
         return lost
 
 
-class SameIdTarget(Target):
+class SameIdTarget(ForwardingTarget):
     """Delete then add: a file's earlier versions are deleted (each step recorded) just before its new
     version is submitted, for platforms that give a new version the id of the old one."""
 
     def __init__(self, inner: Target, convergence: Convergence) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.convergence = convergence
-        self.features = inner.features
-        self.name = inner.name  # type: ignore[misc]
-
-    async def open(self) -> None:
-        await self.inner.open()
 
     async def submit(self, items: Sequence[FileItem], *, dedup: bool) -> list[Receipt]:
         c = self.convergence
@@ -484,33 +479,3 @@ class SameIdTarget(Target):
         if old:
             await c._delete(old)
         return await self.inner.submit(items, dedup=dedup)
-
-    async def poll(self, receipts: Sequence[Receipt]) -> list[RemoteStatus]:
-        return await self.inner.poll(receipts)
-
-    async def retry(self, receipts: Sequence[Receipt]) -> list[Receipt]:
-        return await self.inner.retry(receipts)
-
-    async def find_existing(self, item: FileItem) -> Receipt | None:
-        return await self.inner.find_existing(item)
-
-    def list_documents(self) -> AsyncIterator[RemoteDocument]:
-        return self.inner.list_documents()
-
-    async def delete(self, remote_ids: Sequence[str]) -> list[str]:
-        return await self.inner.delete(remote_ids)
-
-    def add_to_summary(self, summary: RunSummary) -> None:
-        self.inner.add_to_summary(summary)
-
-    def refuse(self, item: FileItem) -> str | None:
-        return self.inner.refuse(item)
-
-    def describe(self) -> str:
-        return self.inner.describe()
-
-    def identity(self) -> str:
-        return self.inner.identity()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()

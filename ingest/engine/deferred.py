@@ -17,31 +17,24 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 import anyio
 
 from ingest.models import FileItem, Receipt, RemoteStatus
-from ingest.platforms.base import RemoteDocument, Target
-from ingest.report import RunSummary
-from ingest.sources.base import Source
+from ingest.platforms.base import ForwardingTarget, RemoteDocument, Target
 
 __all__ = ["StartedOnFirstUse"]
 
 
-class StartedOnFirstUse(Target):
+class StartedOnFirstUse(ForwardingTarget):
     """``inner``, with ``start()`` (the destination) and ``open()`` (the target) run once, before the first
     platform call. A failure is raised to that call and to every later one: the run stops with it."""
 
-    def __init__(self, inner: Target, start: Callable[[], Awaitable[None]], open_target: Callable[[], Awaitable[None]]):
-        self.inner = inner
-        self.features = inner.features
-        self.name = inner.name  # type: ignore[misc]
+    def __init__(
+        self, inner: Target, start: Callable[[], Awaitable[None]], open_target: Callable[[], Awaitable[None]]
+    ) -> None:
+        super().__init__(inner)
         self._start = start
         self._open = open_target
         self._lock = anyio.Lock()
         self._ready = False
         self._failure: BaseException | None = None
-
-    @property
-    def started(self) -> bool:
-        """Whether the destination was needed (and started) so far."""
-        return self._ready
 
     async def _ensure(self) -> None:
         if self._ready:
@@ -59,11 +52,10 @@ class StartedOnFirstUse(Target):
                 raise
             self._ready = True
 
+    # Every call that talks to the platform starts it first; the rest are forwarded as they are.
+
     async def open(self) -> None:
         await self._ensure()
-
-    async def preflight(self, source: Source) -> None:
-        await self.inner.preflight(source)
 
     async def submit(self, items: Sequence[FileItem], *, dedup: bool) -> list[Receipt]:
         await self._ensure()
@@ -89,18 +81,3 @@ class StartedOnFirstUse(Target):
     async def delete(self, remote_ids: Sequence[str]) -> list[str]:
         await self._ensure()
         return await self.inner.delete(remote_ids)
-
-    def add_to_summary(self, summary: RunSummary) -> None:
-        self.inner.add_to_summary(summary)
-
-    def refuse(self, item: FileItem) -> str | None:
-        return self.inner.refuse(item)
-
-    def describe(self) -> str:
-        return self.inner.describe()
-
-    def identity(self) -> str:
-        return self.inner.identity()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()

@@ -227,6 +227,55 @@ class Target(abc.ABC):
         await self.aclose()
 
 
+class ForwardingTarget(Target):
+    """A target that hands every call to ``inner``: the base of wrappers that change a few of them
+    (``ingest.engine.converge.SameIdTarget``, ``ingest.engine.deferred.StartedOnFirstUse``)."""
+
+    def __init__(self, inner: Target) -> None:
+        self.inner = inner
+        self.features = inner.features
+        self.name = inner.name  # type: ignore[misc]
+
+    async def open(self) -> None:
+        await self.inner.open()
+
+    async def preflight(self, source: Source) -> None:
+        await self.inner.preflight(source)
+
+    async def submit(self, items: Sequence[FileItem], *, dedup: bool) -> list[Receipt]:
+        return await self.inner.submit(items, dedup=dedup)
+
+    async def poll(self, receipts: Sequence[Receipt]) -> list[RemoteStatus]:
+        return await self.inner.poll(receipts)
+
+    async def retry(self, receipts: Sequence[Receipt]) -> list[Receipt]:
+        return await self.inner.retry(receipts)
+
+    async def find_existing(self, item: FileItem) -> Receipt | None:
+        return await self.inner.find_existing(item)
+
+    def list_documents(self) -> AsyncIterator[RemoteDocument]:
+        return self.inner.list_documents()
+
+    async def delete(self, remote_ids: Sequence[str]) -> list[str]:
+        return await self.inner.delete(remote_ids)
+
+    def add_to_summary(self, summary: RunSummary) -> None:
+        self.inner.add_to_summary(summary)
+
+    def refuse(self, item: FileItem) -> str | None:
+        return self.inner.refuse(item)
+
+    def describe(self) -> str:
+        return self.inner.describe()
+
+    def identity(self) -> str:
+        return self.inner.identity()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
 @dataclass(frozen=True, slots=True)
 class TargetContext:
     """What the engine lends a target: connection budget, body chunking, a byte counter and a line
