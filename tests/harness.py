@@ -8,6 +8,7 @@ in ``HARNESSES``; a new target joins them by adding its harness here, in the man
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import subprocess
 import sys
@@ -709,8 +710,11 @@ class ServerProcess:
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if "http://" not in line:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(10)  # usually it has ended: then its last words are all in the file
+            said = self.stderr()  # before stop() closes the file
             self.stop()
-            raise RuntimeError(f"emulator did not start: {line!r} {self.stderr()}")
+            raise RuntimeError(f"emulator did not start: {line!r} {said}")
         self.url = line[line.index("http://") :].split()[0]
 
     def stderr(self) -> str:
