@@ -313,3 +313,33 @@ async def test_fenced_writes_keep_the_version_they_replace(opener: Opener) -> No
             assert await m.mark_done(["a"], run, owner=owner) == set()
     kept = {(v.remote_id, v.reason) for v in VersionStore(m).iter()}  # type: ignore[arg-type]
     assert kept == {("id-1", "attempt"), ("id-2", "attempt")}  # id-1: walked again, pending, not done
+
+
+async def test_the_stored_state_skips_exactly_what_decide_skips(opener: Opener) -> None:
+    """``lookup_states`` reads each file as ``lookup_many`` does, and ``done_and_unchanged`` on what it reads
+    is ``decide(...) is SKIP`` for every state, with and without a change of size or mtime, and for rows
+    missing size and mtime (a file failed by the walk): the planner's fast path is decide's own rule."""
+    from itertools import product
+
+    from ingest.manifest.base import Decision, decide, done_and_unchanged
+
+    m = opener()
+    async with m.writer():
+        await m.mark_uploading([item(p) for p in ("uploading", "processing", "done", "failed")], 1, dedup=False)
+        await m.mark_processing([Receipt("processing", "r1", "t1"), Receipt("done", "r2", "t2")], 1)
+        await m.mark_done(["done"], 1)
+        await m.mark_failed([("failed", "no"), ("walk-failed", "cannot read file information")], 1)
+    await plan(m, ["pending"])
+    paths = ["uploading", "processing", "done", "failed", "walk-failed", "pending", "never-seen"]
+    records, stored = m.lookup_many(paths), m.lookup_states(paths)
+    assert set(records) == set(stored) == set(paths) - {"never-seen"}
+    assert {r.state for r in records.values()} == set(FileState)
+    for path, size, mtime_ns in product(paths[:-1], (10, 11), (1, 2)):
+        walked = FileItem(path, Path("/src") / path, size, mtime_ns)
+        assert stored[path] == (path, records[path].size, records[path].mtime_ns, records[path].state.value)
+        assert done_and_unchanged(stored[path], walked) is (decide(records[path], walked) is Decision.SKIP), (
+            path,
+            size,
+            mtime_ns,
+        )
+    assert done_and_unchanged(stored["done"], item("done"))  # the one case that skips

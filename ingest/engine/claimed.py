@@ -17,7 +17,7 @@ from typing import Any
 
 import anyio
 
-from ingest.manifest.base import FileRecord, Owner
+from ingest.manifest.base import FileRecord, Owner, StoredState
 from ingest.manifest.jobs import Claim, JobStore
 from ingest.models import FileItem, FileState, Receipt
 from ingest.sources.base import Rejected, Source
@@ -92,6 +92,18 @@ class FencedManifest:
         found = {p: r for p in paths if (r := self._claimed.pop(p, None)) is not None}
         rest = [p for p in paths if p not in found]
         return found | (self.store.lookup_many(rest) if rest else {})
+
+    def lookup_states(self, paths: Sequence[str]) -> dict[str, StoredState]:
+        # A claimed file is read from its claim (kept for the ``lookup_many`` that follows unless skipped).
+        found: dict[str, StoredState] = {}
+        rest: list[str] = []
+        for p in paths:
+            r = self._claimed.get(p)
+            if r is None:
+                rest.append(p)
+            else:
+                found[p] = (p, r.size, r.mtime_ns, r.state.value)
+        return found | (self.store.lookup_states(rest) if rest else {})
 
     def is_empty(self) -> bool:
         return False  # claimed rows exist by definition: look each one up

@@ -14,7 +14,7 @@ from typing import TypeVar
 from anyio.streams.memory import MemoryObjectSendStream
 
 from ingest.engine.state import RunState, Tracked, Work, track
-from ingest.manifest.base import Decision, FileRecord, decide
+from ingest.manifest.base import Decision, FileRecord, StoredState, decide, done_and_unchanged
 from ingest.models import FileItem, Receipt
 from ingest.retry import retrying
 from ingest.sources.base import BatchedSource, Rejected
@@ -51,36 +51,51 @@ async def plan(
         async for chunk in chunks:
             if run.stop_sending:
                 break
-            # One manifest query for a chunk of the walk instead of one per file: on a rerun of a
-            # large unchanged tree the lookups were most of the time (benchmarks/README.md).
-            known = [e.rel_path for e in chunk if not isinstance(e, Rejected)]
-            records = {} if run.fresh_manifest or not known else run.manifest.lookup_many(known)
-            run.summary.walk_known += len(records)
-            for entry in chunk:
-                if run.stop_sending:
-                    break
-                record = records.get(entry.rel_path)
-                if record is not None and _skipped(run, entry, record):
-                    continue
-                await _plan_one(run, entry, record, work, to_poller, dedup_mode, server_dedup)
+            await _plan_chunk(run, chunk, work, to_poller, dedup_mode, server_dedup)
         run.summary.walk_finished = not run.stop_sending
     run.completion.end_walk()
 
 
-def _skipped(run: RunState, entry: FileItem | Rejected, record: FileRecord) -> bool:
-    """Count ``entry`` as skipped if it is done and unchanged: the same rule as ``_plan_one`` (refusal first,
-    then ``decide``), without a coroutine per file; on a no-op rerun that is every file."""
-    if (
-        isinstance(entry, Rejected)
-        or run.target.refuse(entry) is not None
-        or decide(record, entry) is not Decision.SKIP
-    ):
-        return False
-    if log.isEnabledFor(logging.DEBUG):
-        log.debug("%s: %s", entry.rel_path, _DECISIONS[Decision.SKIP])
-    run.summary.skipped += 1
-    run.summary.skipped_bytes += entry.size
-    return True
+async def _plan_chunk(
+    run: RunState,
+    chunk: list[FileItem | Rejected],
+    work: MemoryObjectSendStream[Work],
+    to_poller: MemoryObjectSendStream[Tracked],
+    dedup_mode: str,
+    server_dedup: bool,
+) -> None:
+    """Decide a chunk of the walk in its order, with two manifest queries at most: what every known file's
+    record says of it (``lookup_states``: on a rerun of a large unchanged tree the lookups were most of the
+    time, benchmarks/README.md), then the whole records of the files that are not done and unchanged."""
+    known = [e.rel_path for e in chunk if not isinstance(e, Rejected)]
+    stored = {} if run.fresh_manifest or not known else run.manifest.lookup_states(known)
+    run.summary.walk_known += len(stored)
+    skips = [_skips(run, entry, stored.get(entry.rel_path)) for entry in chunk]
+    wanted = [e.rel_path for e, skip in zip(chunk, skips, strict=True) if not skip and e.rel_path in stored]
+    records = run.manifest.lookup_many(wanted) if wanted else {}
+    for entry, skip in zip(chunk, skips, strict=True):
+        if run.stop_sending:
+            break
+        if skip:
+            assert isinstance(entry, FileItem)  # a rejected entry is never skipped
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s: %s", entry.rel_path, _DECISIONS[Decision.SKIP])
+            run.summary.skipped += 1
+            run.summary.skipped_bytes += entry.size
+            continue
+        await _plan_one(run, entry, records.get(entry.rel_path), work, to_poller, dedup_mode, server_dedup)
+
+
+def _skips(run: RunState, entry: FileItem | Rejected, stored: StoredState | None) -> bool:
+    """Whether ``entry`` is skipped as done and unchanged: the same rule as ``_plan_one`` (refusal first,
+    then ``decide``, here its SKIP condition read off the stored row), without a record or a coroutine per
+    file; on a no-op rerun that is every file."""
+    return (
+        stored is not None
+        and not isinstance(entry, Rejected)
+        and done_and_unchanged(stored, entry)
+        and run.target.refuse(entry) is None
+    )
 
 
 async def _plan_one(

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from ingest.models import FileItem, FileState, Receipt
 
-__all__ = ["Decision", "FileRecord", "JsonObject", "Manifest", "Owner", "decide"]
+__all__ = ["Decision", "FileRecord", "JsonObject", "Manifest", "Owner", "StoredState", "decide", "done_and_unchanged"]
 
 
 class JsonObject(Mapping[str, str]):
@@ -113,6 +113,22 @@ def decide(record: FileRecord | None, item: FileItem) -> Decision:
     return Decision.SEND
 
 
+#: What ``decide`` reads of a record, as the manifest stores it: ``(path, size, mtime_ns, state)``, the state
+#: as its text. Read with ``Manifest.lookup_states`` without building a ``FileRecord``.
+StoredState = tuple[str, int | None, int | None, str]
+
+
+def done_and_unchanged(stored: StoredState, item: FileItem) -> bool:
+    """``decide(record, item) is Decision.SKIP`` for the record stored as ``stored``, without building it.
+
+    Not a second rule: it is ``decide``'s own SKIP condition (recorded, same size and change token, done),
+    read off the stored fields, for the files a rerun finds unchanged (on a no-op rerun all of them, where
+    building a ``FileRecord`` per file was a quarter of the time). Anything else still goes to ``decide``
+    with the full record; tests/test_manifest.py checks the two agree on every state and change.
+    """
+    return stored[3] == "done" and stored[1] == item.size and stored[2] == item.mtime_ns
+
+
 @dataclass(frozen=True, slots=True)
 class Owner:
     """Who writes to a shared manifest: the worker's id and the fence of each file it holds (see
@@ -144,6 +160,10 @@ class Manifest(Protocol):
     def lookup(self, path: str) -> FileRecord | None: ...
     def lookup_many(self, paths: Sequence[str]) -> dict[str, FileRecord]:
         """The records of those of ``paths`` the manifest knows, in one query per few hundred paths."""
+        ...
+
+    def lookup_states(self, paths: Sequence[str]) -> dict[str, StoredState]:
+        """``lookup_many``, reduced to what ``done_and_unchanged`` reads: one tuple per known path."""
         ...
 
     def is_empty(self) -> bool: ...

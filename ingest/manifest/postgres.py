@@ -26,7 +26,7 @@ from urllib.parse import unquote
 import psycopg
 
 from ingest.errors import ConfigError
-from ingest.manifest.base import FileRecord, JsonObject, Owner
+from ingest.manifest.base import FileRecord, JsonObject, Owner, StoredState
 from ingest.manifest.groupcommit import GroupCommit, Stmt, Write
 from ingest.manifest.jobs import UNFINISHED, Claim, WalkState, WorkerInfo
 from ingest.manifest.location import PostgresLocation, scrub
@@ -442,6 +442,13 @@ class PostgresManifest:
             f"SELECT {_COLUMNS} FROM ingest_files WHERE job = %s AND path = ANY(%s)", (self.job, list(paths))
         ).fetchall()
         return {r[0]: _record(r) for r in rows}
+
+    def lookup_states(self, paths: Sequence[str]) -> dict[str, StoredState]:
+        rows = self._rconn.execute(
+            "SELECT path, size, mtime_ns, state FROM ingest_files WHERE job = %s AND path = ANY(%s)",
+            (self.job, list(paths)),
+        ).fetchall()
+        return {r[0]: (r[0], r[1], r[2], r[3]) for r in rows}
 
     def is_empty(self) -> bool:
         return self._one("SELECT 1 FROM ingest_files WHERE job = %s LIMIT 1", (self.job,)) is None

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ingest.errors import ConfigError
-from ingest.manifest.base import FileRecord, JsonObject, Owner
+from ingest.manifest.base import FileRecord, JsonObject, Owner, StoredState
 from ingest.manifest.groupcommit import GroupCommit, Stmt, Write
 from ingest.manifest.jobs import UNFINISHED, Claim, WalkState, WorkerInfo
 from ingest.models import FileItem, FileState, Receipt
@@ -320,6 +320,17 @@ class SqliteManifest:
                 f"SELECT {_COLUMNS} FROM files WHERE path IN ({','.join('?' * len(chunk))})", tuple(chunk)
             ).fetchall()
             found.update((r[0], _record(r)) for r in rows)
+        return found
+
+    def lookup_states(self, paths: Sequence[str]) -> dict[str, StoredState]:
+        found: dict[str, StoredState] = {}
+        for start in range(0, len(paths), 500):
+            chunk = paths[start : start + 500]
+            rows = self._rconn.execute(
+                f"SELECT path, size, mtime_ns, state FROM files WHERE path IN ({','.join('?' * len(chunk))})",
+                tuple(chunk),
+            ).fetchall()
+            found.update((r[0], r) for r in rows)
         return found
 
     def is_empty(self) -> bool:
