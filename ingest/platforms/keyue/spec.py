@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ingest.platforms.keyue.target import KeyueTarget, KeyueTargetConfig
+from ingest.platforms.base import Target, TargetContext
+from ingest.platforms.keyue.config import KeyueTargetConfig
 from ingest.platforms.registry import CliOption, TargetSpec
 
 __all__ = ["SPEC"]
@@ -68,11 +69,19 @@ CLI_OPTIONS = (
     ),
 )
 
+
+def _target(config: KeyueTargetConfig, context: TargetContext) -> Target:
+    """The target (and its HTTP client), imported when a run builds one: the CLI needs only the settings."""
+    from ingest.platforms.keyue.target import KeyueTarget
+
+    return KeyueTarget(config, context)
+
+
 SPEC = TargetSpec(
     name="keyue",
     help="Baidu Keyue (客悦): files into a knowledge directory through llm_document_import",
     config_model=KeyueTargetConfig,
-    factory=KeyueTarget,
+    factory=_target,
     secret_env={"token": "KEYUE_TOKEN"},
     cli_options=CLI_OPTIONS,
 )

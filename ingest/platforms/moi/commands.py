@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from pydantic import SecretStr, ValidationError
@@ -27,7 +27,6 @@ from ingest.cli.options import add_command, add_json_flag, add_paging_flags, add
 from ingest.cli.options import positive_int as _positive
 from ingest.config import load_toml, validation_message
 from ingest.errors import ConfigError
-from ingest.platforms.moi.client import MoiClient
 from ingest.platforms.moi.filetypes import FileType
 from ingest.platforms.moi.wire import (
     BLOCK_FOR,
@@ -46,6 +45,9 @@ from ingest.platforms.moi.wire import (
     TaskStatus,
     TaskUpdate,
 )
+
+if TYPE_CHECKING:  # the client (and aiohttp) is imported when a command runs, not when the CLI is built
+    from ingest.platforms.moi.client import MoiClient
 
 __all__ = ["add_moi_commands"]
 
@@ -165,6 +167,8 @@ def _client(args: argparse.Namespace) -> MoiClient:
     key = args.api_key or os.environ.get("MOI_KEY")
     if not key:
         raise ConfigError("no MOI API key: set MOI_KEY (or pass --api-key)")
+    from ingest.platforms.moi.client import MoiClient
+
     return MoiClient(endpoint, SecretStr(key), auth_header=args.auth_header, workspace_id=args.workspace_id)
 
 
@@ -489,11 +493,12 @@ def _cmd_task_update(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_task_action(
-    verb: str, call: Callable[[MoiClient, str], Awaitable[None]]
-) -> Callable[[argparse.Namespace], int]:
+def _cmd_task_action(verb: str, method: str) -> Callable[[argparse.Namespace], int]:
+    """``method``: the name of the ``MoiClient`` call taking the task id (the client is imported only when a
+    command runs)."""
+
     def handler(args: argparse.Namespace) -> int:
-        _run(args, lambda c: call(c, args.id))
+        _run(args, lambda c: getattr(c, method)(args.id))
         output.ok(args.json, f"{verb} task {args.id}", id=args.id)
         return EXIT_OK
 
@@ -724,9 +729,9 @@ def _add_tasks(moi: Any, common: argparse.ArgumentParser) -> None:
     u.set_defaults(handler=_cmd_task_update)
 
     for verb, past, call in (
-        ("pause", "paused", MoiClient.pause_task),
-        ("resume", "resumed", MoiClient.resume_task),
-        ("delete", "deleted", MoiClient.delete_task),
+        ("pause", "paused", "pause_task"),
+        ("resume", "resumed", "resume_task"),
+        ("delete", "deleted", "delete_task"),
     ):
         a = sub.add_parser(verb, parents=[common], help=f"{verb} a task", description=f"{verb.capitalize()} a task.")
         a.add_argument("id", help="task id")

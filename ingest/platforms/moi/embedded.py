@@ -35,7 +35,7 @@ import anyio
 from pydantic import SecretStr
 
 from ingest.errors import ConfigError
-from ingest.platforms.moi.target import MoiTargetConfig
+from ingest.platforms.moi.config import MoiTargetConfig
 from ingest.platforms.registry import EmbeddedDestination
 
 __all__ = ["EMBEDDED_VOLUME", "embedded_moi"]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ingest.platforms.base import Target, TargetContext
+from ingest.platforms.moi.config import MoiTargetConfig
 from ingest.platforms.moi.embedded import embedded_moi
-from ingest.platforms.moi.target import MoiTarget, MoiTargetConfig
 from ingest.platforms.registry import CliOption, TargetSpec
 
 __all__ = ["SPEC"]
@@ -35,11 +36,18 @@ def _add_commands(commands: Any) -> None:
     add_moi_commands(commands)
 
 
+def _target(config: MoiTargetConfig, context: TargetContext) -> Target:
+    """The target, imported when a run builds one: the CLI and the settings need only ``MoiTargetConfig``."""
+    from ingest.platforms.moi.target import MoiTarget
+
+    return MoiTarget(config, context)
+
+
 SPEC = TargetSpec(
     name="moi",
     help="MatrixOne Intelligence (MOI): files into a volume through /connectors/upload",
     config_model=MoiTargetConfig,
-    factory=MoiTarget,
+    factory=_target,
     secret_env={"api_key": "MOI_KEY"},
     cli_options=CLI_OPTIONS,
     add_commands=_add_commands,

@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Collection
+from typing import TYPE_CHECKING
 
 from ingest.errors import PermanentError, PermissionDenied, TransientError
-from ingest.platforms.moi.client import MoiClient
 from ingest.platforms.moi.wire import Task, TaskQuery, TaskStatus
+
+if TYPE_CHECKING:  # the client (and aiohttp) is imported only by a run that sends
+    from ingest.platforms.moi.client import MoiClient
 
 __all__ = ["LIST_MAX_PAGES", "LIST_PAGE", "Verdict", "listed_tasks", "verdict"]
 

@@ -17,7 +17,7 @@ from ingest.cli.options import add_command, add_json_flag, add_subcommands
 from ingest.config import load_toml, validation_message
 from ingest.errors import ConfigError
 from ingest.platforms.registry import get_spec
-from ingest.platforms.viking.target import VikingTargetConfig, fetch_task_info
+from ingest.platforms.viking.config import VikingTargetConfig
 
 __all__ = ["add_viking_commands"]
 
@@ -77,6 +77,8 @@ def _task_info_command(args: argparse.Namespace) -> int:
         config = VikingTargetConfig.model_validate(tree)
     except ValidationError as exc:
         raise ConfigError(validation_message(exc, "task-info settings")) from None
+    from ingest.platforms.viking.target import fetch_task_info  # the HTTP stack, only when the command runs
+
     info = anyio.run(fetch_task_info, config, args.task_id)
     if args.json:
         output.print_json(dataclasses.asdict(info))

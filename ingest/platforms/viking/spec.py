@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ingest.platforms.base import Target, TargetContext
 from ingest.platforms.registry import CliOption, TargetSpec
-from ingest.platforms.viking.config import parse_meta_flag
-from ingest.platforms.viking.target import VikingTarget, VikingTargetConfig
+from ingest.platforms.viking.config import VikingTargetConfig, parse_meta_flag
 
 __all__ = ["SPEC"]
 
@@ -91,11 +91,18 @@ def _add_commands(commands: Any) -> None:
     add_viking_commands(commands)
 
 
+def _target(config: VikingTargetConfig, context: TargetContext) -> Target:
+    """The target (its HTTP and S3 clients), imported when a run builds one: the CLI needs only the settings."""
+    from ingest.platforms.viking.target import VikingTarget
+
+    return VikingTarget(config, context)
+
+
 SPEC = TargetSpec(
     name="viking",
     help="Volcengine VikingDB knowledge base: files staged in TOS, then doc/add",
     config_model=VikingTargetConfig,
-    factory=VikingTarget,
+    factory=_target,
     secret_env={"access_key": "VOLC_ACCESSKEY", "secret_key": "VOLC_SECRETKEY"},
     cli_options=CLI_OPTIONS,
     add_commands=_add_commands,
