@@ -218,3 +218,26 @@ def test_help_teaches_the_flags() -> None:
                  "--follow-symlinks", "--max-size", "--batch-files", "--batch-bytes", "--task-timeout",
                  "--max-attempts", "--report", "--quiet", "exit codes"):  # fmt: skip
         assert flag in result.stdout
+
+
+def test_a_rerun_with_nothing_to_send_imports_no_http_client(tmp_path: Path) -> None:
+    """A rerun that finds every file done sends no request, so it never imports aiohttp (with its TLS
+    contexts, the largest part of a no-op rerun's start-up: benchmarks/README.md, Issue 11 item 12)."""
+    make_tree(tmp_path / "docs", 5)
+    assert run_cli(["run", "docs"], cwd=tmp_path).returncode == 0
+    code = (
+        "import runpy, sys\n"
+        "sys.argv = ['ingest', 'run', 'docs', '--json']\n"
+        "try:\n"
+        "    runpy.run_module('ingest', run_name='__main__', alter_sys=True)\n"
+        "except SystemExit as exit:\n"
+        "    assert exit.code == 0, exit.code\n"
+        "http = sorted(m for m in ('aiohttp', 'aiobotocore', 'yarl') if m in sys.modules)\n"
+        "print('imported:', http, file=sys.stderr)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "INGEST_FAILPOINT"}
+    rerun = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120
+    )
+    assert json.loads(rerun.stdout)["skipped"] == 5, rerun.stderr
+    assert rerun.stderr.strip().splitlines()[-1] == "imported: []"

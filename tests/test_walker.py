@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from ingest.models import FileItem
-from ingest.sources.local import Rejected, WalkOptions, WalkStats, walk
+from ingest.sources.local import Rejected, WalkOptions, WalkStats, walk, walk_batches
 
 pytestmark = pytest.mark.anyio
 
@@ -135,3 +135,17 @@ async def test_walk_is_lazy(tmp_path: Path) -> None:
     rest = [e async for e in gen]
     assert isinstance(first, FileItem)
     assert len(rest) == 9
+
+
+async def test_walk_batches_read_at_most_one_batch_ahead(tmp_path: Path) -> None:
+    """The batches the planner decides with one manifest query each hold up to ``size`` entries, across
+    folders, and the walk lists no folder beyond the batch it is filling."""
+    make_tree(tmp_path, {f"d{i:02d}/f.txt": b"x" for i in range(50)})
+    gen = walk_batches(tmp_path, WalkOptions(), size=4)
+    first = await gen.__anext__()
+    for i in range(10, 50):
+        (tmp_path / f"d{i:02d}" / "f.txt").unlink()
+        (tmp_path / f"d{i:02d}").rmdir()
+    rest = [e async for batch in gen for e in batch]
+    assert [e.rel_path for e in first] == [f"d{i:02d}/f.txt" for i in range(4)]
+    assert [e.rel_path for e in rest] == [f"d{i:02d}/f.txt" for i in range(4, 10)]

@@ -22,7 +22,7 @@ from ingest.models import FileItem, LocalPin
 from ingest.sources.base import Rejected
 from ingest.sources.globs import GlobSet
 
-__all__ = ["LocalSource", "Rejected", "WalkOptions", "WalkStats", "display_path", "pin_stat", "walk"]
+__all__ = ["LocalSource", "Rejected", "WalkOptions", "WalkStats", "display_path", "pin_stat", "walk", "walk_batches"]
 
 #: Why a file cannot be sent when it is simply not there any more (as opposed to unreadable).
 DISAPPEARED = "file disappeared between the walk and the upload"
@@ -128,7 +128,28 @@ def _pin(st: os.stat_result, follow: bool) -> LocalPin:
 async def walk(
     root: Path, options: WalkOptions, stats: WalkStats | None = None, *, own_state: Collection[str] = ()
 ) -> AsyncIterator[FileItem | Rejected]:
-    """Yield a ``FileItem`` per file under ``root`` that passes the filters, or ``Rejected``.
+    """Yield a ``FileItem`` per file under ``root`` that passes the filters, or ``Rejected``: the entries of
+    ``walk_batches``, one at a time, and nothing read ahead of the one yielded."""
+    async for batch in walk_batches(root, options, stats, own_state=own_state, size=1):
+        for entry in batch:
+            yield entry
+
+
+#: Entries per batch of ``walk_batches``: what the planner decides with one manifest query.
+BATCH = 256
+
+
+async def walk_batches(
+    root: Path,
+    options: WalkOptions,
+    stats: WalkStats | None = None,
+    *,
+    own_state: Collection[str] = (),
+    size: int = BATCH,
+) -> AsyncIterator[list[FileItem | Rejected]]:
+    """The walk, in lists of up to ``size`` entries (across folders; a folder's listing is already in
+    memory, so a batch holds nothing more). Stepping an async generator once per file was a tenth of a
+    no-op rerun's time per file (benchmarks/README.md, Issue 11).
 
     Folders are opened relative to their parent's descriptor; only the chain of folders from the root to
     the one being listed is open at a time. ``own_state``: relative paths (files or folders) of ingest's
@@ -136,7 +157,8 @@ async def walk(
     """
     stats = stats if stats is not None else WalkStats()
     include, exclude = GlobSet(options.include), GlobSet(options.exclude)
-    follow = options.follow_symlinks
+    follow, hidden, max_size = options.follow_symlinks, options.hidden, options.max_size
+    is_dir, is_reg = stat.S_ISDIR, stat.S_ISREG
     root_fd = await anyio.to_thread.run_sync(os.open, root, _DIR_FLAGS)
     root_st = os.fstat(root_fd)
     visited: set[tuple[int, int]] = {(root_st.st_dev, root_st.st_ino)}
@@ -144,8 +166,12 @@ async def walk(
     chain: list[tuple[str, int]] = [("", root_fd)]
     # Folders still to visit: (parent prefix, name, relative prefix, (dev, ino) as listed).
     stack: list[tuple[str, str, str, tuple[int, int] | None]] = [("", "", "", None)]
+    batch: list[FileItem | Rejected] = []
     try:
         while stack:
+            if len(batch) >= size:
+                yield batch
+                batch = []
             parent, name, prefix, expected = stack.pop()
             while chain[-1][0] != parent:  # depth first: the parent is on the chain
                 os.close(chain.pop()[1])
@@ -158,7 +184,7 @@ async def walk(
                     if exc.errno == errno.ELOOP:
                         stats.symlinks += 1  # became a symbolic link after it was listed: not followed
                         continue
-                    yield Rejected(display_path(prefix), f"cannot list folder: {exc.strerror or exc}")
+                    batch.append(Rejected(display_path(prefix), f"cannot list folder: {exc.strerror or exc}"))
                     continue
                 chain.append((prefix, fd))
             try:
@@ -166,16 +192,16 @@ async def walk(
             except FileNotFoundError:
                 continue
             except OSError as exc:
-                yield Rejected(display_path(prefix or "."), f"cannot list folder: {exc.strerror or exc}")
+                batch.append(Rejected(display_path(prefix or "."), f"cannot list folder: {exc.strerror or exc}"))
                 continue
             subdirs: list[tuple[str, str, str, tuple[int, int] | None]] = []
             child = _child_paths(Path(os.path.join(root, prefix)) if prefix else Path(root))
             for entry_name, st, is_link, error in entries:
                 rel = prefix + entry_name
-                if rel in own_state:
+                if own_state and rel in own_state:
                     stats.own_state += 1
                     continue
-                if not options.hidden and entry_name.startswith("."):
+                if not hidden and entry_name.startswith("."):
                     stats.hidden += 1
                     continue
                 if is_link and not follow:
@@ -185,9 +211,10 @@ async def walk(
                     if is_link:
                         stats.dangling += 1
                         continue
-                    yield Rejected(display_path(rel), f"cannot read file information: {error}")
+                    batch.append(Rejected(display_path(rel), f"cannot read file information: {error}"))
                     continue
-                if stat.S_ISDIR(st.st_mode):
+                mode = st.st_mode
+                if is_dir(mode):
                     key = (st.st_dev, st.st_ino)
                     if key in visited:
                         stats.loops += 1  # a symlink back into the tree: visiting again would never end
@@ -198,29 +225,32 @@ async def walk(
                     visited.add(key)
                     subdirs.append((prefix, entry_name, rel + "/", key))
                     continue
-                if not stat.S_ISREG(st.st_mode):
+                if not is_reg(mode):
                     stats.special += 1  # sockets, FIFOs, devices: not documents
                     continue
                 if (include and not include.matches(rel)) or (exclude and exclude.matches(rel)):
                     stats.excluded += 1
                     continue
-                if options.max_size is not None and st.st_size > options.max_size:
+                if max_size is not None and st.st_size > max_size:
                     stats.too_large += 1
                     continue
                 stats.files_seen += 1
                 if not rel.isascii() and not _is_utf8(rel):
-                    yield Rejected(
-                        display_path(rel), "file name is not valid UTF-8; rename it (e.g. with convmv) to send it"
+                    batch.append(
+                        Rejected(
+                            display_path(rel), "file name is not valid UTF-8; rename it (e.g. with convmv) to send it"
+                        )
                     )
                     continue
-                yield FileItem(
-                    rel_path=rel,
-                    abs_path=child(entry_name),
-                    size=st.st_size,
-                    mtime_ns=st.st_mtime_ns,
-                    pin=_pin(st, follow),
+                batch.append(
+                    FileItem(rel, child(entry_name), st.st_size, st.st_mtime_ns, LocalPin(st.st_dev, st.st_ino, follow))
                 )
+                if len(batch) >= size:
+                    yield batch
+                    batch = []
             stack.extend(reversed(subdirs))
+        if batch:
+            yield batch
     finally:
         for _, fd in chain:
             os.close(fd)
@@ -287,6 +317,10 @@ class LocalSource:
 
     def entries(self) -> AsyncIterator[FileItem | Rejected]:
         return walk(self.root, self.options, self.stats, own_state=self.own_state)
+
+    def entry_batches(self) -> AsyncIterator[list[FileItem | Rejected]]:
+        """``entries`` in lists: the planner decides each with one manifest query."""
+        return walk_batches(self.root, self.options, self.stats, own_state=self.own_state)
 
     def _stat(self, rel_path: str) -> os.stat_result | str:
         """The file as it is now, reached from the root without following links (unless asked), or why not."""
