@@ -8,8 +8,6 @@ of any size. Files the platform accepted before an interruption go straight to t
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from typing import TypeVar
 
 from anyio.streams.memory import MemoryObjectSendStream
 
@@ -17,13 +15,12 @@ from ingest.engine.state import RunState, Tracked, Work, track
 from ingest.manifest.base import Decision, FileRecord, StoredState, decide, done_and_unchanged
 from ingest.models import FileItem, Receipt
 from ingest.retry import retrying
-from ingest.sources.base import BatchedSource, Rejected
+from ingest.sources.base import BatchedSource, Rejected, batched
 
 __all__ = ["plan"]
 
 log = logging.getLogger("ingest.engine.planner")
 
-T = TypeVar("T")
 #: Walked files decided per manifest query.
 LOOKUP_CHUNK = 256
 
@@ -47,7 +44,7 @@ async def plan(
         if isinstance(source, BatchedSource):
             chunks = source.entry_batches()
         else:
-            chunks = _chunks(source.entries(), LOOKUP_CHUNK)
+            chunks = batched(source.entries(), LOOKUP_CHUNK)
         async for chunk in chunks:
             if run.stop_sending:
                 break
@@ -145,18 +142,6 @@ async def _plan_one(
             return
         dedup = False
     await work.send(Work(entry, dedup=dedup))
-
-
-async def _chunks(entries: AsyncIterator[T], size: int) -> AsyncIterator[list[T]]:
-    """``entries`` in lists of up to ``size``, in order."""
-    chunk: list[T] = []
-    async for entry in entries:
-        chunk.append(entry)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 async def _find_existing(run: RunState, item: FileItem) -> Receipt | None:

@@ -23,11 +23,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 from ingest.models import FileItem
 
-__all__ = ["BatchedSource", "Rejected", "Source"]
+__all__ = ["BatchedSource", "Rejected", "Source", "batched"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,3 +86,15 @@ class BatchedSource(Protocol):
     def entry_batches(self) -> AsyncIterator[list[FileItem | Rejected]]:
         """The files of ``entries``, a batch at a time, each batch as soon as it is available."""
         ...
+
+
+async def batched(entries: AsyncIterator[T], size: int) -> AsyncIterator[list[T]]:
+    """``entries`` in lists of up to ``size``, in order."""
+    batch: list[T] = []
+    async for entry in entries:
+        batch.append(entry)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
