@@ -343,3 +343,52 @@ async def test_the_stored_state_skips_exactly_what_decide_skips(opener: Opener) 
             mtime_ns,
         )
     assert done_and_unchanged(stored["done"], item("done"))  # the one case that skips
+
+
+async def test_a_worker_that_cannot_take_the_planner_role_helps_instead_of_walking_again(
+    opener: Opener, tmp_path: Path
+) -> None:
+    """A finished job, its planner stopped without dying (heartbeat stale, role still held: on PostgreSQL
+    for as long as its connection lives). A worker started now cannot walk the job again: it helps finish
+    the walk that is done and ends. (It chose a fresh walk, its walk ended at once on the finished walk's
+    ``done``, and its claims waited forever for the new walk: tests/test_scale.py's paused-worker test
+    hung whenever the second worker saw the first one's heartbeat stale.)"""
+    from ingest.config import EngineConfig
+    from ingest.engine.shared import run_worker
+    from ingest.platforms.base import TargetContext
+    from ingest.platforms.registry import build_target
+    from ingest.progress import Progress
+    from ingest.report import RunSummary
+    from ingest.sources.local import LocalSource, WalkOptions
+    from tests.conftest import make_tree
+    from tests.harness import MOI
+
+    make_tree(tmp_path / "src", 3)
+    old, new = opener(), opener()
+    await old.register_worker("old", "host", 1)
+    assert await old.try_lead("old", lease=30.0)
+    await old.begin_walk("old", "fp", fresh=False)
+    async with old.writer():
+        await old.finish_walk(0)
+    await anyio.sleep(0.6)  # the old planner's heartbeat is now older than the lease below
+    summary = RunSummary(destination="test", manifest="m")
+    async with MOI.start(tmp_path / "data") as dep:
+        target = build_target(dep.target_config, TargetContext())
+        try:
+            with anyio.fail_after(30):
+                async with new.writer():
+                    await run_worker(
+                        store=new,
+                        source=LocalSource(tmp_path / "src", WalkOptions()),
+                        target=target,
+                        run_id=new.start_run("run"),
+                        config=EngineConfig(concurrency=2, poll_initial=0.02, poll_max=0.1),
+                        progress=Progress(False),
+                        summary=summary,
+                        lease=0.5,
+                        worker="new",
+                    )
+        finally:
+            await target.aclose()
+    state = new.walk_state()
+    assert (state.walk, state.done) == (0, True)  # no second walk: the role was not to be had

@@ -47,15 +47,19 @@ async def run_worker(
     worker = worker or new_worker_id()
     mine = await fingerprint(source)
     others_alive = any(not w.stopped and w.heartbeat_age < lease for w in store.workers())
-    # A finished job run again walks again (to find new and changed files), unless it is still being
-    # finished by others: then this process just helps.
     start = store.walk_state()
-    fresh = start.done and not others_alive
     check_fingerprint(store, mine, source)
     await store.register_worker(worker, socket.gethostname(), os.getpid())
+    # A finished job run again walks again (to find new and changed files), unless it is still being
+    # finished by others: then this process just helps. So it does when it cannot take the planner role
+    # now: a planner paused or stalled (its heartbeat stale) still holds it, on PostgreSQL for as long as
+    # its connection lives; a fresh walk would wait for that role, and this worker's claims for a walk
+    # nobody makes (tests/test_manifest_shared.py).
+    fresh = start.done and not others_alive and await store.try_lead(worker, lease)
     fenced = FencedManifest(store, worker, lease)
     # A fresh walk is numbered one past the finished one: only its end (or a later walk's) ends this worker.
-    claims = ClaimSource(source, fenced, batch=max(4, config.concurrency), walk=start.walk + 1 if fresh else start.walk)
+    walk = start.walk + 1 if fresh else start.walk
+    claims = ClaimSource(source, fenced, batch=max(4, config.concurrency), walk=walk)
     try:
         async with anyio.create_task_group() as tg:
 
@@ -67,7 +71,15 @@ async def run_worker(
 
             async def plan() -> None:
                 await lead_walk(
-                    store, source, worker=worker, run_id=run_id, lease=lease, fresh=fresh, mine=mine, summary=summary
+                    store,
+                    source,
+                    worker=worker,
+                    run_id=run_id,
+                    lease=lease,
+                    fresh=fresh,
+                    mine=mine,
+                    summary=summary,
+                    walk=walk,
                 )
 
             tg.start_soon(heartbeat)

@@ -63,17 +63,25 @@ async def lead_walk(
     fresh: bool,
     mine: str,
     summary: RunSummary,
+    walk: int | None = None,
 ) -> None:
-    """Wait for the planner role while the walk is unfinished; when elected, walk (resuming from the
-    recorded position) and return when the walk is over."""
+    """Wait for the planner role while walk number ``walk`` is unfinished; when elected, walk (resuming
+    from the recorded position) and return when the walk is over.
+
+    ``walk``: the walk whose end this worker waits for (default: the recorded one, or one past it when
+    ``fresh``). A fresh walk's worker must not take the finished walk's ``done`` for the end of its own
+    while the old planner's role has not yet expired: it waits for the role like any other worker."""
+    if walk is None:
+        walk = store.walk_state().walk + (1 if fresh else 0)
     while not await store.try_lead(worker, lease):
-        if store.walk_state().done:
+        state = store.walk_state()
+        if state.done and state.walk >= walk:
             return
         await anyio.sleep(max(0.1, lease / 4))
     state = store.walk_state()
-    if state.done and not fresh:
+    if state.done and state.walk >= walk:
         return  # finished by a planner before us
-    state = await store.begin_walk(worker, mine, fresh=fresh or state.done)
+    state = await store.begin_walk(worker, mine, fresh=state.done)
     walked = await _walk(
         store, source, run_id=run_id, resume_after=state.last_path, walked=state.walked, summary=summary
     )
