@@ -70,12 +70,13 @@ async def _plan_chunk(
     skips = [_skips(run, entry, stored.get(entry.rel_path)) for entry in chunk]
     wanted = [e.rel_path for e, skip in zip(chunk, skips, strict=True) if not skip and e.rel_path in stored]
     records = run.manifest.lookup_many(wanted) if wanted else {}
+    debug = log.isEnabledFor(logging.DEBUG)  # skipped files can be millions: said only at -vv
     for entry, skip in zip(chunk, skips, strict=True):
         if run.stop_sending:
             break
         if skip:
             assert isinstance(entry, FileItem)  # a rejected entry is never skipped
-            if log.isEnabledFor(logging.DEBUG):
+            if debug:
                 log.debug("%s: %s", entry.rel_path, _DECISIONS[Decision.SKIP])
             run.summary.skipped += 1
             run.summary.skipped_bytes += entry.size
