@@ -204,6 +204,47 @@ async def test_small_parts_in_memory_and_large_ones_staged_store_alike(
     assert staging_files(config) == []
 
 
+async def test_uploads_committed_together_fail_alone(emu: Emulator) -> None:
+    """Uploads that wait for the store while it is busy are committed as one group; an upload of the
+    group that is refused (here its folder is a file stored by an earlier upload of the same group)
+    leaves no file, row or task behind, and every other upload of the group is stored and answered."""
+    store = emu.state.store
+    assert (await emu.upload([("warm.txt", b"w")]))[0] == 200  # the volume is known: no lookup waits
+    release = threading.Event()
+
+    def busy() -> None:
+        with store.reading():  # holds the store's lock, as a long commit would
+            release.wait()
+
+    holder = threading.Thread(target=busy)
+    holder.start()
+    sends = [[("first.txt", b"1")], [("a", b"file a")], [("a/b.txt", b"under a file")], [("c.txt", b"c")]]
+    answers: list[tuple[int, Any]] = [(0, None)] * len(sends)
+
+    async def send(index: int) -> None:
+        answers[index] = await emu.upload(sends[index])
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for index in range(len(sends)):
+                tg.start_soon(send, index)
+                await anyio.sleep(0.02)  # in this order: "a" is committed before "a/b.txt" is tried
+            with anyio.fail_after(10):
+                while True:  # the first went ahead and waits on the lock; the others wait for the next group
+                    if len(store._group) == len(sends) - 1:
+                        break
+                    await anyio.sleep(0.01)
+            release.set()
+    finally:
+        release.set()
+        holder.join()
+    assert [status for status, _ in answers] == [200, 200, 400, 200]
+    assert "'a' is a file" in answers[2][1]["msg"]
+    assert [f["path"] for f in await emu.files()] == ["a", "c.txt", "first.txt", "warm.txt"]
+    _, listed = await emu.call("GET", "/task/list")
+    assert listed["data"]["total"] == 4
+
+
 async def test_meta_count_must_match_file_parts(emu: Emulator) -> None:
     """Fewer meta entries than file parts is a 400 that says both counts, and stores nothing."""
     files = [("a.txt", b"a"), ("b.txt", b"b")]

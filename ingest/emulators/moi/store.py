@@ -220,6 +220,7 @@ class MoiStore(SqliteStore):
                 " AND c.path = stored_files.path)"
             )
         self.ids = SnowflakeIds(floor=self._largest_id())
+        self._known_volumes: set[str] = set()
         # Task fates are drawn under the lock, so the sequence is reproducible for sequential requests.
         self._rng = random.Random(None if seed is None else f"moi-tasks-{seed}")
 
@@ -273,7 +274,18 @@ class MoiStore(SqliteStore):
     def volume(self, volume_id: str) -> Volume | None:
         with self._lock:
             row = self._db.execute("SELECT * FROM volumes WHERE id = ?", (volume_id,)).fetchone()
-        return None if row is None else Volume(*row)
+        if row is None:
+            return None
+        self._known_volumes.add(volume_id)
+        return Volume(*row)
+
+    def volume_known(self, volume_id: str) -> bool:
+        """True when ``volume`` found this volume before: volumes are never deleted, so it still exists.
+
+        Read without the lock: an upload's volume check then never waits for (or hops around) a
+        group commit holding it.
+        """
+        return volume_id in self._known_volumes
 
     def volume_name(self, volume_id: str) -> str | None:
         volume = self.volume(volume_id)
