@@ -20,6 +20,7 @@ import pytest
 from ingest.emulators import emulator_specs
 from ingest.emulators.kit.common import relative_path_problem, safe_join
 from ingest.emulators.moi import MOI_STATE, FileStatus, MoiEmulatorConfig, MoiState, TaskStatus, create_moi_app
+from ingest.emulators.moi.store import BODY_IN_DB_MAX
 from ingest.emulators.moi.uploads import KEEP_IN_MEMORY
 from tests.emulator_client import ServedEmulator, serving
 
@@ -114,6 +115,15 @@ def md5(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
 
 
+def stored_body(emu: Emulator, path: str) -> bytes | None:
+    """What the volume holds at ``path``, wherever the store keeps it (a small body is a database row)."""
+    body = emu.state.store.open_body(VOLUME, path)
+    if body is None:
+        return None
+    with body:
+        return body.read()
+
+
 def staging_files(config: MoiEmulatorConfig) -> list[Path]:
     return list((config.data_dir / ".staging").iterdir())
 
@@ -168,7 +178,7 @@ async def test_upload_several_files_with_seed_meta(emu: Emulator, config: MoiEmu
     assert data["file_id"] == data["results"][0]["file_id"]
     assert len({r["file_id"] for r in data["results"]}) == 3
     for name, content in files:
-        assert (config.data_dir / VOLUME / name).read_bytes() == content
+        assert stored_body(emu, name) == content
     assert await emu.files() == [
         {"volume_id": VOLUME, "path": name, "size": len(content), "md5": md5(content), "uploads": 1}
         for name, content in sorted(files)
@@ -183,7 +193,7 @@ async def test_upload_with_sdk_meta_after_the_files(emu: Emulator, config: MoiEm
     status, body = await emu.upload(files, meta=meta, meta_last=True)
     assert status == 200, body
     assert [f["path"] for f in await emu.files()] == ["x.txt", "y.csv"]
-    assert (config.data_dir / VOLUME / "x.txt").read_bytes() == b"x" * 70_000
+    assert stored_body(emu, "x.txt") == b"x" * 70_000
 
 
 async def test_small_parts_in_memory_and_large_ones_staged_store_alike(
@@ -197,7 +207,7 @@ async def test_small_parts_in_memory_and_large_ones_staged_store_alike(
     again = [(name, data.upper()) for name, data in files]  # the same paths again: each replaced
     assert (await emu.upload(again))[0] == 200
     for name, data in again:
-        assert (config.data_dir / VOLUME / name).read_bytes() == data
+        assert stored_body(emu, name) == data
     assert [(f["path"], f["md5"], f["uploads"]) for f in await emu.files()] == [
         (name, md5(data), 2) for name, data in again
     ]
@@ -240,9 +250,38 @@ async def test_uploads_committed_together_fail_alone(emu: Emulator) -> None:
         holder.join()
     assert [status for status, _ in answers] == [200, 200, 400, 200]
     assert "'a' is a file" in answers[2][1]["msg"]
+    assert stored_body(emu, "a/b.txt") is None
     assert [f["path"] for f in await emu.files()] == ["a", "c.txt", "first.txt", "warm.txt"]
     _, listed = await emu.call("GET", "/task/list")
     assert listed["data"]["total"] == 4
+
+
+async def test_small_bodies_are_kept_in_the_database_and_bigger_ones_as_files(
+    emu: Emulator, config: MoiEmulatorConfig
+) -> None:
+    """A body of at most BODY_IN_DB_MAX bytes is a database row, not a file of its own; a bigger one is a
+    file under the volume's folder. A path that changes from one to the other keeps one body, the new one:
+    the file a small body replaces is removed, the row a big body replaces is dropped."""
+    small, big = b"s" * BODY_IN_DB_MAX, b"b" * (BODY_IN_DB_MAX + 1)
+    on_disk = config.data_dir / VOLUME / "p.bin"
+    for body, as_file in ((small, False), (big, True), (small, False), (big, True)):
+        assert (await emu.upload([("p.bin", body)]))[0] == 200
+        assert stored_body(emu, "p.bin") == body
+        assert on_disk.is_file() is as_file
+        assert emu.state.store.has_stored_file(VOLUME, "p.bin")
+    assert [(f["path"], f["size"], f["uploads"]) for f in await emu.files()] == [("p.bin", len(big), 4)]
+
+
+async def test_deleting_a_small_file_drops_its_body(emu: Emulator) -> None:
+    """/catalog/file/delete of a path's only file leaves no body behind, in the database or on disk."""
+    _, body = await emu.upload([("gone.txt", b"bye"), ("kept.txt", b"hi")])
+    status, _ = await emu.call("POST", "/catalog/file/delete", json={"id": body["data"]["file_id"]})
+    assert status == 200
+    assert stored_body(emu, "gone.txt") is None
+    assert not emu.state.store.has_stored_file(VOLUME, "gone.txt")
+    assert stored_body(emu, "kept.txt") == b"hi"
+    with emu.state.store.reading() as db:
+        assert db.execute("SELECT path FROM stored_bodies").fetchall() == [("kept.txt",)]
 
 
 async def test_meta_count_must_match_file_parts(emu: Emulator) -> None:
@@ -265,6 +304,7 @@ async def test_file_size_mismatch_names_the_file(emu: Emulator, config: MoiEmula
     assert "5 bytes" in body["msg"]
     assert await emu.files() == []
     assert staging_files(config) == []
+    assert stored_body(emu, "ok.txt") is None
     assert not (config.data_dir / VOLUME / "ok.txt").exists()
 
 
@@ -352,7 +392,7 @@ async def test_dedup_replace_stores_again(emu: Emulator, config: MoiEmulatorConf
     assert second["data"]["results"][0]["message"] == "uploaded"
     assert second["data"]["file_id"] != first["data"]["file_id"]
     assert [(f["uploads"], f["size"]) for f in await emu.files()] == [(2, 4)]
-    assert (config.data_dir / VOLUME / "a.txt").read_bytes() == b"new!"
+    assert stored_body(emu, "a.txt") == b"new!"
 
 
 async def test_path_below_a_stored_file_is_refused(emu: Emulator) -> None:
@@ -678,6 +718,7 @@ async def test_state_persists_across_restarts(config: MoiEmulatorConfig) -> None
     await anyio.sleep(DELAY_MS / 1000)
     async with running(config) as emu:
         assert await emu.files() == before
+        assert stored_body(emu, "keep/me.txt") == b"persist"
         assert (await emu.task(task_id))["status"] == TaskStatus.FINISHED
         assert (await emu.task_files(task_id))["files"][0]["status"] == FileStatus.SUCCESS
         _, info = await emu.call("POST", "/catalog/volume/info", json={"id": created["data"]["id"]})

@@ -43,6 +43,8 @@ class SqliteStore:
         #: Calls waiting for the next group commit (``grouped``), with the futures of their callers.
         self._group: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
         self._committing: asyncio.Task[None] | None = None
+        #: What the open transaction does once committed (``after_commit``).
+        self._after_commit: list[Callable[[], None]] = []
         # Re-entrant so that ``run`` can hold it around a method that takes it again.
         self._lock = threading.RLock()
         # One connection shared by the worker threads, serialised by the lock; transactions are explicit.
@@ -138,26 +140,39 @@ class SqliteStore:
         commit) it is a savepoint instead: all or nothing for this call, committed with the group."""
         with self._lock:
             if self._db.in_transaction:
-                yield from _savepoint(self._db)
+                yield from self._savepoint()
                 return
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
             except BaseException:
                 self._db.execute("ROLLBACK")
+                self._after_commit.clear()
                 raise
-            self._db.execute("COMMIT")
+            try:
+                self._db.execute("COMMIT")
+            finally:
+                actions, self._after_commit = self._after_commit, []
+            for action in actions:
+                action()
 
+    def _savepoint(self) -> Iterator[sqlite3.Connection]:
+        planned = len(self._after_commit)
+        self._db.execute("SAVEPOINT call")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK TO call")
+            self._db.execute("RELEASE call")
+            del self._after_commit[planned:]  # what the rolled-back call planned is not to happen
+            raise
+        self._db.execute("RELEASE call")
 
-def _savepoint(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    db.execute("SAVEPOINT call")
-    try:
-        yield db
-    except BaseException:
-        db.execute("ROLLBACK TO call")
-        db.execute("RELEASE call")
-        raise
-    db.execute("RELEASE call")
+    def after_commit(self, action: Callable[[], None]) -> None:
+        """Run ``action`` once the open transaction is committed, never if it is rolled back: for file
+        system changes that must not happen before the rows that need them are durable (removing a body
+        the committed rows no longer point at). ``action`` must not raise: the commit is done."""
+        self._after_commit.append(action)
 
 
 def remove_stale_staging(staging_dir: Path) -> None:
