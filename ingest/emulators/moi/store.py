@@ -222,10 +222,11 @@ class _Decision:
 
 
 class MoiStore(SqliteStore):
-    """Volumes, stored files and tasks in SQLite, plus the bodies on disk.
+    """Volumes, stored files and tasks in SQLite, plus the bodies (small ones in SQLite too, see above).
 
-    Synchronous on purpose: every method runs in a worker thread (``anyio.to_thread``) under one lock,
-    which also makes each upload's check-then-write atomic against concurrent uploads.
+    Synchronous on purpose: every method runs under one lock, in a worker thread or briefly on the loop
+    (``SqliteStore.run``); uploads are committed in groups (``SqliteStore.grouped``). The lock also makes
+    each upload's check-then-write atomic against concurrent uploads.
     """
 
     def __init__(self, data_dir: Path, seed: int | None) -> None:

@@ -2,8 +2,9 @@
 
 The form (``file`` x N, ``VolumeID``, ``meta``, ``dedup``, ``file_types``, ``path_regex``, …) is read
 part by part; file parts are streamed to ``<data_dir>/.staging`` while their md5 is computed (small ones,
-up to ``KEEP_IN_MEMORY`` bytes per request in all, are kept in memory instead), and moved or written to
-``<data_dir>/<volume>/<path>`` only once the whole request is valid, as one new upload task.
+up to ``KEEP_IN_MEMORY`` bytes per request in all, are kept in memory instead), and stored (``MoiStore``:
+small bodies in its database, others at ``<data_dir>/<volume>/<path>``) only once the whole request is
+valid, as one new upload task, committed together with the uploads waiting at that moment.
 """
 
 from __future__ import annotations
