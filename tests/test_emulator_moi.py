@@ -23,6 +23,7 @@ from ingest.emulators.moi import MOI_STATE, FileStatus, MoiEmulatorConfig, MoiSt
 from ingest.emulators.moi.store import BODY_IN_DB_MAX
 from ingest.emulators.moi.uploads import KEEP_IN_MEMORY
 from tests.emulator_client import ServedEmulator, serving
+from tests.harness import MOI, ServerProcess
 
 pytestmark = pytest.mark.anyio
 
@@ -725,6 +726,23 @@ async def test_state_persists_across_restarts(config: MoiEmulatorConfig) -> None
         assert info["data"]["name"] == "v"
         _, again = await emu.upload([("other.txt", b"x")])
         assert int(again["data"]["task_id"]) > int(task_id)
+
+
+async def test_an_answered_upload_survives_a_killed_emulator(tmp_path: Path) -> None:
+    """An upload answered 200 is stored for good: with the emulator killed right after the answer (SIGKILL,
+    no clean shutdown), its data dir holds every body, the small one (a database row) and the big one."""
+    files = [("small.txt", b"s" * 100), ("big.bin", b"b" * (BODY_IN_DB_MAX + 1))]
+    server = ServerProcess(MOI.serve_command(tmp_path / "data"))
+    try:
+        async with aiohttp.ClientSession(headers={"moi-key": MOI.api_key}) as http:
+            form = upload_form(files, volume=MOI.volume_id)
+            async with http.post(f"{server.url}/connectors/upload", data=form) as response:
+                assert response.status == 200, await response.text()
+        server.proc.kill()
+        server.proc.wait()
+    finally:
+        server.stop()
+    assert MOI.stored_bodies(tmp_path / "data") == dict(files)
 
 
 async def test_emulator_stats_count_api_requests(emu: Emulator) -> None:
