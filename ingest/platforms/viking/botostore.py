@@ -23,26 +23,37 @@ from ingest.errors import ConfigError, ErrorRules, classify, connection_failed
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
 
-    from ingest.platforms.viking.staging import StagingSettings
-
 __all__ = ["BotoBucket"]
 
 T = TypeVar("T")
 
 
 class BotoBucket:
-    """One aiobotocore S3 client for the staging bucket, created by ``open``."""
+    """One aiobotocore S3 client for the staging bucket, created by ``open``. ``repr`` leaves the keys out."""
+
+    def __repr__(self) -> str:
+        return f"BotoBucket({self._bucket!r} at {self._endpoint!r})"
 
     def __init__(
         self,
-        settings: StagingSettings,
         *,
+        endpoint: str,
+        bucket: str,
+        region: str,
+        access_key: str,
+        secret_key: str,
+        path_style: bool,
         connections: int,
         read_timeout: float,
         errors: ErrorRules,
         bucket_errors: ErrorRules,
     ) -> None:
-        self.settings = settings
+        self._endpoint = endpoint
+        self._bucket = bucket
+        self._region = region
+        self._access_key = access_key
+        self._secret_key = secret_key
+        self._path_style = path_style
         self._connections = connections
         self._read_timeout = read_timeout
         self._errors = errors
@@ -60,12 +71,11 @@ class BotoBucket:
             from aiobotocore.session import get_session
         except ImportError:
             raise ConfigError(
-                f"staging in {self.settings.endpoint} (an endpoint with a path, or a key with '.' segments) goes"
+                f"staging in {self._endpoint} (an endpoint with a path, or a key with '.' segments) goes"
                 " through aiobotocore: pip install 'ingest[viking]'"
             ) from None
-        s = self.settings
         config = AioConfig(
-            s3={"addressing_style": "path" if s.path_style else "virtual"},
+            s3={"addressing_style": "path" if self._path_style else "virtual"},
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
             retries={"total_max_attempts": 3, "mode": "standard"},
@@ -76,10 +86,10 @@ class BotoBucket:
         self._client = await self._stack.enter_async_context(
             get_session().create_client(
                 "s3",
-                endpoint_url=s.endpoint,
-                region_name=s.region,
-                aws_access_key_id=s.access_key,
-                aws_secret_access_key=s.secret_key,
+                endpoint_url=self._endpoint,
+                region_name=self._region,
+                aws_access_key_id=self._access_key,
+                aws_secret_access_key=self._secret_key,
                 config=config,
             )
         )
@@ -95,7 +105,7 @@ class BotoBucket:
         await self._stack.aclose()
 
     async def head_bucket(self, what: str) -> None:
-        await self._guard(what, lambda: self.client.head_bucket(Bucket=self.settings.bucket), self._bucket_errors)
+        await self._guard(what, lambda: self.client.head_bucket(Bucket=self._bucket), self._bucket_errors)
 
     async def put_object(
         self, key: str, body: bytes | memoryview, *, content_md5: str, metadata: Mapping[str, str], what: str
@@ -103,7 +113,7 @@ class BotoBucket:
         await self._guard(
             what,
             lambda: self.client.put_object(
-                Bucket=self.settings.bucket,
+                Bucket=self._bucket,
                 Key=key,
                 Body=bytes(body),
                 ContentLength=len(body),
@@ -115,7 +125,7 @@ class BotoBucket:
     async def create_multipart(self, key: str, *, metadata: Mapping[str, str], what: str) -> str:
         created = await self._guard(
             what,
-            lambda: self.client.create_multipart_upload(Bucket=self.settings.bucket, Key=key, Metadata=dict(metadata)),
+            lambda: self.client.create_multipart_upload(Bucket=self._bucket, Key=key, Metadata=dict(metadata)),
         )
         return created["UploadId"]
 
@@ -125,7 +135,7 @@ class BotoBucket:
         reply = await self._guard(
             what,
             lambda: self.client.upload_part(
-                Bucket=self.settings.bucket,
+                Bucket=self._bucket,
                 Key=key,
                 UploadId=upload_id,
                 PartNumber=number,
@@ -141,7 +151,7 @@ class BotoBucket:
         await self._guard(
             what,
             lambda: self.client.complete_multipart_upload(
-                Bucket=self.settings.bucket,
+                Bucket=self._bucket,
                 Key=key,
                 UploadId=upload_id,
                 MultipartUpload={"Parts": parts},  # type: ignore[typeddict-item]
@@ -150,12 +160,12 @@ class BotoBucket:
 
     async def abort_multipart(self, key: str, upload_id: str, *, what: str) -> None:
         await self._guard(
-            what, lambda: self.client.abort_multipart_upload(Bucket=self.settings.bucket, Key=key, UploadId=upload_id)
+            what, lambda: self.client.abort_multipart_upload(Bucket=self._bucket, Key=key, UploadId=upload_id)
         )
 
     async def presign_get(self, key: str, expires: int) -> str:
         url: str = await self.client.generate_presigned_url(
-            "get_object", Params={"Bucket": self.settings.bucket, "Key": key}, ExpiresIn=expires
+            "get_object", Params={"Bucket": self._bucket, "Key": key}, ExpiresIn=expires
         )
         return url
 
@@ -177,13 +187,13 @@ class BotoBucket:
                 status=status,
                 code=code,
                 detail=detail,
-                endpoint=self.settings.endpoint,
-                bucket=self.settings.bucket,
+                endpoint=self._endpoint,
+                bucket=self._bucket,
             ) from None
         except (NoCredentialsError, PartialCredentialsError):
             raise ConfigError(
                 "the staging store needs an access key pair; set VOLC_ACCESSKEY / VOLC_SECRETKEY"
             ) from None
         except (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-            where = f"the staging store {self.settings.endpoint}"
+            where = f"the staging store {self._endpoint}"
             raise connection_failed(what, where, type(exc).__name__) from None

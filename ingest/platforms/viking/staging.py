@@ -145,14 +145,19 @@ class Staging:
         self.settings = settings
         self._chunk_size = chunk_size
         self._on_bytes = on_bytes
+        s = settings
         self._boto = BotoBucket(
-            settings,
+            endpoint=s.endpoint,
+            bucket=s.bucket,
+            region=s.region,
+            access_key=s.access_key,
+            secret_key=s.secret_key,
+            path_style=s.path_style,
             connections=connections,
             read_timeout=read_timeout,
             errors=STAGING_ERRORS,
             bucket_errors=BUCKET_CHECK_ERRORS,
         )
-        s = settings
         where = S3Bucket.locate(s.endpoint, s.bucket, path_style=s.path_style)
         #: ``None`` for an endpoint only aiobotocore reaches (``S3Bucket.locate``).
         self._signed = (
