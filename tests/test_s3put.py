@@ -5,18 +5,23 @@ aiobotocore's ``ClientError`` was, and aiobotocore loaded only for what we do no
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
+import io
 import os
 import subprocess
 import sys
 import urllib.request
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
+import aiohttp
 import pytest
+from aiohttp import web
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
@@ -337,3 +342,75 @@ anyio.run(main)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "goes through aiobotocore: pip install 'ingest[viking]'" in result.stdout
+
+
+class FlakyStore:
+    """A real HTTP server in front of moto that answers the first ``failures`` ``UploadPart`` requests for
+    part ``part`` with a bare 500 and passes every other request through: a store failing mid-upload."""
+
+    def __init__(self, *, part: int, failures: int) -> None:
+        self.part, self.failures = part, failures
+        self.seen: list[str] = []  # "METHOD partNumber-or-query" of every request, in order
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        number = request.query.get("partNumber")
+        self.seen.append(f"{request.method} {number or request.query_string}")
+        body = await request.read()
+        if number == str(self.part) and self.failures > 0:
+            self.failures -= 1
+            return web.Response(status=500)
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
+        url = MOTO.url() + request.path_qs
+        async with (
+            aiohttp.ClientSession() as session,
+            session.request(request.method, url, headers=headers, data=io.BytesIO(body)) as resp,
+        ):
+            payload = await resp.read()
+            passed = {k: v for k, v in resp.headers.items() if k.lower() in ("etag", "content-type")}
+            return web.Response(status=resp.status, body=payload, headers=passed)
+
+    @contextlib.asynccontextmanager
+    async def serve(self) -> AsyncIterator[str]:
+        app = web.Application(client_max_size=64 * 1024 * 1024)  # parts of 5 MiB
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        try:
+            yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+        finally:
+            await runner.cleanup()
+
+
+async def stage_through(store: FlakyStore, tmp_path: Path, key: str, data: bytes) -> None:
+    src = tmp_path / "big.pdf"
+    src.write_bytes(data)
+    async with store.serve() as url:
+        staging = Staging(settings_for(endpoint=url))
+        await staging.open()
+        try:
+            await staging.put(FileItem("big.pdf", src, len(data), src.stat().st_mtime_ns), key, {})
+        finally:
+            await staging.aclose()
+
+
+async def test_a_part_the_store_fails_once_is_sent_again(tmp_path: Path) -> None:
+    store = FlakyStore(part=2, failures=1)
+    data = os.urandom(11 * 1024 * 1024)
+    await stage_through(store, tmp_path, "s3put/flaky/once.pdf", data)
+    assert store.seen == ["HEAD ", "POST uploads", "PUT 1", "PUT 2", "PUT 2", "PUT 3", store.seen[-1]]
+    assert store.seen[-1].startswith("POST uploadId=")
+    assert boto3_client().get_object(Bucket=MOTO.bucket, Key="s3put/flaky/once.pdf")["Body"].read() == data
+
+
+async def test_a_part_the_store_keeps_failing_aborts_the_upload(tmp_path: Path) -> None:
+    """Three attempts (as aiobotocore made), then the upload is aborted and the error is transient: the
+    engine sends the file again later."""
+    store = FlakyStore(part=2, failures=99)
+    with pytest.raises(TransientError, match=r"staging big\.pdf: the staging store http://\S+ failed \(500\)"):
+        await stage_through(store, tmp_path, "s3put/flaky/never.pdf", os.urandom(11 * 1024 * 1024))
+    assert store.seen[2:5] == ["PUT 1", "PUT 2", "PUT 2"]
+    assert store.seen[5:-1] == ["PUT 2"]
+    assert store.seen[-1].startswith("DELETE uploadId=")
+    assert open_uploads("s3put/flaky/never.pdf") == []
