@@ -7,9 +7,10 @@ retries, no validation, no preflight (``ingest run``'s one to three opening requ
   keyue    per file: ``POST …/task/create/llm_document_import?dirId=…`` (multipart ``file`` streamed from
            disk by aiohttp, then ``taskExtend``); then ``GET …/llm/document/list`` pages of the directory,
            newest first, until every document sought is seen, as ``KeyueTarget.poll`` does.
-  viking   per file: the staging PUT into the bucket through aiobotocore (what ``ingest`` uses, with its
-           client settings: same library, so the ratio measures the engine, not a cheaper S3 client),
-           then ``POST /api/knowledge/doc/add`` (``add_type: tos``, signed with
+  viking   per file: the staging PUT into the bucket (path style, ``Content-MD5``, user metadata) as one
+           aiohttp request signed with ``ingest.platforms.viking.s3put.sign_s3``, as ``ingest`` sends it
+           (same signer, so the ratio measures the engine, not a cheaper S3 client), then
+           ``POST /api/knowledge/doc/add`` (``add_type: tos``, signed with
            ``ingest.platforms.viking.signing``); then ``doc/list`` with ``doc_id_list`` filters of 100,
            8 at a time, as ``VikingTarget.poll`` does. A file above 8 MiB (the staging part size) goes up
            through boto3's ``upload_file`` instead: s3transfer with its defaults, 8 MiB parts, 10 at a
@@ -40,6 +41,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 
@@ -182,33 +184,37 @@ _NOT_WORD = re.compile(r"[^A-Za-z0-9]+")
 
 
 async def viking(args: argparse.Namespace, files: Sequence[File]) -> int:
-    from aiobotocore.config import AioConfig
-    from aiobotocore.session import get_session
+    from yarl import URL
 
+    from ingest.platforms.viking.s3put import UNSIGNED_PAYLOAD, sign_s3
     from ingest.platforms.viking.signing import Credentials, sign
 
     access, secret = os.environ["VOLC_ACCESSKEY"], os.environ["VOLC_SECRETKEY"]
     credentials = Credentials(access, secret, args.region)
     endpoint = args.endpoint.rstrip("/")
     host = endpoint.split("://", 1)[1].split("/", 1)[0]
+    staging = args.staging_endpoint.rstrip("/")
+    staging_host = staging.split("://", 1)[1].split("/", 1)[0]
     kb = {"collection_name": args.collection, "project": "default"}
-    config = AioConfig(  # ingest.platforms.viking.staging.Staging's settings
-        s3={"addressing_style": "path"},
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-        retries={"total_max_attempts": 3, "mode": "standard"},
-        max_pool_connections=args.concurrency,
-    )
-    session = get_session()
     s3_args = {
         "endpoint_url": args.staging_endpoint, "region_name": args.region,
         "aws_access_key_id": access, "aws_secret_access_key": secret,
     }  # fmt: skip
     connector = aiohttp.TCPConnector(limit=args.concurrency + VIKING_PARALLEL)
-    async with (
-        session.create_client("s3", config=config, **s3_args) as s3,
-        aiohttp.ClientSession(connector=connector) as http,
-    ):
+    async with aiohttp.ClientSession(connector=connector) as http:
+
+        async def put(key: str, body: bytes, metadata: dict[str, str]) -> None:
+            path = quote(f"/{args.staging_bucket}/{key}", safe="/~")
+            md5 = base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode()
+            headers = {"host": staging_host, "content-md5": md5, "content-length": str(len(body))}
+            headers.update({f"x-amz-meta-{k}": v for k, v in metadata.items()})
+            payload = UNSIGNED_PAYLOAD if staging.startswith("https:") else hashlib.sha256(body).hexdigest()
+            headers.update(sign_s3("PUT", path, headers, payload, access_key=access, secret_key=secret,
+                                   region=args.region))  # fmt: skip
+            async with http.put(URL(staging + path, encoded=True), data=body, headers=headers) as r:
+                if r.status != 200:
+                    raise Failed(f"staging PUT of {key}: HTTP {r.status}: {(await r.text())[:200]}")
+                await r.read()
 
         def ok(body: Any) -> bool:
             return bool(body.get("code") == 0)
@@ -227,11 +233,7 @@ async def viking(args: argparse.Namespace, files: Sequence[File]) -> int:
             metadata = {"doc_id": doc_id, "source-path": path.name}
             if size <= PART_SIZE:
                 body = await asyncio.to_thread(path.read_bytes)  # ingest reads up to one part, too
-                md5 = base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode()
-                await s3.put_object(
-                    Bucket=args.staging_bucket, Key=key, Body=body, ContentLength=size, ContentMD5=md5,
-                    Metadata=metadata,
-                )  # fmt: skip
+                await put(key, body, metadata)
             else:
                 await asyncio.to_thread(_upload_file, s3_args, path, args.staging_bucket, key, metadata)
             doc_type = {".txt": "txt", ".pdf": "pdf", ".md": "markdown"}.get(path.suffix.lower(), "txt")

@@ -180,8 +180,15 @@ class Emulator:
         self.data_dir.mkdir(parents=True)
         log = self.data_dir.parent / "emulator.log"
         with open(log, "wb") as out:
+            # Not in the caller's folder: ``python -m`` puts the working directory ahead of PYTHONPATH, so
+            # a run started in one checkout with PYTHONPATH on another would time the first one's emulator.
             self._proc = subprocess.Popen(
-                self.cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=child_env()
+                self.cmd,
+                cwd=self.data_dir.parent,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=child_env(),
             )
         deadline = time.monotonic() + 30
         while not self.url:

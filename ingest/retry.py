@@ -63,7 +63,12 @@ class AdaptiveLimiter:
         return int(self._limiter.total_tokens)
 
     async def __aenter__(self) -> None:
-        await self._limiter.acquire()
+        try:
+            # A free slot is taken without a checkpoint: anyio's acquire() yields to the loop even then,
+            # a loop round per request. Waiters queued first still go first (it refuses past them).
+            self._limiter.acquire_nowait()
+        except anyio.WouldBlock:
+            await self._limiter.acquire()
 
     async def __aexit__(self, *exc_info: object) -> None:
         self._limiter.release()

@@ -305,6 +305,23 @@ class MoiHarness(_RunsLocalTrees):
     def cli(self, url: str) -> tuple[list[str], dict[str, str]]:
         return ["--target", "moi", "--endpoint", url, "--volume-id", self.volume_id], {"MOI_KEY": self.api_key}
 
+    @staticmethod
+    def stored_bodies(data_dir: Path, volume_id: str = volume_id) -> dict[str, bytes]:
+        """Every file a stopped emulator's data dir holds in ``volume_id``, path -> body, read as the
+        emulator reads them (a small body is a database row, not a file of its own)."""
+        from ingest.emulators.moi.store import MoiStore
+
+        store = MoiStore(data_dir, None)
+        try:
+            bodies = {}
+            for f in store.stored_files():
+                if f["volume_id"] == volume_id and (body := store.open_body(volume_id, f["path"])) is not None:
+                    with body:
+                        bodies[f["path"]] = body.read()
+            return bodies
+        finally:
+            store.close()
+
 
 MOI = MoiHarness()
 

@@ -427,8 +427,7 @@ def test_cli_runs_a_bucket_prefix_into_moi(tmp_path: Path) -> None:
     assert "ingest migrate" in result.stderr + result.stdout
     assert "s3cr3t-value" not in result.stderr + result.stdout
     assert "s3cr3t-value" not in (tmp_path / "m.db").read_bytes().decode("latin-1")
-    stored = tmp_path / "data" / MOI.volume_id
-    assert sorted(p.relative_to(stored).as_posix() for p in stored.rglob("*") if p.is_file()) == ["a.txt", "b/c.txt"]
+    assert MOI.stored_bodies(tmp_path / "data") == {"a.txt": b"alpha", "b/c.txt": b"gamma"}
 
 
 # ----- flat memory -----------------------------------------------------------------------------------

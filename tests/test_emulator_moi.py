@@ -20,8 +20,10 @@ import pytest
 from ingest.emulators import emulator_specs
 from ingest.emulators.kit.common import relative_path_problem, safe_join
 from ingest.emulators.moi import MOI_STATE, FileStatus, MoiEmulatorConfig, MoiState, TaskStatus, create_moi_app
+from ingest.emulators.moi.store import BODY_IN_DB_MAX
 from ingest.emulators.moi.uploads import KEEP_IN_MEMORY
 from tests.emulator_client import ServedEmulator, serving
+from tests.harness import MOI, ServerProcess
 
 pytestmark = pytest.mark.anyio
 
@@ -114,6 +116,15 @@ def md5(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
 
 
+def stored_body(emu: Emulator, path: str) -> bytes | None:
+    """What the volume holds at ``path``, wherever the store keeps it (a small body is a database row)."""
+    body = emu.state.store.open_body(VOLUME, path)
+    if body is None:
+        return None
+    with body:
+        return body.read()
+
+
 def staging_files(config: MoiEmulatorConfig) -> list[Path]:
     return list((config.data_dir / ".staging").iterdir())
 
@@ -168,7 +179,7 @@ async def test_upload_several_files_with_seed_meta(emu: Emulator, config: MoiEmu
     assert data["file_id"] == data["results"][0]["file_id"]
     assert len({r["file_id"] for r in data["results"]}) == 3
     for name, content in files:
-        assert (config.data_dir / VOLUME / name).read_bytes() == content
+        assert stored_body(emu, name) == content
     assert await emu.files() == [
         {"volume_id": VOLUME, "path": name, "size": len(content), "md5": md5(content), "uploads": 1}
         for name, content in sorted(files)
@@ -183,7 +194,7 @@ async def test_upload_with_sdk_meta_after_the_files(emu: Emulator, config: MoiEm
     status, body = await emu.upload(files, meta=meta, meta_last=True)
     assert status == 200, body
     assert [f["path"] for f in await emu.files()] == ["x.txt", "y.csv"]
-    assert (config.data_dir / VOLUME / "x.txt").read_bytes() == b"x" * 70_000
+    assert stored_body(emu, "x.txt") == b"x" * 70_000
 
 
 async def test_small_parts_in_memory_and_large_ones_staged_store_alike(
@@ -197,11 +208,81 @@ async def test_small_parts_in_memory_and_large_ones_staged_store_alike(
     again = [(name, data.upper()) for name, data in files]  # the same paths again: each replaced
     assert (await emu.upload(again))[0] == 200
     for name, data in again:
-        assert (config.data_dir / VOLUME / name).read_bytes() == data
+        assert stored_body(emu, name) == data
     assert [(f["path"], f["md5"], f["uploads"]) for f in await emu.files()] == [
         (name, md5(data), 2) for name, data in again
     ]
     assert staging_files(config) == []
+
+
+async def test_uploads_committed_together_fail_alone(emu: Emulator) -> None:
+    """Uploads that wait for the store while it is busy are committed as one group; an upload of the
+    group that is refused (here its folder is a file stored by an earlier upload of the same group)
+    leaves no file, row or task behind, and every other upload of the group is stored and answered."""
+    store = emu.state.store
+    assert (await emu.upload([("warm.txt", b"w")]))[0] == 200  # the volume is known: no lookup waits
+    release = threading.Event()
+
+    def busy() -> None:
+        with store.reading():  # holds the store's lock, as a long commit would
+            release.wait()
+
+    holder = threading.Thread(target=busy)
+    holder.start()
+    sends = [[("first.txt", b"1")], [("a", b"file a")], [("a/b.txt", b"under a file")], [("c.txt", b"c")]]
+    answers: list[tuple[int, Any]] = [(0, None)] * len(sends)
+
+    async def send(index: int) -> None:
+        answers[index] = await emu.upload(sends[index])
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for index in range(len(sends)):
+                tg.start_soon(send, index)
+                await anyio.sleep(0.02)  # in this order: "a" is committed before "a/b.txt" is tried
+            with anyio.fail_after(10):
+                while True:  # the first went ahead and waits on the lock; the others wait for the next group
+                    if len(store._group) == len(sends) - 1:
+                        break
+                    await anyio.sleep(0.01)
+            release.set()
+    finally:
+        release.set()
+        holder.join()
+    assert [status for status, _ in answers] == [200, 200, 400, 200]
+    assert "'a' is a file" in answers[2][1]["msg"]
+    assert stored_body(emu, "a/b.txt") is None
+    assert [f["path"] for f in await emu.files()] == ["a", "c.txt", "first.txt", "warm.txt"]
+    _, listed = await emu.call("GET", "/task/list")
+    assert listed["data"]["total"] == 4
+
+
+async def test_small_bodies_are_kept_in_the_database_and_bigger_ones_as_files(
+    emu: Emulator, config: MoiEmulatorConfig
+) -> None:
+    """A body of at most BODY_IN_DB_MAX bytes is a database row, not a file of its own; a bigger one is a
+    file under the volume's folder. A path that changes from one to the other keeps one body, the new one:
+    the file a small body replaces is removed, the row a big body replaces is dropped."""
+    small, big = b"s" * BODY_IN_DB_MAX, b"b" * (BODY_IN_DB_MAX + 1)
+    on_disk = config.data_dir / VOLUME / "p.bin"
+    for body, as_file in ((small, False), (big, True), (small, False), (big, True)):
+        assert (await emu.upload([("p.bin", body)]))[0] == 200
+        assert stored_body(emu, "p.bin") == body
+        assert on_disk.is_file() is as_file
+        assert emu.state.store.has_stored_file(VOLUME, "p.bin")
+    assert [(f["path"], f["size"], f["uploads"]) for f in await emu.files()] == [("p.bin", len(big), 4)]
+
+
+async def test_deleting_a_small_file_drops_its_body(emu: Emulator) -> None:
+    """/catalog/file/delete of a path's only file leaves no body behind, in the database or on disk."""
+    _, body = await emu.upload([("gone.txt", b"bye"), ("kept.txt", b"hi")])
+    status, _ = await emu.call("POST", "/catalog/file/delete", json={"id": body["data"]["file_id"]})
+    assert status == 200
+    assert stored_body(emu, "gone.txt") is None
+    assert not emu.state.store.has_stored_file(VOLUME, "gone.txt")
+    assert stored_body(emu, "kept.txt") == b"hi"
+    with emu.state.store.reading() as db:
+        assert db.execute("SELECT path FROM stored_bodies").fetchall() == [("kept.txt",)]
 
 
 async def test_meta_count_must_match_file_parts(emu: Emulator) -> None:
@@ -224,6 +305,7 @@ async def test_file_size_mismatch_names_the_file(emu: Emulator, config: MoiEmula
     assert "5 bytes" in body["msg"]
     assert await emu.files() == []
     assert staging_files(config) == []
+    assert stored_body(emu, "ok.txt") is None
     assert not (config.data_dir / VOLUME / "ok.txt").exists()
 
 
@@ -311,7 +393,7 @@ async def test_dedup_replace_stores_again(emu: Emulator, config: MoiEmulatorConf
     assert second["data"]["results"][0]["message"] == "uploaded"
     assert second["data"]["file_id"] != first["data"]["file_id"]
     assert [(f["uploads"], f["size"]) for f in await emu.files()] == [(2, 4)]
-    assert (config.data_dir / VOLUME / "a.txt").read_bytes() == b"new!"
+    assert stored_body(emu, "a.txt") == b"new!"
 
 
 async def test_path_below_a_stored_file_is_refused(emu: Emulator) -> None:
@@ -637,12 +719,30 @@ async def test_state_persists_across_restarts(config: MoiEmulatorConfig) -> None
     await anyio.sleep(DELAY_MS / 1000)
     async with running(config) as emu:
         assert await emu.files() == before
+        assert stored_body(emu, "keep/me.txt") == b"persist"
         assert (await emu.task(task_id))["status"] == TaskStatus.FINISHED
         assert (await emu.task_files(task_id))["files"][0]["status"] == FileStatus.SUCCESS
         _, info = await emu.call("POST", "/catalog/volume/info", json={"id": created["data"]["id"]})
         assert info["data"]["name"] == "v"
         _, again = await emu.upload([("other.txt", b"x")])
         assert int(again["data"]["task_id"]) > int(task_id)
+
+
+async def test_an_answered_upload_survives_a_killed_emulator(tmp_path: Path) -> None:
+    """An upload answered 200 is stored for good: with the emulator killed right after the answer (SIGKILL,
+    no clean shutdown), its data dir holds every body, the small one (a database row) and the big one."""
+    files = [("small.txt", b"s" * 100), ("big.bin", b"b" * (BODY_IN_DB_MAX + 1))]
+    server = ServerProcess(MOI.serve_command(tmp_path / "data"))
+    try:
+        async with aiohttp.ClientSession(headers={"moi-key": MOI.api_key}) as http:
+            form = upload_form(files, volume=MOI.volume_id)
+            async with http.post(f"{server.url}/connectors/upload", data=form) as response:
+                assert response.status == 200, await response.text()
+        server.proc.kill()
+        server.proc.wait()
+    finally:
+        server.stop()
+    assert MOI.stored_bodies(tmp_path / "data") == dict(files)
 
 
 async def test_emulator_stats_count_api_requests(emu: Emulator) -> None:

@@ -17,6 +17,7 @@ import pytest
 import ingest
 from ingest.config import EngineConfig, RunConfig, SourceConfig
 from ingest.engine.pipeline import run_engine
+from ingest.engine.state import Completion
 from ingest.manifest import SqliteManifest as Manifest
 from ingest.models import FileItem
 from ingest.platforms.base import TargetContext
@@ -213,3 +214,27 @@ def processing(manifest: Path) -> int:
             return int(conn.execute("SELECT COUNT(*) FROM files WHERE state = 'processing'").fetchone()[0])
         except sqlite3.OperationalError:
             return 0  # not created yet
+
+
+async def test_a_file_under_the_in_flight_limit_is_admitted_without_yielding() -> None:
+    """Admission costs no loop round while under ``max_in_flight``; at the limit it waits for a finish."""
+    completion = Completion(max_in_flight=1)
+    order: list[str] = []
+
+    async def note(name: str) -> None:
+        order.append(name)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(note, "another task")
+        await completion.admit()
+        order.append("admitted")
+
+        async def admit_second() -> None:
+            await completion.admit()
+            order.append("second admitted")
+
+        tg.start_soon(admit_second)
+        await anyio.sleep(0.05)
+        order.append("first finished")
+        completion.finish()
+    assert order == ["admitted", "another task", "first finished", "second admitted"]

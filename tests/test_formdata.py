@@ -7,10 +7,12 @@ import hashlib
 from pathlib import Path
 
 import aiohttp
+import anyio
 import pytest
+from anyio.abc import TaskStatus
 
 from ingest.errors import SourceFileError
-from ingest.formdata import Form
+from ingest.formdata import READ_ON_LOOP_MAX, Form
 from ingest.models import FileItem
 from ingest.smallfiles import SMALL_FILE_MAX
 
@@ -105,3 +107,42 @@ async def test_a_small_file_that_vanished_is_a_source_error(tmp_path: Path) -> N
     with pytest.raises(SourceFileError, match="disappeared between the walk and the upload"):
         async with form.body():
             pass
+
+
+async def test_a_form_of_a_few_kib_is_read_on_the_event_loop(tmp_path: Path) -> None:
+    """Small files adding up to ``READ_ON_LOOP_MAX`` are read without a worker thread (the hop cost more
+    than the read); more than that still goes to one. Shown by keeping the only worker thread busy."""
+    (tmp_path / "a.txt").write_bytes(b"a" * 4096)
+    half = READ_ON_LOOP_MAX // 2 + 1
+    for name in ("b.bin", "c.bin"):
+        (tmp_path / name).write_bytes(b"b" * half)
+    few = Form()
+    few.add_file("file", item_for(tmp_path / "a.txt"), filename="a.txt", content_type="text/plain")
+    more = Form()
+    for name in ("b.bin", "c.bin"):
+        more.add_file("file", item_for(tmp_path / name), filename=name, content_type="application/x")
+    threads = anyio.to_thread.current_default_thread_limiter()
+    total = threads.total_tokens
+    threads.total_tokens = 1
+    release = anyio.Event()
+
+    async def hold_the_thread(*, task_status: TaskStatus[None]) -> None:
+        async with threads:
+            task_status.started()
+            await release.wait()
+
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(hold_the_thread)
+            with anyio.fail_after(10):
+                async with few.body() as sent:
+                    assert sent.md5s == [hashlib.md5(b"a" * 4096).hexdigest()]
+            with anyio.move_on_after(0.3) as waiting:
+                async with more.body():
+                    pass
+            assert waiting.cancelled_caught
+            release.set()
+    finally:
+        threads.total_tokens = total
+    async with more.body() as sent:
+        assert sent.md5s == [hashlib.md5(b"b" * half).hexdigest()] * 2

@@ -43,15 +43,35 @@ async def test_records_every_step_of_a_file(tmp_path: Path) -> None:
         await m.mark_uploading([item()], run_id=1, dedup=False)
         assert m.lookup("a.txt").state is FileState.UPLOADING  # type: ignore[union-attr]
         await m.mark_processing([Receipt("a.txt", "f1", "t1", extra={"md5": "abc"})], run_id=1)
-        rec = m.lookup("a.txt")
-        assert rec is not None
-        assert (rec.state, rec.remote_id, rec.task_id, rec.extra) == (FileState.PROCESSING, "f1", "t1", {"md5": "abc"})
+    rec = m.lookup("a.txt")  # committed by the time the writer stops (see the test below for when)
+    assert rec is not None
+    assert (rec.state, rec.remote_id, rec.task_id, rec.extra) == (FileState.PROCESSING, "f1", "t1", {"md5": "abc"})
+    async with m.writer():
         await m.mark_done(["a.txt"], run_id=1)
     rec = m.lookup("a.txt")
     assert rec is not None
     assert rec.state is FileState.DONE
     assert rec.attempts == 1
     assert m.counts() == {"pending": 0, "uploading": 0, "processing": 0, "done": 1, "failed": 0}
+
+
+async def test_the_accepted_record_rides_in_the_next_commit(tmp_path: Path) -> None:
+    """``processing`` is not waited for (a crash that loses it leaves the file ``uploading``: resent with
+    dedup), so a file costs two commits, not three: it goes first in the next commit anyone waits for,
+    or on its own within ``LATER_LINGER`` when nobody writes."""
+    m = open_manifest(tmp_path / "m.db")
+    async with m.writer():
+        await m.mark_uploading([item("a.txt"), item("b.txt")], run_id=1, dedup=False)
+        await m.mark_processing([Receipt("a.txt", "f1", "t1"), Receipt("b.txt", "f2", "t2")], run_id=1)
+        assert m.commits == 1
+        await m.mark_done(["a.txt"], run_id=1)
+        assert m.commits == 2
+        assert m.lookup("b.txt").state is FileState.PROCESSING  # type: ignore[union-attr]
+        await m.mark_processing([Receipt("a.txt", "f3", "t3")], run_id=1, retried=True)
+        with anyio.fail_after(10):
+            while m.lookup("a.txt").task_id != "t3":  # type: ignore[union-attr]  # noqa: ASYNC110 - the writer task commits it
+                await anyio.sleep(0.05)
+        assert m.commits == 3
 
 
 async def test_group_commit_batches_concurrent_writes(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from pydantic import SecretStr
 
 import ingest
@@ -22,6 +23,7 @@ from ingest.emulators.moi.store import INJECTED_FAILURE
 from ingest.models import FileItem, Receipt, RemoteState
 from ingest.platforms.base import TargetContext
 from ingest.platforms.moi import tasklist
+from ingest.platforms.moi.client import MoiClient
 from ingest.platforms.moi.target import MoiTarget, MoiTargetConfig
 from ingest.platforms.moi.wire import ConnectorCreate, SourceType, TaskCreate, TaskStatus
 from tests.conftest import make_tree
@@ -241,3 +243,38 @@ async def test_a_failing_list_leaves_the_tasks_to_the_next_poll(tmp_path: Path) 
         states, cost = await polled(moi, target, receipts)
     assert states == {r.rel_path: (RemoteState.DONE, None) for r in receipts}
     assert cost == {"GET /task/list": 1}
+
+
+@asynccontextmanager
+async def canned_task_list(tasks: list[dict[str, Any]]) -> AsyncIterator[str]:
+    """A server on 127.0.0.1 that answers ``GET /task/list`` with ``tasks``: for a task in a form the strict
+    emulator never writes (another MOI version, another writer)."""
+
+    async def task_list(request: web.Request) -> web.Response:
+        return web.json_response({"code": "OK", "msg": "OK", "data": {"tasks": tasks, "total": len(tasks)}})
+
+    app = web.Application()
+    app.router.add_get("/task/list", task_list)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+async def test_only_the_tasks_asked_about_are_read_field_by_field() -> None:
+    """A poll validates only the tasks it follows (most of a page is other tasks: validating each cost
+    more than the request): another writer's task in a form we cannot read does not stop the page from
+    settling ours, and ours are read as strictly as before."""
+    ours = {"id": 900, "status": "4", "success_file_count": 1, "failed_file_count": 0}
+    theirs = {"id": 800, "status": "half done", "source_config": "not an object"}
+    async with canned_task_list([ours, theirs]) as url, MoiClient(url, KEY, retries=None) as client:
+        listed = await tasklist.listed_tasks(client, ["900"])
+        assert listed is not None
+        assert tasklist.verdict(listed.get("900")) is tasklist.Verdict.DONE
+    async with canned_task_list([{**ours, "status": "half done"}]) as url, MoiClient(url, KEY, retries=None) as client:
+        assert await tasklist.listed_tasks(client, ["900"]) == {}  # ours unreadable: asked the old way

@@ -91,3 +91,28 @@ async def test_rate_limited_calls_lower_the_limiter() -> None:
     with anyio.fail_after(1):
         async with limiter:
             pass
+
+
+async def test_a_free_slot_of_the_limiter_is_taken_without_yielding() -> None:
+    """A request that finds a free slot goes on at once (no loop round per request); one that finds the
+    limit reached waits its turn, behind those already waiting."""
+    limiter = AdaptiveLimiter(1)
+    order: list[str] = []
+
+    async def note(name: str) -> None:
+        order.append(name)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(note, "another task")
+        async with limiter:
+            order.append("took the free slot")
+
+            async def wait_for_slot(name: str) -> None:
+                async with limiter:
+                    await note(name)
+
+            tg.start_soon(wait_for_slot, "first waiter")
+            await anyio.sleep(0.05)
+            tg.start_soon(wait_for_slot, "second waiter")
+            await anyio.sleep(0.05)
+    assert order == ["took the free slot", "another task", "first waiter", "second waiter"]

@@ -10,6 +10,7 @@ request, such as MOI's task list, then needs a request a round rather than one a
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 import anyio
@@ -38,26 +39,35 @@ async def poller(
     resubmit: MemoryObjectSendStream[Work],
 ) -> None:
     outstanding: dict[str, Tracked] = {}
-    arrived = anyio.Event()
+    # The poller sleeps until its next round; it is woken early only by a file due before then, or by the
+    # end of the run. (Waking on every arrival cost a wake-up, a task group and two tasks per file.)
+    wake = anyio.Event()
+    planned = math.inf
 
     async def intake() -> None:
-        nonlocal arrived
         async with incoming:
             async for tracked in incoming:
                 outstanding[tracked.item.rel_path] = tracked
-                arrived.set()
+                if tracked.next_poll < planned:
+                    wake.set()
+
+    async def end_of_run() -> None:
+        await run.completion.all_done.wait()
+        wake.set()
 
     next_round = 0.0
     async with anyio.create_task_group() as tg:
         tg.start_soon(intake)
+        tg.start_soon(end_of_run)
         while not run.completion.all_done.is_set():
             now = time.monotonic()
             due = [t for t in outstanding.values() if t.next_poll <= now] if now >= next_round else []
             if not due:
-                wake = max(next_round, min((t.next_poll for t in outstanding.values()), default=now + 1.0))
-                arrived = anyio.Event()
-                with anyio.move_on_after(max(0.0, wake - now)):
-                    await _first_of(arrived, run.completion.all_done)
+                planned = max(next_round, min((t.next_poll for t in outstanding.values()), default=math.inf))
+                wake = anyio.Event()
+                with anyio.move_on_after(planned - now):
+                    await wake.wait()
+                planned = math.inf
                 continue
             next_round = now + run.config.poll_initial
             for start in range(0, len(due), POLL_CHUNK):
@@ -67,17 +77,6 @@ async def poller(
                 await _poll_round(run, due[start : start + POLL_CHUNK], outstanding, resubmit)
             run.progress.in_flight(len(outstanding))
         tg.cancel_scope.cancel()
-
-
-async def _first_of(*events: anyio.Event) -> None:
-    async with anyio.create_task_group() as tg:
-
-        async def wait(event: anyio.Event) -> None:
-            await event.wait()
-            tg.cancel_scope.cancel()
-
-        for event in events:
-            tg.start_soon(wait, event)
 
 
 async def _poll_round(

@@ -53,7 +53,12 @@ class Completion:
         self.slots = anyio.Semaphore(max_in_flight)
 
     async def admit(self) -> None:
-        await self.slots.acquire()
+        try:
+            # Under the limit, no checkpoint: anyio's acquire() yields to the loop even then, a loop
+            # round per file (the planner still yields when the work stream is full).
+            self.slots.acquire_nowait()
+        except anyio.WouldBlock:
+            await self.slots.acquire()
         self.outstanding += 1
 
     def finish(self, n: int = 1) -> None:

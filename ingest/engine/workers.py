@@ -203,7 +203,12 @@ async def _send(run: RunState, batch: list[Work], to_poller: MemoryObjectSendStr
         accepted = [r for r in accepted if r.rel_path not in lost]
     for receipt in accepted:
         w = by_path[receipt.rel_path]
-        await to_poller.send(track(run, w.item, receipt, attempts=w.attempts))
+        tracked = track(run, w.item, receipt, attempts=w.attempts)
+        try:
+            # The receipt stream is unbounded (admission bounds it): no checkpoint, a loop round per file.
+            to_poller.send_nowait(tracked)
+        except anyio.WouldBlock:
+            await to_poller.send(tracked)
 
 
 def _keep(run: RunState, works: list[Work], lost: set[str]) -> list[Work]:

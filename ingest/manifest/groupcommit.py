@@ -4,6 +4,11 @@ Callers ``await`` their write and return once the transaction carrying it is com
 queued while a commit runs rides in the next one. The backend supplies ``commit(writes)``, which runs
 all statements of a group in one transaction (in a worker thread: the drivers are synchronous) and
 fills in, per write, the fenced paths a statement did not change.
+
+A write whose loss in a crash the next run repairs (``write_later``: the record that the platform
+accepted a file, which falls back to "uploading", resent with dedup) is not waited for: it rides in the
+next commit someone waits for, or after ``LATER_LINGER`` seconds, and always before the writer stops.
+Each commit is a thread hop and a transaction; a file's three writes were most of a commit each.
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 __all__ = ["GroupCommit", "Stmt", "Write"]
 
 T = TypeVar("T")
+
+#: Longest a ``write_later`` waits for a commit to ride in (seconds).
+LATER_LINGER = 1.0
 
 #: One statement: SQL, parameters, and the path it is fenced on (``None``: not fenced). A fenced
 #: statement that changes no row means the file is no longer this process's.
@@ -53,6 +61,8 @@ class GroupCommit:
         self._commit = commit
         self._send: MemoryObjectSendStream[_Group] | None = None
         self._next: _Group | None = None
+        #: ``write_later`` writes not committed yet: they go first in the next commit.
+        self._later: list[Write] = []
         # The connection is used from worker threads, one at a time.
         self.limiter = anyio.CapacityLimiter(1)
         self.commits = 0
@@ -78,12 +88,38 @@ class GroupCommit:
         with anyio.CancelScope(shield=True):
             # Shielded: the loop ends when the stream closes, after draining, never half-way.
             async with receive:
-                async for group in receive:
-                    if self._next is group:
-                        self._next = None  # closed: later writes start the next group
-                    await anyio.to_thread.run_sync(self._commit, group.writes, limiter=self.limiter)
-                    self.commits += 1
-                    group.done.set()
+                while True:
+                    group: _Group | None = None
+                    try:
+                        with anyio.move_on_after(LATER_LINGER):
+                            group = await receive.receive()
+                    except anyio.EndOfStream:
+                        await self._commit_group(None)  # what write_later left
+                        return
+                    if group is not None or self._later:
+                        await self._commit_group(group)
+
+    async def _commit_group(self, group: _Group | None) -> None:
+        if group is not None and self._next is group:
+            self._next = None  # closed: later writes start the next group
+        # The waiting-free writes first: each was made before any write of a group not yet committed.
+        writes, self._later = self._later, []
+        if group is not None:
+            writes.extend(group.writes)
+        if writes:
+            await anyio.to_thread.run_sync(self._commit, writes, limiter=self.limiter)
+            self.commits += 1
+        if group is not None:
+            group.done.set()
+
+    async def write_later(self, stmts: list[Stmt]) -> None:
+        """Commit unfenced ``stmts`` with the next commit, without waiting for it (see the module
+        docstring: only for a write a crash may lose). Outside a writer block it commits at once."""
+        assert all(fenced is None for _, _, fenced in stmts), "a fenced write reports what it lost: wait for it"
+        if self._send is None:
+            await self.write(stmts)
+        elif stmts:
+            self._later.append(Write(stmts))
 
     async def write(self, stmts: list[Stmt]) -> set[str]:
         """Commit ``stmts`` (in the next group); return the fenced paths they did not change."""

@@ -10,6 +10,8 @@ processes never claim the same row.
 Durability: ``synchronous=NORMAL`` in WAL mode survives the death of the process at any instant
 (SIGKILL, OOM); only a power cut may lose the last transactions, and the resume logic copes with that
 too, because a lost ``processing``/``done`` falls back to ``uploading``, which resumes with dedup.
+That is also why ``processing`` (unfenced) is not waited for: it rides in the next commit
+(``GroupCommit.write_later``); the intent is always committed before any byte is sent.
 
 The rule that decides "already done" is not here: it is ``ingest.manifest.base.decide``.
 """
@@ -431,6 +433,11 @@ class SqliteManifest:
                     fenced,
                 )
             )
+        if all(fenced is None for _, _, fenced in stmts):
+            # Nothing to report lost, so not waited for: it rides in the next commit (the intent or done
+            # of some file). A crash before that leaves the file "uploading": resent with dedup.
+            await self._writer.write_later(stmts)
+            return set()
         return await self._writer.write(stmts)
 
     async def mark_done(self, paths: Sequence[str], run_id: int, *, owner: Owner | None = None) -> set[str]:

@@ -7,13 +7,15 @@ into ``<data_dir>/.staging`` and moved into place only once their request is val
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
 
@@ -38,6 +40,11 @@ class SqliteStore:
         self.staging_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_staging(self.staging_dir)
         self._limiter: anyio.CapacityLimiter | None = None
+        #: Calls waiting for the next group commit (``grouped``), with the futures of their callers.
+        self._group: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
+        self._committing: asyncio.Task[None] | None = None
+        #: What the open transaction does once committed (``after_commit``).
+        self._after_commit: list[Callable[[], None]] = []
         # Re-entrant so that ``run`` can hold it around a method that takes it again.
         self._lock = threading.RLock()
         # One connection shared by the worker threads, serialised by the lock; transactions are explicit.
@@ -77,19 +84,95 @@ class SqliteStore:
             self._limiter = anyio.CapacityLimiter(1)  # created here: it needs the running event loop
         return await anyio.to_thread.run_sync(call, limiter=self._limiter)
 
+    async def grouped(self, call: Callable[[], T]) -> T:
+        """Run a write call (one ``_transaction()``) in a worker thread together with every other such
+        call waiting at that moment: one thread hop and one SQLite commit for the group.
+
+        One small upload used to pay a hop there and back and a commit of its own, and a burst of 32
+        uploads paid 32 of each, one after another (the lock serialised them anyway). In a group each
+        call's ``_transaction()`` is a savepoint of the group's transaction, so a call that fails (an
+        ``ApiError``) leaves no trace and the others still commit. No caller gets its result before the
+        group's ``COMMIT``: an answer built from it promises only what is committed.
+        """
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._group.append((call, future))
+        if self._committing is None:
+            self._committing = asyncio.get_running_loop().create_task(self._commit_groups())
+        # Shielded, as ``anyio.to_thread.run_sync`` is: a cancelled request (a dropped connection) still
+        # waits for its commit, so the caller's clean-up of staged bodies never races the commit's moves.
+        with anyio.CancelScope(shield=True):
+            result = await future
+        return result
+
+    async def _commit_groups(self) -> None:
+        try:
+            while self._group:
+                group, self._group = self._group, []
+                calls = [call for call, _ in group]
+                try:
+                    outcomes = await self.in_thread(functools.partial(self._commit_group, calls))
+                except Exception as exc:  # the COMMIT itself failed: nothing of the group is stored
+                    outcomes = [(False, exc)] * len(group)
+                for (_, future), (ok, value) in zip(group, outcomes, strict=True):
+                    if ok:
+                        future.set_result(value)
+                    else:
+                        future.set_exception(value)
+        finally:
+            self._committing = None
+
+    def _commit_group(self, calls: list[Callable[[], Any]]) -> list[tuple[bool, Any]]:
+        """Every call in one transaction, each one's failure its own: (True, result) or (False, exception)."""
+        outcomes: list[tuple[bool, Any]] = []
+        with self._transaction():
+            for call in calls:
+                try:
+                    outcomes.append((True, call()))
+                except Exception as exc:
+                    outcomes.append((False, exc))
+        return outcomes
+
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction under the lock. ``BEGIN IMMEDIATE`` takes SQLite's write lock up front,
         so a read-then-write cannot fail half-way because another connection (a second emulator on the
-        same data dir) started writing meanwhile."""
+        same data dir) started writing meanwhile. Inside a transaction already (a call of a ``grouped``
+        commit) it is a savepoint instead: all or nothing for this call, committed with the group."""
         with self._lock:
+            if self._db.in_transaction:
+                yield from self._savepoint()
+                return
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
             except BaseException:
                 self._db.execute("ROLLBACK")
+                self._after_commit.clear()
                 raise
-            self._db.execute("COMMIT")
+            try:
+                self._db.execute("COMMIT")
+            finally:
+                actions, self._after_commit = self._after_commit, []
+            for action in actions:
+                action()
+
+    def _savepoint(self) -> Iterator[sqlite3.Connection]:
+        planned = len(self._after_commit)
+        self._db.execute("SAVEPOINT call")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK TO call")
+            self._db.execute("RELEASE call")
+            del self._after_commit[planned:]  # what the rolled-back call planned is not to happen
+            raise
+        self._db.execute("RELEASE call")
+
+    def after_commit(self, action: Callable[[], None]) -> None:
+        """Run ``action`` once the open transaction is committed, never if it is rolled back: for file
+        system changes that must not happen before the rows that need them are durable (removing a body
+        the committed rows no longer point at). ``action`` must not raise: the commit is done."""
+        self._after_commit.append(action)
 
 
 def remove_stale_staging(staging_dir: Path) -> None:

@@ -2,8 +2,9 @@
 
 The form (``file`` x N, ``VolumeID``, ``meta``, ``dedup``, ``file_types``, ``path_regex``, …) is read
 part by part; file parts are streamed to ``<data_dir>/.staging`` while their md5 is computed (small ones,
-up to ``KEEP_IN_MEMORY`` bytes per request in all, are kept in memory instead), and moved or written to
-``<data_dir>/<volume>/<path>`` only once the whole request is valid, as one new upload task.
+up to ``KEEP_IN_MEMORY`` bytes per request in all, are kept in memory instead), and stored (``MoiStore``:
+small bodies in its database, others at ``<data_dir>/<volume>/<path>``) only once the whole request is
+valid, as one new upload task, committed together with the uploads waiting at that moment.
 """
 
 from __future__ import annotations
@@ -300,8 +301,7 @@ async def _accept_upload(request: web.Request, state: MoiState, form: _Form) -> 
         return ok(request, await anyio.to_thread.run_sync(keep_connector_files, state.store, parts))
     volume_id = _volume_id_field(fields)
     check_volume(request, volume_id)
-    volume = await state.store.run(lambda: state.store.volume(volume_id))
-    if volume is None:
+    if not state.store.volume_known(volume_id) and await state.store.run(lambda: state.store.volume(volume_id)) is None:
         raise ApiError(404, NOT_FOUND, f"volume {short(volume_id)} not found")
     if "meta" not in fields and form.files and all(p.field == _DATA_FIELD for p in form.files):
         entries = [_data_part_entry(index, part) for index, part in enumerate(form.files)]
@@ -327,10 +327,11 @@ async def _accept_upload(request: web.Request, state: MoiState, form: _Form) -> 
         if refusal is None
     ]
     # In a worker thread, never on the loop: creating the files can wait on the file system's journal
-    # (milliseconds each on a busy disk, measured), which would stall every other request.
-    task_id, stored = await state.store.in_thread(
+    # (milliseconds each on a busy disk, measured), which would stall every other request. Grouped with
+    # the uploads waiting meanwhile: one hop and one commit for them all.
+    task_id, stored = await state.store.grouped(
         lambda: state.store.commit_upload(
-            volume.id, accepted, dedup, delay_ms=state.task_delay_ms, fail_rate=state.task_fail_rate
+            volume_id, accepted, dedup, delay_ms=state.task_delay_ms, fail_rate=state.task_fail_rate
         )
     )
     results = _merge_results(refusals, stored)

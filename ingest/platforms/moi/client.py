@@ -26,12 +26,12 @@ from __future__ import annotations
 import json
 import mimetypes
 import posixpath
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 
 from multidict import MultiDict
-from pydantic import BaseModel, SecretStr, ValidationError
+from pydantic import BaseModel, Field, SecretStr, ValidationError
 
 from ingest.errors import (
     SERVER_STATUSES,
@@ -67,8 +67,10 @@ from ingest.platforms.moi.wire import (
     TaskCreate,
     TaskFile,
     TaskFilesPage,
+    TaskFileStatePage,
     TaskPage,
     TaskQuery,
+    TaskState,
     TaskUpdate,
     UploadResult,
     ValidateResult,
@@ -78,7 +80,7 @@ from ingest.platforms.moi.wire import (
 from ingest.ratelimit import RequestBudget
 from ingest.retry import RetryPolicy, retrying
 
-__all__ = ["MOI_ERRORS", "MoiClient", "UploadReply", "check_envelope"]
+__all__ = ["MOI_ERRORS", "ListedPage", "MoiClient", "UploadReply", "check_envelope"]
 
 #: MOI's error replies (API-NOTES section 4, "Error codes"), codes in any case. 403 ``ErrForbidden`` is a
 #: ``PermissionDenied`` (one line, exit 2). Not listed, hence ``PermanentError`` with MOI's words: 400
@@ -182,6 +184,22 @@ async def _every(fetch: Callable[[int], Awaitable[_Page[_Item]]], page_size: int
         if not page.files or number * page_size >= page.total:
             return
         number += 1
+
+
+class _TaskRows(BaseModel):
+    """A ``/task/list`` page whose tasks stay raw objects, for ``list_task_states`` to validate the few it wants."""
+
+    tasks: list[Any] = Field(default_factory=list)
+    total: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ListedPage:
+    """What ``list_task_states`` read: the id of every task on the page (in order), the wanted ones found."""
+
+    ids: list[str]
+    found: dict[str, TaskState]
+    total: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -417,6 +435,28 @@ class MoiClient:
         page: TaskPage = _parse(TaskPage, data, what)
         return page
 
+    async def list_task_states(self, query: TaskQuery, wanted: Collection[str]) -> ListedPage:
+        """A ``/task/list`` page read for polling: every task's id, and the state of the ``wanted`` ones.
+
+        Only the wanted tasks are validated (``wire.TaskState``): the others, other writers' tasks or ours
+        already settled, are most of a page, and validating a ``Task`` each was the poll's main cost.
+        """
+        what = "listing MOI tasks"
+        data = await self._call("GET", "/task/list", what=what, params=_params(query))
+        page: _TaskRows = _parse(_TaskRows, data, what)
+        ids: list[str] = []
+        found: dict[str, TaskState] = {}
+        for row in page.tasks:
+            task_id = row.get("id") if isinstance(row, dict) else None
+            if isinstance(task_id, int) and not isinstance(task_id, bool):
+                task_id = str(task_id)
+            if not isinstance(task_id, str):
+                raise TransientError(f"{what}: MOI answered in an unexpected form (tasks.{len(ids)}.id: not an id)")
+            ids.append(task_id)
+            if task_id in wanted:
+                found.setdefault(task_id, _parse(TaskState, row, what))
+        return ListedPage(ids, found, page.total)
+
     async def iter_tasks(self, query: TaskQuery | None = None) -> AsyncIterator[Task]:
         """Every task matching ``query``, page by page."""
         base = query or TaskQuery()
@@ -453,19 +493,31 @@ class MoiClient:
         self, task_id: str, *, status: int | None = None, page: int = 1, page_size: int = TASK_FILES_PAGE
     ) -> TaskFilesPage:
         what = f"reading the files of MOI task {task_id}"
+        data = await self._task_files(task_id, status, page, page_size, what)
+        files: TaskFilesPage = _parse(TaskFilesPage, data, what)
+        return files
+
+    async def task_file_states(
+        self, task_id: str, *, page: int = 1, page_size: int = TASK_FILES_PAGE
+    ) -> TaskFileStatePage:
+        """``task_files`` for polling: each file's id, status and reason only (``wire.TaskFileState``)."""
+        what = f"reading the files of MOI task {task_id}"
+        data = await self._task_files(task_id, None, page, page_size, what)
+        files: TaskFileStatePage = _parse(TaskFileStatePage, data, what)
+        return files
+
+    async def _task_files(self, task_id: str, status: int | None, page: int, page_size: int, what: str) -> Any:
         params = {"task_id": str(task_id), "page": str(page), "page_size": str(page_size)}
         if status is not None:
             params["status"] = str(status)
         try:
-            data = await self._call("GET", "/task/files", what=what, params=params)
+            return await self._call("GET", "/task/files", what=what, params=params)
         except TransientError as exc:
             # As /task/get: MOI answers an unknown (or deleted) task with ErrServer inside HTTP 200. A real
             # server error comes with a 5xx status and stays transient.
             if exc.status == 200 and (exc.code or "").lower() == "errserver":
                 raise _not_found(what, f"MOI does not know task {task_id} ({exc.detail})") from None
             raise
-        files: TaskFilesPage = _parse(TaskFilesPage, data, what)
-        return files
 
     def iter_task_files(self, task_id: str, *, status: int | None = None) -> AsyncIterator[TaskFile]:
         return _every(lambda number: self.task_files(task_id, status=status, page=number), TASK_FILES_PAGE)

@@ -194,7 +194,7 @@ class MoiTarget(Target):
         page = 1
         while True:
             try:
-                data = await self.client.task_files(task_id, page=page, page_size=TASK_FILES_PAGE)
+                data = await self.client.task_file_states(task_id, page=page, page_size=TASK_FILES_PAGE)
             except PermanentError as exc:
                 if exc.status == 404 or (exc.code or "").lower() == "errnotfound":
                     reason = f"MOI no longer knows task {task_id} ({exc.detail})"

@@ -24,7 +24,7 @@ from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 from ingest.errors import PermanentError, PermissionDenied, TransientError
-from ingest.platforms.moi.wire import Task, TaskQuery, TaskStatus
+from ingest.platforms.moi.wire import TaskQuery, TaskState, TaskStatus
 
 if TYPE_CHECKING:  # the client (and aiohttp) is imported only by a run that sends
     from ingest.platforms.moi.client import MoiClient
@@ -47,7 +47,7 @@ class Verdict(enum.Enum):
     ASK_FILES = "ask files"
 
 
-def verdict(task: Task | None) -> Verdict:
+def verdict(task: TaskState | None) -> Verdict:
     """What ``task`` (as listed; ``None`` = not seen) says of the single file its upload carried."""
     if task is None:
         return Verdict.ASK_FILES
@@ -63,7 +63,7 @@ def verdict(task: Task | None) -> Verdict:
     return Verdict.ASK_FILES
 
 
-async def listed_tasks(client: MoiClient, task_ids: Collection[str]) -> dict[str, Task] | None:
+async def listed_tasks(client: MoiClient, task_ids: Collection[str]) -> dict[str, TaskState] | None:
     """The tasks of ``task_ids`` among the newest ``/task/list`` pages, by id; ``None`` when MOI refuses
     the list (the caller stops using it).
 
@@ -73,29 +73,28 @@ async def listed_tasks(client: MoiClient, task_ids: Collection[str]) -> dict[str
     """
     wanted = set(task_ids)
     oldest = min((int(i) for i in wanted if i.isdigit()), default=None)
-    seen: dict[str, Task] = {}
+    seen: dict[str, TaskState] = {}
     for page_no in range(1, LIST_MAX_PAGES + 1):
         query = TaskQuery(order_by="created_at", is_desc=True, page=page_no, page_size=LIST_PAGE)
         try:
-            page = await client.list_tasks(query)
+            page = await client.list_task_states(query, wanted)
         except TransientError:
             break
         except (PermissionDenied, PermanentError):
             return None
-        for task in page.tasks:
-            if task.id in wanted:
-                seen.setdefault(task.id, task)
+        for task_id, task in page.found.items():
+            seen.setdefault(task_id, task)
         if (
             len(seen) == len(wanted)
             # Fewer than asked: the end, or MOI caps page_size below ours (then page 2 would skip tasks).
-            or len(page.tasks) < LIST_PAGE
+            or len(page.ids) < LIST_PAGE
             or page_no * LIST_PAGE >= page.total
-            or _all_older(page.tasks, oldest)
+            or _all_older(page.ids, oldest)
         ):
             break
     return seen
 
 
-def _all_older(tasks: list[Task], oldest: int | None) -> bool:
+def _all_older(ids: list[str], oldest: int | None) -> bool:
     """Whether every task of the page was made before the oldest task asked about."""
-    return oldest is not None and all(t.id.isdigit() and int(t.id) < oldest for t in tasks)
+    return oldest is not None and all(i.isdigit() and int(i) < oldest for i in ids)

@@ -47,9 +47,12 @@ __all__ = [
     "Task",
     "TaskCreate",
     "TaskFile",
+    "TaskFileState",
+    "TaskFileStatePage",
     "TaskFilesPage",
     "TaskPage",
     "TaskQuery",
+    "TaskState",
     "TaskStatus",
     "TaskUpdate",
     "UploadFileResult",
@@ -465,6 +468,40 @@ class Task(_Reply):
 class TaskPage(_Reply):
     tasks: list[Task] = Field(default_factory=list)
     total: int = 0
+
+
+class _Polled(BaseModel):
+    """A reply read on every poll round, for the few fields polling needs: other fields are dropped, not
+    kept and validated (a ``Task`` costs ~10 µs each, and a ``/task/list`` page holds 100 of them)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class TaskState(_Polled):
+    """What a poll reads of a listed task: its status and, from MOI 5.0, its file counts."""
+
+    id: str
+    status: int = 0
+    success_file_count: int | None = None
+    failed_file_count: int | None = None
+
+    _ids = field_validator("id", mode="before")(_to_str)
+    _ints = field_validator("status", "success_file_count", "failed_file_count", mode="before")(_to_int)
+
+
+class TaskFileState(_Polled):
+    """What a poll reads of a ``/task/files`` row: the file's id, status code and failure reason."""
+
+    id: str
+    status: int = 0
+    reason: str = ""
+
+    _ids = field_validator("id", mode="before")(_to_str)
+
+
+class TaskFileStatePage(_Polled):
+    total: int = 0
+    files: list[TaskFileState] = Field(default_factory=list)
 
 
 class TaskQuery(_Body):

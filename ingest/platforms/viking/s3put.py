@@ -1,18 +1,20 @@
-"""One object PUT to the S3-compatible staging store, signed here (AWS Signature Version 4, service ``s3``)
-and sent through ``ingest.http.HttpClient``: the staging path of every small file.
+"""The staging store's requests, signed here (AWS Signature Version 4, service ``s3``) and sent through
+``ingest.http.HttpClient``: the bucket check, single PUTs, multipart uploads and presigned GET URLs.
 
-Why not aiobotocore for this one call: its request machinery (event hooks, endpoint rules, the user
-agent, serialising and parsing through the service model) cost ~4 ms of CPU per PUT, most of the
-client's CPU per file for VikingDB (benchmarks/README.md, "Client CPU per file"); the PUT itself is
-one header block and a body. Everything else the store is asked (the bucket check, multipart uploads
-of big files, presigned URLs) stays with aiobotocore, where per-call cost does not matter.
+Why not aiobotocore: its request machinery (event hooks, endpoint rules, the user agent, serialising and
+parsing through the service model) cost ~4 ms of CPU per PUT, most of the client's CPU per small file,
+and importing it and creating one S3 client grew every VikingDB run by ~25 MiB of memory (peak 90 MiB
+for a 1 GiB file, against 80 allowed: benchmarks/README.md, Issue 11 items 9 and 15). Each call here
+is one header block and a body. aiobotocore stays for what this module does not send
+(``StagingStore.locate`` says which: ``botostore``), imported only then.
 
-The signature is what botocore's ``S3SigV4Auth`` computes for the same request
-(``tests/test_s3put.py`` checks it against botocore): the canonical URI is the path as sent (each key
-segment percent-encoded once, ``/`` kept), the signed headers are ``host``, ``content-md5``,
-``x-amz-*`` (metadata included), and the payload hash is ``UNSIGNED-PAYLOAD`` over https (as botocore
-does for S3, so TOS accepts it) or the body's sha256 over plain http. ``Content-MD5`` makes the store
-reject a body damaged in transit either way. The secret key is used for the HMAC and nowhere else.
+The signature is what botocore's ``S3SigV4Auth`` (``S3SigV4QueryAuth`` for presigned URLs) computes
+for the same request (``tests/test_s3put.py`` checks both against botocore): the canonical URI is the
+path as sent (each key segment percent-encoded once, ``/`` kept), the canonical query its parameters
+sorted and encoded, the signed headers ``host``, ``content-md5``, ``x-amz-*`` (metadata included), and
+the payload hash is ``UNSIGNED-PAYLOAD`` over https (as botocore does for S3, so TOS accepts it) or the
+body's sha256 over plain http. ``Content-MD5`` makes the store reject a body damaged in transit either
+way. The secret key is used for the HMAC and nowhere else.
 """
 
 from __future__ import annotations
@@ -21,45 +23,36 @@ import datetime as dt
 import hashlib
 import hmac
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import cast
 from urllib.parse import quote, urlsplit
+from xml.sax.saxutils import escape
+
+import anyio
+from aiohttp.payload import AsyncIterablePayload
 
 from ingest.errors import ErrorRules, IngestError, classify
-from ingest.http import HttpClient
+from ingest.http import HttpClient, HttpReply
 from ingest.platforms.viking.signing import format_x_date, sha256_hex
 
-__all__ = ["S3Object", "put_object", "sign_s3"]
+__all__ = ["UNSIGNED_PAYLOAD", "S3Bucket", "query_string", "sign_s3"]
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
+#: What ``HttpClient`` keeps of a reply that is not JSON (``ingest/http.py``, ``HttpClient.request``):
+#: an S3 reply is XML, so the ``UploadId`` of a ``CreateMultipartUpload`` must come within it.
+REPLY_KEPT = 500
+#: Room kept in that reply for the XML around the key and for the upload id (moto's are 58 characters,
+#: AWS's up to ~150, TOS's 32): a key that leaves less is uploaded in parts by aiobotocore.
+_REPLY_OVERHEAD = 150 + 200
+#: Bodies bigger than this are hashed off the event loop (sha256 of an 8 MiB part: ~20 ms).
+_HASH_IN_THREAD = 256 * 1024
+#: Bodies bigger than this are handed to aiohttp in slices of this size (``_Slices``).
+_SLICE = 1024 * 1024
 
 _CODE = re.compile(r"<Code>([^<]*)</Code>")
 _MESSAGE = re.compile(r"<Message>([^<]*)</Message>")
-
-
-@dataclass(frozen=True, slots=True)
-class S3Object:
-    """Where an object goes: the client for its base URL (``https://bucket.host`` or the endpoint with
-    path-style addressing) and its path below it, percent-encoded once (the form that is signed and sent)."""
-
-    http: HttpClient
-    host: str
-    path: str
-
-    @staticmethod
-    def locate(endpoint: str, bucket: str, key: str, *, path_style: bool) -> tuple[str, str, str] | None:
-        """``(base URL, host header, encoded path)``, or ``None`` (left to aiobotocore) for a key an URL
-        would rewrite (a ``.`` or ``..`` segment) or an endpoint that is more than scheme and host."""
-        if any(segment in (".", "..") for segment in key.split("/")):
-            return None
-        parts = urlsplit(endpoint.rstrip("/"))
-        if parts.scheme not in ("http", "https") or parts.path or parts.query or "@" in parts.netloc:
-            return None
-        host = parts.netloc if path_style else f"{bucket}.{parts.netloc}"
-        host = _strip_default_port(host, parts.scheme)
-        path = quote(f"/{bucket}/{key}" if path_style else f"/{key}", safe="/~")
-        return f"{parts.scheme}://{host}", host, path
+_UPLOAD_ID = re.compile(r"<UploadId>([^<]+)</UploadId>")
 
 
 def _strip_default_port(host: str, scheme: str) -> str:
@@ -75,6 +68,19 @@ def _signing_key(secret_key: str, date: str, region: str) -> bytes:
     return key
 
 
+def query_string(params: Sequence[tuple[str, str]]) -> str:
+    """SigV4's canonical query: sorted by name, names and values percent-encoded (``-_.~`` kept)."""
+    return "&".join(f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted(params))
+
+
+def _signature(secret_key: str, region: str, amz_date: str, canonical: str) -> tuple[str, str]:
+    """``(signature, credential scope)`` of a canonical request."""
+    scope = f"{amz_date[:8]}/{region}/s3/aws4_request"
+    to_sign = "\n".join([ALGORITHM, amz_date, scope, sha256_hex(canonical.encode())])
+    key = _signing_key(secret_key, amz_date[:8], region)
+    return hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest(), scope
+
+
 def sign_s3(
     method: str,
     path: str,
@@ -84,65 +90,249 @@ def sign_s3(
     access_key: str,
     secret_key: str,
     region: str,
+    query: Sequence[tuple[str, str]] = (),
     now: dt.datetime | None = None,
 ) -> dict[str, str]:
     """The headers to add: ``x-amz-date``, ``x-amz-content-sha256`` and ``Authorization``. Every header in
-    ``headers`` is signed (include ``host``); ``path`` is signed as given (already encoded), no query."""
+    ``headers`` is signed (include ``host``); ``path`` is signed as given (already encoded)."""
     amz_date = format_x_date(now or dt.datetime.now(dt.UTC))
     added = {"x-amz-date": amz_date, "x-amz-content-sha256": payload_hash}
     chosen = {name.lower(): " ".join(value.split()) for name, value in {**headers, **added}.items()}
     names = sorted(chosen)
     signed = ";".join(names)
     canonical = "\n".join(
-        [method.upper(), path, "", "".join(f"{n}:{chosen[n]}\n" for n in names), signed, payload_hash]
+        [method.upper(), path, query_string(query), "".join(f"{n}:{chosen[n]}\n" for n in names), signed, payload_hash]
     )
-    scope = f"{amz_date[:8]}/{region}/s3/aws4_request"
-    to_sign = "\n".join([ALGORITHM, amz_date, scope, sha256_hex(canonical.encode())])
-    signature = hmac.new(_signing_key(secret_key, amz_date[:8], region), to_sign.encode(), hashlib.sha256).hexdigest()
+    signature, scope = _signature(secret_key, region, amz_date, canonical)
     added["Authorization"] = (
         f"{ALGORITHM} Credential={access_key}/{scope}, SignedHeaders={signed}, Signature={signature}"
     )
     return added
 
 
-async def put_object(
-    target: S3Object,
-    body: bytes | memoryview,
-    *,
-    content_md5: str,
-    metadata: Mapping[str, str],
-    access_key: str,
-    secret_key: str,
-    region: str,
-    what: str,
-    errors: ErrorRules,
-    endpoint: str,
-    bucket: str,
-) -> None:
-    """``PUT`` ``body`` (held whole: one part, at most ``part_size``); a refusal becomes the error ``errors``
-    gives its S3 code, as aiobotocore's ``ClientError`` does in ``Staging._guard``."""
-    headers = {"host": target.host, "content-md5": content_md5, "content-length": str(len(body))}
-    headers.update({f"x-amz-meta-{name.lower()}": value for name, value in metadata.items()})
-    payload_hash = UNSIGNED_PAYLOAD if target.http.base_url.startswith("https:") else sha256_hex(bytes(body))
-    signed = sign_s3(
-        "PUT", target.path, headers, payload_hash, access_key=access_key, secret_key=secret_key, region=region
-    )
-    reply = await target.http.request(
-        "PUT", target.path, what=what, data=body, headers={**headers, **signed}, encoded_path=True
-    )
-    if 200 <= reply.status < 300:
-        return
-    text = reply.body if isinstance(reply.body, str) else ""
-    code_match, message_match = _CODE.search(text), _MESSAGE.search(text)
-    code = code_match.group(1) if code_match else str(reply.status)
-    message = " ".join((message_match.group(1) if message_match else "").split())[:200]
-    error: IngestError = classify(
-        errors,
-        what=what,
-        status=reply.status,
-        code=code,
-        detail=f"{code}: {message}" if message else code,
-        endpoint=endpoint,
-        bucket=bucket,
-    )
-    raise error
+class S3Bucket:
+    """One staging bucket reached through ``http`` (its base URL: ``https://bucket.host``, or the endpoint
+    with path-style addressing). Every call raises what ``errors`` (``bucket_errors`` for the bucket
+    check) gives a refusal's S3 code, as aiobotocore's ``ClientError`` did in ``botostore``."""
+
+    def __init__(
+        self,
+        http: HttpClient,
+        *,
+        host: str,
+        root: str,
+        bucket: str,
+        endpoint: str,
+        access_key: str,
+        secret_key: str,
+        region: str,
+        errors: ErrorRules,
+        bucket_errors: ErrorRules,
+    ) -> None:
+        self.http = http
+        self._host = host
+        self._root = root
+        self._bucket = bucket
+        self._endpoint = endpoint
+        self._access_key = access_key
+        self._secret_key = secret_key
+        self._region = region
+        self._errors = errors
+        self._bucket_errors = bucket_errors
+        self._https = http.base_url.startswith("https:")
+
+    def __repr__(self) -> str:
+        return f"S3Bucket({self._bucket!r} at {self._endpoint!r})"
+
+    @staticmethod
+    def locate(endpoint: str, bucket: str, *, path_style: bool) -> tuple[str, str, str] | None:
+        """``(base URL, host header, root path)`` (root: ``/bucket`` path-style, else empty), or ``None``
+        (left to aiobotocore) for an endpoint that is more than scheme and host."""
+        parts = urlsplit(endpoint.rstrip("/"))
+        if parts.scheme not in ("http", "https") or parts.path or parts.query or "@" in parts.netloc:
+            return None
+        host = parts.netloc if path_style else f"{bucket}.{parts.netloc}"
+        host = _strip_default_port(host, parts.scheme)
+        return f"{parts.scheme}://{host}", host, quote(f"/{bucket}", safe="/~") if path_style else ""
+
+    def takes(self, key: str, *, multipart: bool = False) -> bool:
+        """Whether this client sends ``key``'s requests: not for a key an URL would rewrite (a ``.`` or
+        ``..`` segment), nor in parts for one too long for ``CreateMultipartUpload``'s kept reply."""
+        if any(segment in (".", "..") for segment in key.split("/")):
+            return False
+        return not multipart or len(escape(key)) + len(escape(self._bucket)) + _REPLY_OVERHEAD <= REPLY_KEPT
+
+    def _path(self, key: str) -> str:
+        return self._root + quote(f"/{key}", safe="/~")
+
+    async def _payload_hash(self, body: bytes | memoryview) -> str:
+        if self._https:
+            return UNSIGNED_PAYLOAD
+        if len(body) > _HASH_IN_THREAD:  # hashlib lets go of the GIL: the loop goes on meanwhile
+            return await anyio.to_thread.run_sync(_sha256, body)
+        return _sha256(body)
+
+    async def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        what: str,
+        query: Sequence[tuple[str, str]] = (),
+        headers: Mapping[str, str] | None = None,
+        body: bytes | memoryview = b"",
+        errors: ErrorRules | None = None,
+    ) -> HttpReply:
+        """One signed request; a reply that is not 2xx (or a 200 carrying an ``<Error>``, which S3 may
+        send for ``CompleteMultipartUpload``) becomes the error ``errors`` names."""
+        sent = {"host": self._host, **(headers or {})}
+        if body or method in ("PUT", "POST"):
+            sent["content-length"] = str(len(body))
+        payload_hash = await self._payload_hash(body)
+        signed = sign_s3(
+            method,
+            path,
+            sent,
+            payload_hash,
+            access_key=self._access_key,
+            secret_key=self._secret_key,
+            region=self._region,
+            query=query,
+        )
+        # botocore sends a parameter without a value (``?uploads``) bare; it is signed as ``uploads=``.
+        sent_query = "&".join(k if v == "" else f"{k}={quote(v, safe='-_.~')}" for k, v in query)
+        reply = await self.http.request(
+            method,
+            path + (f"?{sent_query}" if sent_query else ""),
+            what=what,
+            data=(body if len(body) <= _SLICE else _Slices(body)) if body or method in ("PUT", "POST") else None,
+            headers={**sent, **signed},
+            encoded_path=True,
+        )
+        text = reply.body if isinstance(reply.body, str) else ""
+        if 200 <= reply.status < 300 and "<Error>" not in text:
+            return reply
+        code_match, message_match = _CODE.search(text), _MESSAGE.search(text)
+        code = code_match.group(1) if code_match else str(reply.status)
+        message = " ".join((message_match.group(1) if message_match else "").split())[:200]
+        error: IngestError = classify(
+            errors or self._errors,
+            what=what,
+            status=reply.status,
+            code=code,
+            detail=f"{code}: {message}" if message else code,
+            endpoint=self._endpoint,
+            bucket=self._bucket,
+            retry_after=reply.retry_after,
+        )
+        raise error
+
+    # ----- the calls staging makes ------------------------------------------------------------------
+
+    async def head_bucket(self, what: str) -> None:
+        await self.send("HEAD", self._root or "/", what=what, errors=self._bucket_errors)
+
+    async def put_object(
+        self, key: str, body: bytes | memoryview, *, content_md5: str, metadata: Mapping[str, str], what: str
+    ) -> None:
+        """``PUT`` ``body`` (held whole: one part, at most ``part_size``)."""
+        await self.send("PUT", self._path(key), what=what, headers=_put_headers(content_md5, metadata), body=body)
+
+    async def create_multipart(self, key: str, *, metadata: Mapping[str, str], what: str) -> str:
+        """``CreateMultipartUpload``: the upload id."""
+        reply = await self.send(
+            "POST", self._path(key), what=what, query=[("uploads", "")], headers=_meta_headers(metadata)
+        )
+        found = _UPLOAD_ID.search(reply.body if isinstance(reply.body, str) else "")
+        if found is None:
+            raise classify(
+                self._errors,
+                what=what,
+                status=reply.status,
+                code="NoUploadId",
+                detail="its CreateMultipartUpload reply named no UploadId",
+                endpoint=self._endpoint,
+                bucket=self._bucket,
+            )
+        return found.group(1)
+
+    async def upload_part(
+        self, key: str, upload_id: str, number: int, body: bytes | memoryview, *, content_md5: str, what: str
+    ) -> str:
+        """``UploadPart``: the part's ETag (as the store quoted it)."""
+        reply = await self.send(
+            "PUT",
+            self._path(key),
+            what=what,
+            query=[("partNumber", str(number)), ("uploadId", upload_id)],
+            headers={"content-md5": content_md5},
+            body=body,
+        )
+        etag = reply.headers.get("ETag") or reply.headers.get("Etag")
+        if not etag:
+            raise classify(
+                self._errors,
+                what=what,
+                status=reply.status,
+                code="NoETag",
+                detail=f"its UploadPart reply for part {number} carried no ETag",
+                endpoint=self._endpoint,
+                bucket=self._bucket,
+            )
+        return etag
+
+    async def complete_multipart(self, key: str, upload_id: str, etags: Sequence[str], *, what: str) -> None:
+        parts = "".join(
+            f"<Part><PartNumber>{n}</PartNumber><ETag>{escape(etag)}</ETag></Part>"
+            for n, etag in enumerate(etags, start=1)
+        )
+        body = f'<CompleteMultipartUpload xmlns="http://s3.amazonaws.com/doc/2006-03-01/">{parts}</CompleteMultipartUpload>'
+        await self.send("POST", self._path(key), what=what, query=[("uploadId", upload_id)], body=body.encode())
+
+    async def abort_multipart(self, key: str, upload_id: str, *, what: str) -> None:
+        await self.send("DELETE", self._path(key), what=what, query=[("uploadId", upload_id)])
+
+    def presign_get(self, key: str, expires: int, *, now: dt.datetime | None = None) -> str:
+        """A GET URL for ``key`` valid ``expires`` seconds, signed in its query (no request is made)."""
+        amz_date = format_x_date(now or dt.datetime.now(dt.UTC))
+        scope = f"{amz_date[:8]}/{self._region}/s3/aws4_request"
+        query = [
+            ("X-Amz-Algorithm", ALGORITHM),
+            ("X-Amz-Credential", f"{self._access_key}/{scope}"),
+            ("X-Amz-Date", amz_date),
+            ("X-Amz-Expires", str(expires)),
+            ("X-Amz-SignedHeaders", "host"),
+        ]
+        path = self._path(key)
+        canonical = "\n".join(["GET", path, query_string(query), f"host:{self._host}\n", "host", UNSIGNED_PAYLOAD])
+        signature, _ = _signature(self._secret_key, self._region, amz_date, canonical)
+        return f"{self.http.base_url}{path}?{query_string(query)}&X-Amz-Signature={signature}"
+
+
+class _Slices(AsyncIterablePayload):
+    """A body held in memory (a part), sent as slices of its one buffer: never copied whole, and with
+    ``Content-Length`` declared. Handed whole, aiohttp warns that bytes over 1 MiB may block the loop,
+    and as ``io.BytesIO`` it would copy it out 64 KiB at a time and close it (no retry from it)."""
+
+    def __init__(self, body: bytes | memoryview) -> None:
+        view = memoryview(body)
+        # aiohttp writes any bytes-like chunk to the transport; its annotation says bytes.
+        super().__init__(cast("AsyncIterator[bytes]", _slices(view)), content_type="application/octet-stream")
+        self._size = len(view)  # as FileBody does: a known size makes aiohttp send Content-Length
+
+
+async def _slices(view: memoryview) -> AsyncIterator[memoryview]:
+    for start in range(0, len(view), _SLICE):
+        yield view[start : start + _SLICE]
+
+
+def _sha256(body: bytes | memoryview) -> str:
+    return hashlib.sha256(body).hexdigest()  # a memoryview is hashed in place, never copied
+
+
+def _meta_headers(metadata: Mapping[str, str]) -> dict[str, str]:
+    return {f"x-amz-meta-{name.lower()}": value for name, value in metadata.items()}
+
+
+def _put_headers(content_md5: str, metadata: Mapping[str, str]) -> dict[str, str]:
+    return {"content-md5": content_md5, **_meta_headers(metadata)}
