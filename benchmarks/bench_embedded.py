@@ -299,13 +299,19 @@ def plot(path: Path, files: int, first: RunResult) -> None:
 
 
 def run(quick: bool, *, files: int | None = None, tree: Path | None = None, plot_path: Path | None = None,
-        size: int = 256, dirs: int | None = None, sample_s: float = 1.0) -> list[dict[str, Any]]:  # fmt: skip
-    """Build (or reuse) the tree, run it twice, return the rows (``benchmarks/run.py`` imports this)."""
+        size: int = 256, dirs: int | None = None, sample_s: float = 1.0,
+        keep_work: Path | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """Build (or reuse) the tree, run it twice, return the rows (``benchmarks/run.py`` imports this).
+
+    ``keep_work``: run in this (new, empty) work folder and keep it, so the no-op rerun can be timed
+    again later (``cd WORK && ingest run TREE --json``) without sending the tree again."""
     files = files or (20_000 if quick else 100_000)
     dirs = dirs or max(1, files // 1000)
     own_tree = tree is None
     tree = tree or Path(tempfile.mkdtemp(prefix="bench-embedded-tree-"))
-    work = Path(tempfile.mkdtemp(prefix="bench-embedded-work-"))
+    if keep_work is not None:
+        keep_work.mkdir(parents=True)  # refuses an existing folder: its manifest would make a no-op first run
+    work = keep_work or Path(tempfile.mkdtemp(prefix="bench-embedded-work-"))
     try:
         make_tree(tree, files, size, dirs)
         print(f"first run of {files:,} files ...", file=sys.stderr, flush=True)
@@ -323,7 +329,8 @@ def run(quick: bool, *, files: int | None = None, tree: Path | None = None, plot
         LAST.update(first=asdict(first), noop=asdict(noop))
         return rows(files, first, noop)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if keep_work is None:
+            shutil.rmtree(work, ignore_errors=True)
         if own_tree:
             shutil.rmtree(tree, ignore_errors=True)
 
@@ -338,13 +345,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--plot", type=Path, default=None, help="write RSS and files/s over time as a PNG here")
     p.add_argument("--json-out", type=Path, default=None, help="also write the rows as JSON here")
     p.add_argument("--quick", action="store_true", help="20,000 files (about a minute)")
+    p.add_argument("--keep-work", type=Path, default=None,
+                   help="run in this new folder and keep it (manifest, emulator store) for later reruns")  # fmt: skip
     args = p.parse_args(argv)
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}")
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}, load {load}")
     try:
         result = run(args.quick, files=args.files, tree=args.tree, plot_path=args.plot, size=args.size,
-                     dirs=args.dirs, sample_s=args.sample_s)  # fmt: skip
+                     dirs=args.dirs, sample_s=args.sample_s, keep_work=args.keep_work)  # fmt: skip
+    except FileExistsError:
+        print(f"bench_embedded: --keep-work {args.keep_work} exists; give a new folder", file=sys.stderr)
+        return 2
     except RuntimeError as exc:
         print(f"bench_embedded: {exc}", file=sys.stderr)
         return 1
