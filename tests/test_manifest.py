@@ -58,20 +58,23 @@ async def test_records_every_step_of_a_file(tmp_path: Path) -> None:
 async def test_the_accepted_record_rides_in_the_next_commit(tmp_path: Path) -> None:
     """``processing`` is not waited for (a crash that loses it leaves the file ``uploading``: resent with
     dedup), so a file costs two commits, not three: it goes first in the next commit anyone waits for,
-    or on its own within ``LATER_LINGER`` when nobody writes."""
+    or on its own within ``LATER_LINGER`` when nobody writes. A retry's record is waited for: it retires
+    the id of a document the platform holds, which a lost record would leave behind for ever."""
     m = open_manifest(tmp_path / "m.db")
     async with m.writer():
-        await m.mark_uploading([item("a.txt"), item("b.txt")], run_id=1, dedup=False)
+        await m.mark_uploading([item("a.txt"), item("b.txt"), item("c.txt")], run_id=1, dedup=False)
         await m.mark_processing([Receipt("a.txt", "f1", "t1"), Receipt("b.txt", "f2", "t2")], run_id=1)
         assert m.commits == 1
         await m.mark_done(["a.txt"], run_id=1)
         assert m.commits == 2
         assert m.lookup("b.txt").state is FileState.PROCESSING  # type: ignore[union-attr]
-        await m.mark_processing([Receipt("a.txt", "f3", "t3")], run_id=1, retried=True)
+        await m.mark_processing([Receipt("c.txt", "f4", "t4")], run_id=1)
         with anyio.fail_after(10):
-            while m.lookup("a.txt").task_id != "t3":  # type: ignore[union-attr]  # noqa: ASYNC110 - the writer task commits it
+            while m.lookup("c.txt").task_id != "t4":  # type: ignore[union-attr]  # noqa: ASYNC110 - the writer task commits it
                 await anyio.sleep(0.05)
         assert m.commits == 3
+        await m.mark_processing([Receipt("b.txt", "f3", "t3")], run_id=1, retried=True)
+        assert (m.commits, m.lookup("b.txt").task_id) == (4, "t3")  # type: ignore[union-attr]
 
 
 async def test_group_commit_batches_concurrent_writes(tmp_path: Path) -> None:

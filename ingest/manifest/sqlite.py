@@ -433,9 +433,11 @@ class SqliteManifest:
                     fenced,
                 )
             )
-        if all(fenced is None for _, _, fenced in stmts):
+        if not retried and all(fenced is None for _, _, fenced in stmts):
             # Nothing to report lost, so not waited for: it rides in the next commit (the intent or done
-            # of some file). A crash before that leaves the file "uploading": resent with dedup.
+            # of some file). A crash before that leaves the file "uploading": resent with dedup. A retry's
+            # record is waited for: it retires the id of a document the platform already holds, and
+            # losing it would leave that document where no later run finds it to delete.
             await self._writer.write_later(stmts)
             return set()
         return await self._writer.write(stmts)
