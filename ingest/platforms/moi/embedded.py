@@ -79,7 +79,7 @@ async def embedded_moi(data_dir: Path) -> AsyncIterator[EmbeddedDestination]:
             config=MoiTargetConfig(endpoint=launcher.url, api_key=SecretStr(key), volume_id=EMBEDDED_VOLUME),
             description="the embedded local MOI emulator",
             identity=f"embedded-moi:{data_dir}",
-            stored_at=data_dir / EMBEDDED_VOLUME,
+            stored_at=data_dir,  # files of up to 64 KiB live in its database there, bigger ones under 1/
             start=launcher.start,
         )
     finally:
