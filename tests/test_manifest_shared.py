@@ -337,12 +337,13 @@ async def test_the_stored_state_skips_exactly_what_decide_skips(opener: Opener) 
     for path, size, mtime_ns in product(paths[:-1], (10, 11), (1, 2)):
         walked = FileItem(path, Path("/src") / path, size, mtime_ns)
         assert stored[path] == (path, records[path].size, records[path].mtime_ns, records[path].state.value)
-        assert done_and_unchanged(stored[path], walked) is (decide(records[path], walked) is Decision.SKIP), (
+        assert done_and_unchanged(stored[path], size, mtime_ns) is (decide(records[path], walked) is Decision.SKIP), (
             path,
             size,
             mtime_ns,
         )
-    assert done_and_unchanged(stored["done"], item("done"))  # the one case that skips
+    done = item("done")
+    assert done_and_unchanged(stored["done"], done.size, done.mtime_ns)  # the one case that skips
 
 
 async def test_a_worker_that_cannot_take_the_planner_role_helps_instead_of_walking_again(

@@ -118,15 +118,16 @@ def decide(record: FileRecord | None, item: FileItem) -> Decision:
 StoredState = tuple[str, int | None, int | None, str]
 
 
-def done_and_unchanged(stored: StoredState, item: FileItem) -> bool:
-    """``decide(record, item) is Decision.SKIP`` for the record stored as ``stored``, without building it.
+def done_and_unchanged(stored: StoredState, size: int, mtime_ns: int) -> bool:
+    """``decide(record, item) is Decision.SKIP`` for the record stored as ``stored`` and a walked file of
+    ``size`` and ``mtime_ns``, without building the record (nor the item: ``ingest.sources.base.RowSource``).
 
     Not a second rule: it is ``decide``'s own SKIP condition (recorded, same size and change token, done),
     read off the stored fields, for the files a rerun finds unchanged (on a no-op rerun all of them, where
     building a ``FileRecord`` per file was a quarter of the time). Anything else still goes to ``decide``
     with the full record; tests/test_manifest.py checks the two agree on every state and change.
     """
-    return stored[3] == "done" and stored[1] == item.size and stored[2] == item.mtime_ns
+    return stored[3] == "done" and stored[1] == size and stored[2] == mtime_ns
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,10 +19,21 @@ from typing import cast
 import anyio
 
 from ingest.models import FileItem, LocalPin
-from ingest.sources.base import Rejected, batched
+from ingest.sources.base import Rejected, Row, batched
 from ingest.sources.globs import GlobSet
 
-__all__ = ["LocalSource", "Rejected", "WalkOptions", "WalkStats", "display_path", "pin_stat", "walk", "walk_batches"]
+__all__ = [
+    "LocalSource",
+    "Rejected",
+    "WalkOptions",
+    "WalkStats",
+    "display_path",
+    "pin_stat",
+    "row_item",
+    "walk",
+    "walk_batches",
+    "walk_rows",
+]
 
 #: Why a file cannot be sent when it is simply not there any more (as opposed to unreadable).
 DISAPPEARED = "file disappeared between the walk and the upload"
@@ -149,7 +160,28 @@ async def walk_batches(
 ) -> AsyncIterator[list[FileItem | Rejected]]:
     """The walk, in lists of up to ``size`` entries (across folders; a folder's listing is already in
     memory, so a batch holds nothing more). Stepping an async generator once per file was a tenth of a
-    no-op rerun's time per file (benchmarks/README.md, Issue 11).
+    no-op rerun's time per file (benchmarks/README.md, Issue 11)."""
+    follow = options.follow_symlinks
+    async for rows in walk_rows(root, options, stats, own_state=own_state, size=size):
+        yield [row if isinstance(row, Rejected) else row_item(row, follow) for row in rows]
+
+
+def row_item(row: Row, follow: bool) -> FileItem:
+    """The ``FileItem`` of a row of ``walk_rows``, pinned to the file the walk's ``lstat`` saw."""
+    rel, size, mtime_ns, st, child, name = row
+    return FileItem(rel, child(name), size, mtime_ns, LocalPin(st.st_dev, st.st_ino, follow))
+
+
+async def walk_rows(
+    root: Path,
+    options: WalkOptions,
+    stats: WalkStats | None = None,
+    *,
+    own_state: Collection[str] = (),
+    size: int = BATCH,
+) -> AsyncIterator[list[Row | Rejected]]:
+    """``walk_batches`` before any ``FileItem`` is built: a row ``(rel_path, size, mtime_ns, stat, child,
+    name)`` per file (``row_item`` builds its item), so a file the planner skips costs no item, pin or path.
 
     Folders are opened relative to their parent's descriptor; only the chain of folders from the root to
     the one being listed is open at a time. ``own_state``: relative paths (files or folders) of ingest's
@@ -157,6 +189,8 @@ async def walk_batches(
     """
     stats = stats if stats is not None else WalkStats()
     include, exclude = GlobSet(options.include), GlobSet(options.exclude)
+    # Tested once: ``GlobSet.__bool__`` per file was 2 % of a no-op rerun.
+    including, excluding = bool(include), bool(exclude)
     follow, hidden, max_size = options.follow_symlinks, options.hidden, options.max_size
     is_dir, is_reg = stat.S_ISDIR, stat.S_ISREG
     root_fd = await anyio.to_thread.run_sync(os.open, root, _DIR_FLAGS)
@@ -166,7 +200,7 @@ async def walk_batches(
     chain: list[tuple[str, int]] = [("", root_fd)]
     # Folders still to visit: (parent prefix, name, relative prefix, (dev, ino) as listed).
     stack: list[tuple[str, str, str, tuple[int, int] | None]] = [("", "", "", None)]
-    batch: list[FileItem | Rejected] = []
+    batch: list[Row | Rejected] = []
     try:
         while stack:
             if len(batch) >= size:
@@ -219,7 +253,7 @@ async def walk_batches(
                     if key in visited:
                         stats.loops += 1  # a symlink back into the tree: visiting again would never end
                         continue
-                    if exclude and exclude.matches(rel):
+                    if excluding and exclude.matches(rel):
                         stats.excluded += 1
                         continue
                     visited.add(key)
@@ -228,7 +262,7 @@ async def walk_batches(
                 if not is_reg(mode):
                     stats.special += 1  # sockets, FIFOs, devices: not documents
                     continue
-                if (include and not include.matches(rel)) or (exclude and exclude.matches(rel)):
+                if (including and not include.matches(rel)) or (excluding and exclude.matches(rel)):
                     stats.excluded += 1
                     continue
                 if max_size is not None and st.st_size > max_size:
@@ -242,9 +276,7 @@ async def walk_batches(
                         )
                     )
                     continue
-                batch.append(
-                    FileItem(rel, child(entry_name), st.st_size, st.st_mtime_ns, LocalPin(st.st_dev, st.st_ino, follow))
-                )
+                batch.append((rel, st.st_size, st.st_mtime_ns, st, child, entry_name))
                 if len(batch) >= size:
                     yield batch
                     batch = []
@@ -254,6 +286,12 @@ async def walk_batches(
     finally:
         for _, fd in chain:
             os.close(fd)
+
+
+async def _item_rows(batches: AsyncIterator[list[FileItem | Rejected]]) -> AsyncIterator[list[Row | Rejected]]:
+    """Batches of items already built, as rows that carry their item (``LocalSource.item`` returns it)."""
+    async for batch in batches:
+        yield [e if isinstance(e, Rejected) else (e.rel_path, e.size, e.mtime_ns, e) for e in batch]
 
 
 def _child_paths(directory: Path) -> Callable[[str], Path]:
@@ -325,6 +363,15 @@ class LocalSource:
             # batched from its own entries, so what it does still happens as the walk goes.
             return batched(self.entries(), BATCH)
         return walk_batches(self.root, self.options, self.stats, own_state=self.own_state)
+
+    def row_batches(self) -> AsyncIterator[list[Row | Rejected]]:
+        """``entry_batches`` as rows (``RowSource``): the planner builds the items of the files it sends."""
+        if type(self).entries is not LocalSource.entries or type(self).entry_batches is not LocalSource.entry_batches:
+            return _item_rows(self.entry_batches())  # a subclass's own entries, as ``entry_batches`` has them
+        return walk_rows(self.root, self.options, self.stats, own_state=self.own_state)
+
+    def item(self, row: Row) -> FileItem:
+        return row[3] if isinstance(row[3], FileItem) else row_item(row, self.options.follow_symlinks)
 
     def _stat(self, rel_path: str) -> os.stat_result | str:
         """The file as it is now, reached from the root without following links (unless asked), or why not."""
