@@ -7,8 +7,9 @@ of any size. Files the platform accepted before an interruption go straight to t
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from anyio.streams.memory import MemoryObjectSendStream
 
@@ -41,23 +42,25 @@ async def plan(
     dedup_mode = run.config.dedup
     server_dedup = run.target.features.server_dedup
     async with work, to_poller:
-        async for chunk in _chunks(run):
-            if run.stop_sending:
-                break
-            if chunk:
-                await _plan_chunk(run, chunk, work, to_poller, dedup_mode, server_dedup)
+        async with contextlib.aclosing(_chunks(run)) as chunks:  # a stop closes the walk (and its folders) now
+            async for chunk in chunks:
+                if run.stop_sending:
+                    break
+                if chunk:
+                    await _plan_chunk(run, chunk, work, to_poller, dedup_mode, server_dedup)
         run.summary.walk_finished = not run.stop_sending
     run.completion.end_walk()
 
 
-async def _chunks(run: RunState) -> AsyncIterator[list[FileItem | Rejected]]:
+async def _chunks(run: RunState) -> AsyncGenerator[list[FileItem | Rejected], None]:
     """The walk in chunks of items to decide; from a ``RowSource``, without its done, unchanged files
     (counted as skipped here)."""
     source = run.source
     if isinstance(source, RowSource):
         may_refuse = run.target.may_refuse()
-        async for rows in source.row_batches():
-            yield _skip_rows(run, source, rows, may_refuse)
+        async with contextlib.aclosing(source.row_batches()) as batches:
+            async for rows in batches:
+                yield _skip_rows(run, source, rows, may_refuse)
     elif isinstance(source, BatchedSource):
         async for batch in source.entry_batches():
             yield batch

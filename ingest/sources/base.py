@@ -21,7 +21,7 @@ Edge cases every implementation must honour:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -99,7 +99,7 @@ class RowSource(Protocol):
     unchanged: on a no-op rerun every file) costs no ``FileItem``: building one, with its pin and path,
     was a third of a no-op rerun's time per file (benchmarks/README.md, Issue 11 item 12)."""
 
-    def row_batches(self) -> AsyncIterator[list[Row | Rejected]]:
+    def row_batches(self) -> AsyncGenerator[list[Row | Rejected], None]:
         """The files of ``entries`` in the same order, as rows, a batch at a time."""
         ...
 
