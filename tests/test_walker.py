@@ -139,8 +139,7 @@ async def test_walk_is_lazy(tmp_path: Path) -> None:
 
 async def test_walk_batches_read_at_most_one_batch_ahead(tmp_path: Path) -> None:
     """The batches the planner decides with one manifest query each hold up to ``size`` entries, across
-    folders, and the walk lists no folder beyond the batch it is filling but the next one (listed while
-    the consumer decides this batch)."""
+    folders, and the walk lists no folder beyond the batch it is filling."""
     make_tree(tmp_path, {f"d{i:02d}/f.txt": b"x" for i in range(50)})
     gen = walk_batches(tmp_path, WalkOptions(), size=4)
     first = await gen.__anext__()
@@ -153,8 +152,8 @@ async def test_walk_batches_read_at_most_one_batch_ahead(tmp_path: Path) -> None
 
 
 async def test_a_walk_closed_halfway_leaves_no_folder_open(tmp_path: Path) -> None:
-    """The next folder is listed ahead in a worker thread; a walk abandoned between batches (a run
-    stopped) waits for that listing and closes every folder it opened, the one listed ahead too."""
+    """A walk abandoned between batches (a run stopped) closes every folder it holds open at once, not
+    when the garbage collector gets to the generators stacked under the one the consumer closed."""
     make_tree(tmp_path, {f"d{i:02d}/e{j}/f.txt": b"x" for i in range(5) for j in range(3)})
     before = set(os.listdir("/proc/self/fd"))
     gen = walk_batches(tmp_path, WalkOptions(), size=2)

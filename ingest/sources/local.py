@@ -3,7 +3,7 @@
 The walk is depth-first over ``os.scandir`` with directories visited in sorted order, so two walks of
 an unchanged tree yield the same sequence. Only the stack of directories still to visit is held in
 memory, never the tree. Each directory is listed in a worker thread so a slow file system does not
-stall the event loop, the next one while the consumer decides the files of this one.
+stall the event loop.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import errno
 import os
 import stat
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -189,9 +188,8 @@ async def walk_rows(
     name)`` per file (``row_item`` builds its item), so a file the planner skips costs no item, pin or path.
 
     Folders are opened relative to their parent's descriptor; only the chain of folders from the root to
-    the one being listed is open at a time. Each folder is listed (``scandir`` and an ``lstat`` per entry)
-    in a worker thread, and the next folder's listing starts as soon as this one's subfolders are known,
-    so it runs while the consumer decides this folder's files: at most one folder is read ahead.
+    the one being listed is open at a time. Each folder is opened and listed (``scandir`` and an ``lstat``
+    per entry) in one worker thread hop, then sifted here; no folder is read ahead of the batch being filled.
     ``own_state``: relative paths (files or folders) of ingest's own state inside the tree (manifest,
     report, embedded data), never part of the source.
     """
@@ -204,24 +202,16 @@ async def walk_rows(
     chain: list[tuple[str, int]] = [("", root_fd)]
     # Folders still to visit: (parent prefix, name, relative prefix, (dev, ino) as listed).
     stack: list[_Folder] = [("", "", "", None)]
-    # The listing of the folder on top of ``stack``, under way: (its relative prefix, the listing).
-    ahead: tuple[str, Future[_Listed]] | None = None
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-walk")
     batch: list[Row | Rejected] = []
     try:
         while stack:
             parent, name, prefix, expected = stack.pop()
             while chain[-1][0] != parent:  # depth first: the parent is on the chain
                 os.close(chain.pop()[1])
-            if ahead is not None and ahead[0] == prefix:
-                listing = ahead[1]
-            else:
-                listing = pool.submit(_list, chain[-1][1], name, follow, expected)
-            ahead = None
-            # Already listed while the previous folder was decided: no thread hop at all.
-            fd, entries, problem = (
-                listing.result() if listing.done() else await anyio.to_thread.run_sync(listing.result)
-            )
+            # One thread hop per folder (open and list), awaited: listing the next folder in a thread while
+            # this one was decided made the no-op rerun slower on 2 cores (benchmarks/README.md, Issue 11
+            # item 12: each ``lstat`` hands the GIL back and forth with the planner's queries).
+            fd, entries, problem = await anyio.to_thread.run_sync(_list, chain[-1][1], name, follow, expected)
             if fd is not None:
                 chain.append((prefix, fd))
             if entries is None:
@@ -232,10 +222,6 @@ async def walk_rows(
                 continue  # else removed (or replaced) while we walked: nothing left to send from it
             rows, subdirs = sift.folder(prefix, entries)
             stack.extend(reversed(subdirs))
-            if stack:
-                nxt = stack[-1]
-                parent_fd = next(d for p, d in reversed(chain) if p == nxt[0])
-                ahead = (nxt[2], pool.submit(_list, parent_fd, nxt[1], follow, nxt[3]))
             start = 0
             while len(batch) + len(rows) - start >= size:
                 take = size - len(batch)
@@ -247,13 +233,6 @@ async def walk_rows(
         if batch:
             yield batch
     finally:
-        # A listing under way uses a descriptor of the chain: let it end before the chain is closed.
-        if ahead is not None and not ahead[1].cancel():
-            with contextlib.suppress(Exception):
-                left = ahead[1].result()[0]
-                if left is not None:
-                    os.close(left)
-        pool.shutdown(wait=False)
         for _, fd in chain:
             os.close(fd)
 
