@@ -60,6 +60,8 @@ async def _chunks(run: RunState) -> AsyncGenerator[list[FileItem | Rejected], No
         may_refuse = run.target.may_refuse()
         async with contextlib.aclosing(source.row_batches()) as batches:
             async for rows in batches:
+                if run.stop_sending:
+                    return  # the files of a walk cut short are not counted as skipped
                 yield _skip_rows(run, source, rows, may_refuse)
     elif isinstance(source, BatchedSource):
         async for batch in source.entry_batches():
