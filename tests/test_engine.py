@@ -137,6 +137,34 @@ async def run_with_source(dep: Any, tmp_path: Path, source: LocalSource) -> RunS
     return stats
 
 
+class CountingSource(LocalSource):
+    """The local folder, counting the ``FileItem``s the planner has it build from walked rows."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root, WalkOptions())
+        self.built: list[str] = []
+
+    def item(self, row: Any) -> FileItem:
+        built = super().item(row)
+        self.built.append(built.rel_path)
+        return built
+
+
+async def test_a_rerun_builds_an_item_only_for_the_files_it_sends(tmp_path: Path) -> None:
+    """A done, unchanged file is skipped off its walked row: no ``FileItem`` (with its pin and path) is
+    built for it, which on a no-op rerun of 100,000 files was a third of the time; a changed file is
+    built, pinned and sent as before."""
+    make_tree(tmp_path / "src", 20)
+    async with MOI.start(tmp_path / "data") as dep:
+        first = await run_with_source(dep, tmp_path, CountingSource(tmp_path / "src"))
+        changed = sorted((tmp_path / "src").rglob("*.*"))[7]
+        changed.write_bytes(b"a new version, longer than before")
+        source = CountingSource(tmp_path / "src")
+        rerun = await run_with_source(dep, tmp_path, source)
+    assert (first.done, rerun.done, rerun.skipped) == (20, 1, 19)
+    assert source.built == [changed.relative_to(tmp_path / "src").as_posix()]
+
+
 async def test_file_deleted_between_walk_and_upload_fails_alone(tmp_path: Path) -> None:
     """A file removed after the walk saw it is recorded failed with that reason; the rest are sent."""
     make_tree(tmp_path / "src", 6)

@@ -337,12 +337,29 @@ async def test_the_stored_state_skips_exactly_what_decide_skips(opener: Opener) 
     for path, size, mtime_ns in product(paths[:-1], (10, 11), (1, 2)):
         walked = FileItem(path, Path("/src") / path, size, mtime_ns)
         assert stored[path] == (path, records[path].size, records[path].mtime_ns, records[path].state.value)
-        assert done_and_unchanged(stored[path], walked) is (decide(records[path], walked) is Decision.SKIP), (
+        assert done_and_unchanged(stored[path], size, mtime_ns) is (decide(records[path], walked) is Decision.SKIP), (
             path,
             size,
             mtime_ns,
         )
-    assert done_and_unchanged(stored["done"], item("done"))  # the one case that skips
+    done = item("done")
+    assert done_and_unchanged(stored["done"], done.size, done.mtime_ns)  # the one case that skips
+
+
+async def test_a_batch_is_read_by_range_with_the_same_answer_as_by_name(opener: Opener) -> None:
+    """``lookup_states`` reads a walked batch as one range of the path index, and answers exactly what
+    reading each path by name does: with files of a subfolder sorted inside the range (more rows than
+    the range reads), paths the manifest does not know, and a batch of a few files."""
+    m = opener()
+    folder = [f"d/f{i:03d}.txt" for i in range(100)]
+    inside = [f"d/f050/g{i:03d}.txt" for i in range(300)]  # sorts between d/f050.txt and d/f051.txt
+    async with m.writer():
+        await m.mark_uploading([item(p) for p in folder[::2] + inside], 1, dedup=False)
+        await m.mark_done(folder[:20], 1)
+    for batch in (folder, folder[40:60], folder[:5], [*folder[::3], "zz/new.txt"], inside[::7]):
+        by_name = {p: r for p in batch if (r := m.lookup_states([p]).get(p)) is not None}
+        assert m.lookup_states(batch) == by_name
+        assert set(by_name) == {p for p in batch if p in set(folder[::2] + inside)}
 
 
 async def test_a_worker_that_cannot_take_the_planner_role_helps_instead_of_walking_again(

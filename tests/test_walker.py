@@ -149,3 +149,15 @@ async def test_walk_batches_read_at_most_one_batch_ahead(tmp_path: Path) -> None
     rest = [e async for batch in gen for e in batch]
     assert [e.rel_path for e in first] == [f"d{i:02d}/f.txt" for i in range(4)]
     assert [e.rel_path for e in rest] == [f"d{i:02d}/f.txt" for i in range(4, 10)]
+
+
+async def test_a_walk_closed_halfway_leaves_no_folder_open(tmp_path: Path) -> None:
+    """A walk abandoned between batches (a run stopped) closes every folder it holds open at once, not
+    when the garbage collector gets to the generators stacked under the one the consumer closed."""
+    make_tree(tmp_path, {f"d{i:02d}/e{j}/f.txt": b"x" for i in range(5) for j in range(3)})
+    before = set(os.listdir("/proc/self/fd"))
+    gen = walk_batches(tmp_path, WalkOptions(), size=2)
+    first = await gen.__anext__()
+    await gen.aclose()
+    assert [e.rel_path for e in first] == ["d00/e0/f.txt", "d00/e1/f.txt"]
+    assert set(os.listdir("/proc/self/fd")) <= before

@@ -7,7 +7,9 @@ of any size. Files the platform accepted before an interruption go straight to t
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import AsyncGenerator
 
 from anyio.streams.memory import MemoryObjectSendStream
 
@@ -15,7 +17,7 @@ from ingest.engine.state import RunState, Tracked, Work, track
 from ingest.manifest.base import Decision, FileRecord, StoredState, decide, done_and_unchanged
 from ingest.models import FileItem, Receipt
 from ingest.retry import retrying
-from ingest.sources.base import BatchedSource, Rejected, batched
+from ingest.sources.base import BatchedSource, Rejected, Row, RowSource, batched
 
 __all__ = ["plan"]
 
@@ -40,17 +42,70 @@ async def plan(
     dedup_mode = run.config.dedup
     server_dedup = run.target.features.server_dedup
     async with work, to_poller:
-        source = run.source
-        if isinstance(source, BatchedSource):
-            chunks = source.entry_batches()
-        else:
-            chunks = batched(source.entries(), LOOKUP_CHUNK)
-        async for chunk in chunks:
-            if run.stop_sending:
-                break
-            await _plan_chunk(run, chunk, work, to_poller, dedup_mode, server_dedup)
+        async with contextlib.aclosing(_chunks(run)) as chunks:  # a stop closes the walk (and its folders) now
+            async for chunk in chunks:
+                if run.stop_sending:
+                    break
+                if chunk:
+                    await _plan_chunk(run, chunk, work, to_poller, dedup_mode, server_dedup)
         run.summary.walk_finished = not run.stop_sending
     run.completion.end_walk()
+
+
+async def _chunks(run: RunState) -> AsyncGenerator[list[FileItem | Rejected], None]:
+    """The walk in chunks of items to decide; from a ``RowSource``, without its done, unchanged files
+    (counted as skipped here)."""
+    source = run.source
+    if isinstance(source, RowSource):
+        may_refuse = run.target.may_refuse()
+        async with contextlib.aclosing(source.row_batches()) as batches:
+            async for rows in batches:
+                if run.stop_sending:
+                    return  # the files of a walk cut short are not counted as skipped
+                yield _skip_rows(run, source, rows, may_refuse)
+    elif isinstance(source, BatchedSource):
+        async for batch in source.entry_batches():
+            yield batch
+    else:
+        async for chunk in batched(source.entries(), LOOKUP_CHUNK):
+            yield chunk
+
+
+def _skip_rows(
+    run: RunState, source: RowSource, rows: list[Row | Rejected], may_refuse: bool
+) -> list[FileItem | Rejected]:
+    """Count the done and unchanged files of ``rows`` as skipped (the rule of ``_skips``, read off the raw
+    row: no ``FileItem`` unless the target may refuse it) and return the others as items, in order, for
+    ``_plan_chunk``. On a no-op rerun that is one manifest query per batch and nothing built per file."""
+    known = [r[0] for r in rows if not isinstance(r, Rejected)]
+    stored = {} if run.fresh_manifest or not known else run.manifest.lookup_states(known)
+    if not stored:
+        return [r if isinstance(r, Rejected) else source.item(r) for r in rows]
+    rest: list[FileItem | Rejected] = []
+    skipped = skipped_bytes = 0
+    refuse = run.target.refuse
+    debug = log.isEnabledFor(logging.DEBUG)  # skipped files can be millions: said only at -vv
+    for row in rows:
+        if isinstance(row, Rejected):
+            rest.append(row)
+            continue
+        found = stored.get(row[0])
+        if found is None or not done_and_unchanged(found, row[1], row[2]):
+            rest.append(source.item(row))
+            continue
+        if may_refuse:
+            item = source.item(row)
+            if refuse(item) is not None:
+                rest.append(item)  # refused first, as ``_plan_one`` does
+                continue
+        if debug:
+            log.debug("%s: %s", row[0], _DECISIONS[Decision.SKIP])
+        skipped += 1
+        skipped_bytes += row[1]
+    run.summary.walk_known += skipped  # the others are counted by ``_plan_chunk``, which looks them up
+    run.summary.skipped += skipped
+    run.summary.skipped_bytes += skipped_bytes
+    return rest
 
 
 async def _plan_chunk(
@@ -91,7 +146,7 @@ def _skips(run: RunState, entry: FileItem | Rejected, stored: StoredState | None
     return (
         stored is not None
         and not isinstance(entry, Rejected)
-        and done_and_unchanged(stored, entry)
+        and done_and_unchanged(stored, entry.size, entry.mtime_ns)
         and run.target.refuse(entry) is None
     )
 

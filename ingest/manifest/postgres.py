@@ -26,7 +26,7 @@ from urllib.parse import unquote
 import psycopg
 
 from ingest.errors import ConfigError
-from ingest.manifest.base import FileRecord, JsonObject, Owner, StoredState
+from ingest.manifest.base import FileRecord, JsonObject, Owner, StoredState, states_by_range
 from ingest.manifest.groupcommit import GroupCommit, Stmt, Write
 from ingest.manifest.jobs import UNFINISHED, Claim, WalkState, WorkerInfo
 from ingest.manifest.location import PostgresLocation, scrub
@@ -444,6 +444,18 @@ class PostgresManifest:
         return {r[0]: _record(r) for r in rows}
 
     def lookup_states(self, paths: Sequence[str]) -> dict[str, StoredState]:
+        return states_by_range(paths, self._states_between, self._states_in)
+
+    def _states_between(self, lo: str, hi: str, limit: int) -> list[StoredState]:
+        # In the database's collation, which may order paths otherwise than Python: ``states_by_range``
+        # reads whatever this range missed by name.
+        rows = self._rconn.execute(
+            "SELECT path, size, mtime_ns, state FROM ingest_files WHERE job = %s AND path BETWEEN %s AND %s LIMIT %s",
+            (self.job, lo, hi, limit),
+        ).fetchall()
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    def _states_in(self, paths: Sequence[str]) -> dict[str, StoredState]:
         rows = self._rconn.execute(
             "SELECT path, size, mtime_ns, state FROM ingest_files WHERE job = %s AND path = ANY(%s)",
             (self.job, list(paths)),

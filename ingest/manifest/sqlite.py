@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ingest.errors import ConfigError
-from ingest.manifest.base import FileRecord, JsonObject, Owner, StoredState
+from ingest.manifest.base import FileRecord, JsonObject, Owner, StoredState, states_by_range
 from ingest.manifest.groupcommit import GroupCommit, Stmt, Write
 from ingest.manifest.jobs import UNFINISHED, Claim, WalkState, WorkerInfo
 from ingest.models import FileItem, FileState, Receipt
@@ -325,6 +325,14 @@ class SqliteManifest:
         return found
 
     def lookup_states(self, paths: Sequence[str]) -> dict[str, StoredState]:
+        return states_by_range(paths, self._states_between, self._states_in)
+
+    def _states_between(self, lo: str, hi: str, limit: int) -> list[StoredState]:
+        return self._rconn.execute(
+            "SELECT path, size, mtime_ns, state FROM files WHERE path BETWEEN ? AND ? LIMIT ?", (lo, hi, limit)
+        ).fetchall()
+
+    def _states_in(self, paths: Sequence[str]) -> dict[str, StoredState]:
         found: dict[str, StoredState] = {}
         for start in range(0, len(paths), 500):
             chunk = paths[start : start + 500]

@@ -209,6 +209,11 @@ class Target(abc.ABC):
         """
         return None
 
+    def may_refuse(self) -> bool:
+        """Whether ``refuse`` can say no to any file: when not, the planner skips a done, unchanged file
+        without building the ``FileItem`` that ``refuse`` takes (ingest.sources.base.RowSource)."""
+        return type(self).refuse is not Target.refuse
+
     @abc.abstractmethod
     def describe(self) -> str:
         """Where files go, for humans: ``MOI volume 1001 at http://…``. Never contains secrets."""
@@ -265,6 +270,9 @@ class ForwardingTarget(Target):
 
     def refuse(self, item: FileItem) -> str | None:
         return self.inner.refuse(item)
+
+    def may_refuse(self) -> bool:
+        return type(self).refuse is not ForwardingTarget.refuse or self.inner.may_refuse()
 
     def describe(self) -> str:
         return self.inner.describe()

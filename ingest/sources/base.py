@@ -21,13 +21,13 @@ Edge cases every implementation must honour:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from ingest.models import FileItem
 
-__all__ = ["BatchedSource", "Rejected", "Source", "batched"]
+__all__ = ["BatchedSource", "Rejected", "Row", "RowSource", "Source", "batched"]
 
 T = TypeVar("T")
 
@@ -85,6 +85,26 @@ class BatchedSource(Protocol):
 
     def entry_batches(self) -> AsyncIterator[list[FileItem | Rejected]]:
         """The files of ``entries``, a batch at a time, each batch as soon as it is available."""
+        ...
+
+
+#: A walked file before its ``FileItem`` is built: ``(relative path, size, change token, ...)``, the rest
+#: being what its source needs to build the item (``RowSource.item``).
+Row = tuple[Any, ...]
+
+
+@runtime_checkable
+class RowSource(Protocol):
+    """A source that hands the planner its files as raw rows, so a file the planner skips (done and
+    unchanged: on a no-op rerun every file) costs no ``FileItem``: building one, with its pin and path,
+    was a third of a no-op rerun's time per file (benchmarks/README.md, Issue 11 item 12)."""
+
+    def row_batches(self) -> AsyncGenerator[list[Row | Rejected], None]:
+        """The files of ``entries`` in the same order, as rows, a batch at a time."""
+        ...
+
+    def item(self, row: Row) -> FileItem:
+        """The ``FileItem`` ``entries`` would have yielded for ``row`` (the same pin: the file the walk saw)."""
         ...
 
 

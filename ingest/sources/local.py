@@ -8,10 +8,11 @@ stall the event loop.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
-from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -19,10 +20,21 @@ from typing import cast
 import anyio
 
 from ingest.models import FileItem, LocalPin
-from ingest.sources.base import Rejected, batched
+from ingest.sources.base import Rejected, Row, batched
 from ingest.sources.globs import GlobSet
 
-__all__ = ["LocalSource", "Rejected", "WalkOptions", "WalkStats", "display_path", "pin_stat", "walk", "walk_batches"]
+__all__ = [
+    "LocalSource",
+    "Rejected",
+    "WalkOptions",
+    "WalkStats",
+    "display_path",
+    "pin_stat",
+    "row_item",
+    "walk",
+    "walk_batches",
+    "walk_rows",
+]
 
 #: Why a file cannot be sent when it is simply not there any more (as opposed to unreadable).
 DISAPPEARED = "file disappeared between the walk and the upload"
@@ -130,9 +142,10 @@ async def walk(
 ) -> AsyncIterator[FileItem | Rejected]:
     """Yield a ``FileItem`` per file under ``root`` that passes the filters, or ``Rejected``: the entries of
     ``walk_batches``, one at a time, and nothing read ahead of the one yielded."""
-    async for batch in walk_batches(root, options, stats, own_state=own_state, size=1):
-        for entry in batch:
-            yield entry
+    async with contextlib.aclosing(walk_batches(root, options, stats, own_state=own_state, size=1)) as batches:
+        async for batch in batches:
+            for entry in batch:
+                yield entry
 
 
 #: Entries per batch of ``walk_batches``: what the planner decides with one manifest query.
@@ -146,114 +159,192 @@ async def walk_batches(
     *,
     own_state: Collection[str] = (),
     size: int = BATCH,
-) -> AsyncIterator[list[FileItem | Rejected]]:
+) -> AsyncGenerator[list[FileItem | Rejected], None]:
     """The walk, in lists of up to ``size`` entries (across folders; a folder's listing is already in
     memory, so a batch holds nothing more). Stepping an async generator once per file was a tenth of a
-    no-op rerun's time per file (benchmarks/README.md, Issue 11).
+    no-op rerun's time per file (benchmarks/README.md, Issue 11)."""
+    follow = options.follow_symlinks
+    # Closed with this generator, not whenever the collector gets to it: it holds folders open.
+    async with contextlib.aclosing(walk_rows(root, options, stats, own_state=own_state, size=size)) as batches:
+        async for rows in batches:
+            yield [row if isinstance(row, Rejected) else row_item(row, follow) for row in rows]
+
+
+def row_item(row: Row, follow: bool) -> FileItem:
+    """The ``FileItem`` of a row of ``walk_rows``, pinned to the file the walk's ``lstat`` saw."""
+    rel, size, mtime_ns, st, child, name = row
+    return FileItem(rel, child(name), size, mtime_ns, LocalPin(st.st_dev, st.st_ino, follow))
+
+
+async def walk_rows(
+    root: Path,
+    options: WalkOptions,
+    stats: WalkStats | None = None,
+    *,
+    own_state: Collection[str] = (),
+    size: int = BATCH,
+) -> AsyncGenerator[list[Row | Rejected], None]:
+    """``walk_batches`` before any ``FileItem`` is built: a row ``(rel_path, size, mtime_ns, stat, child,
+    name)`` per file (``row_item`` builds its item), so a file the planner skips costs no item, pin or path.
 
     Folders are opened relative to their parent's descriptor; only the chain of folders from the root to
-    the one being listed is open at a time. ``own_state``: relative paths (files or folders) of ingest's
-    own state inside the tree (manifest, report, embedded data), never part of the source.
+    the one being listed is open at a time. Each folder is opened and listed (``scandir`` and an ``lstat``
+    per entry) in one worker thread hop, then sifted here; no folder is read ahead of the batch being filled.
+    ``own_state``: relative paths (files or folders) of ingest's own state inside the tree (manifest,
+    report, embedded data), never part of the source.
     """
-    stats = stats if stats is not None else WalkStats()
-    include, exclude = GlobSet(options.include), GlobSet(options.exclude)
-    follow, hidden, max_size = options.follow_symlinks, options.hidden, options.max_size
-    is_dir, is_reg = stat.S_ISDIR, stat.S_ISREG
+    sift = _Sift(root, options, stats if stats is not None else WalkStats(), own_state)
+    follow = options.follow_symlinks
     root_fd = await anyio.to_thread.run_sync(os.open, root, _DIR_FLAGS)
     root_st = os.fstat(root_fd)
-    visited: set[tuple[int, int]] = {(root_st.st_dev, root_st.st_ino)}
+    sift.visited.add((root_st.st_dev, root_st.st_ino))
     # The open folders from the root to the one listed last: (relative prefix, descriptor).
     chain: list[tuple[str, int]] = [("", root_fd)]
     # Folders still to visit: (parent prefix, name, relative prefix, (dev, ino) as listed).
-    stack: list[tuple[str, str, str, tuple[int, int] | None]] = [("", "", "", None)]
-    batch: list[FileItem | Rejected] = []
+    stack: list[_Folder] = [("", "", "", None)]
+    batch: list[Row | Rejected] = []
     try:
         while stack:
-            if len(batch) >= size:
-                yield batch
-                batch = []
             parent, name, prefix, expected = stack.pop()
             while chain[-1][0] != parent:  # depth first: the parent is on the chain
                 os.close(chain.pop()[1])
-            if name:
-                try:
-                    fd = await anyio.to_thread.run_sync(_open_dir, chain[-1][1], name, follow, expected)
-                except FileNotFoundError:
-                    continue  # removed (or replaced) while we walked: nothing left to send from it
-                except OSError as exc:
-                    if exc.errno == errno.ELOOP:
-                        stats.symlinks += 1  # became a symbolic link after it was listed: not followed
-                        continue
-                    batch.append(Rejected(display_path(prefix), f"cannot list folder: {exc.strerror or exc}"))
-                    continue
+            # One thread hop per folder (open and list), awaited: listing the next folder in a thread while
+            # this one was decided made the no-op rerun slower on 2 cores (benchmarks/README.md, Issue 11
+            # item 12: each ``lstat`` hands the GIL back and forth with the planner's queries).
+            fd, entries, problem = await anyio.to_thread.run_sync(_list, chain[-1][1], name, follow, expected)
+            if fd is not None:
                 chain.append((prefix, fd))
-            try:
-                entries = await anyio.to_thread.run_sync(_scan, chain[-1][1], follow)
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                batch.append(Rejected(display_path(prefix or "."), f"cannot list folder: {exc.strerror or exc}"))
-                continue
-            subdirs: list[tuple[str, str, str, tuple[int, int] | None]] = []
-            child = _child_paths(Path(os.path.join(root, prefix)) if prefix else Path(root))
-            for entry_name, st, is_link, error in entries:
-                rel = prefix + entry_name
-                if own_state and rel in own_state:
-                    stats.own_state += 1
-                    continue
-                if not hidden and entry_name.startswith("."):
-                    stats.hidden += 1
-                    continue
-                if is_link and not follow:
-                    stats.symlinks += 1
-                    continue
-                if error is not None or st is None:
-                    if is_link:
-                        stats.dangling += 1
-                        continue
-                    batch.append(Rejected(display_path(rel), f"cannot read file information: {error}"))
-                    continue
-                mode = st.st_mode
-                if is_dir(mode):
-                    key = (st.st_dev, st.st_ino)
-                    if key in visited:
-                        stats.loops += 1  # a symlink back into the tree: visiting again would never end
-                        continue
-                    if exclude and exclude.matches(rel):
-                        stats.excluded += 1
-                        continue
-                    visited.add(key)
-                    subdirs.append((prefix, entry_name, rel + "/", key))
-                    continue
-                if not is_reg(mode):
-                    stats.special += 1  # sockets, FIFOs, devices: not documents
-                    continue
-                if (include and not include.matches(rel)) or (exclude and exclude.matches(rel)):
-                    stats.excluded += 1
-                    continue
-                if max_size is not None and st.st_size > max_size:
-                    stats.too_large += 1
-                    continue
-                stats.files_seen += 1
-                if not rel.isascii() and not _is_utf8(rel):
-                    batch.append(
-                        Rejected(
-                            display_path(rel), "file name is not valid UTF-8; rename it (e.g. with convmv) to send it"
-                        )
-                    )
-                    continue
-                batch.append(
-                    FileItem(rel, child(entry_name), st.st_size, st.st_mtime_ns, LocalPin(st.st_dev, st.st_ino, follow))
-                )
-                if len(batch) >= size:
-                    yield batch
-                    batch = []
+            if entries is None:
+                if problem == _LINK:
+                    sift.stats.symlinks += 1  # became a symbolic link after it was listed: not followed
+                elif problem is not None:
+                    batch.append(Rejected(display_path(prefix or "."), problem))
+                continue  # else removed (or replaced) while we walked: nothing left to send from it
+            rows, subdirs = sift.folder(prefix, entries)
             stack.extend(reversed(subdirs))
+            start = 0
+            while len(batch) + len(rows) - start >= size:
+                take = size - len(batch)
+                batch.extend(rows[start : start + take])
+                start += take
+                yield batch
+                batch = []
+            batch.extend(rows[start:])
         if batch:
             yield batch
     finally:
         for _, fd in chain:
             os.close(fd)
+
+
+#: A folder still to visit: (parent prefix, name, relative prefix, (dev, ino) as listed).
+_Folder = tuple[str, str, str, tuple[int, int] | None]
+#: A folder's listing: (its open descriptor, its entries, why there are none), see ``_list``.
+_Listed = tuple[int | None, list[tuple[str, os.stat_result | None, bool, str | None]] | None, str | None]
+#: ``_list``'s problem for a folder that became a symbolic link (not followed; counted, not failed).
+_LINK = "symlink"
+
+
+def _list(parent: int, name: str, follow: bool, expected: tuple[int, int] | None) -> _Listed:
+    """Open folder ``name`` of ``parent`` (the root itself when ``name`` is empty) and list it; for a
+    worker thread: never raises. No entries and no problem: the folder is gone (nothing to send)."""
+    fd = None
+    if name:
+        try:
+            fd = _open_dir(parent, name, follow, expected)
+        except FileNotFoundError:
+            return None, None, None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return None, None, _LINK
+            return None, None, f"cannot list folder: {exc.strerror or exc}"
+    try:
+        return fd, _scan(parent if fd is None else fd, follow), None
+    except OSError as exc:
+        if fd is not None:
+            os.close(fd)
+        if isinstance(exc, FileNotFoundError):
+            return None, None, None
+        return None, None, f"cannot list folder: {exc.strerror or exc}"
+
+
+class _Sift:
+    """The walk's filters, applied to one folder's listing at a time (in the event loop: they count into
+    ``stats`` and remember the folders visited)."""
+
+    def __init__(self, root: Path, options: WalkOptions, stats: WalkStats, own_state: Collection[str]) -> None:
+        self.root, self.options, self.stats, self.own_state = root, options, stats, own_state
+        self.include, self.exclude = GlobSet(options.include), GlobSet(options.exclude)
+        self.visited: set[tuple[int, int]] = set()
+
+    def folder(
+        self, prefix: str, entries: list[tuple[str, os.stat_result | None, bool, str | None]]
+    ) -> tuple[list[Row | Rejected], list[_Folder]]:
+        """The rows (and rejections) of folder ``prefix``'s files in name order, and its subfolders to visit."""
+        stats, own_state, visited = self.stats, self.own_state, self.visited
+        include, exclude = self.include, self.exclude
+        # Tested once: ``GlobSet.__bool__`` per file was 2 % of a no-op rerun.
+        including, excluding = bool(include), bool(exclude)
+        follow, hidden, max_size = self.options.follow_symlinks, self.options.hidden, self.options.max_size
+        is_dir, is_reg = stat.S_ISDIR, stat.S_ISREG
+        rows: list[Row | Rejected] = []
+        subdirs: list[_Folder] = []
+        root = self.root
+        child = _child_paths(Path(os.path.join(root, prefix)) if prefix else Path(root))
+        for entry_name, st, is_link, error in entries:
+            rel = prefix + entry_name
+            if own_state and rel in own_state:
+                stats.own_state += 1
+                continue
+            if not hidden and entry_name.startswith("."):
+                stats.hidden += 1
+                continue
+            if is_link and not follow:
+                stats.symlinks += 1
+                continue
+            if error is not None or st is None:
+                if is_link:
+                    stats.dangling += 1
+                    continue
+                rows.append(Rejected(display_path(rel), f"cannot read file information: {error}"))
+                continue
+            mode = st.st_mode
+            if is_dir(mode):
+                key = (st.st_dev, st.st_ino)
+                if key in visited:
+                    stats.loops += 1  # a symlink back into the tree: visiting again would never end
+                    continue
+                if excluding and exclude.matches(rel):
+                    stats.excluded += 1
+                    continue
+                visited.add(key)
+                subdirs.append((prefix, entry_name, rel + "/", key))
+                continue
+            if not is_reg(mode):
+                stats.special += 1  # sockets, FIFOs, devices: not documents
+                continue
+            if (including and not include.matches(rel)) or (excluding and exclude.matches(rel)):
+                stats.excluded += 1
+                continue
+            if max_size is not None and st.st_size > max_size:
+                stats.too_large += 1
+                continue
+            stats.files_seen += 1
+            if not rel.isascii() and not _is_utf8(rel):
+                rows.append(
+                    Rejected(display_path(rel), "file name is not valid UTF-8; rename it (e.g. with convmv) to send it")
+                )
+                continue
+            rows.append((rel, st.st_size, st.st_mtime_ns, st, child, entry_name))
+        return rows, subdirs
+
+
+async def _item_rows(
+    batches: AsyncIterator[list[FileItem | Rejected]],
+) -> AsyncGenerator[list[Row | Rejected], None]:
+    """Batches of items already built, as rows that carry their item (``LocalSource.item`` returns it)."""
+    async for batch in batches:
+        yield [e if isinstance(e, Rejected) else (e.rel_path, e.size, e.mtime_ns, e) for e in batch]
 
 
 def _child_paths(directory: Path) -> Callable[[str], Path]:
@@ -325,6 +416,15 @@ class LocalSource:
             # batched from its own entries, so what it does still happens as the walk goes.
             return batched(self.entries(), BATCH)
         return walk_batches(self.root, self.options, self.stats, own_state=self.own_state)
+
+    def row_batches(self) -> AsyncGenerator[list[Row | Rejected], None]:
+        """``entry_batches`` as rows (``RowSource``): the planner builds the items of the files it sends."""
+        if type(self).entries is not LocalSource.entries or type(self).entry_batches is not LocalSource.entry_batches:
+            return _item_rows(self.entry_batches())  # a subclass's own entries, as ``entry_batches`` has them
+        return walk_rows(self.root, self.options, self.stats, own_state=self.own_state)
+
+    def item(self, row: Row) -> FileItem:
+        return row[3] if isinstance(row[3], FileItem) else row_item(row, self.options.follow_symlinks)
 
     def _stat(self, rel_path: str) -> os.stat_result | str:
         """The file as it is now, reached from the root without following links (unless asked), or why not."""
