@@ -59,7 +59,10 @@ def wait_for_progress(manifest: ManifestUnderTest, proc: subprocess.Popen[Any], 
         except Exception:
             pass  # not created yet, or mid-creation
         time.sleep(0.02)
-    raise AssertionError("the run finished or stalled before the kill")
+    if proc.poll() is None:
+        raise AssertionError("the run stalled before the kill")
+    _, err = proc.communicate()  # it exited: say why, and close its pipes
+    raise AssertionError(f"the run exited {proc.returncode} before the kill: {(err or '').strip()[-500:]}")
 
 
 @pytest.mark.parametrize(("harness", "backend"), KILL_CASES)
