@@ -399,7 +399,9 @@ async def test_a_part_the_store_fails_once_is_sent_again(tmp_path: Path) -> None
     store = FlakyStore(part=2, failures=1)
     data = os.urandom(11 * 1024 * 1024)
     await stage_through(store, tmp_path, "s3put/flaky/once.pdf", data)
-    assert store.seen == ["HEAD ", "POST uploads", "PUT 1", "PUT 2", "PUT 2", "PUT 3", store.seen[-1]]
+    # Two parts are in flight at once, so part 3 may go out while part 2 is sent again.
+    assert store.seen[:2] == ["HEAD ", "POST uploads"]
+    assert sorted(store.seen[2:-1]) == ["PUT 1", "PUT 2", "PUT 2", "PUT 3"]
     assert store.seen[-1].startswith("POST uploadId=")
     assert boto3_client().get_object(Bucket=MOTO.bucket, Key="s3put/flaky/once.pdf")["Body"].read() == data
 
@@ -410,7 +412,8 @@ async def test_a_part_the_store_keeps_failing_aborts_the_upload(tmp_path: Path) 
     store = FlakyStore(part=2, failures=99)
     with pytest.raises(TransientError, match=r"staging big\.pdf: the staging store http://\S+ failed \(500\)"):
         await stage_through(store, tmp_path, "s3put/flaky/never.pdf", os.urandom(11 * 1024 * 1024))
-    assert store.seen[2:5] == ["PUT 1", "PUT 2", "PUT 2"]
-    assert store.seen[5:-1] == ["PUT 2"]
+    sent = store.seen[2:-1]
+    assert (sent.count("PUT 1"), sent.count("PUT 2"), sent.count("PUT 3") <= 1) == (1, 3, True)
+    assert not any(line.startswith("POST uploadId=") for line in store.seen)  # never completed
     assert store.seen[-1].startswith("DELETE uploadId=")
     assert open_uploads("s3put/flaky/never.pdf") == []

@@ -2,11 +2,12 @@
 S3-compatible store (TOS on Volcengine), so that VikingDB's ``doc/add`` can read them by ``tos_path`` or
 by a presigned URL.
 
-A file up to ``part_size`` goes up in one PUT; a larger one as a multipart upload, one part at a time,
-each part retried up to three times (it is in memory), the upload aborted if it fails. Either way the
-file is read in ``chunk_size`` pieces (off the event loop, hashing as it goes) into one part buffer, so
-memory per upload is bounded by ``part_size`` whatever the file size (``Content-MD5`` must be known
-before a part is sent, so a part cannot be streamed from the file). Each PUT carries ``Content-MD5``,
+A file up to ``part_size`` goes up in one PUT; a larger one as a multipart upload, the next part read
+while the last one is sent (``PARTS_IN_FLIGHT``), each part retried up to three times (it is in memory),
+the upload aborted if it fails. Either way the file is read in ``chunk_size`` pieces (off the event loop,
+hashing as it goes) into part buffers, so memory per upload is bounded by ``PARTS_IN_FLIGHT`` parts
+whatever the file size (``Content-MD5`` must be known before a part is sent, so a part cannot be
+streamed from the file). Each PUT carries ``Content-MD5``,
 so the store itself rejects a body damaged in transit. A file that changes size while being read fails
 with ``SourceFileError``.
 
@@ -20,7 +21,6 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
-import io
 from collections.abc import Callable, Container, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
@@ -29,6 +29,7 @@ from typing import Any
 import anyio
 
 from ingest import _failpoints
+from ingest._aio import first_leaf
 from ingest.errors import (
     SERVER_STATUSES,
     AuthError,
@@ -53,6 +54,10 @@ __all__ = ["BUCKET_CHECK_ERRORS", "STAGING_ERRORS", "Staged", "Staging", "Stagin
 #: Attempts per multipart request (as aiobotocore's ``total_max_attempts`` was): a part is in memory,
 #: so repeating it is cheap, and sending the whole file again for one failed part is not.
 PART_RETRY = RetryPolicy(attempts=3, initial_delay=0.5, max_delay=5.0)
+#: Parts of one upload in memory at once: one sent while the next is read and hashed (in a worker
+#: thread), so reading, hashing and sending overlap. One at a time, a 1 GiB file went at half the speed
+#: of s3transfer's ten (benchmarks/README.md, "Issue 11", item 17); each part is ``part_size`` bytes.
+PARTS_IN_FLIGHT = 2
 
 
 def _staging_errors(missing_bucket_status: Container[int]) -> ErrorRules:
@@ -218,7 +223,7 @@ class Staging:
             if item.size <= self.settings.part_size:
                 body, md5 = await self._read_part(f, item, item.size, digest, last=True)
                 store = await self._store(key)
-                await store.put_object(key, body.getbuffer(), content_md5=md5, metadata=metadata, what=what)
+                await store.put_object(key, body, content_md5=md5, metadata=metadata, what=what)
             else:
                 await self._put_multipart(f, item, key, metadata, digest)
         finally:
@@ -233,20 +238,39 @@ class Staging:
         upload_id = await retrying(
             lambda: store.create_multipart(key, metadata=metadata, what=what), PART_RETRY, what=what
         )
+        etags: dict[int, str] = {}
+        # Taken before a part is read, given back once it is sent: at most PARTS_IN_FLIGHT parts in memory.
+        slots = anyio.Semaphore(PARTS_IN_FLIGHT)
+
+        async def send_part(number: int, body: memoryview, md5: str) -> None:
+            send = functools.partial(
+                store.upload_part, key, upload_id, number, body, content_md5=md5, what=what
+            )
+            try:
+                etags[number] = await retrying(send, PART_RETRY, what=f"{what}, part {number}")
+            finally:
+                slots.release()
+
         try:
-            etags: list[str] = []
-            offset = 0
-            while offset < item.size:
-                want = min(self.settings.part_size, item.size - offset)
-                offset += want
-                body, md5 = await self._read_part(f, item, want, digest, last=offset >= item.size)
-                number = len(etags) + 1
-                send = functools.partial(
-                    store.upload_part, key, upload_id, number, body.getbuffer(), content_md5=md5, what=what
-                )
-                etags.append(await retrying(send, PART_RETRY, what=f"{what}, part {number}"))
-                del body, send  # one part in memory at a time
-            await retrying(lambda: store.complete_multipart(key, upload_id, etags, what=what), PART_RETRY, what=what)
+            try:
+                async with anyio.create_task_group() as parts:
+                    offset = number = 0
+                    while offset < item.size:
+                        await slots.acquire()
+                        want = min(self.settings.part_size, item.size - offset)
+                        offset += want
+                        try:
+                            body, md5 = await self._read_part(f, item, want, digest, last=offset >= item.size)
+                        except BaseException:
+                            slots.release()
+                            raise
+                        number += 1
+                        parts.start_soon(send_part, number, body, md5)
+                        del body
+            except BaseExceptionGroup as group:
+                raise first_leaf(group) from None  # the error itself, as one part at a time raised it
+            ordered = [etags[n] for n in range(1, number + 1)]
+            await retrying(lambda: store.complete_multipart(key, upload_id, ordered, what=what), PART_RETRY, what=what)
         except BaseException:
             # Leave no half-uploaded parts behind (they cost storage); best effort, even when cancelled.
             with anyio.CancelScope(shield=True), suppress(Exception):
@@ -255,18 +279,19 @@ class Staging:
 
     async def _read_part(
         self, f: BodyStream, item: FileItem, want: int, digest: Any, *, last: bool
-    ) -> tuple[io.BytesIO, str]:
+    ) -> tuple[memoryview, str]:
         """Read ``want`` bytes in chunks: the part (a buffer sent as is, never copied) and its base64 md5
         (for ``Content-MD5``). On the last part, also check that the file did not grow."""
         part_digest = hashlib.md5(usedforsecurity=False)
-        buffer = io.BytesIO()
+        # Allocated once at its final size: a growing BytesIO copied itself as it doubled.
+        buffer = memoryview(bytearray(want))
         got = 0
         while got < want:
             n = min(self._chunk_size, want - got)
             chunk = await f.read(n, (digest, part_digest))
             if not chunk:
                 raise SourceFileError(item.rel_path, "file shrank while being sent; rerun to send it")
-            buffer.write(chunk)
+            buffer[got : got + len(chunk)] = chunk
             got += len(chunk)
             if self._on_bytes is not None:
                 self._on_bytes(len(chunk))
@@ -274,7 +299,6 @@ class Staging:
         if last:
             if await f.read(1):
                 raise SourceFileError(item.rel_path, "file grew while being sent; rerun to send it")
-        buffer.seek(0)
         return buffer, base64.b64encode(part_digest.digest()).decode()
 
     async def presign(self, key: str, expires: int) -> str:
