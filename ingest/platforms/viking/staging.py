@@ -243,9 +243,7 @@ class Staging:
         slots = anyio.Semaphore(PARTS_IN_FLIGHT)
 
         async def send_part(number: int, body: memoryview, md5: str) -> None:
-            send = functools.partial(
-                store.upload_part, key, upload_id, number, body, content_md5=md5, what=what
-            )
+            send = functools.partial(store.upload_part, key, upload_id, number, body, content_md5=md5, what=what)
             try:
                 etags[number] = await retrying(send, PART_RETRY, what=f"{what}, part {number}")
             finally:
