@@ -43,18 +43,22 @@ async def plan(
     server_dedup = run.target.features.server_dedup
     async with work, to_poller:
         async with contextlib.aclosing(_chunks(run)) as chunks:  # a stop closes the walk (and its folders) now
-            async for chunk in chunks:
+            async for chunk, stored in chunks:
                 if run.stop_sending:
                     break
                 if chunk:
-                    await _plan_chunk(run, chunk, work, to_poller, dedup_mode, server_dedup)
+                    await _plan_chunk(run, chunk, stored, work, to_poller, dedup_mode, server_dedup)
         run.summary.walk_finished = not run.stop_sending
     run.completion.end_walk()
 
 
-async def _chunks(run: RunState) -> AsyncGenerator[list[FileItem | Rejected], None]:
+#: A chunk of the walk to decide, and what the manifest says of its files when that was read already.
+Chunk = tuple[list[FileItem | Rejected], dict[str, StoredState] | None]
+
+
+async def _chunks(run: RunState) -> AsyncGenerator[Chunk, None]:
     """The walk in chunks of items to decide; from a ``RowSource``, without its done, unchanged files
-    (counted as skipped here)."""
+    (counted as skipped here), with the stored states read to find them."""
     source = run.source
     if isinstance(source, RowSource):
         may_refuse = run.target.may_refuse()
@@ -65,22 +69,22 @@ async def _chunks(run: RunState) -> AsyncGenerator[list[FileItem | Rejected], No
                 yield _skip_rows(run, source, rows, may_refuse)
     elif isinstance(source, BatchedSource):
         async for batch in source.entry_batches():
-            yield batch
+            yield batch, None
     else:
         async for chunk in batched(source.entries(), LOOKUP_CHUNK):
-            yield chunk
+            yield chunk, None
 
 
-def _skip_rows(
-    run: RunState, source: RowSource, rows: list[Row | Rejected], may_refuse: bool
-) -> list[FileItem | Rejected]:
+def _skip_rows(run: RunState, source: RowSource, rows: list[Row | Rejected], may_refuse: bool) -> Chunk:
     """Count the done and unchanged files of ``rows`` as skipped (the rule of ``_skips``, read off the raw
-    row: no ``FileItem`` unless the target may refuse it) and return the others as items, in order, for
-    ``_plan_chunk``. On a no-op rerun that is one manifest query per batch and nothing built per file."""
+    row: no ``FileItem`` unless the target may refuse it) and return the others as items, in order, with
+    the stored states, for ``_plan_chunk``. On a no-op rerun that is one manifest query per batch and
+    nothing built per file."""
     known = [r[0] for r in rows if not isinstance(r, Rejected)]
     stored = {} if run.fresh_manifest or not known else run.manifest.lookup_states(known)
+    run.summary.walk_known += len(stored)
     if not stored:
-        return [r if isinstance(r, Rejected) else source.item(r) for r in rows]
+        return [r if isinstance(r, Rejected) else source.item(r) for r in rows], stored
     rest: list[FileItem | Rejected] = []
     skipped = skipped_bytes = 0
     refuse = run.target.refuse
@@ -102,15 +106,15 @@ def _skip_rows(
             log.debug("%s: %s", row[0], _DECISIONS[Decision.SKIP])
         skipped += 1
         skipped_bytes += row[1]
-    run.summary.walk_known += skipped  # the others are counted by ``_plan_chunk``, which looks them up
     run.summary.skipped += skipped
     run.summary.skipped_bytes += skipped_bytes
-    return rest
+    return rest, stored
 
 
 async def _plan_chunk(
     run: RunState,
     chunk: list[FileItem | Rejected],
+    stored: dict[str, StoredState] | None,
     work: MemoryObjectSendStream[Work],
     to_poller: MemoryObjectSendStream[Tracked],
     dedup_mode: str,
@@ -118,10 +122,12 @@ async def _plan_chunk(
 ) -> None:
     """Decide a chunk of the walk in its order, with two manifest queries at most: what every known file's
     record says of it (``lookup_states``: on a rerun of a large unchanged tree the lookups were most of the
-    time, benchmarks/README.md), then the whole records of the files that are not done and unchanged."""
-    known = [e.rel_path for e in chunk if not isinstance(e, Rejected)]
-    stored = {} if run.fresh_manifest or not known else run.manifest.lookup_states(known)
-    run.summary.walk_known += len(stored)
+    time, benchmarks/README.md; ``stored`` when the walk read it already), then the whole records of the
+    files that are not done and unchanged."""
+    if stored is None:
+        known = [e.rel_path for e in chunk if not isinstance(e, Rejected)]
+        stored = {} if run.fresh_manifest or not known else run.manifest.lookup_states(known)
+        run.summary.walk_known += len(stored)
     skips = [_skips(run, entry, stored.get(entry.rel_path)) for entry in chunk]
     wanted = [e.rel_path for e, skip in zip(chunk, skips, strict=True) if not skip and e.rel_path in stored]
     records = run.manifest.lookup_many(wanted) if wanted else {}
