@@ -531,6 +531,32 @@ async def test_task_list_pages_read_only_their_window_yet_agree_with_the_whole_l
                 assert paged == everything
 
 
+async def test_a_task_list_page_reads_its_own_tasks_through_an_index_whatever_the_account_holds(
+    config: MoiEmulatorConfig,
+) -> None:
+    """A poll of the newest tasks (page 2 of 3 here) reads the task rows of that page only, from an index
+    (no sort of every task), and their files in one statement, not one per task: its cost does not grow
+    with the account (it was 6-8 ms of emulator CPU a page of 100 among 2,000 tasks)."""
+    async with running(replace(config, task_delay_ms=0)) as emu:
+        ids = [(await emu.upload([(f"{i}.txt", b"x")]))[1]["data"]["task_id"] for i in range(9)]
+        db = emu.state.store._db
+        statements: list[str] = []
+        db.set_trace_callback(statements.append)
+        try:
+            params = {"order_by": "created_at", "is_desc": "true", "page": 2, "page_size": 3}
+            _, body = await emu.call("GET", "/task/list", params=params)
+        finally:
+            db.set_trace_callback(None)
+        assert [t["id"] for t in body["data"]["tasks"]] == ids[::-1][3:6]
+        task_reads = [s for s in statements if "FROM tasks t" in s and "task_files" not in s]
+        file_reads = [s for s in statements if "FROM task_files" in s]
+        assert len(task_reads) == 1
+        assert len(file_reads) == 1
+        plan = " ".join(str(row[3]) for row in db.execute(f"EXPLAIN QUERY PLAN {task_reads[0]}"))
+        assert "USING INDEX tasks_by_second" in plan
+        assert "TEMP B-TREE" not in plan
+
+
 async def test_task_list_filters_and_orders(config: MoiEmulatorConfig) -> None:
     """/task/list returns every task with total, ordered by creation, filterable by status."""
     async with running(replace(config, task_delay_ms=0)) as emu:

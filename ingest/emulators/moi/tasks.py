@@ -11,7 +11,6 @@ which answers in the seed document's form (no counts), for clients that must cop
 from __future__ import annotations
 
 import collections
-import functools
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -212,18 +211,26 @@ async def list_tasks(request: web.Request) -> web.Response:
     if order_by not in _TASK_ORDER_FIELDS:
         raise bad(f"query parameter order_by must be one of: {', '.join(_TASK_ORDER_FIELDS)}")
     intervals = _load_interval_types(request)
-    loads = await anyio.to_thread.run_sync(request.app[LOADS].loads.tasks)
-    store = state_of(request).store
-    uploads_left_out = 0
-    if wanted is None and intervals is None and order_by in ("created_at", "id"):
+    store, load_store = state_of(request).store, request.app[LOADS].loads
+    newest_first = wanted is None and intervals is None and order_by in ("created_at", "id")
+
+    def read() -> tuple[list[LoadTask], list[Task], int, int]:
+        """The load tasks, the upload tasks that can reach the page, how many upload tasks come before
+        those read (in the page's order), and how many were not read at all."""
+        loads = load_store.tasks()
+        if not newest_first:
+            return loads, store.tasks(), 0, 0
         # The order a client polling its newest uploads asks for: only the upload tasks that can reach this
-        # page are built (each answer used to build every task of the account, growing with it).
-        tasks, total = await anyio.to_thread.run_sync(
-            functools.partial(store.newest_tasks, page * page_size, descending=descending, by_id=order_by == "id")
+        # page are built (each answer used to build every task of the account, growing with it); with no
+        # load task to interleave, only the page itself.
+        skipped = 0 if loads else (page - 1) * page_size
+        tasks, total = store.newest_tasks(
+            page * page_size - skipped, offset=skipped, descending=descending, by_id=order_by == "id"
         )
-        uploads_left_out = total - len(tasks)
-    else:
-        tasks = await anyio.to_thread.run_sync(store.tasks)
+        return loads, tasks, skipped, total - len(tasks)
+
+    # One hop for both reads (each hop is a queue put, a thread wake-up and a wake-up of the loop).
+    loads, tasks, skipped, uploads_left_out = await anyio.to_thread.run_sync(read)
     now = now_ms()
     views = [_upload_task_json(task, now, request) for task in tasks] + [_load_json(load, request) for load in loads]
     if intervals is not None:
@@ -235,7 +242,8 @@ async def list_tasks(request: web.Request) -> web.Response:
     views = [v for v in views if wanted is None or v["status"] == wanted]
     # Ids are snowflakes: ordering them numerically is ordering by creation, the natural tie-breaker.
     views.sort(key=lambda v: (int(v[order_by]), int(v["id"])), reverse=descending)
-    page_views = views[(page - 1) * page_size : page * page_size]
+    start = (page - 1) * page_size - skipped
+    page_views = views[start : start + page_size]
     return ok(request, {"tasks": page_views, "total": len(views) + uploads_left_out})
 
 
