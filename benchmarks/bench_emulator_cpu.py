@@ -5,13 +5,17 @@ so before/after comparisons of emulator changes are quick and can alternate:
 
 - ``--uploads N`` (default 2,000) files of 4 KiB, one per request, sent by one ``curl --parallel
   --parallel-max 32`` to a fresh emulator (``--latency-ms 20 --task-delay-ms 50``, as ``run.py``);
-- ``--status N`` (default 10,000) ``GET /task/get`` for one task, also curl ``--parallel 32``.
+- ``--status N`` (default 10,000) ``GET /task/get`` for one task, also curl ``--parallel 32``;
+- ``--list N`` (default 200) ``GET /task/list`` pages of the newest 100 tasks (``order_by=created_at``,
+  ``is_desc=true``, as ``ingest run --batch-files 1`` polls) among the uploads' tasks, after the uploads,
+  curl ``--parallel 4`` (a poll is one client's request at a time).
 
 Emulator CPU is read from ``/proc/PID/stat`` before and after each load (the kernel's accounting, not
 wall time: the machine is shared). ``--profile DIR`` also records each load with ``py-spy record``
-(flame graphs ``DIR/upload.svg`` and ``DIR/status.svg``, plus ``-f raw`` folded stacks next to them)::
+(flame graphs ``DIR/upload.svg``, ``DIR/status.svg`` and ``DIR/list.svg``, plus ``-f raw`` folded stacks next to them)::
 
-    python benchmarks/bench_emulator_cpu.py [--uploads 2000] [--status 10000] [--repeat 1] [--profile DIR]
+    python benchmarks/bench_emulator_cpu.py [--uploads 2000] [--status 10000] [--list 200] [--repeat 1]
+                                            [--profile DIR]
 """
 
 from __future__ import annotations
@@ -66,8 +70,9 @@ def _profiled(emu: moi.Emulator, out: Path | None, name: str) -> Iterator[None]:
             proc.wait(timeout=60)
 
 
-def uploads_ms(work: Path, count: int, profile: Path | None) -> tuple[float, float]:
-    """Emulator CPU ms per upload request, one 4 KiB file per request: (user + system, system)."""
+def uploads_ms(work: Path, count: int, profile: Path | None, lists: int = 0) -> tuple[float, float, float]:
+    """Emulator CPU ms per upload request, one 4 KiB file per request: (user + system, system); then per
+    ``/task/list`` page of the newest 100 of those tasks (``lists`` pages; NaN for none)."""
     src = work / "files"
     if not src.exists():
         moi.make_small_files(src, count, 4096)
@@ -87,10 +92,37 @@ def uploads_ms(work: Path, count: int, profile: Path | None) -> tuple[float, flo
             )
         after = _cpu(emu)
         stored = len(emu.stored())
+        list_ms = _lists_ms(emu, work, lists, profile) if lists else float("nan")
     ok = m.stdout.split().count("200")
     if ok != count or stored != count:
         raise RuntimeError(f"uploads: {ok} answered 200 and {stored} stored of {count}")
-    return (sum(after) - sum(before)) * 1000 / count, (after[1] - before[1]) * 1000 / count
+    return (sum(after) - sum(before)) * 1000 / count, (after[1] - before[1]) * 1000 / count, list_ms
+
+
+def _lists_ms(emu: moi.Emulator, work: Path, count: int, profile: Path | None) -> float:
+    """Emulator CPU ms (user + system) per ``GET /task/list`` page of the newest 100 tasks."""
+    url = f"{emu.url}/task/list?order_by=created_at&is_desc=true&page=1&page_size=100"
+    line = "\n".join(
+        [
+            f"url = {json.dumps(url)}",
+            f"header = {json.dumps('moi-key: ' + moi.API_KEY)}",
+            'output = "/dev/null"',
+            'write-out = "%{http_code}\\n"',
+        ]
+    )
+    (work / "list.cfg").write_text("\nnext\n".join([line] * count) + "\n")
+    before = _cpu(emu)
+    with _profiled(emu, profile, "list"):
+        m = moi.run_measured(
+            ["curl", "--silent", "--parallel", "--parallel-max", "4", "--config", str(work / "list.cfg")],
+            cwd=work,
+            env=moi.child_env(),
+        )
+    after = _cpu(emu)
+    ok = m.stdout.split().count("200")
+    if ok != count:
+        raise RuntimeError(f"list: {count - ok} of {count} list requests were not answered 200")
+    return (sum(after) - sum(before)) * 1000 / count
 
 
 def status_ms(work: Path, count: int, profile: Path | None) -> tuple[float, float]:
@@ -138,6 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--uploads", type=int, default=2000)
     parser.add_argument("--status", type=int, default=10_000)
+    parser.add_argument("--list", type=int, default=200, help="/task/list pages after the uploads (0: none)")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--profile", type=Path, default=None, help="record py-spy flame graphs into this folder")
     args = parser.parse_args(argv)
@@ -145,12 +178,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.profile.mkdir(parents=True, exist_ok=True)
     with moi.work_dir(None) as work:
         for _ in range(args.repeat):
-            nan = (float("nan"), float("nan"))
-            up = uploads_ms(work, args.uploads, args.profile) if args.uploads else nan
-            st = status_ms(work, args.status, args.profile) if args.status else nan
+            nan = float("nan")
+            up = uploads_ms(work, args.uploads, args.profile, args.list) if args.uploads else (nan, nan, nan)
+            st = status_ms(work, args.status, args.profile) if args.status else (nan, nan)
             print(
                 f"emulator CPU ms/upload request {up[0]:.3f} (system {up[1]:.3f})"
-                f"  ms/status request {st[0]:.3f} (system {st[1]:.3f})",
+                f"  ms/status request {st[0]:.3f} (system {st[1]:.3f})"
+                f"  ms/list page {up[2]:.3f}",
                 flush=True,
             )
     return 0
