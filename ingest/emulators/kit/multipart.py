@@ -104,7 +104,7 @@ class _FormReader(MultipartReader):
     aiohttp's ``next`` means to look at the first part only, but since ``_maybe_release_last_part`` clears
     ``_last_part`` it runs for every part, with its full ``parse_content_disposition`` (which also
     re-escapes its character table on each call): three parses per one-file upload, ~a third of the
-    emulator's CPU for it (py-spy, ``benchmarks/README.md`` item 19). This ``next`` is aiohttp's own step
+    upload handler's py-spy samples (``benchmarks/README.md`` item 19). This ``next`` is aiohttp's own step
     for step, reading the part's name through ``part_names`` (one regex for the usual header, aiohttp's
     parser otherwise), so a ``_charset_`` part is consumed exactly where aiohttp consumes it.
     """

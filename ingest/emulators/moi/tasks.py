@@ -77,9 +77,9 @@ def _with_counts(view: dict[str, Any], statuses: Iterable[int], request: web.Req
     emulator answers in the seed's form."""
     if state_of(request).config.task_counts:
         # Two plain counts, not a Counter: a list page builds this for each of its (often 100) tasks.
-        statuses = [int(s) for s in statuses]
-        view["success_file_count"] = statuses.count(FileStatus.SUCCESS)
-        view["failed_file_count"] = statuses.count(FileStatus.FAILED)
+        counted = [int(s) for s in statuses]
+        view["success_file_count"] = counted.count(FileStatus.SUCCESS)
+        view["failed_file_count"] = counted.count(FileStatus.FAILED)
     return view
 
 
