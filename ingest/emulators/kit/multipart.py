@@ -82,67 +82,6 @@ def media_type(request: web.Request) -> str:
     return request.content_type
 
 
-#: What ``_FormReader.next`` uses of ``MultipartReader``'s own state; without any of it (another aiohttp),
-#: aiohttp's ``next`` is used as it is.
-_READER_INTERNALS = (
-    "_at_eof",
-    "_at_bof",
-    "_last_part",
-    "_default_charset",
-    "_maybe_release_last_part",
-    "_read_until_first_boundary",
-    "_read_boundary",
-    "fetch_next_part",
-)
-#: RFC 7578 4.6: a part of this name gives the form's default charset and is not a field.
-_CHARSET_FIELD = "_charset_"
-
-
-class _FormReader(MultipartReader):
-    """aiohttp's reader with its RFC 7578 ``_charset_`` check made cheap, nothing else changed.
-
-    aiohttp's ``next`` means to look at the first part only, but since ``_maybe_release_last_part`` clears
-    ``_last_part`` it runs for every part, with its full ``parse_content_disposition`` (which also
-    re-escapes its character table on each call): three parses per one-file upload, ~a third of the
-    upload handler's py-spy samples (``benchmarks/README.md`` item 19). This ``next`` is aiohttp's own step
-    for step, reading the part's name through ``part_names`` (one regex for the usual header, aiohttp's
-    parser otherwise), so a ``_charset_`` part is consumed exactly where aiohttp consumes it.
-    """
-
-    async def next(self) -> MultipartReader | BodyPartReader | None:
-        if self._at_eof:
-            return None
-        await self._maybe_release_last_part()
-        if self._at_bof:
-            await self._read_until_first_boundary()
-            self._at_bof = False
-        else:
-            await self._read_boundary()
-        if self._at_eof:
-            return None
-        part = await self.fetch_next_part()
-        if isinstance(part, BodyPartReader) and part_names(part)[0] == _CHARSET_FIELD:
-            charset = await part.read_chunk(32)
-            if len(charset) > 31:
-                raise RuntimeError("Invalid default charset")
-            self._default_charset = charset.strip().decode()
-            part = await self.fetch_next_part()
-        self._last_part = part
-        return part
-
-
-async def _form_reader(request: web.Request) -> MultipartReader:
-    """``request.multipart()``, as a ``_FormReader`` when this aiohttp has what it relies on.
-
-    Made by aiohttp (its size limits and error classes as the request configures them), then given the
-    cheaper ``next``.
-    """
-    reader = await request.multipart()
-    if type(reader) is MultipartReader and all(hasattr(reader, name) for name in _READER_INTERNALS):
-        reader.__class__ = _FormReader
-    return reader
-
-
 async def receive_parts(
     request: web.Request, on_part: Callable[[BodyPartReader], Awaitable[None]], fail: Refusal
 ) -> None:
@@ -154,7 +93,7 @@ async def receive_parts(
     if media_type(request) != "multipart/form-data":
         raise fail(f"request body must be multipart/form-data, not {short(request.content_type)!r}")
     try:
-        reader = await _form_reader(request)
+        reader = await request.multipart()
         while (part := await reader.next()) is not None:
             if isinstance(part, MultipartReader):
                 raise fail("nested multipart parts are not supported")
