@@ -29,6 +29,7 @@ from botocore.credentials import Credentials
 from ingest.errors import ConfigError, SourceFileError, TransientError
 from ingest.http import HttpClient
 from ingest.models import FileItem
+from ingest.platforms.viking import s3put
 from ingest.platforms.viking.s3put import UNSIGNED_PAYLOAD, S3Bucket, sign_s3
 from ingest.platforms.viking.staging import BUCKET_CHECK_ERRORS, STAGING_ERRORS, Staging, StagingSettings
 from tests.harness import MOTO
@@ -111,6 +112,19 @@ def test_a_presigned_url_is_botocores(path_style: bool) -> None:
     ours = bucket_for(base, host, root).presign_get(key, 600, now=signed_at.replace(tzinfo=dt.UTC))
     assert ours == theirs
     assert "s3cr3t" not in ours
+
+
+def test_the_signing_key_is_derived_once_a_day() -> None:
+    """The same signatures, with the four chained HMACs done once per day and region."""
+    s3put._signing_key.cache_clear()
+    headers = {"host": "127.0.0.1:9000", "content-md5": "x"}
+    signatures = {
+        sign_s3("PUT", "/b/k", headers, UNSIGNED_PAYLOAD, access_key="AKID", secret_key="s3cr3t/KEY",
+                region="cn-beijing", now=WHEN + dt.timedelta(seconds=s))["Authorization"]
+        for s in (0, 1, 2)
+    }  # fmt: skip
+    assert len(signatures) == 3
+    assert s3put._signing_key.cache_info().misses == 1
 
 
 def test_a_default_port_is_not_part_of_the_host() -> None:
