@@ -20,13 +20,16 @@ from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 import aiohttp
+import anyio
 import pytest
 from aiohttp import web
+from anyio.abc import TaskStatus
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from ingest.errors import ConfigError, SourceFileError, TransientError
+from ingest.formdata import READ_ON_LOOP_MAX
 from ingest.http import HttpClient
 from ingest.models import FileItem
 from ingest.platforms.viking import s3put
@@ -284,6 +287,42 @@ async def test_staging_a_file_stores_it_whichever_way_it_goes(tmp_path: Path, ke
     requests, or aiobotocore's for a key an URL would rewrite: the same object every way."""
     data = os.urandom(size)
     assert await stage(tmp_path, key, data) == {"body": data, "metadata": {"doc_id": "d1"}}
+
+
+async def test_a_file_of_a_few_kib_is_staged_without_a_worker_thread(tmp_path: Path) -> None:
+    """Up to ``READ_ON_LOOP_MAX`` a file is read on the event loop, as a form's small files are (the hop
+    cost more than the read); a bigger small file still goes to a worker thread. Shown by keeping the
+    only worker thread busy: the 4 KiB file is stored meanwhile, the 64 KiB + 1 one waits."""
+    few, more = tmp_path / "few.txt", tmp_path / "more.txt"
+    few.write_bytes(b"a" * 4096)
+    more.write_bytes(b"b" * (READ_ON_LOOP_MAX + 1))
+    threads = anyio.to_thread.current_default_thread_limiter()
+    total = threads.total_tokens
+    release = anyio.Event()
+
+    async def hold_the_thread(*, task_status: TaskStatus[None]) -> None:
+        async with threads:
+            task_status.started()
+            await release.wait()
+
+    staging = Staging(settings_for())
+    await staging.open()  # before the thread is held: resolving the host may take one
+    try:
+        threads.total_tokens = 1
+        async with anyio.create_task_group() as tg:
+            await tg.start(hold_the_thread)
+            with anyio.fail_after(10):
+                staged = await staging.put(FileItem("few.txt", few, 4096, few.stat().st_mtime_ns), "s3put/few.txt", {})
+            assert staged.md5 == hashlib.md5(b"a" * 4096).hexdigest()
+            item = FileItem("more.txt", more, READ_ON_LOOP_MAX + 1, more.stat().st_mtime_ns)
+            with anyio.move_on_after(0.3) as waiting:
+                await staging.put(item, "s3put/more.txt", {})
+            assert waiting.cancelled_caught
+            release.set()
+    finally:
+        threads.total_tokens = total
+        await staging.aclose()
+    assert boto3_client().get_object(Bucket=MOTO.bucket, Key="s3put/few.txt")["Body"].read() == b"a" * 4096
 
 
 async def test_a_key_too_long_for_our_multipart_goes_through_aiobotocore(tmp_path: Path) -> None:

@@ -41,6 +41,7 @@ from ingest.errors import (
     SourceFileError,
     TransientError,
 )
+from ingest.formdata import READ_ON_LOOP_MAX
 from ingest.http import HttpClient
 from ingest.models import FileItem
 from ingest.platforms.viking.botostore import BotoBucket
@@ -208,9 +209,13 @@ class Staging:
         """Upload ``item`` to ``key`` with user ``metadata``; returns the whole file's md5."""
         what = f"staging {item.rel_path}"
         if is_small_local(item):
-            # One thread hop reads, checks and hashes it (chunked reads took one hop each, and one more
-            # to see the end).
-            [(data, whole_md5)] = await anyio.to_thread.run_sync(read_small, [item])
+            # Read, checked and hashed in one call (chunked reads took a thread hop each, and one more to
+            # see the end); on the event loop up to READ_ON_LOOP_MAX, as a form's small files are: the
+            # hop cost more than the read (benchmarks/README.md, "Issue 11", items 14 and 21).
+            if item.size <= READ_ON_LOOP_MAX:
+                [(data, whole_md5)] = read_small([item])
+            else:
+                [(data, whole_md5)] = await anyio.to_thread.run_sync(read_small, [item])
             if self._on_bytes is not None:
                 self._on_bytes(item.size)
             store = await self._store(key)
