@@ -33,6 +33,7 @@ from ingest.formdata import READ_ON_LOOP_MAX
 from ingest.http import HttpClient
 from ingest.models import FileItem
 from ingest.platforms.viking import s3put
+from ingest.platforms.viking import staging as staging_module
 from ingest.platforms.viking.s3put import UNSIGNED_PAYLOAD, S3Bucket, sign_s3
 from ingest.platforms.viking.staging import BUCKET_CHECK_ERRORS, STAGING_ERRORS, Staging, StagingSettings
 from tests.harness import MOTO
@@ -323,6 +324,42 @@ async def test_a_file_of_a_few_kib_is_staged_without_a_worker_thread(tmp_path: P
         threads.total_tokens = total
         await staging.aclose()
     assert boto3_client().get_object(Bucket=MOTO.bucket, Key="s3put/few.txt")["Body"].read() == b"a" * 4096
+
+
+_md5 = hashlib.md5
+
+
+class CountingMd5:
+    """``hashlib.md5`` counting the bytes given to ``update`` (``hashed``): how many passes a body costs.
+    (Bytes given at construction are the test's own check, not counted.)"""
+
+    hashed = 0
+
+    def __init__(self, data: bytes = b"", *, usedforsecurity: bool = True) -> None:
+        self._md5 = _md5(data, usedforsecurity=usedforsecurity)
+
+    def update(self, data: bytes) -> None:
+        CountingMd5.hashed += len(data)
+        self._md5.update(data)
+
+    def digest(self) -> bytes:
+        return self._md5.digest()
+
+    def hexdigest(self) -> str:
+        return self._md5.hexdigest()
+
+
+@pytest.mark.parametrize(("size", "passes"), [(200 * 1024, 1), (11 * 1024 * 1024 + 5, 2)])
+async def test_a_file_sent_in_one_put_is_md5_hashed_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int, passes: int
+) -> None:
+    """Up to a part, the part's md5 (``Content-MD5``) is the file's (the manifest's): one pass serves
+    both. In parts, each byte goes into its part's md5 and the file's."""
+    monkeypatch.setattr(staging_module.hashlib, "md5", CountingMd5)
+    CountingMd5.hashed = 0
+    data = os.urandom(size)
+    assert await stage(tmp_path, "s3put/hashed.bin", data) == {"body": data, "metadata": {"doc_id": "d1"}}
+    assert CountingMd5.hashed == passes * size
 
 
 async def test_a_key_too_long_for_our_multipart_goes_through_aiobotocore(tmp_path: Path) -> None:
