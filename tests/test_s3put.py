@@ -20,15 +20,20 @@ from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 import aiohttp
+import anyio
 import pytest
 from aiohttp import web
+from anyio.abc import TaskStatus
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from ingest.errors import ConfigError, SourceFileError, TransientError
+from ingest.formdata import READ_ON_LOOP_MAX
 from ingest.http import HttpClient
 from ingest.models import FileItem
+from ingest.platforms.viking import s3put
+from ingest.platforms.viking import staging as staging_module
 from ingest.platforms.viking.s3put import UNSIGNED_PAYLOAD, S3Bucket, sign_s3
 from ingest.platforms.viking.staging import BUCKET_CHECK_ERRORS, STAGING_ERRORS, Staging, StagingSettings
 from tests.harness import MOTO
@@ -111,6 +116,19 @@ def test_a_presigned_url_is_botocores(path_style: bool) -> None:
     ours = bucket_for(base, host, root).presign_get(key, 600, now=signed_at.replace(tzinfo=dt.UTC))
     assert ours == theirs
     assert "s3cr3t" not in ours
+
+
+def test_the_signing_key_is_derived_once_a_day() -> None:
+    """The same signatures, with the four chained HMACs done once per day and region."""
+    s3put._signing_key.cache_clear()
+    headers = {"host": "127.0.0.1:9000", "content-md5": "x"}
+    signatures = {
+        sign_s3("PUT", "/b/k", headers, UNSIGNED_PAYLOAD, access_key="AKID", secret_key="s3cr3t/KEY",
+                region="cn-beijing", now=WHEN + dt.timedelta(seconds=s))["Authorization"]
+        for s in (0, 1, 2)
+    }  # fmt: skip
+    assert len(signatures) == 3
+    assert s3put._signing_key.cache_info().misses == 1
 
 
 def test_a_default_port_is_not_part_of_the_host() -> None:
@@ -270,6 +288,78 @@ async def test_staging_a_file_stores_it_whichever_way_it_goes(tmp_path: Path, ke
     requests, or aiobotocore's for a key an URL would rewrite: the same object every way."""
     data = os.urandom(size)
     assert await stage(tmp_path, key, data) == {"body": data, "metadata": {"doc_id": "d1"}}
+
+
+async def test_a_file_of_a_few_kib_is_staged_without_a_worker_thread(tmp_path: Path) -> None:
+    """Up to ``READ_ON_LOOP_MAX`` a file is read on the event loop, as a form's small files are (the hop
+    cost more than the read); a bigger small file still goes to a worker thread. Shown by keeping the
+    only worker thread busy: the 4 KiB file is stored meanwhile, the 64 KiB + 1 one waits."""
+    few, more = tmp_path / "few.txt", tmp_path / "more.txt"
+    few.write_bytes(b"a" * 4096)
+    more.write_bytes(b"b" * (READ_ON_LOOP_MAX + 1))
+    threads = anyio.to_thread.current_default_thread_limiter()
+    total = threads.total_tokens
+    release = anyio.Event()
+
+    async def hold_the_thread(*, task_status: TaskStatus[None]) -> None:
+        async with threads:
+            task_status.started()
+            await release.wait()
+
+    staging = Staging(settings_for())
+    await staging.open()  # before the thread is held: resolving the host may take one
+    try:
+        threads.total_tokens = 1
+        async with anyio.create_task_group() as tg:
+            await tg.start(hold_the_thread)
+            with anyio.fail_after(10):
+                staged = await staging.put(FileItem("few.txt", few, 4096, few.stat().st_mtime_ns), "s3put/few.txt", {})
+            assert staged.md5 == hashlib.md5(b"a" * 4096).hexdigest()
+            item = FileItem("more.txt", more, READ_ON_LOOP_MAX + 1, more.stat().st_mtime_ns)
+            with anyio.move_on_after(0.3) as waiting:
+                await staging.put(item, "s3put/more.txt", {})
+            assert waiting.cancelled_caught
+            release.set()
+    finally:
+        threads.total_tokens = total
+        await staging.aclose()
+    assert boto3_client().get_object(Bucket=MOTO.bucket, Key="s3put/few.txt")["Body"].read() == b"a" * 4096
+
+
+_md5 = hashlib.md5
+
+
+class CountingMd5:
+    """``hashlib.md5`` counting the bytes given to ``update`` (``hashed``): how many passes a body costs.
+    (Bytes given at construction are the test's own check, not counted.)"""
+
+    hashed = 0
+
+    def __init__(self, data: bytes = b"", *, usedforsecurity: bool = True) -> None:
+        self._md5 = _md5(data, usedforsecurity=usedforsecurity)
+
+    def update(self, data: bytes) -> None:
+        CountingMd5.hashed += len(data)
+        self._md5.update(data)
+
+    def digest(self) -> bytes:
+        return self._md5.digest()
+
+    def hexdigest(self) -> str:
+        return self._md5.hexdigest()
+
+
+@pytest.mark.parametrize(("size", "passes"), [(200 * 1024, 1), (11 * 1024 * 1024 + 5, 2)])
+async def test_a_file_sent_in_one_put_is_md5_hashed_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int, passes: int
+) -> None:
+    """Up to a part, the part's md5 (``Content-MD5``) is the file's (the manifest's): one pass serves
+    both. In parts, each byte goes into its part's md5 and the file's."""
+    monkeypatch.setattr(staging_module.hashlib, "md5", CountingMd5)
+    CountingMd5.hashed = 0
+    data = os.urandom(size)
+    assert await stage(tmp_path, "s3put/hashed.bin", data) == {"body": data, "metadata": {"doc_id": "d1"}}
+    assert CountingMd5.hashed == passes * size
 
 
 async def test_a_key_too_long_for_our_multipart_goes_through_aiobotocore(tmp_path: Path) -> None:

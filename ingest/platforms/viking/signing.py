@@ -17,9 +17,11 @@ in constant time. Secrets appear in no return value and no error message.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import re
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -34,6 +36,7 @@ __all__ = [
     "sha256_hex",
     "sign",
     "verify",
+    "x_date_now",
 ]
 
 ALGORITHM = "HMAC-SHA256"
@@ -74,6 +77,25 @@ def format_x_date(when: dt.datetime) -> str:
     return when.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
+class _XDateClock:
+    """The current time as ``X-Date``, formatted once a second (``datetime.now`` and ``strftime`` took
+    ~2.6 µs a signature, and a staged file is signed twice)."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._text = ""
+
+    def __call__(self) -> str:
+        second = int(time.time())
+        if second != self._second:
+            self._second, self._text = second, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(second))
+        return self._text
+
+
+#: ``x_date_now()``: the current ``X-Date`` (also the S3 signer's ``x-amz-date``, the same format).
+x_date_now = _XDateClock()
+
+
 def _norm_uri(path: str) -> str:
     return quote(path or "/").replace("%2F", "/").replace("+", "%20")
 
@@ -105,7 +127,10 @@ def canonical_request(
     return text, signed
 
 
+@functools.lru_cache(maxsize=8)
 def _signing_key(secret_key: str, date: str, region: str, service: str) -> bytes:
+    """Four chained HMACs, the same for every request of a day: cached (~9 µs a signature, half of it).
+    The key is kept in memory only, as ``Credentials`` keeps the secret it comes from."""
     key = secret_key.encode()
     for part in (date, region, service, "request"):
         key = hmac.new(key, part.encode(), hashlib.sha256).digest()
@@ -134,7 +159,7 @@ def sign(
     ``headers`` are the ones the request will carry (names as sent: the signed set is chosen by exact
     name); include ``Host`` to sign it. Send the body bytes exactly as signed.
     """
-    x_date = format_x_date(now or dt.datetime.now(dt.UTC))
+    x_date = format_x_date(now) if now is not None else x_date_now()
     body_hash = sha256_hex(body)
     added = {"X-Date": x_date, "X-Content-Sha256": body_hash}
     chosen = {name.lower(): value for name, value in {**headers, **added}.items() if _is_signed(name)}

@@ -5,11 +5,11 @@ by a presigned URL.
 A file up to ``part_size`` goes up in one PUT; a larger one as a multipart upload, the next part read
 while the last one is sent (``PARTS_IN_FLIGHT``), each part retried up to three times (it is in memory),
 the upload aborted if it fails. Either way the file is read in ``chunk_size`` pieces (off the event loop,
-hashing as it goes) into part buffers, so memory per upload is bounded by ``PARTS_IN_FLIGHT`` parts
-whatever the file size (``Content-MD5`` must be known before a part is sent, so a part cannot be
-streamed from the file). Each PUT carries ``Content-MD5``,
-so the store itself rejects a body damaged in transit. A file that changes size while being read fails
-with ``SourceFileError``.
+hashing as it goes: a file of one part once, its part's md5 being the file's) into part buffers, so
+memory per upload is bounded by ``PARTS_IN_FLIGHT`` parts whatever the file size (``Content-MD5`` must be
+known before a part is sent, so a part cannot be streamed from the file). Each PUT carries
+``Content-MD5``, so the store itself rejects a body damaged in transit. A file that changes size while
+being read fails with ``SourceFileError``.
 
 The requests are signed and sent by ``s3put.S3Bucket`` through ``HttpClient``; ``botostore`` (aiobotocore,
 the ``viking`` extra) is created only for what ``S3Bucket`` does not take (``S3Bucket.takes``), so a
@@ -41,6 +41,7 @@ from ingest.errors import (
     SourceFileError,
     TransientError,
 )
+from ingest.formdata import READ_ON_LOOP_MAX
 from ingest.http import HttpClient
 from ingest.models import FileItem
 from ingest.platforms.viking.botostore import BotoBucket
@@ -208,24 +209,30 @@ class Staging:
         """Upload ``item`` to ``key`` with user ``metadata``; returns the whole file's md5."""
         what = f"staging {item.rel_path}"
         if is_small_local(item):
-            # One thread hop reads, checks and hashes it (chunked reads took one hop each, and one more
-            # to see the end).
-            [(data, whole_md5)] = await anyio.to_thread.run_sync(read_small, [item])
+            # Read, checked and hashed in one call (chunked reads took a thread hop each, and one more to
+            # see the end); on the event loop up to READ_ON_LOOP_MAX, as a form's small files are: the
+            # hop cost more than the read (benchmarks/README.md, "Issue 11", items 14 and 21).
+            if item.size <= READ_ON_LOOP_MAX:
+                [(data, whole_md5)] = read_small([item])
+            else:
+                [(data, whole_md5)] = await anyio.to_thread.run_sync(read_small, [item])
             if self._on_bytes is not None:
                 self._on_bytes(item.size)
             store = await self._store(key)
             md5 = base64.b64encode(whole_md5).decode()
             await store.put_object(key, data, content_md5=md5, metadata=metadata, what=what)
             return Staged(key, item.size, whole_md5.hex())
-        digest = hashlib.md5(usedforsecurity=False)
         f = await open_body(item)  # a local file or a bucket object: read the same way
         try:
             if item.size <= self.settings.part_size:
-                body, md5 = await self._read_part(f, item, item.size, digest, last=True)
+                # One part: its md5 is the file's, so one pass serves Content-MD5 and the manifest.
+                body, part_md5 = await self._read_part(f, item, item.size, None, last=True)
                 store = await self._store(key)
+                md5 = base64.b64encode(part_md5).decode()
                 await store.put_object(key, body, content_md5=md5, metadata=metadata, what=what)
-            else:
-                await self._put_multipart(f, item, key, metadata, digest)
+                return Staged(key, item.size, part_md5.hex())
+            digest = hashlib.md5(usedforsecurity=False)
+            await self._put_multipart(f, item, key, metadata, digest)
         finally:
             await f.aclose()
         return Staged(key, item.size, digest.hexdigest())
@@ -263,7 +270,7 @@ class Staging:
                             slots.release()
                             raise
                         number += 1
-                        parts.start_soon(send_part, number, body, md5)
+                        parts.start_soon(send_part, number, body, base64.b64encode(md5).decode())
                         del body
             except BaseExceptionGroup as group:
                 raise first_leaf(group) from None  # the error itself, as one part at a time raised it
@@ -276,17 +283,19 @@ class Staging:
             raise
 
     async def _read_part(
-        self, f: BodyStream, item: FileItem, want: int, digest: Any, *, last: bool
-    ) -> tuple[memoryview, str]:
-        """Read ``want`` bytes in chunks: the part (a buffer sent as is, never copied) and its base64 md5
-        (for ``Content-MD5``). On the last part, also check that the file did not grow."""
+        self, f: BodyStream, item: FileItem, want: int, digest: Any | None, *, last: bool
+    ) -> tuple[memoryview, bytes]:
+        """Read ``want`` bytes in chunks, hashed into ``digest`` (the whole file's md5, if one is kept
+        besides the part's): the part (a buffer sent as is, never copied) and its md5 digest (for
+        ``Content-MD5``). On the last part, also check that the file did not grow."""
         part_digest = hashlib.md5(usedforsecurity=False)
+        digests = (part_digest,) if digest is None else (digest, part_digest)
         # Allocated once at its final size: a growing BytesIO copied itself as it doubled.
         buffer = memoryview(bytearray(want))
         got = 0
         while got < want:
             n = min(self._chunk_size, want - got)
-            chunk = await f.read(n, (digest, part_digest))
+            chunk = await f.read(n, digests)
             if not chunk:
                 raise SourceFileError(item.rel_path, "file shrank while being sent; rerun to send it")
             buffer[got : got + len(chunk)] = chunk
@@ -297,7 +306,7 @@ class Staging:
         if last:
             if await f.read(1):
                 raise SourceFileError(item.rel_path, "file grew while being sent; rerun to send it")
-        return buffer, base64.b64encode(part_digest.digest()).decode()
+        return buffer, part_digest.digest()
 
     async def presign(self, key: str, expires: int) -> str:
         """A GET URL for ``key`` valid ``expires`` seconds (signed locally: no request is made)."""
