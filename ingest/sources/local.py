@@ -181,8 +181,9 @@ async def walk_rows(
     name)`` per file (``row_item`` builds its item), so a file the planner skips costs no item, pin or path.
 
     Folders are opened relative to their parent's descriptor; only the chain of folders from the root to
-    the one being listed is open at a time. Each folder is opened and listed (``scandir`` and an ``lstat``
-    per entry) in one worker thread hop, then sifted here; no folder is read ahead of the batch being filled.
+    the one being listed is open at a time. Each folder is opened, listed and sifted (``scandir``, and an ``lstat``
+    per entry the filters do not pass over first) in one worker thread hop; no folder is read ahead of the
+    batch being filled.
     ``own_state``: relative paths (files or folders) of ingest's own state inside the tree (manifest,
     report, embedded data), never part of the source.
     """
@@ -200,7 +201,7 @@ async def walk_rows(
             parent, name, prefix, expected = stack.pop()
             while chain[-1][0] != parent:  # depth first: the parent is on the chain
                 os.close(chain.pop()[1])
-            # One thread hop per folder (open and list), awaited: listing the next folder in a thread while
+            # One thread hop per folder (open, list, sift), awaited: listing the next folder in a thread while
             # this one was decided made the no-op rerun slower on 2 cores (benchmarks/README.md, Issue 11
             # item 12: each ``lstat`` hands the GIL back and forth with the planner's queries).
             fd, sifted, problem = await anyio.to_thread.run_sync(_list, chain[-1][1], name, expected, sift, prefix)
