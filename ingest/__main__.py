@@ -2,6 +2,6 @@
 
 import sys
 
-from ingest.cli.main import main
+from ingest.cli.main import entry
 
-sys.exit(main())
+sys.exit(entry())

@@ -244,3 +244,37 @@ def test_a_rerun_with_nothing_to_send_imports_no_http_client(tmp_path: Path) -> 
     )
     assert json.loads(rerun.stdout)["skipped"] == 5, rerun.stderr
     assert rerun.stderr.strip().splitlines()[-1] == "imported: []"
+
+
+def test_a_rerun_with_nothing_to_send_builds_no_model_it_does_not_validate(tmp_path: Path) -> None:
+    """Building a pydantic model's validator is most of the cost of defining it: a no-op rerun validates
+    its own settings and the embedded MOI target's, so it builds neither MOI's request and reply models
+    (``moi.wire``: 36 of them, a tenth of the start-up) nor the other platforms' settings; and the process entry
+    moved what the imports built out of the collector's sight and collects the young generation less often
+    (benchmarks/README.md, Issue 11 item 18)."""
+    make_tree(tmp_path / "docs", 3)
+    assert run_cli(["run", "docs"], cwd=tmp_path).returncode == 0
+    code = (
+        "import gc, runpy, sys\n"
+        "sys.argv = ['ingest', 'run', 'docs', '--json']\n"
+        "try:\n"
+        "    runpy.run_module('ingest', run_name='__main__', alter_sys=True)\n"
+        "except SystemExit as exit:\n"
+        "    assert exit.code == 0, exit.code\n"
+        "from pydantic import BaseModel\n"
+        "from ingest.platforms.moi import wire\n"
+        "from ingest.platforms.keyue.config import KeyueTargetConfig\n"
+        "from ingest.platforms.viking.config import VikingTargetConfig\n"
+        "models = [m for m in vars(wire).values() if isinstance(m, type) and issubclass(m, BaseModel)\n"
+        "          and m.__module__ == wire.__name__]\n"
+        "models += [KeyueTargetConfig, VikingTargetConfig]\n"
+        "built = sorted(m.__name__ for m in models if m.__pydantic_complete__)\n"
+        "print('built:', built, len(models), gc.get_freeze_count() > 0, gc.get_threshold()[0], file=sys.stderr)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "INGEST_FAILPOINT"}
+    rerun = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120
+    )
+    assert json.loads(rerun.stdout)["skipped"] == 3, rerun.stderr
+    # DedupConfig: the MOI target module makes its one instance when it is imported.
+    assert rerun.stderr.strip().splitlines()[-1] == "built: ['DedupConfig'] 38 True 10000"

@@ -362,6 +362,19 @@ async def test_a_batch_is_read_by_range_with_the_same_answer_as_by_name(opener: 
         assert set(by_name) == {p for p in batch if p in set(folder[::2] + inside)}
 
 
+async def test_the_file_count_is_the_sum_of_the_counts_by_state(opener: Opener) -> None:
+    """``file_count`` (what a rerun compares with the files its walk met, to know none left) is every row of
+    the manifest whatever its state, as ``counts()`` adds up, without grouping them by state."""
+    m = opener()
+    assert m.file_count() == 0
+    paths = [f"d/f{i:03d}.txt" for i in range(30)]
+    async with m.writer():
+        await m.mark_uploading([item(p) for p in paths], 1, dedup=False)
+        await m.mark_done(paths[:10], 1)
+    assert m.counts()["done"] == 10
+    assert m.file_count() == sum(m.counts().values()) == 30
+
+
 async def test_a_worker_that_cannot_take_the_planner_role_helps_instead_of_walking_again(
     opener: Opener, tmp_path: Path
 ) -> None:

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from ingest.cli.main import main
+from ingest.cli.main import entry, main
 
-__all__ = ["main"]
+__all__ = ["entry", "main"]

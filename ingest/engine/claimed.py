@@ -111,6 +111,9 @@ class FencedManifest:
     def counts(self) -> dict[str, int]:
         return self.store.counts()
 
+    def file_count(self) -> int:
+        return self.store.file_count()
+
     def iter_files(
         self, *, states: Sequence[FileState] = (), run_id: int | None = None, page: int = 1000
     ) -> Iterator[FileRecord]:

@@ -270,7 +270,7 @@ class Convergence:
             elif self.scan_removed:
                 # Only counted (nothing is deleted), so after the walk, which usually proves that no
                 # file left: a look at every manifest row (an lstat each) was a third of a no-op rerun.
-                rows_before = sum(self.manifest.counts().values())
+                rows_before = self.manifest.file_count()
         except BaseException:
             engine.close()  # never started: nothing to clean up
             raise
@@ -375,7 +375,7 @@ class Convergence:
             self.summary.removed_kept = gone_rows
             await self._note(gone_rows, excluded)
             return
-        total = sum(self.manifest.counts().values())
+        total = self.manifest.file_count()
         limit = max_delete_limit(self.sync.max_delete, total)
         if gone_docs > limit:
             await self._note(gone_rows, excluded)

@@ -245,7 +245,7 @@ async def _plan(
                 plan.removed += len(gone)
                 plan.excluded_kept += excluded
                 gone_docs += sum(1 for _, rid in gone if rid)
-            total = sum(manifest.counts().values())
+            total = manifest.file_count()
             plan.max_delete_limit = converge.max_delete_limit(sync.max_delete, total)
             if sync.delete:
                 plan.max_delete_stops = gone_docs > plan.max_delete_limit

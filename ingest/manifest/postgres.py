@@ -472,6 +472,9 @@ class PostgresManifest:
         found = {r[0]: int(r[1]) for r in rows}
         return {state.value: found.get(state.value, 0) for state in FileState}
 
+    def file_count(self) -> int:
+        return int(self._one("SELECT count(*) FROM ingest_files WHERE job = %s", (self.job,)))
+
     def iter_files(
         self, *, states: Sequence[FileState] = (), run_id: int | None = None, page: int = 1000
     ) -> Iterator[FileRecord]:

@@ -350,6 +350,9 @@ class SqliteManifest:
         found = dict(self._rconn.execute("SELECT state, COUNT(*) FROM files GROUP BY state").fetchall())
         return {state.value: int(found.get(state.value, 0)) for state in FileState}
 
+    def file_count(self) -> int:
+        return int(self._rconn.execute("SELECT COUNT(*) FROM files").fetchone()[0])
+
     def iter_files(
         self, *, states: Sequence[FileState] = (), run_id: int | None = None, page: int = 1000
     ) -> Iterator[FileRecord]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import operator
 import os
 import stat
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Iterator, Mapping
@@ -84,22 +85,14 @@ def _is_utf8(name: str) -> bool:
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
-def _scan(fd: int, follow: bool) -> list[tuple[str, os.stat_result | None, bool, str | None]]:
-    """List the open directory ``fd``: (name, stat, is_symlink, error) per entry, sorted by name."""
-    entries: list[tuple[str, os.stat_result | None, bool, str | None]] = []
+def _entries(fd: int) -> list[os.DirEntry[str]]:
+    """The entries of the open directory ``fd``, sorted by name. Their ``stat()`` reads relative to ``fd``
+    (which must stay open): ``_Sift.folder`` asks it only of the entries its filters do not pass over first."""
     with os.scandir(fd) as it:
-        for entry in it:
-            try:
-                is_link = entry.is_symlink()
-                st = entry.stat(follow_symlinks=follow)
-                entries.append((entry.name, st, is_link, None))
-            except FileNotFoundError:
-                # Vanished between listing and stat (or a dangling symlink): nothing to send.
-                entries.append((entry.name, None, True, "dangling symlink or vanished file"))
-            except OSError as exc:
-                entries.append((entry.name, None, False, exc.strerror or str(exc)))
-    entries.sort(key=lambda e: e[0])
-    return entries
+        return sorted(it, key=_NAME)
+
+
+_NAME = operator.attrgetter("name")
 
 
 def _open_dir(parent: int | None, name: str, follow: bool, expected: tuple[int, int] | None) -> int:
@@ -188,13 +181,13 @@ async def walk_rows(
     name)`` per file (``row_item`` builds its item), so a file the planner skips costs no item, pin or path.
 
     Folders are opened relative to their parent's descriptor; only the chain of folders from the root to
-    the one being listed is open at a time. Each folder is opened and listed (``scandir`` and an ``lstat``
-    per entry) in one worker thread hop, then sifted here; no folder is read ahead of the batch being filled.
+    the one being listed is open at a time. Each folder is opened, listed and sifted (``scandir``, and an ``lstat``
+    per entry the filters do not pass over first) in one worker thread hop; no folder is read ahead of the
+    batch being filled.
     ``own_state``: relative paths (files or folders) of ingest's own state inside the tree (manifest,
     report, embedded data), never part of the source.
     """
     sift = _Sift(root, options, stats if stats is not None else WalkStats(), own_state)
-    follow = options.follow_symlinks
     root_fd = await anyio.to_thread.run_sync(os.open, root, _DIR_FLAGS)
     root_st = os.fstat(root_fd)
     sift.visited.add((root_st.st_dev, root_st.st_ino))
@@ -208,19 +201,19 @@ async def walk_rows(
             parent, name, prefix, expected = stack.pop()
             while chain[-1][0] != parent:  # depth first: the parent is on the chain
                 os.close(chain.pop()[1])
-            # One thread hop per folder (open and list), awaited: listing the next folder in a thread while
+            # One thread hop per folder (open, list, sift), awaited: listing the next folder in a thread while
             # this one was decided made the no-op rerun slower on 2 cores (benchmarks/README.md, Issue 11
             # item 12: each ``lstat`` hands the GIL back and forth with the planner's queries).
-            fd, entries, problem = await anyio.to_thread.run_sync(_list, chain[-1][1], name, follow, expected)
+            fd, sifted, problem = await anyio.to_thread.run_sync(_list, chain[-1][1], name, expected, sift, prefix)
             if fd is not None:
                 chain.append((prefix, fd))
-            if entries is None:
+            if sifted is None:
                 if problem == _LINK:
                     sift.stats.symlinks += 1  # became a symbolic link after it was listed: not followed
                 elif problem is not None:
                     batch.append(Rejected(display_path(prefix or "."), problem))
                 continue  # else removed (or replaced) while we walked: nothing left to send from it
-            rows, subdirs = sift.folder(prefix, entries)
+            rows, subdirs = sifted
             stack.extend(reversed(subdirs))
             start = 0
             while len(batch) + len(rows) - start >= size:
@@ -239,15 +232,24 @@ async def walk_rows(
 
 #: A folder still to visit: (parent prefix, name, relative prefix, (dev, ino) as listed).
 _Folder = tuple[str, str, str, tuple[int, int] | None]
-#: A folder's listing: (its open descriptor, its entries, why there are none), see ``_list``.
-_Listed = tuple[int | None, list[tuple[str, os.stat_result | None, bool, str | None]] | None, str | None]
+#: A folder's listing: (its open descriptor, its rows and subfolders from ``_Sift.folder``, why there are
+#: none), see ``_list``.
+_Listed = tuple[int | None, tuple[list[Row | Rejected], list[_Folder]] | None, str | None]
 #: ``_list``'s problem for a folder that became a symbolic link (not followed; counted, not failed).
 _LINK = "symlink"
 
 
-def _list(parent: int, name: str, follow: bool, expected: tuple[int, int] | None) -> _Listed:
-    """Open folder ``name`` of ``parent`` (the root itself when ``name`` is empty) and list it; for a
-    worker thread: never raises. No entries and no problem: the folder is gone (nothing to send)."""
+def _list(parent: int, name: str, expected: tuple[int, int] | None, sift: _Sift, prefix: str) -> _Listed:
+    """Open folder ``name`` of ``parent`` (the root itself when ``name`` is empty), list it and sift it
+    (``prefix``: its path relative to the root); for a worker thread: never raises an ``OSError``. Nothing
+    sifted and no problem: the folder is gone (nothing to send).
+
+    The sift runs here, in the thread, with the listing: the ``lstat`` of each entry it keeps is made as it
+    comes to it (none for hidden entries and ingest's own files), and the entries go through one loop
+    instead of one to list them and another to sift them (benchmarks/README.md, Issue 11 item 18). The
+    walk awaits this hop, so the sift's counts and visited folders are never touched by two threads at once.
+    """
+    follow = sift.options.follow_symlinks
     fd = None
     if name:
         try:
@@ -259,28 +261,34 @@ def _list(parent: int, name: str, follow: bool, expected: tuple[int, int] | None
                 return None, None, _LINK
             return None, None, f"cannot list folder: {exc.strerror or exc}"
     try:
-        return fd, _scan(parent if fd is None else fd, follow), None
+        entries = _entries(parent if fd is None else fd)
     except OSError as exc:
         if fd is not None:
             os.close(fd)
         if isinstance(exc, FileNotFoundError):
             return None, None, None
         return None, None, f"cannot list folder: {exc.strerror or exc}"
+    try:
+        return fd, sift.folder(prefix, entries), None
+    except BaseException:
+        if fd is not None:
+            os.close(fd)  # not on the walk's chain yet: nobody else would close it
+        raise
 
 
 class _Sift:
-    """The walk's filters, applied to one folder's listing at a time (in the event loop: they count into
-    ``stats`` and remember the folders visited)."""
+    """The walk's filters, applied to one folder's listing at a time (in the worker thread that lists it,
+    while the walk awaits it: they count into ``stats`` and remember the folders visited)."""
 
     def __init__(self, root: Path, options: WalkOptions, stats: WalkStats, own_state: Collection[str]) -> None:
         self.root, self.options, self.stats, self.own_state = root, options, stats, own_state
         self.include, self.exclude = GlobSet(options.include), GlobSet(options.exclude)
         self.visited: set[tuple[int, int]] = set()
 
-    def folder(
-        self, prefix: str, entries: list[tuple[str, os.stat_result | None, bool, str | None]]
-    ) -> tuple[list[Row | Rejected], list[_Folder]]:
-        """The rows (and rejections) of folder ``prefix``'s files in name order, and its subfolders to visit."""
+    def folder(self, prefix: str, entries: list[os.DirEntry[str]]) -> tuple[list[Row | Rejected], list[_Folder]]:
+        """The rows (and rejections) of folder ``prefix``'s files in name order, and its subfolders to visit.
+        ``entries``: the folder's, sorted by name; each one's ``lstat`` (``stat`` with ``--follow-symlinks``)
+        is read once the entry passed the filters that need none."""
         stats, own_state, visited = self.stats, self.own_state, self.visited
         include, exclude = self.include, self.exclude
         # Tested once: ``GlobSet.__bool__`` per file was 2 % of a no-op rerun.
@@ -291,7 +299,9 @@ class _Sift:
         subdirs: list[_Folder] = []
         root = self.root
         child = _child_paths(Path(os.path.join(root, prefix)) if prefix else Path(root))
-        for entry_name, st, is_link, error in entries:
+        files_seen = 0
+        for entry in entries:
+            entry_name = entry.name
             rel = prefix + entry_name
             if own_state and rel in own_state:
                 stats.own_state += 1
@@ -299,6 +309,15 @@ class _Sift:
             if not hidden and entry_name.startswith("."):
                 stats.hidden += 1
                 continue
+            error: str | None = None
+            try:
+                is_link = entry.is_symlink()
+                st: os.stat_result | None = entry.stat(follow_symlinks=follow)
+            except FileNotFoundError:
+                # Vanished between listing and stat (or a dangling symlink): nothing to send.
+                st, is_link, error = None, True, "dangling symlink or vanished file"
+            except OSError as exc:
+                st, is_link, error = None, False, exc.strerror or str(exc)
             if is_link and not follow:
                 stats.symlinks += 1
                 continue
@@ -329,13 +348,14 @@ class _Sift:
             if max_size is not None and st.st_size > max_size:
                 stats.too_large += 1
                 continue
-            stats.files_seen += 1
+            files_seen += 1
             if not rel.isascii() and not _is_utf8(rel):
                 rows.append(
                     Rejected(display_path(rel), "file name is not valid UTF-8; rename it (e.g. with convmv) to send it")
                 )
                 continue
             rows.append((rel, st.st_size, st.st_mtime_ns, st, child, entry_name))
+        stats.files_seen += files_seen
         return rows, subdirs
 
 

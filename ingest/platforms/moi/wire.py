@@ -138,16 +138,21 @@ def _fields(model: BaseModel) -> dict[str, Any]:
     return values
 
 
+# Every model here is ``defer_build``: its validator is built when it is first used, not when this module is
+# imported. A run imports the module with the MOI target, and a run that sends nothing (a no-op rerun) uses
+# none of its 36 models: building them all was a tenth of its start-up (benchmarks/README.md, Issue 11 item 18).
+
+
 class _Reply(BaseModel):
     """A response object: unknown fields are kept (newer MOI versions add some)."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, defer_build=True)
 
 
 class _Body(BaseModel):
     """A request object we build: unknown fields are a bug."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 def _to_str(value: Any) -> Any:
@@ -167,7 +172,7 @@ def _to_int(value: Any) -> Any:
 class _ConnectorConfig(BaseModel):
     """A connector's connection settings. Lenient on reading (``extra`` kept), so the CLI checks its input."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, defer_build=True)
 
 
 class OssConfig(_ConnectorConfig):
@@ -474,7 +479,7 @@ class _Polled(BaseModel):
     """A reply read on every poll round, for the few fields polling needs: other fields are dropped, not
     kept and validated (a ``Task`` costs ~10 µs each, and a ``/task/list`` page holds 100 of them)."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, defer_build=True)
 
 
 class TaskState(_Polled):
