@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from ingest._aio import first_leaf, run_with_signals
 from ingest.config import EngineConfig, RunConfig, SyncConfig, validation_message
 from ingest.engine import converge
+from ingest.engine.collector import fewer_collections
 from ingest.engine.deferred import StartedOnFirstUse
 from ingest.engine.pipeline import run_engine
 from ingest.engine.shared import DEFAULT_LEASE, run_worker
@@ -254,8 +255,9 @@ async def run_job(job: Job, *, command: str, handle_signals: bool = False, only_
                 )
             )
             try:
-                async with manifest.writer():
-                    interrupted = await run_with_signals(handle_signals, sync.around(engine))
+                with fewer_collections():
+                    async with manifest.writer():
+                        interrupted = await run_with_signals(handle_signals, sync.around(engine))
             except BaseExceptionGroup as group:
                 # The task groups around the engine wrap what it raised: show the error itself.
                 raise first_leaf(group, (ConfigError, Exception)) from None
