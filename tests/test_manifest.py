@@ -12,6 +12,7 @@ import pytest
 from ingest.errors import ConfigError
 from ingest.manifest import Decision, decide
 from ingest.manifest import SqliteManifest as Manifest
+from ingest.manifest.groupcommit import HERE_MAX_STMTS
 from ingest.models import FileItem, FileState, Receipt
 
 pytestmark = pytest.mark.anyio
@@ -108,6 +109,18 @@ async def test_a_commit_runs_on_the_event_loop_thread_when_the_lock_is_free(tmp_
         await m.mark_done(["a.txt"], run_id=1)
     assert threads == [threading.get_ident()] * 2
     assert m.lookup("a.txt").state is FileState.DONE  # type: ignore[union-attr]
+
+
+async def test_a_big_commit_runs_in_a_worker_thread(tmp_path: Path) -> None:
+    """A batch's intents (two statements a file) stay off the event loop: there SQLite's work held up the
+    planner, and batches went out part-filled; in a thread the driver lets the loop run meanwhile."""
+    m = open_manifest(tmp_path / "m.db")
+    threads = commit_threads(m)
+    async with m.writer():
+        await m.mark_uploading([item(f"f{i}.txt") for i in range(HERE_MAX_STMTS)], run_id=1, dedup=False)
+    assert len(threads) == 1
+    assert threads[0] != threading.get_ident()
+    assert m.counts()["uploading"] == HERE_MAX_STMTS
 
 
 async def test_a_write_lock_held_elsewhere_is_waited_for_off_the_event_loop(tmp_path: Path) -> None:

@@ -36,6 +36,11 @@ T = TypeVar("T")
 #: Longest a ``write_later`` waits for a commit to ride in (seconds).
 LATER_LINGER = 1.0
 
+#: Most statements a commit may hold to run on the event loop's thread (``commit_here``). A bigger one
+#: (a batch's intents, a poll's done files) goes to a worker thread, where the driver releases the GIL
+#: while SQLite works: on the loop it held up the planner, and batches went out part-filled.
+HERE_MAX_STMTS = 24
+
 #: One statement: SQL, parameters, and the path it is fenced on (``None``: not fenced). A fenced
 #: statement that changes no row means the file is no longer this process's.
 Stmt = tuple[str, tuple[Any, ...], str | None]
@@ -123,7 +128,7 @@ class GroupCommit:
             group.done.set()
 
     async def _commit_writes(self, writes: list[Write]) -> None:
-        if self._commit_here is None:
+        if self._commit_here is None or sum(len(w.stmts) for w in writes) > HERE_MAX_STMTS:
             await anyio.to_thread.run_sync(self._commit, writes, limiter=self.limiter)
             return
         # The connection is also used from worker threads (claims, the walk): hold it like they do.
