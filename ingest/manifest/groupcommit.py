@@ -11,11 +11,12 @@ next commit someone waits for, or after ``LATER_LINGER`` seconds, and always bef
 Each commit is a thread hop and a transaction; a file's three writes were most of a commit each.
 
 A backend whose commit is short and local (SQLite: no fsync per commit in WAL mode) also supplies
-``commit_here(writes)``, which commits on the event loop's own thread unless it would have to wait for the
-database (another process holds its write lock) and then says so: the commit goes to a worker thread as
-before. A thread hop was ~3 ms of a file's wait for its intent record, for a 0.5 ms transaction, and each
-hop's hand-over (``Condition.notify`` for the thread, the GIL back and forth) was ~8 % of the event loop's
-time with one file per request (benchmarks/README.md, Issue 11 item 20).
+``commit_here(writes)``, which commits a small group (``HERE_MAX_STMTS``) on the event loop's own thread
+unless it would have to wait for the database (another process holds its write lock) and then says so:
+the commit goes to a worker thread as before. A thread hop was ~3 ms of a file's wait for its intent
+record, for a 0.5 ms transaction, and each hop's hand-over (``Condition.notify`` for the thread, the GIL
+back and forth) was ~8 % of the event loop's time with one file per request (benchmarks/README.md,
+Issue 11 item 20).
 """
 
 from __future__ import annotations
