@@ -2,6 +2,7 @@
 
 import contextlib
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from ingest.errors import ConfigError
 from ingest.manifest import Decision, decide
 from ingest.manifest import SqliteManifest as Manifest
+from ingest.manifest.groupcommit import HERE_MAX_STMTS
 from ingest.models import FileItem, FileState, Receipt
 
 pytestmark = pytest.mark.anyio
@@ -88,6 +90,63 @@ async def test_group_commit_batches_concurrent_writes(tmp_path: Path) -> None:
     # Visible to an independent reader: committed, not cached.
     with contextlib.closing(sqlite3.connect(tmp_path / "m.db")) as other:
         assert other.execute("SELECT COUNT(*) FROM files").fetchone()[0] == 500
+
+
+def commit_threads(m: Manifest) -> list[int]:
+    """The threads the writer's COMMIT statements run on, in order."""
+    threads: list[int] = []
+    m._wconn.set_trace_callback(lambda sql: threads.append(threading.get_ident()) if sql == "COMMIT" else None)  # type: ignore[attr-defined]
+    return threads
+
+
+async def test_a_commit_runs_on_the_event_loop_thread_when_the_lock_is_free(tmp_path: Path) -> None:
+    """A SQLite commit is short and local: handing it to a worker thread cost more than the transaction
+    (a hop each way, the GIL back and forth), so it runs where the writes were made."""
+    m = open_manifest(tmp_path / "m.db")
+    threads = commit_threads(m)
+    async with m.writer():
+        await m.mark_uploading([item("a.txt")], run_id=1, dedup=False)
+        await m.mark_done(["a.txt"], run_id=1)
+    assert threads == [threading.get_ident()] * 2
+    assert m.lookup("a.txt").state is FileState.DONE  # type: ignore[union-attr]
+
+
+async def test_a_big_commit_runs_in_a_worker_thread(tmp_path: Path) -> None:
+    """A batch's intents (two statements a file) stay off the event loop: there SQLite's work held up the
+    planner, and batches went out part-filled; in a thread the driver lets the loop run meanwhile."""
+    m = open_manifest(tmp_path / "m.db")
+    threads = commit_threads(m)
+    async with m.writer():
+        await m.mark_uploading([item(f"f{i}.txt") for i in range(HERE_MAX_STMTS)], run_id=1, dedup=False)
+    assert len(threads) == 1
+    assert threads[0] != threading.get_ident()
+    assert m.counts()["uploading"] == HERE_MAX_STMTS
+
+
+async def test_a_write_lock_held_elsewhere_is_waited_for_off_the_event_loop(tmp_path: Path) -> None:
+    """Another process of a shared job holding the write lock never stalls the loop: that commit waits in a
+    worker thread, and the write returns once it is committed."""
+    m = open_manifest(tmp_path / "m.db")
+    threads = commit_threads(m)
+    committed = anyio.Event()
+    with contextlib.closing(sqlite3.connect(tmp_path / "m.db", isolation_level=None)) as other:
+        other.execute("BEGIN IMMEDIATE")
+        async with m.writer(), anyio.create_task_group() as tg:
+
+            async def write() -> None:
+                await m.mark_uploading([item("a.txt")], run_id=1, dedup=False)
+                committed.set()
+
+            tg.start_soon(write)
+            for _ in range(20):  # the loop keeps turning while the lock is held
+                await anyio.sleep(0.01)
+            assert not committed.is_set()
+            other.execute("COMMIT")
+            with anyio.fail_after(30):
+                await committed.wait()
+    assert len(threads) == 1
+    assert threads[0] != threading.get_ident()
+    assert m.lookup("a.txt").state is FileState.UPLOADING  # type: ignore[union-attr]
 
 
 async def test_failed_records_keep_the_reason_and_create_rows(tmp_path: Path) -> None:

@@ -1,8 +1,8 @@
-"""Following single-file MOI upload tasks through ``GET /task/list`` (``ingest.platforms.moi.tasklist``).
+"""Following MOI upload tasks through ``GET /task/list`` (``ingest.platforms.moi.tasklist``).
 
-With one file per upload every file has a task of its own; a page of ``/task/list`` answers for many of
-them at once, and ``/task/files`` is asked only for what the list cannot settle. Each test counts the
-requests the emulator received (``/_emulator/stats``) around one ``MoiTarget.poll``.
+Every upload has a task of its own (with one file per upload, every file); a page of ``/task/list``
+answers for many of them at once, and ``/task/files`` is asked only for what the list cannot settle.
+Each test counts the requests the emulator received (``/_emulator/stats``) around one ``MoiTarget.poll``.
 """
 
 from __future__ import annotations
@@ -194,19 +194,75 @@ async def test_other_kinds_of_task_in_the_list_are_passed_over(tmp_path: Path, b
     assert cost == {"GET /task/list": 1}
 
 
-async def test_batched_tasks_are_still_asked_through_their_files(tmp_path: Path) -> None:
+async def upload_batches(target: MoiTarget, tmp_path: Path, batches: list[list[str]]) -> list[Receipt]:
+    """Each list of names in one upload request, hence one MOI task of that many files."""
+    receipts = []
+    for names in batches:
+        items = []
+        for name in names:
+            path = tmp_path / "src" / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(f"body of {name}\n".encode())
+            items.append(FileItem(name, path, path.stat().st_size, 0))
+        got = await target.submit(items, dedup=False)
+        assert all(r.error is None for r in got)
+        receipts.extend(got)
+    return receipts
+
+
+async def test_finished_batched_tasks_are_settled_by_one_list_request(tmp_path: Path) -> None:
+    """A batched task whose every file succeeded settles all of them: no /task/files per task (25
+    requests a poll for 500 batched files before)."""
     async with moi_target(tmp_path) as (moi, target):
-        paths = []
-        for name in ("a.txt", "b.txt", "c.txt"):
-            path = tmp_path / name
-            path.write_text(name)
-            paths.append(FileItem(name, path, path.stat().st_size, 0))
-        batch = await target.submit(paths[:2], dedup=False)
-        more = await target.submit(paths[2:], dedup=False)
-        await finished(target, [batch[0], more[0]])
-        states, cost = await polled(moi, target, [*batch, *more])
+        receipts = await upload_batches(target, tmp_path, [["a.txt", "b.txt"], ["c.txt", "d.txt", "e.txt"]])
+        await finished(target, receipts)
+        states, cost = await polled(moi, target, receipts)
+    assert states == {r.rel_path: (RemoteState.DONE, None) for r in receipts}
+    assert cost == {"GET /task/list": 1}
+
+
+async def test_running_batched_tasks_leave_all_their_files_pending(tmp_path: Path) -> None:
+    async with moi_target(tmp_path, task_delay_ms=600_000) as (moi, target):
+        receipts = await upload_batches(target, tmp_path, [["a.txt", "b.txt"], ["c.txt", "d.txt"]])
+        states, cost = await polled(moi, target, receipts)
+    assert states == {r.rel_path: (RemoteState.PENDING, None) for r in receipts}
+    assert cost == {"GET /task/list": 1}
+
+
+async def test_a_batched_task_with_a_failed_file_is_asked_through_its_files(tmp_path: Path) -> None:
+    async with moi_target(tmp_path) as (moi, target):
+        good = await upload_batches(target, tmp_path, [["ok1.txt", "ok2.txt"]])
+        moi.state.task_fail_rate = 1.0
+        bad = await upload_batches(target, tmp_path, [["bad1.txt", "bad2.txt"]])
+        moi.state.task_fail_rate = 0.0
+        await finished(target, good + bad)
+        states, cost = await polled(moi, target, good + bad)
+    assert states["ok1.txt"] == states["ok2.txt"] == (RemoteState.DONE, None)
+    assert states["bad1.txt"] == states["bad2.txt"] == (RemoteState.FAILED, INJECTED_FAILURE)
+    assert cost == {"GET /task/list": 1, "GET /task/files": 1}
+
+
+async def test_a_task_counting_fewer_successes_than_its_upload_carried_is_asked_its_files(tmp_path: Path) -> None:
+    """A receipt saying its upload carried more files than the task counts in success (one refused at
+    upload, say) is not settled by the count: the task's /task/files answers."""
+    async with moi_target(tmp_path) as (moi, target):
+        receipts = await upload_batches(target, tmp_path, [["a.txt", "b.txt"], ["c.txt", "d.txt"]])
+        await finished(target, receipts)
+        said_three = [
+            Receipt(r.rel_path, r.remote_id, r.task_id, extra={**r.extra, "task_files": "3"}) for r in receipts[2:]
+        ]
+        states, cost = await polled(moi, target, [*receipts[:2], *said_three])
+    assert states == {r.rel_path: (RemoteState.DONE, None) for r in receipts}
+    assert cost == {"GET /task/list": 1, "GET /task/files": 1}
+
+
+async def test_a_single_task_is_asked_through_its_files(tmp_path: Path) -> None:
+    async with moi_target(tmp_path) as (moi, target):
+        receipts = await upload_batches(target, tmp_path, [["a.txt", "b.txt"]])
+        await finished(target, receipts)
+        states, cost = await polled(moi, target, receipts)
     assert set(states.values()) == {(RemoteState.DONE, None)}
-    assert cost == {"GET /task/files": 2}  # one batched task and one single one: no list page pays off
+    assert cost == {"GET /task/files": 1}  # one task: no list page pays off
 
 
 async def test_a_run_of_single_file_uploads_polls_them_together(tmp_path: Path) -> None:

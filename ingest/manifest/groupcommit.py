@@ -9,6 +9,14 @@ A write whose loss in a crash the next run repairs (``write_later``: the record 
 accepted a file, which falls back to "uploading", resent with dedup) is not waited for: it rides in the
 next commit someone waits for, or after ``LATER_LINGER`` seconds, and always before the writer stops.
 Each commit is a thread hop and a transaction; a file's three writes were most of a commit each.
+
+A backend whose commit is short and local (SQLite: no fsync per commit in WAL mode) also supplies
+``commit_here(writes)``, which commits a small group (``HERE_MAX_STMTS``) on the event loop's own thread
+unless it would have to wait for the database (another process holds its write lock) and then says so:
+the commit goes to a worker thread as before. A thread hop was ~3 ms of a file's wait for its intent
+record, for a 0.5 ms transaction, and each hop's hand-over (``Condition.notify`` for the thread, the GIL
+back and forth) was ~8 % of the event loop's time with one file per request (benchmarks/README.md,
+Issue 11 item 20).
 """
 
 from __future__ import annotations
@@ -28,6 +36,11 @@ T = TypeVar("T")
 
 #: Longest a ``write_later`` waits for a commit to ride in (seconds).
 LATER_LINGER = 1.0
+
+#: Most statements a commit may hold to run on the event loop's thread (``commit_here``). A bigger one
+#: (a batch's intents, a poll's done files) goes to a worker thread, where the driver releases the GIL
+#: while SQLite works: on the loop it held up the planner, and batches went out part-filled.
+HERE_MAX_STMTS = 24
 
 #: One statement: SQL, parameters, and the path it is fenced on (``None``: not fenced). A fenced
 #: statement that changes no row means the file is no longer this process's.
@@ -57,8 +70,11 @@ class GroupCommit:
     Writers join the group being formed (``_next``) and wait on its one event; the writer task takes a
     group off the stream, so writes arriving during its commit form the next one."""
 
-    def __init__(self, commit: Callable[[list[Write]], None]) -> None:
+    def __init__(
+        self, commit: Callable[[list[Write]], None], commit_here: Callable[[list[Write]], bool] | None = None
+    ) -> None:
         self._commit = commit
+        self._commit_here = commit_here
         self._send: MemoryObjectSendStream[_Group] | None = None
         self._next: _Group | None = None
         #: ``write_later`` writes not committed yet: they go first in the next commit.
@@ -107,10 +123,25 @@ class GroupCommit:
         if group is not None:
             writes.extend(group.writes)
         if writes:
-            await anyio.to_thread.run_sync(self._commit, writes, limiter=self.limiter)
+            await self._commit_writes(writes)
             self.commits += 1
         if group is not None:
             group.done.set()
+
+    async def _commit_writes(self, writes: list[Write]) -> None:
+        if self._commit_here is None or sum(len(w.stmts) for w in writes) > HERE_MAX_STMTS:
+            await anyio.to_thread.run_sync(self._commit, writes, limiter=self.limiter)
+            return
+        # The connection is also used from worker threads (claims, the walk): hold it like they do.
+        try:
+            self.limiter.acquire_nowait()
+        except anyio.WouldBlock:
+            await self.limiter.acquire()
+        try:
+            if not self._commit_here(writes):
+                await anyio.to_thread.run_sync(self._commit, writes)  # the limiter is held: any thread will do
+        finally:
+            self.limiter.release()
 
     async def write_later(self, stmts: list[Stmt]) -> None:
         """Commit unfenced ``stmts`` with the next commit, without waiting for it (see the module

@@ -37,6 +37,9 @@ from ingest.models import FileItem, FileState, Receipt
 __all__ = ["SCHEMA_VERSION", "SqliteManifest"]
 
 SCHEMA_VERSION = 2
+#: How long a statement waits for another connection's write lock before failing (milliseconds).
+BUSY_TIMEOUT_MS = 30_000
+_NO_WAIT = 0
 
 _SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -196,7 +199,7 @@ class SqliteManifest:
             for conn in (self._wconn, self._rconn):
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
-                conn.execute("PRAGMA busy_timeout=30000")
+                conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             self._migrate()
         except sqlite3.DatabaseError as exc:
             if path.exists() and not os.access(path, os.W_OK):
@@ -215,7 +218,7 @@ class SqliteManifest:
                 f"manifest {path} cannot be opened ({exc}); point --manifest at a manifest file or a new path"
             ) from None
         self.job = job or self.get_meta("job") or path.stem
-        self._writer = GroupCommit(self._commit)
+        self._writer = GroupCommit(self._commit, self._commit_here)
 
     def _migrate(self) -> None:
         """Create a new manifest, or bring an older one up to ``SCHEMA_VERSION`` (never down)."""
@@ -391,6 +394,28 @@ class SqliteManifest:
     def _commit(self, writes: list[Write]) -> None:
         conn = self._wconn
         conn.execute("BEGIN IMMEDIATE")
+        self._apply(writes)
+
+    def _commit_here(self, writes: list[Write]) -> bool:
+        """Commit ``writes`` now, on the caller's thread (the event loop's), unless the write lock is taken
+        (another process of a shared job, a checkpoint): then ``False``, and ``_commit`` in a worker thread
+        waits for it (``busy_timeout``). The loop never waits for another process."""
+        conn = self._wconn
+        conn.execute(f"PRAGMA busy_timeout={_NO_WAIT}")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                return False
+            raise
+        finally:
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        self._apply(writes)
+        return True
+
+    def _apply(self, writes: list[Write]) -> None:
+        """The statements of ``writes`` in the transaction just begun, then its commit (or rollback)."""
+        conn = self._wconn
         try:
             for write in writes:
                 for sql, params, fenced in write.stmts:

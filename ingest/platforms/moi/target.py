@@ -3,9 +3,9 @@
 One upload request carries up to ``max_batch_files`` files as repeated ``file`` parts with a ``meta``
 array in MOI 5.0's form (``filename`` = the file's name, ``path`` = its relative path in the tree)
 and creates one MOI task; ``/task/files`` reports each file's status and ``/task/retry`` re-runs the
-failed ones. Dedup uses ``{"by": ["name", "md5"], "strategy": "skip"}``. Tasks of one file each
-(``--batch-files 1``) are followed together through ``/task/list`` pages (``tasklist``), falling back
-to ``/task/files`` for the tasks the list cannot settle.
+failed ones. Dedup uses ``{"by": ["name", "md5"], "strategy": "skip"}``. Tasks are followed together
+through ``/task/list`` pages (``tasklist``), falling back to ``/task/files`` for the tasks the list
+cannot settle.
 
 The volume's files are listed with ``/catalog/file/list`` (one ``volume_id`` filter, paged) and deleted
 one by one with ``/catalog/file/delete`` (``{"id"}``); the id is the upload's ``file_id``, which is what a
@@ -39,8 +39,8 @@ __all__ = ["MoiTarget", "MoiTargetConfig"]
 DEDUP_SKIP = DedupConfig(by=["name", "md5"], strategy="skip")
 TASK_FILES_PAGE = 1000
 POLL_PARALLEL_TASKS = 8
-#: Single-file tasks a poll must follow before a ``/task/list`` page is worth asking instead of their
-#: ``/task/files`` (one task is one request either way, and ``/task/files`` answers it exactly).
+#: Tasks a poll must follow before a ``/task/list`` page is worth asking instead of their ``/task/files``
+#: (one task is one request either way, and ``/task/files`` answers it exactly).
 LIST_MIN_TASKS = 2
 #: ``Receipt.extra`` key: how many files the upload that made the receipt's task carried.
 TASK_FILES = "task_files"
@@ -157,28 +157,23 @@ class MoiTarget(Target):
         return statuses
 
     async def _settle_from_list(self, by_task: dict[str, list[Receipt]]) -> list[RemoteStatus]:
-        """Statuses of the single-file tasks the ``/task/list`` pages settle; those tasks leave ``by_task``
-        (what stays there is asked through ``/task/files``). Batched tasks stay: one ``/task/files``
-        already answers for many files."""
-        single = [
-            task_id
-            for task_id, wanted in by_task.items()
-            if len(wanted) == 1 and wanted[0].extra.get(TASK_FILES) == "1"
-        ]
-        if not self._use_task_list or len(single) < LIST_MIN_TASKS:
+        """Statuses of the tasks the ``/task/list`` pages settle; those tasks leave ``by_task`` (what stays
+        there is asked through ``/task/files``). A batched task is settled as a whole: running, all its
+        files are pending; finished with every file it carried in success, all are done."""
+        listable = {task_id: files for task_id, wanted in by_task.items() if (files := _task_files(wanted))}
+        if not self._use_task_list or len(listable) < LIST_MIN_TASKS:
             return []
-        listed = await listed_tasks(self.client, single)
+        listed = await listed_tasks(self.client, listable)
         if listed is None:
             self._use_task_list = False
             return []
-        statuses = []
-        for task_id in single:
-            found = verdict(listed.get(task_id))
+        statuses: list[RemoteStatus] = []
+        for task_id, files in listable.items():
+            found = verdict(listed.get(task_id), files)
             if found is Verdict.ASK_FILES:
                 continue
-            (receipt,) = by_task.pop(task_id)
             state = RemoteState.DONE if found is Verdict.DONE else RemoteState.PENDING
-            statuses.append(RemoteStatus(receipt.rel_path, state))
+            statuses.extend(RemoteStatus(receipt.rel_path, state) for receipt in by_task.pop(task_id))
         return statuses
 
     async def _poll_task_or_skip(self, task_id: str, wanted: list[Receipt]) -> list[RemoteStatus]:
@@ -261,6 +256,16 @@ class MoiTarget(Target):
     async def aclose(self) -> None:
         if "client" in self.__dict__:  # never made: nothing to close
             await self.client.aclose()
+
+
+def _task_files(wanted: list[Receipt]) -> int:
+    """How many files the upload that made these receipts' task carried; 0 when a receipt does not say
+    (written before receipts said it: resumed from an older manifest), so the task is asked its files."""
+    counts = {r.extra.get(TASK_FILES) for r in wanted}
+    if len(counts) != 1:
+        return 0
+    (count,) = counts
+    return int(count) if count is not None and count.isdigit() and len(wanted) <= int(count) else 0
 
 
 def _document(f: CatalogFile) -> RemoteDocument:

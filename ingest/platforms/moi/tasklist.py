@@ -1,13 +1,14 @@
-"""MOI: following many single-file upload tasks with a page of ``GET /task/list`` instead of one
-``GET /task/files`` each.
+"""MOI: following many upload tasks with a page of ``GET /task/list`` instead of one ``GET /task/files``
+each.
 
-With ``--batch-files 1`` every upload makes a task of its own, and asking each task's ``/task/files`` costs
-a request per file per poll. ``/task/list``, newest first, shows ``LIST_PAGE`` tasks a page with their
-``status`` (4 = finished) and, from MOI 5.0, their ``success_file_count`` / ``failed_file_count``. What a
-listed task says about the one file its upload carried (``verdict``):
+Every upload makes a task of its own, and asking each task's ``/task/files`` costs a request per task per
+poll: per file with ``--batch-files 1``, and 25 requests for 500 batched files. ``/task/list``, newest
+first, shows ``LIST_PAGE`` tasks a page with their ``status`` (4 = finished) and, from MOI 5.0, their
+``success_file_count`` / ``failed_file_count``. What a listed task says about the files its upload
+carried (``verdict``):
 
 - running, pausing or paused: still pending, nothing more to ask;
-- finished with no failed file and one that succeeded: done;
+- finished with no failed file and as many that succeeded as the upload carried: all done;
 - anything else asks that task's ``/task/files``: finished with a failure (the reason is only there),
   no counts (the seed document's form), a status the documents do not define.
 
@@ -47,8 +48,8 @@ class Verdict(enum.Enum):
     ASK_FILES = "ask files"
 
 
-def verdict(task: TaskState | None) -> Verdict:
-    """What ``task`` (as listed; ``None`` = not seen) says of the single file its upload carried."""
+def verdict(task: TaskState | None, files: int = 1) -> Verdict:
+    """What ``task`` (as listed; ``None`` = not seen) says of the ``files`` files its upload carried."""
     if task is None:
         return Verdict.ASK_FILES
     if task.status in _STILL_RUNNING:
@@ -57,7 +58,7 @@ def verdict(task: TaskState | None) -> Verdict:
         task.status == TaskStatus.FINISHED
         and task.failed_file_count == 0
         and task.success_file_count is not None
-        and task.success_file_count >= 1
+        and task.success_file_count >= files
     ):
         return Verdict.DONE
     return Verdict.ASK_FILES
