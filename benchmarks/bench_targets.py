@@ -22,7 +22,7 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,17 +117,13 @@ def run_one(
     src: Path,
     expected: dict[str, str],
     concurrency: int,
-    before: Callable[[Server, Path], None] | None = None,
 ) -> moi.Run:
-    """One client run (``ingest``, ``baseline`` or ``curl``) into a fresh emulator; ``before(server,
-    run_dir)`` runs first against the same emulator (unmeasured by this run)."""
+    """One client run (``ingest``, ``baseline`` or ``curl``) into a fresh emulator."""
     run_dir = work / "runs" / name
     run_dir.mkdir(parents=True)
     paths = sorted(src.iterdir())
     server = Server(platform, run_dir / "data")
     try:
-        if before is not None:
-            before(server, run_dir)
         stdin = None
         if kind == "ingest":
             cmd, env = platform.ingest_cmd(src, server.url, run_dir, concurrency)
@@ -165,28 +161,38 @@ def bench_small(
     platform: Platform, work: Path, *, files: int, size: int, concurrency: int, repeat: int
 ) -> tuple[moi.Scenario, moi.Scenario, float]:
     """``baseline`` and ``ingest``, ``repeat`` runs each, interleaved, and the CPU seconds of ``ingest
-    run`` on an empty folder (start-up, imports, manifest, preflight: see run.py), measured against the
-    first ingest run's emulator before that run (one emulator start fewer)."""
+    run`` sending one of those files (start-up, imports, manifest, preflight and every lazy import or
+    model build a sending run pays once: see run.py)."""
     src = work / f"{platform.key}-small"
     expected = moi.make_small_files(src, files, size)
     baseline = moi.Scenario("baseline", f"{platform.label}: baseline_clients.py, {concurrency} at a time")
     ingest = moi.Scenario("ingest", f"{platform.label}: ingest run --concurrency {concurrency}")
-    startup: list[float] = []
-
-    def empty_run(server: Server, run_dir: Path) -> None:
-        if startup:
-            return
-        (work / "empty").mkdir(exist_ok=True)
-        cmd, env = platform.ingest_cmd(work / "empty", server.url, run_dir / "empty", 1)
-        (run_dir / "empty").mkdir()
-        m = moi.run_measured(cmd, cwd=run_dir / "empty", env=moi.child_env(**env))
-        if m.returncode != 0:
-            raise RuntimeError(f"{platform.label}: ingest run of an empty folder: exit {m.returncode}")
-        startup.append(m.cpu_s)
-
+    one_file = one_file_cpu_s(platform, work, src)
     kinds = [("baseline", baseline), ("ingest", ingest)]
-    _interleaved(platform, work, src, expected, concurrency, repeat, kinds, before={"ingest": empty_run})
-    return baseline, ingest, startup[0]
+    _interleaved(platform, work, src, expected, concurrency, repeat, kinds)
+    return baseline, ingest, one_file
+
+
+def one_file_cpu_s(platform: Platform, work: Path, src: Path) -> float:
+    """CPU seconds of ``ingest run`` on a folder holding one file of ``src``, into an emulator of its own
+    (the measured runs' emulators must hold exactly their files)."""
+    one = work / f"{platform.key}-one"
+    one.mkdir()
+    shutil.copy2(min(src.iterdir()), one)
+    run_dir = work / "runs" / f"{platform.key}-one"
+    run_dir.mkdir(parents=True)
+    server = Server(platform, run_dir / "data")
+    try:
+        cmd, env = platform.ingest_cmd(one, server.url, run_dir, 1)
+        m = moi.run_measured(cmd, cwd=run_dir, env=moi.child_env(**env))
+    finally:
+        server.stop()
+        shutil.rmtree(run_dir, ignore_errors=True)
+        if platform.key == "viking":
+            _empty_staging_bucket()
+    if m.returncode != 0:
+        raise RuntimeError(f"{platform.label}: ingest run of one file: exit {m.returncode}: {m.stderr.strip()[-300:]}")
+    return m.cpu_s
 
 
 def bench_big(platform: Platform, work: Path, mib: int, *, repeat: int) -> list[moi.Scenario]:
@@ -212,13 +218,12 @@ def _interleaved(
     concurrency: int,
     repeat: int,
     kinds: Sequence[tuple[str, moi.Scenario]],
-    before: Mapping[str, Callable[[Server, Path], None]] | None = None,
 ) -> list[moi.Scenario]:
     for i in range(repeat):
         for kind, sc in kinds:  # interleaved, so background load spreads over both
             print(f"{sc.label}: run {i + 1}/{repeat} ...", file=sys.stderr, flush=True)
             r = run_one(platform, kind, work=work, name=f"{platform.key}-{kind}-{i}", src=src, expected=expected,
-                        concurrency=concurrency, before=(before or {}).get(kind))  # fmt: skip
+                        concurrency=concurrency)  # fmt: skip
             if r.warning:
                 raise RuntimeError(f"{sc.label}: {r.warning}")
             sc.runs.append(r)
