@@ -10,9 +10,9 @@ import anyio
 import pytest
 
 from ingest.errors import ConfigError
-from ingest.manifest import Decision, decide
+from ingest.manifest import Decision, decide, groupcommit
 from ingest.manifest import SqliteManifest as Manifest
-from ingest.manifest.groupcommit import HERE_MAX_STMTS
+from ingest.manifest.groupcommit import HERE_MAX_STMTS, HERE_STREAK_MAX
 from ingest.models import FileItem, FileState, Receipt
 
 pytestmark = pytest.mark.anyio
@@ -121,6 +121,39 @@ async def test_a_big_commit_runs_in_a_worker_thread(tmp_path: Path) -> None:
     assert len(threads) == 1
     assert threads[0] != threading.get_ident()
     assert m.counts()["uploading"] == HERE_MAX_STMTS
+
+
+async def test_a_long_run_of_small_commits_sends_one_in_a_worker_thread_now_and_then(tmp_path: Path) -> None:
+    """SQLite checkpoints its log in a commit (an fsync of the database), never in one on the event loop:
+    every ``HERE_STREAK_MAX``-th small commit in a row goes to a worker thread, where it may."""
+    m = open_manifest(tmp_path / "m.db")
+    threads = commit_threads(m)
+    async with m.writer():
+        for i in range(HERE_STREAK_MAX + 2):
+            await m.mark_uploading([item(f"f{i}.txt")], run_id=1, dedup=False)
+    loop = threading.get_ident()
+    assert threads[:HERE_STREAK_MAX] == [loop] * HERE_STREAK_MAX
+    assert threads[HERE_STREAK_MAX] != loop
+    assert threads[HERE_STREAK_MAX + 1] == loop
+
+
+async def test_a_commit_on_the_event_loop_never_checkpoints_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past SQLite's 1,000 pages, a commit on the loop leaves the log as it is (a checkpoint there would
+    stall every transfer for its fsync); it is checkpointed by a commit in a worker thread."""
+    monkeypatch.setattr(groupcommit, "HERE_STREAK_MAX", 10**9)  # every commit on the loop
+    m = open_manifest(tmp_path / "m.db")
+    threads = commit_threads(m)
+    async with m.writer():
+        for i in range(700):  # a file's intent writes a few pages: well past 1,000 in all
+            await m.mark_uploading([item(f"f{i}.txt")], run_id=1, dedup=False)
+        assert set(threads) == {threading.get_ident()}
+        with contextlib.closing(sqlite3.connect(tmp_path / "m.db", isolation_level=None)) as other:
+            # (busy, pages in the log, pages checkpointed): run now, it reports what the log had come to.
+            _, logged, _ = other.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    assert logged > 1000
+    assert m.counts()["uploading"] == 700
 
 
 async def test_a_write_lock_held_elsewhere_is_waited_for_off_the_event_loop(tmp_path: Path) -> None:

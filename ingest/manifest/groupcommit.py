@@ -16,7 +16,8 @@ unless it would have to wait for the database (another process holds its write l
 the commit goes to a worker thread as before. A thread hop was ~3 ms of a file's wait for its intent
 record, for a 0.5 ms transaction, and each hop's hand-over (``Condition.notify`` for the thread, the GIL
 back and forth) was ~8 % of the event loop's time with one file per request (benchmarks/README.md,
-Issue 11 item 20).
+Issue 11 item 20). Nor does a commit on the loop do SQLite's slow work (the log's checkpoint, an fsync):
+every ``HERE_STREAK_MAX``-th commit in a row goes to a worker thread, where that happens.
 """
 
 from __future__ import annotations
@@ -41,6 +42,12 @@ LATER_LINGER = 1.0
 #: (a batch's intents, a poll's done files) goes to a worker thread, where the driver releases the GIL
 #: while SQLite works: on the loop it held up the planner, and batches went out part-filled.
 HERE_MAX_STMTS = 24
+#: After this many commits in a row on the loop's thread, the next goes to a worker thread all the same.
+#: A commit there may checkpoint the log (SQLite's automatic checkpoint, an fsync of the database: 10-30 ms
+#: seen), which a commit on the loop never does (``commit_here``'s contract); without this, a run of small
+#: commits would let the log grow for ever. 128 small commits write a few hundred log pages, against the
+#: 1,000 at which SQLite checkpoints.
+HERE_STREAK_MAX = 128
 
 #: One statement: SQL, parameters, and the path it is fenced on (``None``: not fenced). A fenced
 #: statement that changes no row means the file is no longer this process's.
@@ -82,6 +89,8 @@ class GroupCommit:
         # The connection is used from worker threads, one at a time.
         self.limiter = anyio.CapacityLimiter(1)
         self.commits = 0
+        #: Commits in a row made by ``commit_here`` (see ``HERE_STREAK_MAX``).
+        self._here_streak = 0
 
     async def run_sync(self, fn: Callable[[], T]) -> T:
         """Run other work on the writer's connection (claims, the walk), between commits."""
@@ -129,7 +138,12 @@ class GroupCommit:
             group.done.set()
 
     async def _commit_writes(self, writes: list[Write]) -> None:
-        if self._commit_here is None or sum(len(w.stmts) for w in writes) > HERE_MAX_STMTS:
+        if (
+            self._commit_here is None
+            or sum(len(w.stmts) for w in writes) > HERE_MAX_STMTS
+            or self._here_streak >= HERE_STREAK_MAX
+        ):
+            self._here_streak = 0
             await anyio.to_thread.run_sync(self._commit, writes, limiter=self.limiter)
             return
         # The connection is also used from worker threads (claims, the walk): hold it like they do.
@@ -138,7 +152,10 @@ class GroupCommit:
         except anyio.WouldBlock:
             await self.limiter.acquire()
         try:
-            if not self._commit_here(writes):
+            if self._commit_here(writes):
+                self._here_streak += 1
+            else:
+                self._here_streak = 0
                 await anyio.to_thread.run_sync(self._commit, writes)  # the limiter is held: any thread will do
         finally:
             self.limiter.release()

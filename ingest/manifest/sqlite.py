@@ -40,6 +40,9 @@ SCHEMA_VERSION = 2
 #: How long a statement waits for another connection's write lock before failing (milliseconds).
 BUSY_TIMEOUT_MS = 30_000
 _NO_WAIT = 0
+#: SQLite's default: a commit that leaves the log (``-wal``) longer than this many pages checkpoints it.
+WAL_AUTOCHECKPOINT_PAGES = 1000
+_NO_CHECKPOINT = 0
 
 _SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -399,7 +402,8 @@ class SqliteManifest:
     def _commit_here(self, writes: list[Write]) -> bool:
         """Commit ``writes`` now, on the caller's thread (the event loop's), unless the write lock is taken
         (another process of a shared job, a checkpoint): then ``False``, and ``_commit`` in a worker thread
-        waits for it (``busy_timeout``). The loop never waits for another process."""
+        waits for it (``busy_timeout``). The loop never waits for another process, nor for a checkpoint
+        (an fsync): this commit does not run one; the next commit in a thread does, if the log is due."""
         conn = self._wconn
         conn.execute(f"PRAGMA busy_timeout={_NO_WAIT}")
         try:
@@ -410,7 +414,11 @@ class SqliteManifest:
             raise
         finally:
             conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        self._apply(writes)
+        conn.execute(f"PRAGMA wal_autocheckpoint={_NO_CHECKPOINT}")
+        try:
+            self._apply(writes)
+        finally:
+            conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
         return True
 
     def _apply(self, writes: list[Write]) -> None:
