@@ -334,3 +334,61 @@ async def test_only_the_tasks_asked_about_are_read_field_by_field() -> None:
         assert tasklist.verdict(listed.get("900")) is tasklist.Verdict.DONE
     async with canned_task_list([{**ours, "status": "half done"}]) as url, MoiClient(url, KEY, retries=None) as client:
         assert await tasklist.listed_tasks(client, ["900"]) == {}  # ours unreadable: asked the old way
+
+
+def page_sizes(target: MoiTarget) -> list[int | None]:
+    """The ``page_size`` of each ``/task/list`` request the target makes from now on (the requests still go
+    to the emulator)."""
+    sizes: list[int | None] = []
+    list_task_states = target.client.list_task_states
+
+    async def recording(query: Any, wanted: Any) -> Any:
+        sizes.append(query.page_size)
+        return await list_task_states(query, wanted)
+
+    target.client.list_task_states = recording  # type: ignore[method-assign]
+    return sizes
+
+
+async def test_a_poll_reads_a_page_as_deep_as_its_oldest_task(tmp_path: Path) -> None:
+    """The list is newest first: a poll needs the tasks made since the oldest one it awaits, and half as
+    many again for other writers' (at least ``LIST_PAGE_MIN``), not ``LIST_PAGE`` (~42 KB) every time."""
+    async with moi_target(tmp_path) as (moi, target):
+        receipts = await upload_one_by_one(target, tmp_path, [f"f{i}.txt" for i in range(30)])
+        await finished(target, receipts)
+        sizes = page_sizes(target)
+        newest, cost_newest = await polled(moi, target, receipts[-10:])
+        rest, cost_rest = await polled(moi, target, receipts[:-10])
+    assert sizes == [tasklist.LIST_PAGE_MIN, 45]  # 10 tasks deep: the minimum; 30 deep: 30 + 15
+    assert set(newest.values()) == set(rest.values()) == {(RemoteState.DONE, None)}
+    assert cost_newest == cost_rest == {"GET /task/list": 1}
+
+
+async def test_tasks_this_process_did_not_make_are_looked_for_in_a_full_page(tmp_path: Path) -> None:
+    """Followed from an earlier run's manifest, a task could sit anywhere in the list."""
+    async with moi_target(tmp_path) as (moi, earlier):
+        receipts = await upload_one_by_one(earlier, tmp_path, [f"f{i}.txt" for i in range(3)])
+        await finished(earlier, receipts)
+        config = MoiTargetConfig(endpoint=moi.url, api_key=SecretStr(KEY), volume_id=VOLUME)
+        later = MoiTarget(config, TargetContext(connections=4))
+        try:
+            sizes = page_sizes(later)
+            states, cost = await polled(moi, later, receipts)
+        finally:
+            await later.aclose()
+    assert sizes == [tasklist.LIST_PAGE]
+    assert set(states.values()) == {(RemoteState.DONE, None)}
+    assert cost == {"GET /task/list": 1}
+
+
+async def test_a_task_is_followed_until_its_files_are_settled(tmp_path: Path) -> None:
+    """What the target remembers of its tasks' order stays as small as what it still awaits."""
+    async with moi_target(tmp_path, task_delay_ms=600_000) as (moi, target):
+        running = await upload_one_by_one(target, tmp_path, ["a.txt", "b.txt"])
+        await polled(moi, target, running)
+        assert len(target._task_order) == 2  # still running: still followed
+    async with moi_target(tmp_path / "quick") as (moi, target):
+        done = await upload_one_by_one(target, tmp_path, ["c.txt", "d.txt"])
+        await finished(target, done)
+        await polled(moi, target, done)
+        assert len(target._task_order) == 0

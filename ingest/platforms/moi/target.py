@@ -28,7 +28,7 @@ from ingest.errors import ConfigError, PermanentError, TransientError
 from ingest.models import FileItem, Receipt, RemoteState, RemoteStatus
 from ingest.platforms.base import RemoteDocument, Target, TargetContext, TargetFeatures
 from ingest.platforms.moi.config import MoiTargetConfig
-from ingest.platforms.moi.tasklist import Verdict, listed_tasks, verdict
+from ingest.platforms.moi.tasklist import TaskOrder, Verdict, listed_tasks, verdict
 from ingest.platforms.moi.wire import FILE_STATUS_TABLES, CatalogFile, DedupConfig, UploadFileResult, UploadResult
 
 if TYPE_CHECKING:
@@ -69,6 +69,8 @@ class MoiTarget(Target):
         self._status_table = FILE_STATUS_TABLES[config.file_status_table]
         #: Off once MOI refuses ``/task/list`` (say, a key without the right): ``/task/files`` alone then.
         self._use_task_list = True
+        #: The upload tasks made and still followed, in order: the list page a poll needs.
+        self._task_order = TaskOrder()
 
     @functools.cached_property
     def client(self) -> MoiClient:
@@ -122,6 +124,8 @@ class MoiTarget(Target):
 
     def _receipts(self, items: Sequence[FileItem], data: UploadResult, md5s: Sequence[str], what: str) -> list[Receipt]:
         task = data.task_id or None
+        if task is not None:
+            self._task_order.made(task)
         results = data.results
         if not results:
             # Single-file replies may carry only the top-level file_id.
@@ -150,10 +154,16 @@ class MoiTarget(Target):
                 )
             else:
                 by_task[receipt.task_id].append(receipt)
+        task_of = {r.rel_path: task_id for task_id, wanted in by_task.items() for r in wanted}
         statuses.extend(await self._settle_from_list(by_task))
         calls = [functools.partial(self._poll_task_or_skip, task_id, wanted) for task_id, wanted in by_task.items()]
         for found in await run_concurrently(calls, limit=POLL_PARALLEL_TASKS):
             statuses.extend(found)
+        # A task with an answer this round and no file still pending is not followed any more. (One that
+        # got no answer, a hiccup, is.)
+        answered = {task_of[s.rel_path] for s in statuses if s.rel_path in task_of}
+        pending = {task_of[s.rel_path] for s in statuses if s.state is RemoteState.PENDING and s.rel_path in task_of}
+        self._task_order.settled(answered - pending)
         return statuses
 
     async def _settle_from_list(self, by_task: dict[str, list[Receipt]]) -> list[RemoteStatus]:
@@ -163,7 +173,7 @@ class MoiTarget(Target):
         listable = {task_id: files for task_id, wanted in by_task.items() if (files := _task_files(wanted))}
         if not self._use_task_list or len(listable) < LIST_MIN_TASKS:
             return []
-        listed = await listed_tasks(self.client, listable)
+        listed = await listed_tasks(self.client, listable, self._task_order.page_size(listable))
         if listed is None:
             self._use_task_list = False
             return []

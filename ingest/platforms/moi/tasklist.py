@@ -21,7 +21,8 @@ seen this round and asked the old way: nothing is failed for being absent from t
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection
+import math
+from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING
 
 from ingest.errors import PermanentError, PermissionDenied, TransientError
@@ -30,13 +31,17 @@ from ingest.platforms.moi.wire import TaskQuery, TaskState, TaskStatus
 if TYPE_CHECKING:  # the client (and aiohttp) is imported only by a run that sends
     from ingest.platforms.moi.client import MoiClient
 
-__all__ = ["LIST_MAX_PAGES", "LIST_PAGE", "Verdict", "listed_tasks", "verdict"]
+__all__ = ["LIST_MAX_PAGES", "LIST_PAGE", "LIST_PAGE_MIN", "TaskOrder", "Verdict", "listed_tasks", "verdict"]
 
 #: Tasks per ``/task/list`` page. The documents give no limit; 100 is what the client pages by elsewhere.
 LIST_PAGE = 100
 #: Pages read at most in one poll, so an account busy with other writers' tasks costs a bounded number
 #: of requests before falling back to ``/task/files``.
 LIST_MAX_PAGES = 5
+#: Smallest page asked for (``TaskOrder.page_size``), and the share of room added to our own tasks for
+#: other writers' tasks made meanwhile.
+LIST_PAGE_MIN = 20
+LIST_PAGE_SLACK = 0.5
 
 _STILL_RUNNING = frozenset({TaskStatus.RUNNING, TaskStatus.PAUSING, TaskStatus.PAUSED})
 
@@ -64,19 +69,57 @@ def verdict(task: TaskState | None, files: int = 1) -> Verdict:
     return Verdict.ASK_FILES
 
 
-async def listed_tasks(client: MoiClient, task_ids: Collection[str]) -> dict[str, TaskState] | None:
-    """The tasks of ``task_ids`` among the newest ``/task/list`` pages, by id; ``None`` when MOI refuses
-    the list (the caller stops using it).
+class TaskOrder:
+    """The order this process made its upload tasks in, kept for the tasks still followed: how deep in the
+    newest-first list the oldest of a poll's tasks can sit, hence how big a page the poll needs.
+
+    With one file per request a poll awaits ~30 tasks; a page of ``LIST_PAGE`` (100, ~42 KB) cost both
+    sides three times what the tasks asked about need (benchmarks/README.md, Issue 11 item 19)."""
+
+    def __init__(self) -> None:
+        self._made = 0
+        self._order: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def made(self, task_id: str) -> None:
+        self._made += 1
+        self._order[task_id] = self._made
+
+    def settled(self, task_ids: Iterable[str]) -> None:
+        """Forget tasks no longer followed (their files are all done or failed)."""
+        for task_id in task_ids:
+            self._order.pop(task_id, None)
+
+    def page_size(self, task_ids: Collection[str]) -> int:
+        """Our tasks made since the oldest of ``task_ids`` (every one of them newer in the list), half as
+        many again for other writers', within ``LIST_PAGE_MIN``..``LIST_PAGE``. A task this process did not
+        make (followed from an earlier run's manifest) could sit anywhere: a full page."""
+        orders = [self._order.get(task_id) for task_id in task_ids]
+        known = [order for order in orders if order is not None]
+        if not known or len(known) < len(orders):
+            return LIST_PAGE
+        ours = self._made - min(known) + 1
+        return min(LIST_PAGE, max(LIST_PAGE_MIN, math.ceil(ours * (1 + LIST_PAGE_SLACK))))
+
+
+async def listed_tasks(
+    client: MoiClient, task_ids: Collection[str], page_size: int | None = None
+) -> dict[str, TaskState] | None:
+    """The tasks of ``task_ids`` among the newest ``/task/list`` pages of ``page_size`` tasks (default
+    ``LIST_PAGE``), by id; ``None`` when MOI refuses the list (the caller stops using it).
 
     Reads until every id is seen, the list ends, the page holds only tasks older than all of ours (task
     ids are snowflakes: the seed's examples grow with ``created_at``), or ``LIST_MAX_PAGES`` were read. A
     transient error ends the reading: what was not seen yet is asked the old way.
     """
     wanted = set(task_ids)
+    size = page_size or LIST_PAGE
     oldest = min((int(i) for i in wanted if i.isdigit()), default=None)
     seen: dict[str, TaskState] = {}
     for page_no in range(1, LIST_MAX_PAGES + 1):
-        query = TaskQuery(order_by="created_at", is_desc=True, page=page_no, page_size=LIST_PAGE)
+        query = TaskQuery(order_by="created_at", is_desc=True, page=page_no, page_size=size)
         try:
             page = await client.list_task_states(query, wanted)
         except TransientError:
@@ -88,8 +131,8 @@ async def listed_tasks(client: MoiClient, task_ids: Collection[str]) -> dict[str
         if (
             len(seen) == len(wanted)
             # Fewer than asked: the end, or MOI caps page_size below ours (then page 2 would skip tasks).
-            or len(page.ids) < LIST_PAGE
-            or page_no * LIST_PAGE >= page.total
+            or len(page.ids) < size
+            or page_no * size >= page.total
             or _all_older(page.ids, oldest)
         ):
             break
