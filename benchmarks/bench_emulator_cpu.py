@@ -102,26 +102,10 @@ def uploads_ms(work: Path, count: int, profile: Path | None, lists: int = 0) -> 
 def _lists_ms(emu: moi.Emulator, work: Path, count: int, profile: Path | None) -> float:
     """Emulator CPU ms (user + system) per ``GET /task/list`` page of the newest 100 tasks."""
     url = f"{emu.url}/task/list?order_by=created_at&is_desc=true&page=1&page_size=100"
-    line = "\n".join(
-        [
-            f"url = {json.dumps(url)}",
-            f"header = {json.dumps('moi-key: ' + moi.API_KEY)}",
-            'output = "/dev/null"',
-            'write-out = "%{http_code}\\n"',
-        ]
-    )
-    (work / "list.cfg").write_text("\nnext\n".join([line] * count) + "\n")
     before = _cpu(emu)
     with _profiled(emu, profile, "list"):
-        m = moi.run_measured(
-            ["curl", "--silent", "--parallel", "--parallel-max", "4", "--config", str(work / "list.cfg")],
-            cwd=work,
-            env=moi.child_env(),
-        )
+        moi.curl_gets(url, count, parallel=4, work=work, name="list")
     after = _cpu(emu)
-    ok = m.stdout.split().count("200")
-    if ok != count:
-        raise RuntimeError(f"list: {count - ok} of {count} list requests were not answered 200")
     return (sum(after) - sum(before)) * 1000 / count
 
 
@@ -133,36 +117,11 @@ def status_ms(work: Path, count: int, profile: Path | None) -> tuple[float, floa
     data = work / "data-status"
     shutil.rmtree(data, ignore_errors=True)
     with moi.Emulator(data, latency_ms=0, task_delay_ms=0) as emu:
-        config = moi.curl_config(emu.url, [one / "a.txt"]).replace('output = "/dev/null"\n', "")
-        upload = subprocess.run(
-            ["curl", "--silent", "--show-error", "--fail", "--config", "-"],
-            input=config.replace('write-out = "%{http_code}\\n"\n', ""),
-            capture_output=True,
-            text=True,
-            check=True,
-            env=moi.child_env(),
-        )
-        task_id = json.loads(upload.stdout)["data"]["task_id"]
-        line = "\n".join(
-            [
-                f"url = {json.dumps(f'{emu.url}/task/get?task_id={task_id}')}",
-                f"header = {json.dumps('moi-key: ' + moi.API_KEY)}",
-                'output = "/dev/null"',
-                'write-out = "%{http_code}\\n"',
-            ]
-        )
-        (work / "status.cfg").write_text("\nnext\n".join([line] * count) + "\n")
+        task_id = moi.upload_one(emu.url, one / "a.txt")
         before = _cpu(emu)
         with _profiled(emu, profile, "status"):
-            m = moi.run_measured(
-                ["curl", "--silent", "--parallel", "--parallel-max", "32", "--config", str(work / "status.cfg")],
-                cwd=work,
-                env=moi.child_env(),
-            )
+            moi.curl_gets(f"{emu.url}/task/get?task_id={task_id}", count, parallel=32, work=work, name="status")
         after = _cpu(emu)
-    ok = m.stdout.split().count("200")
-    if ok != count:
-        raise RuntimeError(f"status: {count - ok} of {count} status requests were not answered 200")
     return (sum(after) - sum(before)) * 1000 / count, (after[1] - before[1]) * 1000 / count
 
 

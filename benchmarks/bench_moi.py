@@ -365,6 +365,37 @@ def curl_config(url: str, paths: Sequence[Path], per_request: int = 1) -> str:
     return "\nnext\n".join(ops) + "\n"
 
 
+def upload_one(url: str, path: Path) -> str:
+    """Upload ``path`` with curl (the form of ``curl_config``); the id of the task it made."""
+    config = (
+        curl_config(url, [path]).replace('output = "/dev/null"\n', "").replace('write-out = "%{http_code}\\n"\n', "")
+    )
+    upload = subprocess.run(
+        ["curl", "--silent", "--show-error", "--fail", "--config", "-"],
+        input=config, capture_output=True, text=True, check=True, env=child_env(),
+    )  # fmt: skip
+    return str(json.loads(upload.stdout)["data"]["task_id"])
+
+
+def curl_gets(url: str, count: int, *, parallel: int, work: Path, name: str) -> Measured:
+    """``GET url`` ``count`` times (with the API key) from one ``curl --parallel`` process; raises unless
+    every answer was 200. The caller reads the emulator's CPU around it."""
+    line = "\n".join(
+        [f"url = {json.dumps(url)}", f"header = {json.dumps('moi-key: ' + API_KEY)}", 'output = "/dev/null"',
+         'write-out = "%{http_code}\\n"']
+    )  # fmt: skip
+    config = work / f"{name}.cfg"
+    config.write_text("\nnext\n".join([line] * count) + "\n")
+    m = run_measured(
+        ["curl", "--silent", "--parallel", "--parallel-max", str(parallel), "--config", str(config)],
+        cwd=work, env=child_env(),
+    )  # fmt: skip
+    ok = m.stdout.split().count("200")
+    if ok != count:
+        raise RuntimeError(f"{name}: {count - ok} of {count} requests were not answered 200")
+    return m
+
+
 def ingest_cmd(src: Path, url: str, run_dir: Path, concurrency: int, extra: Sequence[str] = ()) -> list[str]:
     return [
         sys.executable, "-m", "ingest", "run", str(src), "--target", "moi", "--endpoint", url,

@@ -149,31 +149,10 @@ def part_status(quick: bool) -> list[Row]:
         src.parent.mkdir()
         src.write_text("status benchmark\n")
         with moi.Emulator(work / "data", latency_ms=0, task_delay_ms=0) as emu:
-            upload = subprocess.run(
-                ["curl", "--silent", "--show-error", "--fail", "--config", "-"],
-                input=moi.curl_config(emu.url, [src]).replace('output = "/dev/null"\n', "").replace(
-                    'write-out = "%{http_code}\\n"\n', ""),
-                capture_output=True, text=True, check=True, env=moi.child_env(),
-            )  # fmt: skip
-            task_id = json.loads(upload.stdout)["data"]["task_id"]
-            line = "\n".join(
-                [
-                    f"url = {json.dumps(f'{emu.url}/task/get?task_id={task_id}')}",
-                    f"header = {json.dumps('moi-key: ' + moi.API_KEY)}",
-                    'output = "/dev/null"',
-                    'write-out = "%{http_code}\\n"',
-                ]
-            )
-            (work / "status.cfg").write_text("\nnext\n".join([line] * count) + "\n")
+            task_id = moi.upload_one(emu.url, src)
             before = emu.cpu_s()
-            m = moi.run_measured(
-                ["curl", "--silent", "--parallel", "--parallel-max", "32", "--config", str(work / "status.cfg")],
-                cwd=work, env=moi.child_env(),
-            )  # fmt: skip
+            m = moi.curl_gets(f"{emu.url}/task/get?task_id={task_id}", count, parallel=32, work=work, name="status")
             server = emu.cpu_s() - before
-    ok = m.stdout.split().count("200")
-    if ok != count:
-        raise RuntimeError(f"status: {count - ok} of {count} status requests were not answered 200")
     return [
         row("MOI emulator", "CPU ms per status request", server * 1000 / count, 0.3, at_most=True),
         row("MOI emulator", "status requests/s (curl --parallel 32)", count / m.wall_s),
