@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -221,29 +222,37 @@ def test_help_teaches_the_flags() -> None:
         assert flag in result.stdout
 
 
-def test_a_rerun_with_nothing_to_send_imports_no_http_client(tmp_path: Path) -> None:
-    """A rerun that finds every file done sends no request, so it never imports aiohttp (with its TLS
-    contexts, the largest part of a no-op rerun's start-up: benchmarks/README.md, Issue 11 item 12),
-    nor builds the platforms' own commands (``ingest moi …``), which it cannot be running."""
-    make_tree(tmp_path / "docs", 5)
-    assert run_cli(["run", "docs"], cwd=tmp_path).returncode == 0
+def rerun_then(cwd: Path, probe: str) -> tuple[dict[str, Any], str]:
+    """``python -m ingest run docs --json`` in ``cwd``, then ``probe`` (Python) in the same process, which
+    looked at what the run left behind: the run's summary and the last line ``probe`` wrote to stderr."""
     code = (
         "import runpy, sys\n"
         "sys.argv = ['ingest', 'run', 'docs', '--json']\n"
         "try:\n"
         "    runpy.run_module('ingest', run_name='__main__', alter_sys=True)\n"
         "except SystemExit as exit:\n"
-        "    assert exit.code == 0, exit.code\n"
-        "unused = ('aiohttp', 'aiobotocore', 'yarl', 'ingest.platforms.moi.commands')\n"
-        "http = sorted(m for m in unused if m in sys.modules)\n"
-        "print('imported:', http, file=sys.stderr)\n"
+        "    assert exit.code == 0, exit.code\n" + probe
     )
     env = {k: v for k, v in os.environ.items() if k != "INGEST_FAILPOINT"}
-    rerun = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120
+    rerun = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, env=env, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    return json.loads(rerun.stdout), rerun.stderr.strip().splitlines()[-1]
+
+
+def test_a_rerun_with_nothing_to_send_imports_no_http_client(tmp_path: Path) -> None:
+    """A rerun that finds every file done sends no request, so it never imports aiohttp (with its TLS
+    contexts, the largest part of a no-op rerun's start-up: benchmarks/README.md, Issue 11 item 12),
+    nor builds the platforms' own commands (``ingest moi …``), which it cannot be running."""
+    make_tree(tmp_path / "docs", 5)
+    assert run_cli(["run", "docs"], cwd=tmp_path).returncode == 0
+    summary, seen = rerun_then(
+        tmp_path,
+        "unused = ('aiohttp', 'aiobotocore', 'yarl', 'ingest.platforms.moi.commands')\n"
+        "http = sorted(m for m in unused if m in sys.modules)\n"
+        "print('imported:', http, file=sys.stderr)\n",
     )
-    assert json.loads(rerun.stdout)["skipped"] == 5, rerun.stderr
-    assert rerun.stderr.strip().splitlines()[-1] == "imported: []"
+    assert summary["skipped"] == 5
+    assert seen == "imported: []"
 
 
 def test_a_rerun_with_nothing_to_send_builds_no_model_it_does_not_validate(tmp_path: Path) -> None:
@@ -254,13 +263,9 @@ def test_a_rerun_with_nothing_to_send_builds_no_model_it_does_not_validate(tmp_p
     (benchmarks/README.md, Issue 11 item 18)."""
     make_tree(tmp_path / "docs", 3)
     assert run_cli(["run", "docs"], cwd=tmp_path).returncode == 0
-    code = (
-        "import gc, runpy, sys\n"
-        "sys.argv = ['ingest', 'run', 'docs', '--json']\n"
-        "try:\n"
-        "    runpy.run_module('ingest', run_name='__main__', alter_sys=True)\n"
-        "except SystemExit as exit:\n"
-        "    assert exit.code == 0, exit.code\n"
+    summary, seen = rerun_then(
+        tmp_path,
+        "import gc\n"
         "from pydantic import BaseModel\n"
         "from ingest.platforms.moi import wire\n"
         "from ingest.platforms.keyue.config import KeyueTargetConfig\n"
@@ -269,12 +274,8 @@ def test_a_rerun_with_nothing_to_send_builds_no_model_it_does_not_validate(tmp_p
         "          and m.__module__ == wire.__name__]\n"
         "models += [KeyueTargetConfig, VikingTargetConfig]\n"
         "built = sorted(m.__name__ for m in models if m.__pydantic_complete__)\n"
-        "print('built:', built, len(models), gc.get_freeze_count() > 0, gc.get_threshold()[0], file=sys.stderr)\n"
+        "print('built:', built, len(models), gc.get_freeze_count() > 0, gc.get_threshold()[0], file=sys.stderr)\n",
     )
-    env = {k: v for k, v in os.environ.items() if k != "INGEST_FAILPOINT"}
-    rerun = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120
-    )
-    assert json.loads(rerun.stdout)["skipped"] == 3, rerun.stderr
+    assert summary["skipped"] == 3
     # DedupConfig: the MOI target module makes its one instance when it is imported.
-    assert rerun.stderr.strip().splitlines()[-1] == "built: ['DedupConfig'] 38 True 10000"
+    assert seen == "built: ['DedupConfig'] 38 True 10000"
