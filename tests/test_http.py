@@ -9,6 +9,7 @@ import pytest
 from aiohttp import web
 
 from ingest import http
+from ingest.emulators.kit.server import serve_in_background
 from ingest.errors import TransientError
 from ingest.http import HttpClient
 
@@ -31,16 +32,12 @@ async def answering(body: bytes, *, chunked: bool = False) -> AsyncIterator[Http
 
     app = web.Application()
     app.router.add_get("/", reply)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    client = HttpClient(f"http://127.0.0.1:{runner.addresses[0][1]}")
-    try:
-        yield client
-    finally:
-        await client.aclose()
-        await runner.cleanup()
+    async with serve_in_background(app) as url:
+        client = HttpClient(url)
+        try:
+            yield client
+        finally:
+            await client.aclose()
 
 
 @pytest.mark.parametrize("chunked", [False, True])

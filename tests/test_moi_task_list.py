@@ -19,6 +19,7 @@ from pydantic import SecretStr
 
 import ingest
 from ingest.config import EngineConfig, RunConfig, SourceConfig
+from ingest.emulators.kit.server import serve_in_background
 from ingest.emulators.moi.store import INJECTED_FAILURE
 from ingest.models import FileItem, Receipt, RemoteState
 from ingest.platforms.base import TargetContext
@@ -311,15 +312,8 @@ async def canned_task_list(tasks: list[dict[str, Any]]) -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_get("/task/list", task_list)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        port = runner.addresses[0][1]
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with serve_in_background(app) as url:
+        yield url
 
 
 async def test_only_the_tasks_asked_about_are_read_field_by_field() -> None:

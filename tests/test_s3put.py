@@ -28,6 +28,7 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from ingest.emulators.kit.server import serve_in_background
 from ingest.errors import ConfigError, SourceFileError, TransientError
 from ingest.formdata import READ_ON_LOOP_MAX
 from ingest.http import HttpClient
@@ -463,14 +464,8 @@ class FlakyStore:
     async def serve(self) -> AsyncIterator[str]:
         app = web.Application(client_max_size=64 * 1024 * 1024)  # parts of 5 MiB
         app.router.add_route("*", "/{tail:.*}", self.handle)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        try:
-            yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-        finally:
-            await runner.cleanup()
+        async with serve_in_background(app) as url:
+            yield url
 
 
 async def stage_through(store: FlakyStore, tmp_path: Path, key: str, data: bytes) -> None:
