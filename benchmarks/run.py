@@ -271,7 +271,8 @@ def table(rows: Sequence[Row]) -> str:
         return str(value)
 
     cells = [[cell(r[h]) for h in headers] for r in rows]
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
+    # ``max(len(h), *())`` would be ``max(int)``: with no rows (every part failed) each width is its header's.
+    widths = [max([len(h), *(len(c[i]) for c in cells)]) for i, h in enumerate(headers)]
 
     def line(cs: Sequence[str]) -> str:
         return "| " + " | ".join(c.ljust(w) for c, w in zip(cs, widths, strict=True)) + " |"
