@@ -9,18 +9,24 @@ import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import anyio
 import pytest
+from aiohttp import web
+from pydantic import SecretStr
 
 import ingest
 from ingest.config import EngineConfig, RunConfig, SourceConfig
+from ingest.emulators.kit.server import serve_in_background
+from ingest.emulators.moi import MoiEmulatorConfig, create_moi_app
 from ingest.engine.pipeline import run_engine
 from ingest.engine.state import Completion
 from ingest.manifest import SqliteManifest as Manifest
 from ingest.models import FileItem
 from ingest.platforms.base import TargetContext
+from ingest.platforms.moi.config import MoiTargetConfig
 from ingest.platforms.moi.target import MoiTarget
 from ingest.progress import Progress
 from ingest.report import RunSummary
@@ -71,6 +77,84 @@ async def test_tiny_in_flight_limit_still_completes(tmp_path: Path) -> None:
     async with MOI.start(tmp_path / "data") as dep:
         summary = await ingest.run(config(dep, tmp_path / "src", tmp_path / "m.db", max_in_flight=2))
     assert (summary.done, summary.failed) == (40, 0)
+
+
+def uploading(manifest: Path) -> int:
+    with contextlib.closing(sqlite3.connect(manifest)) as conn:
+        try:
+            return int(conn.execute("SELECT COUNT(*) FROM files WHERE state = 'uploading'").fetchone()[0])
+        except sqlite3.OperationalError:
+            return 0  # not created yet
+
+
+@contextlib.asynccontextmanager
+async def moi_watching_uploads(
+    data_dir: Path, on_upload: Callable[[], contextlib.AbstractAsyncContextManager[None]]
+) -> AsyncIterator[SimpleNamespace]:
+    """A MOI emulator that enters ``on_upload()`` as each upload request arrives and answers the upload
+    inside it; yields what ``config`` needs of a deployment (``target_config``)."""
+    app = create_moi_app(
+        MoiEmulatorConfig(data_dir=data_dir, api_key=MOI.api_key, volumes=(MOI.volume_id,), task_delay_ms=0)
+    )
+
+    @web.middleware
+    async def watch(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path.endswith("/connectors/upload"):
+            async with on_upload():
+                return await handler(request)
+        return await handler(request)
+
+    app.middlewares.insert(0, watch)
+    async with serve_in_background(app) as url:
+        yield SimpleNamespace(
+            target_config=MoiTargetConfig(endpoint=url, api_key=SecretStr(MOI.api_key), volume_id=MOI.volume_id)
+        )
+
+
+async def test_concurrency_bounds_the_uploads_in_flight_and_every_slot_is_used(tmp_path: Path) -> None:
+    """--concurrency N: the platform never sees more than N uploads at once, and does see N (the workers
+    beyond N only prepare files while the slots upload)."""
+    make_tree(tmp_path / "src", 12)
+    now = peak = 0
+
+    @contextlib.asynccontextmanager
+    async def count() -> AsyncIterator[None]:
+        nonlocal now, peak
+        now += 1
+        peak = max(peak, now)
+        try:
+            await anyio.sleep(0.02)  # long enough for every free slot to fill
+            yield
+        finally:
+            now -= 1
+
+    async with moi_watching_uploads(tmp_path / "data", count) as dep:
+        summary = await ingest.run(config(dep, tmp_path / "src", tmp_path / "m.db", concurrency=3, batch_files=1))
+    assert summary.done == 12
+    assert peak == 3
+
+
+async def test_the_next_files_intent_is_recorded_while_an_upload_is_in_flight(tmp_path: Path) -> None:
+    """A slot freed by a finished upload is refilled by a file whose intent record is already durable: with
+    one slot, while the first upload is held at the platform, a second file is recorded as uploading (a
+    worker per slot would record it only after the first upload, leaving the slot idle during the commit)."""
+    make_tree(tmp_path / "src", 4)
+    seen_ahead: list[int] = []
+
+    @contextlib.asynccontextmanager
+    async def hold_first() -> AsyncIterator[None]:
+        if not seen_ahead:
+            for _ in range(500):  # up to ~5 s: without a second worker per slot it never comes
+                if uploading(tmp_path / "m.db") >= 2:
+                    break
+                await anyio.sleep(0.01)  # the manifest is another program's file: nothing to wait on but time
+            seen_ahead.append(uploading(tmp_path / "m.db"))
+        yield
+
+    async with moi_watching_uploads(tmp_path / "data", hold_first) as dep:
+        summary = await ingest.run(config(dep, tmp_path / "src", tmp_path / "m.db", concurrency=1, batch_files=1))
+    assert summary.done == 4
+    assert seen_ahead == [2]
 
 
 class MeddlingSource(LocalSource):

@@ -2,7 +2,7 @@
 
 ::
 
-    planner ──► work stream (bounded) ──► N workers ──► receipts ──► poller
+    planner ──► work stream (bounded) ──► 2N workers ──► receipts ──► poller
        │   (asks the manifest: skip, poll, send)  │                      │
        └───────────────────────────── manifest ◄──┴──────────────────────┘
 
@@ -11,7 +11,8 @@
   files are already between "queued" and "finished".
 - **Workers** take a file, or a batch of small files when the target allows it (greedily: whatever is
   already queued, never waiting for more), record the intent durably, stream the bodies, record the
-  platform's ids and hand the receipts to the poller.
+  platform's ids and hand the receipts to the poller. There are ``WORKERS_PER_SLOT`` workers per upload
+  slot; the adaptive limiter lets ``concurrency`` (N) of them upload at once.
 - The **poller** follows every accepted file until the platform says done or failed, polling due files
   together with a growing interval per file, and retries failures through the platform (or by
   sending again) up to ``max_attempts``.
@@ -41,7 +42,15 @@ from ingest.progress import Progress
 from ingest.report import RunSummary
 from ingest.sources.base import Source
 
-__all__ = ["run_engine"]
+__all__ = ["WORKERS_PER_SLOT", "run_engine"]
+
+#: Workers per upload slot (``--concurrency``). Part of a worker's time per file is spent outside its upload:
+#: the look at the file just before sending, the wait for its intent record to be durable (a group commit,
+#: 7-9 ms), the receipt. With one worker per slot those phases left slots empty: ~20 of 32 uploads in flight
+#: at the emulator against curl's ~28 (benchmarks/README.md, Issue 11 item 25). A second worker per slot does
+#: them while the first uploads. The uploads in flight stay bounded by ``concurrency``: ``RunState.limiter``
+#: admits that many, and a body is opened (or fetched ahead) only inside its slot.
+WORKERS_PER_SLOT = 2
 
 
 async def run_engine(
@@ -90,7 +99,7 @@ def _start(
     rcpt_recv: MemoryObjectReceiveStream[Tracked],
 ) -> None:
     tg.start_soon(plan, run, work_send.clone(), rcpt_send.clone())
-    for _ in range(run.config.concurrency):
+    for _ in range(run.config.concurrency * WORKERS_PER_SLOT):
         tg.start_soon(worker, run, work_recv.clone(), rcpt_send.clone())
 
     async def poll_then_close() -> None:
