@@ -49,7 +49,9 @@ __all__ = ["WORKERS_PER_SLOT", "run_engine"]
 #: 7-9 ms), the receipt. With one worker per slot those phases left slots empty: ~20 of 32 uploads in flight
 #: at the emulator against curl's ~28 (benchmarks/README.md, Issue 11 item 25). A second worker per slot does
 #: them while the first uploads. The uploads in flight stay bounded by ``concurrency``: ``RunState.limiter``
-#: admits that many, and a body is opened (or fetched ahead) only inside its slot.
+#: admits that many, and a body is opened (or fetched ahead) only inside its slot. A shared job runs one
+#: worker per slot (``ingest.engine.shared``): there a worker confirms its lease just before sending, and a
+#: process paused right then would send late; a second worker per slot would more often be caught there.
 WORKERS_PER_SLOT = 2
 
 
@@ -62,6 +64,7 @@ async def run_engine(
     config: EngineConfig,
     progress: Progress,
     summary: RunSummary,
+    workers_per_slot: int = WORKERS_PER_SLOT,
 ) -> RunSummary:
     """Send everything ``source`` yields through ``target``, recording every step in ``manifest``.
 
@@ -84,7 +87,7 @@ async def run_engine(
     rcpt_send, rcpt_recv = anyio.create_memory_object_stream[Tracked](math.inf)
     try:
         async with anyio.create_task_group() as tg:
-            _start(tg, run, work_send, work_recv, rcpt_send, rcpt_recv)
+            _start(tg, run, work_send, work_recv, rcpt_send, rcpt_recv, workers=config.concurrency * workers_per_slot)
     except BaseExceptionGroup as group:
         raise first_leaf(group, (ConfigError, Exception)) from None
     return summary
@@ -97,9 +100,11 @@ def _start(
     work_recv: MemoryObjectReceiveStream[Work],
     rcpt_send: MemoryObjectSendStream[Tracked],
     rcpt_recv: MemoryObjectReceiveStream[Tracked],
+    *,
+    workers: int,
 ) -> None:
     tg.start_soon(plan, run, work_send.clone(), rcpt_send.clone())
-    for _ in range(run.config.concurrency * WORKERS_PER_SLOT):
+    for _ in range(workers):
         tg.start_soon(worker, run, work_recv.clone(), rcpt_send.clone())
 
     async def poll_then_close() -> None:

@@ -17,6 +17,7 @@ from ingest import _failpoints
 from ingest.engine.breaker import PlatformUnreachable
 from ingest.engine.state import RunState, Tracked, Work, track
 from ingest.errors import CapacityError, PermanentError, SourceFileError, TransientError
+from ingest.models import Receipt
 from ingest.retry import retrying
 
 __all__ = ["BATCH_LINGER", "worker"]
@@ -126,14 +127,21 @@ async def _send(run: RunState, batch: list[Work], to_poller: MemoryObjectSendStr
     for w in ready:
         w.attempts += 1
     _failpoints.failpoint("after-intent")
-    # A shared job: this process may have been paused past its lease since the intent; never send a
-    # file another worker has taken over (it resends with dedup itself).
-    ready = _keep(run, ready, await run.manifest.confirm([w.item.rel_path for w in ready]))
     if not ready:
         return
     items = [w.item for w in ready]
     what = f"upload of {items[0].rel_path}" + (f" and {len(items) - 1} more" if len(items) > 1 else "")
     sent_before = run.summary.sent_bytes
+
+    async def confirm_then_submit() -> list[Receipt]:
+        nonlocal ready, items
+        # A shared job: this process may have been paused past its lease since the intent, or have waited
+        # that long for an upload slot (a worker per slot prepares its next file meanwhile: ``pipeline``).
+        # So the lease is confirmed here, inside the slot, just before each attempt's bytes are sent: never
+        # send a file another worker has taken over (it resends with dedup itself).
+        ready = _keep(run, ready, await run.manifest.confirm([w.item.rel_path for w in ready]))
+        items = [w.item for w in ready]
+        return await run.target.submit(items, dedup=dedup) if items else []
 
     def on_retry(attempt: int, exc: TransientError, delay: float) -> None:
         # Bytes of the failed attempt will be sent again: keep the byte bar honest.
@@ -141,7 +149,7 @@ async def _send(run: RunState, batch: list[Work], to_poller: MemoryObjectSendStr
 
     try:
         receipts = await retrying(
-            lambda: run.target.submit(items, dedup=dedup),
+            confirm_then_submit,
             run.policy,
             what=what,
             limiter=run.limiter,
@@ -188,6 +196,8 @@ async def _send(run: RunState, batch: list[Work], to_poller: MemoryObjectSendStr
     except TransientError as exc:
         await _give_up(run, ready, f"{exc.detail} (gave up after {run.policy.attempts} attempts)")
         return
+    if not ready:
+        return  # every file was taken over by another worker before it was sent
     _failpoints.failpoint("after-submit")
     run.summary.sent_files += len(items)
     accepted = [r for r in receipts if r.error is None]
