@@ -10,13 +10,14 @@ bound of the bucket prefetch, which holds bodies of the same size: docs/sources.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Sequence
 
 from ingest.errors import SourceFileError
 from ingest.models import FileItem
-from ingest.sources.reader import PREFETCH_MAX, open_local
+from ingest.sources.reader import PREFETCH_MAX, open_local_fd
 
-__all__ = ["SMALL_FILE_MAX", "is_small_local", "read_small"]
+__all__ = ["SMALL_FILE_MAX", "is_small_local", "read_small", "read_upto"]
 
 #: Local files up to this size are read whole.
 SMALL_FILE_MAX = PREFETCH_MAX
@@ -32,14 +33,31 @@ def read_small(items: Sequence[FileItem]) -> list[tuple[bytes, bytes]]:
     under its name."""
     out = []
     for item in items:
-        with open_local(item) as f:
-            try:
-                data = f.read(item.size + 1)  # one byte more notices a file that grew
-            except OSError as exc:
-                raise SourceFileError(item.rel_path, f"read failed: {exc.strerror or exc}") from None
+        fd = open_local_fd(item)
+        try:
+            data = read_upto(fd, item.size + 1)  # one byte more notices a file that grew
+        except OSError as exc:
+            raise SourceFileError(item.rel_path, f"read failed: {exc.strerror or exc}") from None
+        finally:
+            os.close(fd)
         if len(data) > item.size:
             raise SourceFileError(item.rel_path, "file grew while being sent; rerun to send it")
         if len(data) < item.size:
             raise SourceFileError(item.rel_path, "file shrank while being sent; rerun to send it")
         out.append((data, hashlib.md5(data, usedforsecurity=False).digest()))
     return out
+
+
+def read_upto(fd: int, n: int) -> bytes:
+    """``n`` bytes from ``fd``, or fewer at its end: as a buffered file's ``read(n)``, by ``os.read``. A read
+    that comes back short is asked again until one returns nothing: on a local disk only the end of the
+    file does that, but a network or FUSE file system may return less at any point."""
+    parts: list[bytes] = []
+    got = 0
+    while got < n:
+        chunk = os.read(fd, n - got)
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    return parts[0] if len(parts) == 1 else b"".join(parts)

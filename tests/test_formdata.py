@@ -4,6 +4,9 @@ would stream; big files and bucket objects still stream; a file that changed sin
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
+import time
 from pathlib import Path
 
 import aiohttp
@@ -14,7 +17,7 @@ from anyio.abc import TaskStatus
 from ingest.errors import SourceFileError
 from ingest.formdata import READ_ON_LOOP_MAX, Form
 from ingest.models import FileItem
-from ingest.smallfiles import SMALL_FILE_MAX
+from ingest.smallfiles import SMALL_FILE_MAX, read_upto
 
 pytestmark = pytest.mark.anyio
 
@@ -146,3 +149,34 @@ async def test_a_form_of_a_few_kib_is_read_on_the_event_loop(tmp_path: Path) -> 
         threads.total_tokens = total
     async with more.body() as sent:
         assert sent.md5s == [hashlib.md5(b"b" * half).hexdigest()] * 2
+
+
+def test_a_small_file_is_read_whole_however_short_its_reads_come_back() -> None:
+    """``read_upto`` asks again after a short read (a network or FUSE file system may return less before the
+    end, as a pipe does here) and stops at ``n`` bytes or at the end, as a buffered ``read(n)`` would."""
+    r, w = os.pipe()
+
+    def write_in_pieces() -> None:
+        for piece in (b"ab", b"cd", b"ef"):
+            os.write(w, piece)
+            time.sleep(0.05)
+        os.close(w)
+
+    writer = threading.Thread(target=write_in_pieces)
+    writer.start()
+    try:
+        assert read_upto(r, 5) == b"abcde"
+        assert read_upto(r, 5) == b"f"
+        assert read_upto(r, 5) == b""
+    finally:
+        writer.join()
+        os.close(r)
+
+
+async def test_a_small_file_that_became_a_folder_is_a_source_error(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").mkdir()
+    form = Form()
+    form.add_file("file", FileItem("a.txt", tmp_path / "a.txt", 3, 0), filename="a.txt", content_type="x/y")
+    with pytest.raises(SourceFileError, match="became a folder after the walk"):
+        async with form.body():
+            pass

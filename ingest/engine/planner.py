@@ -13,6 +13,7 @@ from collections.abc import AsyncGenerator
 
 from anyio.streams.memory import MemoryObjectSendStream
 
+from ingest.engine.handoff import send_now
 from ingest.engine.state import RunState, Tracked, Work, track
 from ingest.manifest.base import Decision, FileRecord, StoredState, decide, done_and_unchanged
 from ingest.models import FileItem, Receipt
@@ -190,7 +191,7 @@ async def _plan_one(
     if decision is Decision.POLL:
         assert record is not None  # POLL is only decided for a recorded file
         run.summary.resumed += 1
-        await to_poller.send(track(run, entry, record.receipt(), attempts=record.attempts))
+        await send_now(to_poller, track(run, entry, record.receipt(), attempts=record.attempts))
         return
     dedup = dedup_mode == "always" or (dedup_mode == "resume" and decision is Decision.SEND_DEDUP)
     if dedup and not server_dedup:
@@ -200,10 +201,10 @@ async def _plan_one(
                 run.completion.finish(1)  # taken over meanwhile: its new owner follows it
                 return
             run.summary.resumed += 1
-            await to_poller.send(track(run, entry, existing, attempts=1))
+            await send_now(to_poller, track(run, entry, existing, attempts=1))
             return
         dedup = False
-    await work.send(Work(entry, dedup=dedup))
+    await send_now(work, Work(entry, dedup=dedup))
 
 
 async def _find_existing(run: RunState, item: FileItem) -> Receipt | None:

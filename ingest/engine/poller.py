@@ -18,6 +18,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ingest import _failpoints
 from ingest.engine.breaker import PlatformUnreachable
+from ingest.engine.handoff import receive_now, send_now
 from ingest.engine.state import RunState, Tracked, Work
 from ingest.errors import PermanentError, TransientError
 from ingest.models import RemoteState
@@ -46,7 +47,11 @@ async def poller(
 
     async def intake() -> None:
         async with incoming:
-            async for tracked in incoming:
+            while True:
+                try:
+                    tracked = await receive_now(incoming)  # ``async for`` took a loop round per receipt
+                except anyio.EndOfStream:
+                    return
                 outstanding[tracked.item.rel_path] = tracked
                 if tracked.next_poll < planned:
                     wake.set()
@@ -207,4 +212,4 @@ async def _retry(
     # No server-side retry: send the file again. It stays admitted (counted outstanding) throughout.
     for t, _ in to_retry:
         outstanding.pop(t.item.rel_path, None)
-        await resubmit.send(Work(t.item, dedup=False, attempts=t.attempts))
+        await send_now(resubmit, Work(t.item, dedup=False, attempts=t.attempts))

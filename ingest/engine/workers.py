@@ -15,6 +15,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ingest import _failpoints
 from ingest.engine.breaker import PlatformUnreachable
+from ingest.engine.handoff import receive_now, send_now
 from ingest.engine.state import RunState, Tracked, Work, track
 from ingest.errors import CapacityError, PermanentError, SourceFileError, TransientError
 from ingest.models import Receipt
@@ -53,9 +54,9 @@ async def _next_batch(
     """
     if run.full_batches:
         async with run.gathering:
-            batch = [carry if carry is not None else await work.receive()]
+            batch = [carry if carry is not None else await receive_now(work)]
             return batch, await _fill_batch(run, work, batch) if run.batchable(batch[0].item) else None
-    batch = [carry if carry is not None else await work.receive()]
+    batch = [carry if carry is not None else await receive_now(work)]
     if not run.batchable(batch[0].item):
         return batch, None
     async with run.gathering:
@@ -213,12 +214,8 @@ async def _send(run: RunState, batch: list[Work], to_poller: MemoryObjectSendStr
         accepted = [r for r in accepted if r.rel_path not in lost]
     for receipt in accepted:
         w = by_path[receipt.rel_path]
-        tracked = track(run, w.item, receipt, attempts=w.attempts)
-        try:
-            # The receipt stream is unbounded (admission bounds it): no checkpoint, a loop round per file.
-            to_poller.send_nowait(tracked)
-        except anyio.WouldBlock:
-            await to_poller.send(tracked)
+        # The receipt stream is unbounded (admission bounds it): never a wait, so no loop round per file.
+        await send_now(to_poller, track(run, w.item, receipt, attempts=w.attempts))
 
 
 def _keep(run: RunState, works: list[Work], lost: set[str]) -> list[Work]:

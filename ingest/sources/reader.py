@@ -25,9 +25,9 @@ import anyio
 
 from ingest.errors import SourceFileError
 from ingest.models import BodyOrigin, BodyStream, FileItem
-from ingest.sources.pinned import PinMismatch, open_pinned
+from ingest.sources.pinned import PinMismatch, open_pinned, open_pinned_fd
 
-__all__ = ["BodyOrigin", "BodyStream", "LocalStream", "open_body", "open_local"]
+__all__ = ["BodyOrigin", "BodyStream", "LocalStream", "open_body", "open_local", "open_local_fd"]
 
 
 def open_local(item: FileItem) -> IO[bytes]:
@@ -37,18 +37,28 @@ def open_local(item: FileItem) -> IO[bytes]:
     file the walk saw (``ingest.sources.pinned``): a link or folder swapped in since is refused."""
     try:
         return open_pinned(item.abs_path, item.pin)
-    except PinMismatch as exc:
-        raise SourceFileError(item.rel_path, str(exc)) from None
-    except FileNotFoundError:
-        raise SourceFileError(item.rel_path, "file disappeared between the walk and the upload") from None
-    except PermissionError:
-        raise SourceFileError(
-            item.rel_path, "permission denied; make it readable or leave it out with --exclude"
-        ) from None
-    except IsADirectoryError:
-        raise SourceFileError(item.rel_path, "became a folder after the walk") from None
     except OSError as exc:
-        raise SourceFileError(item.rel_path, f"cannot open: {exc.strerror or exc}") from None
+        raise _open_failed(item, exc) from None
+
+
+def open_local_fd(item: FileItem) -> int:
+    """``open_local``, giving the bare descriptor (``open_pinned_fd``: for a small file read whole)."""
+    try:
+        return open_pinned_fd(item.abs_path, item.pin)
+    except OSError as exc:
+        raise _open_failed(item, exc) from None
+
+
+def _open_failed(item: FileItem, exc: OSError) -> SourceFileError:
+    if isinstance(exc, PinMismatch):
+        return SourceFileError(item.rel_path, str(exc))
+    if isinstance(exc, FileNotFoundError):
+        return SourceFileError(item.rel_path, "file disappeared between the walk and the upload")
+    if isinstance(exc, PermissionError):
+        return SourceFileError(item.rel_path, "permission denied; make it readable or leave it out with --exclude")
+    if isinstance(exc, IsADirectoryError):
+        return SourceFileError(item.rel_path, "became a folder after the walk")
+    return SourceFileError(item.rel_path, f"cannot open: {exc.strerror or exc}")
 
 
 def _read_and_hash(f: IO[bytes], n: int, digests: Sequence[Any]) -> bytes:
