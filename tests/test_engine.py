@@ -79,14 +79,6 @@ async def test_tiny_in_flight_limit_still_completes(tmp_path: Path) -> None:
     assert (summary.done, summary.failed) == (40, 0)
 
 
-def uploading(manifest: Path) -> int:
-    with contextlib.closing(sqlite3.connect(manifest)) as conn:
-        try:
-            return int(conn.execute("SELECT COUNT(*) FROM files WHERE state = 'uploading'").fetchone()[0])
-        except sqlite3.OperationalError:
-            return 0  # not created yet
-
-
 @contextlib.asynccontextmanager
 async def moi_watching_uploads(
     data_dir: Path, on_upload: Callable[[], contextlib.AbstractAsyncContextManager[None]]
@@ -112,8 +104,7 @@ async def moi_watching_uploads(
 
 
 async def test_concurrency_bounds_the_uploads_in_flight_and_every_slot_is_used(tmp_path: Path) -> None:
-    """--concurrency N: the platform never sees more than N uploads at once, and does see N (the workers
-    beyond N only prepare files while the slots upload)."""
+    """--concurrency N: the platform never sees more than N uploads at once, and does see N."""
     make_tree(tmp_path / "src", 12)
     now = peak = 0
 
@@ -132,29 +123,6 @@ async def test_concurrency_bounds_the_uploads_in_flight_and_every_slot_is_used(t
         summary = await ingest.run(config(dep, tmp_path / "src", tmp_path / "m.db", concurrency=3, batch_files=1))
     assert summary.done == 12
     assert peak == 3
-
-
-async def test_the_next_files_intent_is_recorded_while_an_upload_is_in_flight(tmp_path: Path) -> None:
-    """A slot freed by a finished upload is refilled by a file whose intent record is already durable: with
-    one slot, while the first upload is held at the platform, a second file is recorded as uploading (a
-    worker per slot would record it only after the first upload, leaving the slot idle during the commit)."""
-    make_tree(tmp_path / "src", 4)
-    seen_ahead: list[int] = []
-
-    @contextlib.asynccontextmanager
-    async def hold_first() -> AsyncIterator[None]:
-        if not seen_ahead:
-            for _ in range(500):  # up to ~5 s: without a second worker per slot it never comes
-                if uploading(tmp_path / "m.db") >= 2:
-                    break
-                await anyio.sleep(0.01)  # the manifest is another program's file: nothing to wait on but time
-            seen_ahead.append(uploading(tmp_path / "m.db"))
-        yield
-
-    async with moi_watching_uploads(tmp_path / "data", hold_first) as dep:
-        summary = await ingest.run(config(dep, tmp_path / "src", tmp_path / "m.db", concurrency=1, batch_files=1))
-    assert summary.done == 4
-    assert seen_ahead == [2]
 
 
 class MeddlingSource(LocalSource):

@@ -2,7 +2,7 @@
 
 ::
 
-    planner ──► work stream (bounded) ──► 2N workers ──► receipts ──► poller
+    planner ──► work stream (bounded) ──► N workers ──► receipts ──► poller
        │   (asks the manifest: skip, poll, send)  │                      │
        └───────────────────────────── manifest ◄──┴──────────────────────┘
 
@@ -11,8 +11,7 @@
   files are already between "queued" and "finished".
 - **Workers** take a file, or a batch of small files when the target allows it (greedily: whatever is
   already queued, never waiting for more), record the intent durably, stream the bodies, record the
-  platform's ids and hand the receipts to the poller. There are ``WORKERS_PER_SLOT`` workers per upload
-  slot; the adaptive limiter lets ``concurrency`` (N) of them upload at once.
+  platform's ids and hand the receipts to the poller.
 - The **poller** follows every accepted file until the platform says done or failed, polling due files
   together with a growing interval per file, and retries failures through the platform (or by
   sending again) up to ``max_attempts``.
@@ -42,17 +41,7 @@ from ingest.progress import Progress
 from ingest.report import RunSummary
 from ingest.sources.base import Source
 
-__all__ = ["WORKERS_PER_SLOT", "run_engine"]
-
-#: Workers per upload slot (``--concurrency``). Part of a worker's time per file is spent outside its upload:
-#: the look at the file just before sending, the wait for its intent record to be durable (a group commit,
-#: 7-9 ms), the receipt. With one worker per slot those phases left slots empty: ~20 of 32 uploads in flight
-#: at the emulator against curl's ~28 (benchmarks/README.md, Issue 11 item 25). A second worker per slot does
-#: them while the first uploads. The uploads in flight stay bounded by ``concurrency``: ``RunState.limiter``
-#: admits that many, and a body is opened (or fetched ahead) only inside its slot. A shared job runs one
-#: worker per slot (``ingest.engine.shared``): there a worker confirms its lease just before sending, and a
-#: process paused right then would send late; a second worker per slot would more often be caught there.
-WORKERS_PER_SLOT = 2
+__all__ = ["run_engine"]
 
 
 async def run_engine(
@@ -64,7 +53,6 @@ async def run_engine(
     config: EngineConfig,
     progress: Progress,
     summary: RunSummary,
-    workers_per_slot: int = WORKERS_PER_SLOT,
 ) -> RunSummary:
     """Send everything ``source`` yields through ``target``, recording every step in ``manifest``.
 
@@ -87,7 +75,7 @@ async def run_engine(
     rcpt_send, rcpt_recv = anyio.create_memory_object_stream[Tracked](math.inf)
     try:
         async with anyio.create_task_group() as tg:
-            _start(tg, run, work_send, work_recv, rcpt_send, rcpt_recv, workers=config.concurrency * workers_per_slot)
+            _start(tg, run, work_send, work_recv, rcpt_send, rcpt_recv)
     except BaseExceptionGroup as group:
         raise first_leaf(group, (ConfigError, Exception)) from None
     return summary
@@ -100,11 +88,9 @@ def _start(
     work_recv: MemoryObjectReceiveStream[Work],
     rcpt_send: MemoryObjectSendStream[Tracked],
     rcpt_recv: MemoryObjectReceiveStream[Tracked],
-    *,
-    workers: int,
 ) -> None:
     tg.start_soon(plan, run, work_send.clone(), rcpt_send.clone())
-    for _ in range(workers):
+    for _ in range(run.config.concurrency):
         tg.start_soon(worker, run, work_recv.clone(), rcpt_send.clone())
 
     async def poll_then_close() -> None:

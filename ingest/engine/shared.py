@@ -92,11 +92,6 @@ async def run_worker(
                 config=config,
                 progress=progress,
                 summary=summary,
-                # One worker per upload slot: each confirms its lease just before its bytes go, and a process
-                # paused (SIGSTOP, a frozen VM) between the two sends late. With a second worker per slot a
-                # pause caught more of them there: in tests/test_scale.py's paused worker a late send came
-                # after the dedup resend of the worker that took the file over, and the file was stored twice.
-                workers_per_slot=1,
             )
             tg.cancel_scope.cancel()
     finally:

@@ -137,9 +137,9 @@ async def _send(run: RunState, batch: list[Work], to_poller: MemoryObjectSendStr
     async def confirm_then_submit() -> list[Receipt]:
         nonlocal ready, items
         # A shared job: this process may have been paused past its lease since the intent, or have waited
-        # that long for an upload slot (a worker per slot prepares its next file meanwhile: ``pipeline``).
-        # So the lease is confirmed here, inside the slot, just before each attempt's bytes are sent: never
-        # send a file another worker has taken over (it resends with dedup itself).
+        # that long for an upload slot (the adaptive limiter lowers their number on 429s) or in a retry's
+        # backoff. So the lease is confirmed here, inside the slot, just before each attempt's bytes are sent:
+        # never send a file another worker has taken over (it resends with dedup itself).
         ready = _keep(run, ready, await run.manifest.confirm([w.item.rel_path for w in ready]))
         items = [w.item for w in ready]
         return await run.target.submit(items, dedup=dedup) if items else []
