@@ -15,6 +15,7 @@ This module imports nothing heavier than the standard library and ``ingest.sourc
 from __future__ import annotations
 
 import errno
+import gc
 import marshal
 import operator
 import os
@@ -321,6 +322,9 @@ def serve() -> None:
     """The child's whole life: read the settings, walk, write the frames, exit."""
     # The parent stops the child (closing the pipe, then a kill); a Ctrl-C meant for the run is not for it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # What the walk makes (entries, stat results, rows) holds no reference cycle: reference counting frees
+    # all of it, and the collector would only traverse it, again and again, as the rows pile up.
+    gc.disable()
     include, exclude, hidden, follow, max_size, own_state, root_fd, out_fd = marshal.load(sys.stdin.buffer)
     out = os.fdopen(out_fd, "wb", buffering=0)
     stats = WalkStats()
