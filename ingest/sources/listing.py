@@ -1,6 +1,6 @@
 """The walk of a local folder as plain, synchronous code: open, list and sift one folder at a time, depth
 first, in name order. ``ingest.sources.local`` runs it folder by folder in a worker thread, or, on a rerun
-of a large tree, all of it in a child process that streams the rows back (``serve``, ``read_frame``).
+of a large tree, all of it in a child process that streams the rows back (``serve``).
 
 Why a process: on a rerun that finds every file unchanged, the ``lstat`` of each file (the kernel's work,
 which a rerun cannot skip: a file rewritten in place changes neither its folder's mtime nor its listing)
@@ -8,8 +8,8 @@ was about half of the run's time, and the planner's manifest reads most of the r
 cannot overlap: every ``lstat`` gives the GIL up and must win it back from the planner. In a process of its
 own the walk runs on another core (benchmarks/README.md, Issue 11 item 23).
 
-This module imports nothing heavier than the standard library and ``ingest.sources.base``, so the child
-(``python -I -S``) starts in a few hundredths of a second.
+This module imports only small modules of the standard library (not even ``typing``), so the child
+(``python -I -S``) starts in about a hundredth of a second.
 """
 
 from __future__ import annotations
@@ -23,54 +23,64 @@ import signal
 import stat
 import struct
 import sys
-from collections.abc import Collection, Generator
-from dataclasses import astuple, dataclass, fields
-from typing import IO, Any
 
-from ingest.sources.base import Rejected, Row
-from ingest.sources.globs import GlobSet
+# ``typing`` (and ``dataclasses``) are most of what the child would import (benchmarks/README.md, Issue 11
+# item 23): the names below are for the type checker only.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Collection, Generator
+    from typing import IO, Any, Protocol
 
-__all__ = [
-    "CHILD_FRAME_ROWS",
-    "WalkOptions",
-    "WalkStats",
-    "display_path",
-    "folders",
-    "read_frame",
-    "serve",
-]
+    from ingest.sources.base import Rejected, Row
+    from ingest.sources.globs import GlobSet
+
+    class Options(Protocol):
+        """What the walk reads of ``ingest.sources.local.WalkOptions``."""
+
+        @property
+        def include(self) -> tuple[str, ...]: ...
+        @property
+        def exclude(self) -> tuple[str, ...]: ...
+        @property
+        def hidden(self) -> bool: ...
+        @property
+        def follow_symlinks(self) -> bool: ...
+        @property
+        def max_size(self) -> int | None: ...
+
+    #: A folder still to visit: (parent prefix, name, relative prefix, (dev, ino) as listed).
+    _Folder = tuple[str, str, str, tuple[int, int] | None]
+    #: A folder's listing: (its open descriptor, its rows and subfolders from ``Sift.folder``, why there
+    #: are none), see ``_list``.
+    _Listed = tuple[int | None, tuple[list[Row | Rejected], list[_Folder]] | None, str | None]
+
+__all__ = ["CHILD_FRAME_ROWS", "STATS_FIELDS", "Counts", "Sift", "display_path", "folders", "open_dir", "serve"]
+
+#: What the walk counts (``ingest.sources.local.WalkStats``'s fields, in their order).
+STATS_FIELDS = (
+    "files_seen",
+    "excluded",
+    "hidden",
+    "symlinks",
+    "too_large",
+    "special",
+    "loops",
+    "dangling",
+    "own_state",
+)
 
 
-@dataclass(frozen=True, slots=True)
-class WalkOptions:
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    hidden: bool = False
-    follow_symlinks: bool = False
-    max_size: int | None = None
+class Counts:
+    """The walk's counts in the child (``WalkStats`` without ``dataclasses``)."""
 
+    __slots__ = STATS_FIELDS
 
-@dataclass(slots=True)
-class WalkStats:
-    """What the walk passed over on purpose (not failures), for the final summary."""
+    def __init__(self) -> None:
+        for field in STATS_FIELDS:
+            setattr(self, field, 0)
 
-    files_seen: int = 0
-    excluded: int = 0
-    hidden: int = 0
-    symlinks: int = 0
-    too_large: int = 0
-    special: int = 0
-    loops: int = 0
-    dangling: int = 0
-    own_state: int = 0
-
-    def update(self, counts: tuple[int, ...]) -> None:
-        """Take the counts of another ``WalkStats`` (``astuple``'s order): the child's, as it walks."""
-        for field, value in zip(_STATS_FIELDS, counts, strict=True):
-            setattr(self, field, value)
-
-
-_STATS_FIELDS = tuple(f.name for f in fields(WalkStats))
+    def values(self) -> tuple[int, ...]:
+        return tuple(getattr(self, field) for field in STATS_FIELDS)
 
 
 def display_path(name: str) -> str:
@@ -119,11 +129,6 @@ def open_dir(parent: int | None, name: str, follow: bool, expected: tuple[int, i
     return fd
 
 
-#: A folder still to visit: (parent prefix, name, relative prefix, (dev, ino) as listed).
-_Folder = tuple[str, str, str, tuple[int, int] | None]
-#: A folder's listing: (its open descriptor, its rows and subfolders from ``_Sift.folder``, why there are
-#: none), see ``_list``.
-_Listed = tuple[int | None, tuple[list[Row | Rejected], list[_Folder]] | None, str | None]
 #: ``_list``'s problem for a folder that became a symbolic link (not followed; counted, not failed).
 _LINK = "symlink"
 
@@ -153,7 +158,7 @@ def folders(root_fd: int, sift: Sift) -> Generator[list[Row | Rejected], None, N
                 if problem == _LINK:
                     sift.stats.symlinks += 1  # became a symbolic link after it was listed: not followed
                 elif problem is not None:
-                    yield [Rejected(display_path(prefix or "."), problem)]
+                    yield [sift.reject(display_path(prefix or "."), problem)]
                 continue  # else removed (or replaced) while we walked: nothing left to send from it
             rows, subdirs = sifted
             stack.extend(reversed(subdirs))
@@ -200,13 +205,27 @@ def _list(parent: int, name: str, expected: tuple[int, int] | None, sift: Sift, 
         raise
 
 
+def _globs(patterns: tuple[str, ...]) -> GlobSet | None:
+    """The patterns as a ``GlobSet``; ``None`` for none (tested once a folder: ``GlobSet.__bool__`` per file
+    was 2 % of a no-op rerun), and then ``ingest.sources.globs`` (``re``) is not even imported."""
+    if not patterns:
+        return None
+    from ingest.sources.globs import GlobSet
+
+    return GlobSet(patterns)
+
+
 class Sift:
     """The walk's filters, applied to one folder's listing at a time (by whoever lists it, one folder after
     the other: they count into ``stats`` and remember the folders visited)."""
 
-    def __init__(self, options: WalkOptions, stats: WalkStats, own_state: Collection[str]) -> None:
-        self.options, self.stats, self.own_state = options, stats, own_state
-        self.include, self.exclude = GlobSet(options.include), GlobSet(options.exclude)
+    def __init__(
+        self, options: Options, stats: Any, own_state: Collection[str], reject: Callable[[str, str], Any]
+    ) -> None:
+        """``stats``: a ``WalkStats`` or ``Counts``; ``reject(rel_path, reason)``: what stands for a file or
+        folder that cannot be sent (a ``Rejected``; in the child, a pair)."""
+        self.options, self.stats, self.own_state, self.reject = options, stats, own_state, reject
+        self.include, self.exclude = _globs(options.include), _globs(options.exclude)
         self.visited: set[tuple[int, int]] = set()
 
     def folder(self, prefix: str, entries: list[os.DirEntry[str]]) -> tuple[list[Row | Rejected], list[_Folder]]:
@@ -215,8 +234,6 @@ class Sift:
         is read once the entry passed the filters that need none."""
         stats, own_state, visited = self.stats, self.own_state, self.visited
         include, exclude = self.include, self.exclude
-        # Tested once: ``GlobSet.__bool__`` per file was 2 % of a no-op rerun.
-        including, excluding = bool(include), bool(exclude)
         follow, hidden, max_size = self.options.follow_symlinks, self.options.hidden, self.options.max_size
         is_dir, is_reg = stat.S_ISDIR, stat.S_ISREG
         rows: list[Row | Rejected] = []
@@ -247,7 +264,7 @@ class Sift:
                 if is_link:
                     stats.dangling += 1
                     continue
-                rows.append(Rejected(display_path(rel), f"cannot read file information: {error}"))
+                rows.append(self.reject(display_path(rel), f"cannot read file information: {error}"))
                 continue
             mode = st.st_mode
             if is_dir(mode):
@@ -255,7 +272,7 @@ class Sift:
                 if key in visited:
                     stats.loops += 1  # a symlink back into the tree: visiting again would never end
                     continue
-                if excluding and exclude.matches(rel):
+                if exclude is not None and exclude.matches(rel):
                     stats.excluded += 1
                     continue
                 visited.add(key)
@@ -264,7 +281,7 @@ class Sift:
             if not is_reg(mode):
                 stats.special += 1  # sockets, FIFOs, devices: not documents
                 continue
-            if (including and not include.matches(rel)) or (excluding and exclude.matches(rel)):
+            if (include is not None and not include.matches(rel)) or (exclude is not None and exclude.matches(rel)):
                 stats.excluded += 1
                 continue
             if max_size is not None and st.st_size > max_size:
@@ -273,7 +290,9 @@ class Sift:
             files_seen += 1
             if not rel.isascii() and not _is_utf8(rel):
                 rows.append(
-                    Rejected(display_path(rel), "file name is not valid UTF-8; rename it (e.g. with convmv) to send it")
+                    self.reject(
+                        display_path(rel), "file name is not valid UTF-8; rename it (e.g. with convmv) to send it"
+                    )
                 )
                 continue
             rows.append((rel, st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino))
@@ -283,26 +302,28 @@ class Sift:
 
 # ----- the walk in a child process ---------------------------------------------------------------------
 #
-# The parent (``ingest.sources.local``) starts ``python -I -S -c CHILD_CODE PACKAGE_ROOT`` with the root
-# folder's descriptor and the write end of a pipe passed to it, and the settings on its stdin
-# (``settings``). The child walks and writes frames to the pipe: a little-endian length, then a marshal
-# payload, one of
-#   (ROWS, rows, rejected, stats)  rows as ``folders`` yields them, except that each ``Rejected`` is None
-#                                  in ``rows`` and ``(index, rel_path, reason)`` in ``rejected``
-#   (END, stats)                   the walk is over (``stats``: ``astuple(WalkStats)``)
-#   (ERROR, text)                  the walk failed (a traceback)
+# The parent (``ingest.sources.local``) starts ``python -I -S -c CHILD_CODE FOLDER PACKAGE_ROOT`` (FOLDER:
+# this module's) with the root folder's descriptor and the write end of a pipe passed to it, and the
+# settings on its stdin (``settings``). This module is imported there as ``listing``, not as part of the
+# package, so that the child imports nothing else unless ``--include``/``--exclude`` need the globs. The
+# child walks and writes frames to the pipe: a little-endian length, then a marshal payload, one of
+#   (ROWS, rows, rejected, counts)  rows as ``folders`` yields them, except that a file or folder that
+#                                   cannot be sent is None in ``rows`` and ``(index, rel_path, reason)`` in
+#                                   ``rejected``; ``counts``: the walk's counts so far (``STATS_FIELDS``)
+#   (END, counts)                   the walk is over
+#   (ERROR, text)                   the walk failed (a traceback)
 # A full pipe blocks the child: the parent's reading is the walk's backpressure. When the parent stops
 # reading (a run stopped) it closes its end and kills the child.
 
 ROWS, END, ERROR = 0, 1, 2
 #: Rows per frame at most: a flat folder of a million files is sent a piece at a time.
 CHILD_FRAME_ROWS = 4096
-_HEADER = struct.Struct("<I")
+HEADER = struct.Struct("<I")
 
-CHILD_CODE = "import sys; sys.path.insert(0, sys.argv[1]); from ingest.sources.listing import serve; serve()"
+CHILD_CODE = "import sys; sys.path += sys.argv[1:3]; import listing; listing.serve()"
 
 
-def settings(options: WalkOptions, own_state: Collection[str], root_fd: int, out_fd: int) -> bytes:
+def settings(options: Options, own_state: Collection[str], root_fd: int, out_fd: int) -> bytes:
     """What the child reads from its stdin: the options, ingest's own files, and its two descriptors."""
     return marshal.dumps(
         (
@@ -318,6 +339,28 @@ def settings(options: WalkOptions, own_state: Collection[str], root_fd: int, out
     )
 
 
+class _ChildOptions:
+    """``WalkOptions`` in the child (``Options``)."""
+
+    __slots__ = ("exclude", "follow_symlinks", "hidden", "include", "max_size")
+
+    def __init__(
+        self, include: tuple[str, ...], exclude: tuple[str, ...], hidden: bool, follow: bool, max_size: int | None
+    ) -> None:
+        self.include, self.exclude, self.hidden, self.follow_symlinks, self.max_size = (
+            include,
+            exclude,
+            hidden,
+            follow,
+            max_size,
+        )
+
+
+def _pair(rel_path: str, reason: str) -> tuple[str, str]:
+    """A file or folder that cannot be sent, in the child: ``(rel_path, reason)`` (rows have five fields)."""
+    return rel_path, reason
+
+
 def serve() -> None:
     """The child's whole life: read the settings, walk, write the frames, exit."""
     # The parent stops the child (closing the pipe, then a kill); a Ctrl-C meant for the run is not for it.
@@ -327,13 +370,14 @@ def serve() -> None:
     gc.disable()
     include, exclude, hidden, follow, max_size, own_state, root_fd, out_fd = marshal.load(sys.stdin.buffer)
     out = os.fdopen(out_fd, "wb", buffering=0)
-    stats = WalkStats()
+    counts = Counts()
     try:
-        sift = Sift(WalkOptions(include, exclude, hidden, follow, max_size), stats, frozenset(own_state))
+        options = _ChildOptions(include, exclude, hidden, follow, max_size)
+        sift = Sift(options, counts, frozenset(own_state), _pair)
         for rows in folders(root_fd, sift):
             for start in range(0, len(rows), CHILD_FRAME_ROWS):
-                _write(out, _rows_frame(rows[start : start + CHILD_FRAME_ROWS], stats))
-        _write(out, (END, astuple(stats)))
+                _write(out, _rows_frame(rows[start : start + CHILD_FRAME_ROWS], counts))
+        _write(out, (END, counts.values()))
     except BrokenPipeError:
         os._exit(0)  # the parent stopped reading: nothing more is wanted
     except BaseException:
@@ -348,34 +392,15 @@ def serve() -> None:
     os._exit(0)
 
 
-def _rows_frame(rows: list[Row | Rejected], stats: WalkStats) -> tuple[Any, ...]:
-    rejected = [(i, r.rel_path, r.reason) for i, r in enumerate(rows) if isinstance(r, Rejected)]
-    if not rejected:
-        return (ROWS, rows, rejected, astuple(stats))
-    return (ROWS, [None if isinstance(r, Rejected) else r for r in rows], rejected, astuple(stats))
+def _rows_frame(rows: list[Any], counts: Counts) -> tuple[Any, ...]:
+    rejected = [(i, *row) for i, row in enumerate(rows) if len(row) == 2]
+    if rejected:
+        rows = [None if len(row) == 2 else row for row in rows]
+    return (ROWS, rows, rejected, counts.values())
 
 
 def _write(out: IO[bytes], frame: tuple[Any, ...]) -> None:
     payload = marshal.dumps(frame)
-    data = memoryview(_HEADER.pack(len(payload)) + payload)
+    data = memoryview(HEADER.pack(len(payload)) + payload)
     while data:
         data = data[out.write(data) or 0 :]
-
-
-def read_frame(pipe: IO[bytes]) -> tuple[Any, ...] | None:
-    """The next frame from the child, or ``None`` when the pipe ends (the child is gone). Blocking: for a
-    worker thread. A ``ROWS`` frame comes back as ``(ROWS, rows, stats)`` with its rejections in place."""
-    header = pipe.read(_HEADER.size)
-    if len(header) < _HEADER.size:
-        return None
-    (length,) = _HEADER.unpack(header)
-    payload = pipe.read(length)
-    if len(payload) < length:
-        return None
-    frame = marshal.loads(payload)
-    if frame[0] != ROWS:
-        return tuple(frame)
-    _, rows, rejected, counts = frame
-    for index, rel_path, reason in rejected:
-        rows[index] = Rejected(rel_path, reason)
-    return ROWS, rows, counts

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import marshal
 import os
 import stat
 import subprocess
 import sys
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, cast
+from typing import IO, Any, cast
 
 import anyio
 
@@ -28,12 +30,12 @@ from ingest.sources.listing import (
     DIR_FLAGS,
     END,
     ERROR,
+    HEADER,
+    ROWS,
+    STATS_FIELDS,
     Sift,
-    WalkOptions,
-    WalkStats,
     display_path,
     folders,
-    read_frame,
     settings,
 )
 
@@ -53,6 +55,35 @@ __all__ = [
 
 #: Why a file cannot be sent when it is simply not there any more (as opposed to unreadable).
 DISAPPEARED = "file disappeared between the walk and the upload"
+
+
+@dataclass(frozen=True, slots=True)
+class WalkOptions:
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    hidden: bool = False
+    follow_symlinks: bool = False
+    max_size: int | None = None
+
+
+@dataclass(slots=True)
+class WalkStats:
+    """What the walk passed over on purpose (not failures), for the final summary."""
+
+    files_seen: int = 0
+    excluded: int = 0
+    hidden: int = 0
+    symlinks: int = 0
+    too_large: int = 0
+    special: int = 0
+    loops: int = 0
+    dangling: int = 0
+    own_state: int = 0
+
+    def update(self, counts: tuple[int, ...]) -> None:
+        """Take the counts of the walk in a child (``listing.STATS_FIELDS``' order) as it goes."""
+        for field, value in zip(STATS_FIELDS, counts, strict=True):
+            setattr(self, field, value)
 
 
 def pin_stat(root: Path, rel_path: str, follow: bool) -> os.stat_result:
@@ -131,7 +162,7 @@ async def walk_rows(
     if in_child:
         listed = _listed_by_child(root_fd, options, stats, own_state)
     else:
-        listed = _listed_in_threads(root_fd, Sift(options, stats, own_state))
+        listed = _listed_in_threads(root_fd, Sift(options, stats, own_state, Rejected))
     batch: list[Row | Rejected] = []
     # Closed with this generator, not whenever the collector gets to it: it holds folders (or a child) open.
     async with contextlib.aclosing(listed) as folders:
@@ -163,8 +194,10 @@ async def _listed_in_threads(root_fd: int, sift: Sift) -> AsyncGenerator[list[Ro
 
 
 #: What the child process is started with (``listing.serve``): no site packages, no environment, no
-#: current folder on its path; only this package, from wherever this process imported it.
-_CHILD_ARGS = ("-I", "-S", "-c", CHILD_CODE, str(Path(__file__).resolve().parents[2]))
+#: current folder on its path; only ``listing``'s folder and this package, from wherever this process
+#: imported them.
+_HERE = Path(__file__).resolve()
+_CHILD_ARGS = ("-I", "-S", "-c", CHILD_CODE, str(_HERE.parent), str(_HERE.parents[2]))
 
 
 async def _listed_by_child(
@@ -176,7 +209,7 @@ async def _listed_by_child(
     child, pipe = await anyio.to_thread.run_sync(_start_child, root_fd, options, own_state)
     try:
         while True:
-            frame = await anyio.to_thread.run_sync(read_frame, pipe)
+            frame = await anyio.to_thread.run_sync(_read_frame, pipe)
             if frame is None:
                 code = await anyio.to_thread.run_sync(child.wait)
                 raise OSError(f"the walk's listing process ended before the walk did (exit code {code})")
@@ -196,6 +229,26 @@ async def _listed_by_child(
 
 #: A child needs an interpreter to run (not there when Python is embedded) and descriptors to inherit.
 _CAN_START_CHILD = bool(sys.executable) and os.name == "posix"
+
+
+def _read_frame(pipe: IO[bytes]) -> tuple[Any, ...] | None:
+    """The child's next frame (``listing.serve``), or ``None`` when the pipe ends (the child is gone).
+    Blocking: for a worker thread. A ``ROWS`` frame comes back as ``(ROWS, rows, counts)`` with its
+    rejections in place, as ``Rejected``."""
+    header = pipe.read(HEADER.size)
+    if len(header) < HEADER.size:
+        return None
+    (length,) = HEADER.unpack(header)
+    payload = pipe.read(length)
+    if len(payload) < length:
+        return None
+    frame = marshal.loads(payload)
+    if frame[0] != ROWS:
+        return tuple(frame)
+    _, rows, rejected, counts = frame
+    for index, rel_path, reason in rejected:
+        rows[index] = Rejected(rel_path, reason)
+    return ROWS, rows, counts
 
 
 def _start_child(
