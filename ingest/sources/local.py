@@ -227,8 +227,9 @@ async def _listed_by_child(
             child.wait()
 
 
-#: A child needs an interpreter to run (not there when Python is embedded) and descriptors to inherit.
-_CAN_START_CHILD = bool(sys.executable) and os.name == "posix"
+#: A child needs an interpreter to run (not there when Python is embedded; a frozen application's
+#: executable is the application) and descriptors to inherit.
+_CAN_START_CHILD = bool(sys.executable) and os.name == "posix" and not getattr(sys, "frozen", False)
 
 
 def _read_frame(pipe: IO[bytes]) -> tuple[Any, ...] | None:
