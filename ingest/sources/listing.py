@@ -4,12 +4,12 @@ of a large tree, all of it in a child process that streams the rows back (``serv
 
 Why a process: on a rerun that finds every file unchanged, the ``lstat`` of each file (the kernel's work,
 which a rerun cannot skip: a file rewritten in place changes neither its folder's mtime nor its listing)
-was about half of the run's time, and the planner's manifest reads most of the rest. In a thread the two
-cannot overlap: every ``lstat`` gives the GIL up and must win it back from the planner. In a process of its
-own the walk runs on another core (benchmarks/README.md, Issue 11 item 23).
+was about half of the run's time after its start-up, the planner's manifest reads most of the rest. In a
+thread the two cannot overlap: every ``lstat`` gives the GIL up and must win it back from the planner. In a
+process of its own the walk runs on another core (benchmarks/README.md, Issue 11 item 23).
 
 This module imports only small modules of the standard library (not even ``typing``), so the child
-(``python -I -S``) starts in about a hundredth of a second.
+(``python -I -S``) starts in under two hundredths of a second.
 """
 
 from __future__ import annotations
