@@ -1,12 +1,26 @@
 """The directory source: filters, symlink policy, loop safety, odd names, streaming order."""
 
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from ingest.models import FileItem
-from ingest.sources.local import Rejected, WalkOptions, WalkStats, walk, walk_batches
+from ingest.sources import listing
+from ingest.sources.listing import CHILD_CODE
+from ingest.sources.local import (
+    CHILD_WALK_MIN,
+    LocalSource,
+    Rejected,
+    WalkOptions,
+    WalkStats,
+    walk,
+    walk_batches,
+    walk_rows,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -161,3 +175,153 @@ async def test_a_walk_closed_halfway_leaves_no_folder_open(tmp_path: Path) -> No
     await gen.aclose()
     assert [e.rel_path for e in first] == ["d00/e0/f.txt", "d00/e1/f.txt"]
     assert set(os.listdir("/proc/self/fd")) <= before
+
+
+# ----- the walk in a child process (a rerun of a large tree) ---------------------------------------------
+
+
+def odd_tree(root: Path) -> None:
+    """A tree with something for every rule of the walk: nested folders, hidden files and folders, links
+    to files and folders, a loop, a FIFO, a name that is not UTF-8, ingest's own state, files too large."""
+    make_tree(
+        root,
+        {
+            "a.txt": b"a",
+            "big.bin": b"x" * 100,
+            ".hidden": b"h",
+            ".git/config": b"c",
+            "skip/x.txt": b"x",
+            "own/state.db": b"m",
+            "d1/b.md": b"bb",
+            "d1/d2/c.md": b"ccc",
+            "d1/d2/d3/d.pdf": b"dddd",
+            "e/f.txt": b"f",
+        },
+    )
+    (root / "d1" / "link.txt").symlink_to(root / "a.txt")
+    (root / "d1" / "up").symlink_to(root)
+    (root / "e" / "gone").symlink_to(root / "nowhere")
+    os.mkfifo(root / "e" / "pipe")
+    write_bytes_name(os.path.join(os.fsencode(root / "e"), b"caf\xe9.txt"))
+
+
+async def rows_of(root: Path, options: WalkOptions, *, in_child: bool, size: int) -> tuple[list[object], WalkStats]:
+    stats = WalkStats()
+    walked = walk_rows(root, options, stats, own_state=frozenset({"own"}), size=size, in_child=in_child)
+    batches = [batch async for batch in walked]
+    assert all(0 < len(batch) <= size for batch in batches)
+    return [row for batch in batches for row in batch], stats
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        WalkOptions(),
+        WalkOptions(hidden=True, follow_symlinks=True),
+        WalkOptions(include=("*.md", "*.txt"), exclude=("skip",), max_size=50),
+    ],
+    ids=["defaults", "hidden-follow", "filters"],
+)
+@pytest.mark.parametrize("size", [1, 3, 256])
+async def test_a_walk_in_a_child_process_yields_what_the_walk_in_threads_yields(
+    tmp_path: Path, options: WalkOptions, size: int
+) -> None:
+    """On a rerun of a large tree the walk runs in a child process (on another core): the same rows
+    (path, size, change token, device and inode), rejections and counts, in the same order and batches."""
+    odd_tree(tmp_path)
+    in_threads = await rows_of(tmp_path, options, in_child=False, size=size)
+    in_child = await rows_of(tmp_path, options, in_child=True, size=size)
+    assert in_child == in_threads
+    rows, stats = in_child
+    assert any(isinstance(row, Rejected) and "not valid UTF-8" in row.reason for row in rows)
+    assert stats.files_seen > 0
+    assert stats.own_state == 1
+
+
+def listing_children() -> list[int]:
+    """This process's children running the walk's listing (``ingest.sources.listing.serve``)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except (OSError, IndexError):
+            continue
+        if ppid == os.getpid() and CHILD_CODE.encode() in cmdline:
+            found.append(int(pid))
+    return found
+
+
+def wide_tree(root: Path) -> None:
+    """More rows than the pipe between the child and the walk holds (a few hundred KiB, a frame per
+    folder): the child is still listing when the first batch arrives."""
+    for i in range(100):
+        folder = root / f"d{i:03d}"
+        folder.mkdir()
+        for j in range(30):
+            (folder / f"{j:03d}-{'n' * 150}.txt").touch()
+
+
+async def test_a_child_walk_closed_halfway_leaves_no_process_and_no_folder_open(tmp_path: Path) -> None:
+    """A run stopped mid-walk stops the child at once: no process left behind, nothing held open."""
+    wide_tree(tmp_path)
+    before = set(os.listdir("/proc/self/fd"))
+    gen = walk_rows(tmp_path, WalkOptions(), size=10, in_child=True)
+    first = await gen.__anext__()
+    assert len(first) == 10
+    assert len(listing_children()) == 1
+    await gen.aclose()
+    assert listing_children() == []
+    assert set(os.listdir("/proc/self/fd")) <= before
+
+
+async def test_a_child_that_dies_mid_walk_fails_the_walk_instead_of_ending_it(tmp_path: Path) -> None:
+    """A walk taken for complete proves which files left the source (``--delete`` acts on that): a child
+    killed halfway is an error, never a shorter walk."""
+    wide_tree(tmp_path)
+    gen = walk_rows(tmp_path, WalkOptions(), size=10, in_child=True)
+    await gen.__anext__()
+    (child,) = listing_children()
+    os.kill(child, signal.SIGKILL)
+    with pytest.raises(OSError, match="ended before the walk did"):
+        async for _ in gen:
+            pass
+    assert listing_children() == []
+
+
+async def test_a_source_walks_in_a_child_only_when_the_manifest_expects_many_files(tmp_path: Path) -> None:
+    """``LocalSource.row_batches(expected=…)``: a child for a rerun of ``CHILD_WALK_MIN`` files or more,
+    the threads otherwise; the planner gets the same rows and items either way."""
+    wide_tree(tmp_path)
+    odd_tree(tmp_path)
+    source = LocalSource(tmp_path, WalkOptions())
+    small = source.row_batches(expected=CHILD_WALK_MIN - 1)
+    first_small = await small.__anext__()
+    assert listing_children() == []
+    rows_small = first_small + [row async for batch in small for row in batch]
+    large = source.row_batches(expected=CHILD_WALK_MIN)
+    first_large = await large.__anext__()
+    assert len(listing_children()) == 1
+    rows_large = first_large + [row async for batch in large for row in batch]
+    assert rows_large == rows_small
+    items = [source.item(row) for row in rows_large if not isinstance(row, Rejected)]
+    expected = [e async for e in walk(tmp_path, WalkOptions()) if isinstance(e, FileItem)]
+    assert items == expected
+
+
+def test_the_walks_child_process_imports_only_small_standard_modules() -> None:
+    """The child's start is on the critical path of a no-op rerun: it imports neither ``typing`` nor
+    ``dataclasses`` (with ``re``, three quarters of its start-up), nor the package, unless the globs of
+    ``--include``/``--exclude`` need it."""
+    folder = Path(listing.__file__).parent
+    code = CHILD_CODE.replace("listing.serve()", "print(*sys.modules)")
+    found = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code, str(folder), str(folder.parents[1])],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert "listing" in found
+    assert not {"typing", "dataclasses", "re", "ingest"} & set(found)

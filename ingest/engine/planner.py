@@ -63,7 +63,8 @@ async def _chunks(run: RunState) -> AsyncGenerator[Chunk, None]:
     source = run.source
     if isinstance(source, RowSource):
         may_refuse = run.target.may_refuse()
-        async with contextlib.aclosing(source.row_batches()) as batches:
+        expected = 0 if run.fresh_manifest else run.manifest.file_count()
+        async with contextlib.aclosing(source.row_batches(expected=expected)) as batches:
             async for rows in batches:
                 if run.stop_sending:
                     return  # the files of a walk cut short are not counted as skipped

@@ -99,8 +99,10 @@ class RowSource(Protocol):
     unchanged: on a no-op rerun every file) costs no ``FileItem``: building one, with its pin and path,
     was a third of a no-op rerun's time per file (benchmarks/README.md, Issue 11 item 12)."""
 
-    def row_batches(self) -> AsyncGenerator[list[Row | Rejected], None]:
-        """The files of ``entries`` in the same order, as rows, a batch at a time."""
+    def row_batches(self, *, expected: int = 0) -> AsyncGenerator[list[Row | Rejected], None]:
+        """The files of ``entries`` in the same order, as rows, a batch at a time. ``expected``: about how
+        many files the walk will meet (those the manifest holds), for a source that lists a large source
+        otherwise than a small one."""
         ...
 
     def item(self, row: Row) -> FileItem:

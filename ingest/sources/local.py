@@ -3,35 +3,51 @@
 The walk is depth-first over ``os.scandir`` with directories visited in sorted order, so two walks of
 an unchanged tree yield the same sequence. Only the stack of directories still to visit is held in
 memory, never the tree. Each directory is listed in a worker thread so a slow file system does not
-stall the event loop.
+stall the event loop; on a rerun of a large tree the whole walk runs in a child process instead, on
+another core (``ingest.sources.listing``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import operator
+import marshal
 import os
 import stat
+import subprocess
+import sys
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import IO, Any, cast
 
 import anyio
 
 from ingest.models import FileItem, LocalPin
 from ingest.sources.base import Rejected, Row, batched
-from ingest.sources.globs import GlobSet
+from ingest.sources.listing import (
+    CHILD_CODE,
+    DIR_FLAGS,
+    END,
+    ERROR,
+    HEADER,
+    ROWS,
+    STATS_FIELDS,
+    Sift,
+    display_path,
+    folders,
+    settings,
+)
 
 __all__ = [
+    "CHILD_WALK_MIN",
+    "Items",
     "LocalSource",
     "Rejected",
     "WalkOptions",
     "WalkStats",
     "display_path",
     "pin_stat",
-    "row_item",
     "walk",
     "walk_batches",
     "walk_rows",
@@ -64,51 +80,10 @@ class WalkStats:
     dangling: int = 0
     own_state: int = 0
 
-
-def display_path(name: str) -> str:
-    """A printable, storable form of a file system name that may not be valid UTF-8.
-
-    ``os`` hands such names back with lone surrogates (PEP 383); they cannot be encoded for SQLite,
-    JSON or HTTP. ``\\xNN`` escapes keep them readable and unique.
-    """
-    return os.fsencode(name).decode("utf-8", "backslashreplace")
-
-
-def _is_utf8(name: str) -> bool:
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-
-
-def _entries(fd: int) -> list[os.DirEntry[str]]:
-    """The entries of the open directory ``fd``, sorted by name. Their ``stat()`` reads relative to ``fd``
-    (which must stay open): ``_Sift.folder`` asks it only of the entries its filters do not pass over first."""
-    with os.scandir(fd) as it:
-        return sorted(it, key=_NAME)
-
-
-_NAME = operator.attrgetter("name")
-
-
-def _open_dir(parent: int | None, name: str, follow: bool, expected: tuple[int, int] | None) -> int:
-    """Open folder ``name`` relative to the open folder ``parent`` (``os.fwalk``-style): a folder swapped
-    for a symbolic link since it was listed is refused (``O_NOFOLLOW``), and so is any other folder than
-    the one listed (device and inode), so a swap can redirect neither the walk nor the files under it."""
-    flags = _DIR_FLAGS | (0 if follow else os.O_NOFOLLOW)
-    fd = os.open(name, flags, dir_fd=parent)
-    try:
-        st = os.fstat(fd)
-        if expected is not None and (st.st_dev, st.st_ino) != expected:
-            raise FileNotFoundError(errno.ENOENT, "replaced since it was listed", name)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+    def update(self, counts: tuple[int, ...]) -> None:
+        """Take the counts of the walk in a child (``listing.STATS_FIELDS``' order) as it goes."""
+        for field, value in zip(STATS_FIELDS, counts, strict=True):
+            setattr(self, field, value)
 
 
 def pin_stat(root: Path, rel_path: str, follow: bool) -> os.stat_result:
@@ -117,9 +92,9 @@ def pin_stat(root: Path, rel_path: str, follow: bool) -> os.stat_result:
     parts = rel_path.split("/")
     fds: list[int] = []
     try:
-        fds.append(os.open(root, _DIR_FLAGS))
+        fds.append(os.open(root, DIR_FLAGS))
         for part in parts[:-1]:
-            fds.append(os.open(part, _DIR_FLAGS | (0 if follow else os.O_NOFOLLOW), dir_fd=fds[-1]))
+            fds.append(os.open(part, DIR_FLAGS | (0 if follow else os.O_NOFOLLOW), dir_fd=fds[-1]))
         return os.stat(parts[-1], dir_fd=fds[-1], follow_symlinks=follow)
     finally:
         for fd in fds:
@@ -156,17 +131,11 @@ async def walk_batches(
     """The walk, in lists of up to ``size`` entries (across folders; a folder's listing is already in
     memory, so a batch holds nothing more). Stepping an async generator once per file was a tenth of a
     no-op rerun's time per file (benchmarks/README.md, Issue 11)."""
-    follow = options.follow_symlinks
+    item = Items(root, options.follow_symlinks)
     # Closed with this generator, not whenever the collector gets to it: it holds folders open.
     async with contextlib.aclosing(walk_rows(root, options, stats, own_state=own_state, size=size)) as batches:
         async for rows in batches:
-            yield [row if isinstance(row, Rejected) else row_item(row, follow) for row in rows]
-
-
-def row_item(row: Row, follow: bool) -> FileItem:
-    """The ``FileItem`` of a row of ``walk_rows``, pinned to the file the walk's ``lstat`` saw."""
-    rel, size, mtime_ns, st, child, name = row
-    return FileItem(rel, child(name), size, mtime_ns, LocalPin(st.st_dev, st.st_ino, follow))
+            yield [row if isinstance(row, Rejected) else item(row) for row in rows]
 
 
 async def walk_rows(
@@ -176,45 +145,28 @@ async def walk_rows(
     *,
     own_state: Collection[str] = (),
     size: int = BATCH,
+    in_child: bool = False,
 ) -> AsyncGenerator[list[Row | Rejected], None]:
-    """``walk_batches`` before any ``FileItem`` is built: a row ``(rel_path, size, mtime_ns, stat, child,
-    name)`` per file (``row_item`` builds its item), so a file the planner skips costs no item, pin or path.
+    """``walk_batches`` before any ``FileItem`` is built: a row ``(rel_path, size, mtime_ns, st_dev, st_ino)``
+    per file (``Items`` builds its item), so a file the planner skips costs no item, pin or path.
 
-    Folders are opened relative to their parent's descriptor; only the chain of folders from the root to
-    the one being listed is open at a time. Each folder is opened, listed and sifted (``scandir``, and an ``lstat``
-    per entry the filters do not pass over first) in one worker thread hop; no folder is read ahead of the
-    batch being filled.
+    Each folder is opened, listed and sifted (``scandir``, and an ``lstat`` per entry the filters do not pass
+    over first) in one worker thread hop, and no folder is read ahead of the batch being filled; or, with
+    ``in_child``, the whole walk runs in a child process (``ingest.sources.listing``) on another core,
+    ahead of the batches by what the pipe holds, and its rows are read here as it sends them.
     ``own_state``: relative paths (files or folders) of ingest's own state inside the tree (manifest,
     report, embedded data), never part of the source.
     """
-    sift = _Sift(root, options, stats if stats is not None else WalkStats(), own_state)
-    root_fd = await anyio.to_thread.run_sync(os.open, root, _DIR_FLAGS)
-    root_st = os.fstat(root_fd)
-    sift.visited.add((root_st.st_dev, root_st.st_ino))
-    # The open folders from the root to the one listed last: (relative prefix, descriptor).
-    chain: list[tuple[str, int]] = [("", root_fd)]
-    # Folders still to visit: (parent prefix, name, relative prefix, (dev, ino) as listed).
-    stack: list[_Folder] = [("", "", "", None)]
+    stats = stats if stats is not None else WalkStats()
+    root_fd = await anyio.to_thread.run_sync(os.open, root, DIR_FLAGS)
+    if in_child:
+        listed = _listed_by_child(root_fd, options, stats, own_state)
+    else:
+        listed = _listed_in_threads(root_fd, Sift(options, stats, own_state, Rejected))
     batch: list[Row | Rejected] = []
-    try:
-        while stack:
-            parent, name, prefix, expected = stack.pop()
-            while chain[-1][0] != parent:  # depth first: the parent is on the chain
-                os.close(chain.pop()[1])
-            # One thread hop per folder (open, list, sift), awaited: listing the next folder in a thread while
-            # this one was decided made the no-op rerun slower on 2 cores (benchmarks/README.md, Issue 11
-            # item 12: each ``lstat`` hands the GIL back and forth with the planner's queries).
-            fd, sifted, problem = await anyio.to_thread.run_sync(_list, chain[-1][1], name, expected, sift, prefix)
-            if fd is not None:
-                chain.append((prefix, fd))
-            if sifted is None:
-                if problem == _LINK:
-                    sift.stats.symlinks += 1  # became a symbolic link after it was listed: not followed
-                elif problem is not None:
-                    batch.append(Rejected(display_path(prefix or "."), problem))
-                continue  # else removed (or replaced) while we walked: nothing left to send from it
-            rows, subdirs = sifted
-            stack.extend(reversed(subdirs))
+    # Closed with this generator, not whenever the collector gets to it: it holds folders (or a child) open.
+    async with contextlib.aclosing(listed) as folders:
+        async for rows in folders:
             start = 0
             while len(batch) + len(rows) - start >= size:
                 take = size - len(batch)
@@ -223,140 +175,111 @@ async def walk_rows(
                 yield batch
                 batch = []
             batch.extend(rows[start:])
-        if batch:
-            yield batch
+    if batch:
+        yield batch
+
+
+async def _listed_in_threads(root_fd: int, sift: Sift) -> AsyncGenerator[list[Row | Rejected], None]:
+    """``listing.folders``, one worker thread hop per folder (open, list, sift), awaited. Listing the next
+    folder in a thread while this one was decided made the no-op rerun slower on 2 cores
+    (benchmarks/README.md, Issue 11 item 12: each ``lstat`` hands the GIL back and forth with the planner's
+    queries); the hop is awaited, so the sift's counts and visited folders are never touched by two
+    threads at once."""
+    listed = folders(root_fd, sift)
+    try:
+        while (rows := await anyio.to_thread.run_sync(next, listed, None)) is not None:
+            yield rows
     finally:
-        for _, fd in chain:
-            os.close(fd)
+        listed.close()  # the folders it holds open (an awaited hop is never cancelled halfway)
 
 
-#: A folder still to visit: (parent prefix, name, relative prefix, (dev, ino) as listed).
-_Folder = tuple[str, str, str, tuple[int, int] | None]
-#: A folder's listing: (its open descriptor, its rows and subfolders from ``_Sift.folder``, why there are
-#: none), see ``_list``.
-_Listed = tuple[int | None, tuple[list[Row | Rejected], list[_Folder]] | None, str | None]
-#: ``_list``'s problem for a folder that became a symbolic link (not followed; counted, not failed).
-_LINK = "symlink"
+#: What the child process is started with (``listing.serve``): no site packages, no environment, no
+#: current folder on its path; only ``listing``'s folder and this package, from wherever this process
+#: imported them.
+_HERE = Path(__file__).resolve()
+_CHILD_ARGS = ("-I", "-S", "-c", CHILD_CODE, str(_HERE.parent), str(_HERE.parents[2]))
 
 
-def _list(parent: int, name: str, expected: tuple[int, int] | None, sift: _Sift, prefix: str) -> _Listed:
-    """Open folder ``name`` of ``parent`` (the root itself when ``name`` is empty), list it and sift it
-    (``prefix``: its path relative to the root); for a worker thread: never raises an ``OSError``. Nothing
-    sifted and no problem: the folder is gone (nothing to send).
-
-    The sift runs here, in the thread, with the listing: the ``lstat`` of each entry it keeps is made as it
-    comes to it (none for hidden entries and ingest's own files), and the entries go through one loop
-    instead of one to list them and another to sift them (benchmarks/README.md, Issue 11 item 18). The
-    walk awaits this hop, so the sift's counts and visited folders are never touched by two threads at once.
-    """
-    follow = sift.options.follow_symlinks
-    fd = None
-    if name:
-        try:
-            fd = _open_dir(parent, name, follow, expected)
-        except FileNotFoundError:
-            return None, None, None
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                return None, None, _LINK
-            return None, None, f"cannot list folder: {exc.strerror or exc}"
+async def _listed_by_child(
+    root_fd: int, options: WalkOptions, stats: WalkStats, own_state: Collection[str]
+) -> AsyncGenerator[list[Row | Rejected], None]:
+    """``listing.folders`` walked by a child process (``listing.serve``), its rows read as they come.
+    Takes ``root_fd`` over. The walk is over only when the child says so: a child that dies or fails is an
+    error, never a shorter walk (a walk taken for complete proves which files left the source)."""
+    child, pipe = await anyio.to_thread.run_sync(_start_child, root_fd, options, own_state)
     try:
-        entries = _entries(parent if fd is None else fd)
-    except OSError as exc:
-        if fd is not None:
-            os.close(fd)
-        if isinstance(exc, FileNotFoundError):
-            return None, None, None
-        return None, None, f"cannot list folder: {exc.strerror or exc}"
+        while True:
+            frame = await anyio.to_thread.run_sync(_read_frame, pipe)
+            if frame is None:
+                code = await anyio.to_thread.run_sync(child.wait)
+                raise OSError(f"the walk's listing process ended before the walk did (exit code {code})")
+            if frame[0] == ERROR:
+                raise RuntimeError(f"the walk's listing process failed:\n{frame[1]}")
+            stats.update(frame[-1])
+            if frame[0] == END:
+                break
+            yield frame[1]
+        await anyio.to_thread.run_sync(child.wait)
+    finally:
+        pipe.close()  # a child still writing gets EPIPE
+        if child.poll() is None:
+            child.kill()  # or still listing a slow folder
+            child.wait()
+
+
+#: A child needs an interpreter to run (not there when Python is embedded; a frozen application's
+#: executable is the application) and descriptors to inherit.
+_CAN_START_CHILD = bool(sys.executable) and os.name == "posix" and not getattr(sys, "frozen", False)
+
+
+def _read_frame(pipe: IO[bytes]) -> tuple[Any, ...] | None:
+    """The child's next frame (``listing.serve``), or ``None`` when the pipe ends (the child is gone).
+    Blocking: for a worker thread. A ``ROWS`` frame comes back as ``(ROWS, rows, counts)`` with its
+    rejections in place, as ``Rejected``."""
+    header = pipe.read(HEADER.size)
+    if len(header) < HEADER.size:
+        return None
+    (length,) = HEADER.unpack(header)
+    payload = pipe.read(length)
+    if len(payload) < length:
+        return None
+    frame = marshal.loads(payload)
+    if frame[0] != ROWS:
+        return tuple(frame)
+    _, rows, rejected, counts = frame
+    for index, rel_path, reason in rejected:
+        rows[index] = Rejected(rel_path, reason)
+    return ROWS, rows, counts
+
+
+def _start_child(
+    root_fd: int, options: WalkOptions, own_state: Collection[str]
+) -> tuple[subprocess.Popen[bytes], IO[bytes]]:
+    """The child walking under ``root_fd`` (taken over: closed here once the child holds it), and the pipe
+    it writes its frames to."""
+    read_fd, write_fd = os.pipe()
     try:
-        return fd, sift.folder(prefix, entries), None
+        child = subprocess.Popen(
+            [sys.executable, *_CHILD_ARGS],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            # Its own session: a Ctrl-C reaches the run, which stops the child itself.
+            start_new_session=True,
+            pass_fds=(root_fd, write_fd),
+        )
     except BaseException:
-        if fd is not None:
-            os.close(fd)  # not on the walk's chain yet: nobody else would close it
+        os.close(read_fd)
         raise
-
-
-class _Sift:
-    """The walk's filters, applied to one folder's listing at a time (in the worker thread that lists it,
-    while the walk awaits it: they count into ``stats`` and remember the folders visited)."""
-
-    def __init__(self, root: Path, options: WalkOptions, stats: WalkStats, own_state: Collection[str]) -> None:
-        self.root, self.options, self.stats, self.own_state = root, options, stats, own_state
-        self.include, self.exclude = GlobSet(options.include), GlobSet(options.exclude)
-        self.visited: set[tuple[int, int]] = set()
-
-    def folder(self, prefix: str, entries: list[os.DirEntry[str]]) -> tuple[list[Row | Rejected], list[_Folder]]:
-        """The rows (and rejections) of folder ``prefix``'s files in name order, and its subfolders to visit.
-        ``entries``: the folder's, sorted by name; each one's ``lstat`` (``stat`` with ``--follow-symlinks``)
-        is read once the entry passed the filters that need none."""
-        stats, own_state, visited = self.stats, self.own_state, self.visited
-        include, exclude = self.include, self.exclude
-        # Tested once: ``GlobSet.__bool__`` per file was 2 % of a no-op rerun.
-        including, excluding = bool(include), bool(exclude)
-        follow, hidden, max_size = self.options.follow_symlinks, self.options.hidden, self.options.max_size
-        is_dir, is_reg = stat.S_ISDIR, stat.S_ISREG
-        rows: list[Row | Rejected] = []
-        subdirs: list[_Folder] = []
-        root = self.root
-        child = _child_paths(Path(os.path.join(root, prefix)) if prefix else Path(root))
-        files_seen = 0
-        for entry in entries:
-            entry_name = entry.name
-            rel = prefix + entry_name
-            if own_state and rel in own_state:
-                stats.own_state += 1
-                continue
-            if not hidden and entry_name.startswith("."):
-                stats.hidden += 1
-                continue
-            error: str | None = None
-            try:
-                is_link = entry.is_symlink()
-                st: os.stat_result | None = entry.stat(follow_symlinks=follow)
-            except FileNotFoundError:
-                # Vanished between listing and stat (or a dangling symlink): nothing to send.
-                st, is_link, error = None, True, "dangling symlink or vanished file"
-            except OSError as exc:
-                st, is_link, error = None, False, exc.strerror or str(exc)
-            if is_link and not follow:
-                stats.symlinks += 1
-                continue
-            if error is not None or st is None:
-                if is_link:
-                    stats.dangling += 1
-                    continue
-                rows.append(Rejected(display_path(rel), f"cannot read file information: {error}"))
-                continue
-            mode = st.st_mode
-            if is_dir(mode):
-                key = (st.st_dev, st.st_ino)
-                if key in visited:
-                    stats.loops += 1  # a symlink back into the tree: visiting again would never end
-                    continue
-                if excluding and exclude.matches(rel):
-                    stats.excluded += 1
-                    continue
-                visited.add(key)
-                subdirs.append((prefix, entry_name, rel + "/", key))
-                continue
-            if not is_reg(mode):
-                stats.special += 1  # sockets, FIFOs, devices: not documents
-                continue
-            if (including and not include.matches(rel)) or (excluding and exclude.matches(rel)):
-                stats.excluded += 1
-                continue
-            if max_size is not None and st.st_size > max_size:
-                stats.too_large += 1
-                continue
-            files_seen += 1
-            if not rel.isascii() and not _is_utf8(rel):
-                rows.append(
-                    Rejected(display_path(rel), "file name is not valid UTF-8; rename it (e.g. with convmv) to send it")
-                )
-                continue
-            rows.append((rel, st.st_size, st.st_mtime_ns, st, child, entry_name))
-        stats.files_seen += files_seen
-        return rows, subdirs
+    finally:
+        os.close(write_fd)  # the child's copy is the only one: the pipe ends when the child does
+        os.close(root_fd)
+    assert child.stdin is not None
+    try:
+        child.stdin.write(settings(options, own_state, root_fd, write_fd))
+        child.stdin.close()
+    except OSError:
+        pass  # the child died at once: the pipe ends, and the walk says so
+    return child, open(read_fd, "rb", buffering=1 << 16)
 
 
 async def _item_rows(
@@ -367,14 +290,30 @@ async def _item_rows(
         yield [e if isinstance(e, Rejected) else (e.rel_path, e.size, e.mtime_ns, e) for e in batch]
 
 
-def _child_paths(directory: Path) -> Callable[[str], Path]:
-    """``directory / name`` for many names, fast.
+class Items:
+    """The ``FileItem`` of a row of ``walk_rows``, pinned to the file the walk's ``lstat`` saw, for one root.
 
-    ``Path(folder, name)`` parses the whole path again for every file (2 µs, a tenth of a no-op rerun's
-    time per file); CPython's own ``_make_child_relpath`` (what its glob and ``Path.walk`` use) joins an
-    already-parsed folder with one name in a tenth of that. It is private, so it is used only where it
-    exists and gives the same answer as the public spelling.
-    """
+    Its path is joined to the last folder's, kept from the row before: ``Path(root, rel_path)`` parses the
+    whole path again for every file (2 µs), CPython's own ``_make_child_relpath`` (what its glob and
+    ``Path.walk`` use) joins an already-parsed folder with one name in a tenth of that. It is private, so it
+    is used only where it exists and gives the same answer as the public spelling."""
+
+    def __init__(self, root: Path, follow: bool) -> None:
+        self.root, self.follow = root, follow
+        self._folder: str | None = None
+        self._child: Callable[[str], Path] = root.joinpath
+
+    def __call__(self, row: Row) -> FileItem:
+        rel, size, mtime_ns, dev, ino = row
+        cut = rel.rfind("/") + 1
+        if rel[:cut] != self._folder:
+            self._folder = rel[:cut]
+            self._child = _child_paths(self.root.joinpath(rel[:cut]) if cut else self.root)
+        return FileItem(rel, self._child(rel[cut:]), size, mtime_ns, LocalPin(dev, ino, self.follow))
+
+
+def _child_paths(directory: Path) -> Callable[[str], Path]:
+    """``directory / name`` for many names, fast (``Items``)."""
     make = getattr(directory, "_make_child_relpath", None)
     if callable(make) and _CHILD_PATHS_OK:
         return cast("Callable[[str], Path]", make)
@@ -410,6 +349,11 @@ def _inside(root: Path, paths: Collection[Path]) -> Iterator[str]:
                 yield rel + suffix
 
 
+#: Files a walk is expected to meet (``LocalSource.row_batches``) from which it runs in a child process: its
+#: start (an interpreter, ~0.05 s of the other core's time) is worth it against ~5 µs a file of listing.
+CHILD_WALK_MIN = 20_000
+
+
 class LocalSource:
     """A folder on a local (or mounted) file system: the ``Source`` of ``ingest run DIR``."""
 
@@ -419,6 +363,7 @@ class LocalSource:
         self.stats = WalkStats()
         #: ingest's own files and folders inside the tree, relative to it (manifest, report, .ingest/).
         self.own_state = frozenset(_inside(root, own_state))
+        self._items = Items(root, options.follow_symlinks)
 
     def identity(self) -> str:
         return str(self.root)
@@ -437,14 +382,16 @@ class LocalSource:
             return batched(self.entries(), BATCH)
         return walk_batches(self.root, self.options, self.stats, own_state=self.own_state)
 
-    def row_batches(self) -> AsyncGenerator[list[Row | Rejected], None]:
-        """``entry_batches`` as rows (``RowSource``): the planner builds the items of the files it sends."""
+    def row_batches(self, *, expected: int = 0) -> AsyncGenerator[list[Row | Rejected], None]:
+        """``entry_batches`` as rows (``RowSource``): the planner builds the items of the files it sends.
+        ``expected`` files or more (``CHILD_WALK_MIN``): listed by a child process, where the platform has one."""
         if type(self).entries is not LocalSource.entries or type(self).entry_batches is not LocalSource.entry_batches:
             return _item_rows(self.entry_batches())  # a subclass's own entries, as ``entry_batches`` has them
-        return walk_rows(self.root, self.options, self.stats, own_state=self.own_state)
+        in_child = expected >= CHILD_WALK_MIN and _CAN_START_CHILD
+        return walk_rows(self.root, self.options, self.stats, own_state=self.own_state, in_child=in_child)
 
     def item(self, row: Row) -> FileItem:
-        return row[3] if isinstance(row[3], FileItem) else row_item(row, self.options.follow_symlinks)
+        return row[3] if len(row) == 4 else self._items(row)
 
     def _stat(self, rel_path: str) -> os.stat_result | str:
         """The file as it is now, reached from the root without following links (unless asked), or why not."""
