@@ -272,8 +272,10 @@ class MoiHarness(_RunsLocalTrees):
 
     @asynccontextmanager
     async def start(
-        self, data_dir: Path, faults: Faults = Faults(), *, seed: int | None = 7
+        self, data_dir: Path, faults: Faults = Faults(), *, seed: int | None = 7, watch: Any = None
     ) -> AsyncIterator[MoiDeployment]:
+        """``watch``: an aiohttp middleware put outermost, for a test that observes the requests as they
+        arrive (a served app's middlewares cannot change once it has started)."""
         from ingest.emulators.kit.server import serve_in_background
         from ingest.emulators.moi import MoiEmulatorConfig, create_moi_app
 
@@ -291,6 +293,8 @@ class MoiHarness(_RunsLocalTrees):
                 seed=seed,
             )
         )
+        if watch is not None:
+            app.middlewares.insert(0, watch)
         async with serve_in_background(app) as url:
             yield MoiDeployment(url, app, self.volume_id, self.api_key, data_dir)
 

@@ -9,24 +9,19 @@ import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import anyio
 import pytest
 from aiohttp import web
-from pydantic import SecretStr
 
 import ingest
 from ingest.config import EngineConfig, RunConfig, SourceConfig
-from ingest.emulators.kit.server import serve_in_background
-from ingest.emulators.moi import MoiEmulatorConfig, create_moi_app
 from ingest.engine.pipeline import run_engine
 from ingest.engine.state import Completion
 from ingest.manifest import SqliteManifest as Manifest
 from ingest.models import FileItem
 from ingest.platforms.base import TargetContext
-from ingest.platforms.moi.config import MoiTargetConfig
 from ingest.platforms.moi.target import MoiTarget
 from ingest.progress import Progress
 from ingest.report import RunSummary
@@ -79,15 +74,8 @@ async def test_tiny_in_flight_limit_still_completes(tmp_path: Path) -> None:
     assert (summary.done, summary.failed) == (40, 0)
 
 
-@contextlib.asynccontextmanager
-async def moi_watching_uploads(
-    data_dir: Path, on_upload: Callable[[], contextlib.AbstractAsyncContextManager[None]]
-) -> AsyncIterator[SimpleNamespace]:
-    """A MOI emulator that enters ``on_upload()`` as each upload request arrives and answers the upload
-    inside it; yields what ``config`` needs of a deployment (``target_config``)."""
-    app = create_moi_app(
-        MoiEmulatorConfig(data_dir=data_dir, api_key=MOI.api_key, volumes=(MOI.volume_id,), task_delay_ms=0)
-    )
+def watching_uploads(on_upload: Callable[[], contextlib.AbstractAsyncContextManager[None]]) -> Any:
+    """A middleware that answers each upload request inside ``on_upload()``, entered as it arrives."""
 
     @web.middleware
     async def watch(request: web.Request, handler: Any) -> web.StreamResponse:
@@ -96,11 +84,7 @@ async def moi_watching_uploads(
                 return await handler(request)
         return await handler(request)
 
-    app.middlewares.insert(0, watch)
-    async with serve_in_background(app) as url:
-        yield SimpleNamespace(
-            target_config=MoiTargetConfig(endpoint=url, api_key=SecretStr(MOI.api_key), volume_id=MOI.volume_id)
-        )
+    return watch
 
 
 async def test_concurrency_bounds_the_uploads_in_flight_and_every_slot_is_used(tmp_path: Path) -> None:
@@ -119,7 +103,7 @@ async def test_concurrency_bounds_the_uploads_in_flight_and_every_slot_is_used(t
         finally:
             now -= 1
 
-    async with moi_watching_uploads(tmp_path / "data", count) as dep:
+    async with MOI.start(tmp_path / "data", Faults(task_delay_ms=0), watch=watching_uploads(count)) as dep:
         summary = await ingest.run(config(dep, tmp_path / "src", tmp_path / "m.db", concurrency=3, batch_files=1))
     assert summary.done == 12
     assert peak == 3
