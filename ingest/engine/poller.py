@@ -5,6 +5,13 @@ file, bounded by the task timeout; failures are retried through the platform (``
 sending the file again, up to ``max_attempts``. Rounds start at most every ``poll_initial`` seconds, so
 files submitted one after another are polled together (a platform that answers for many files in one
 request, such as MOI's task list, then needs a request a round rather than one a file).
+
+A round starts sooner only when every followed file is already due. Waiting could group nothing more then:
+a file submitted later is first due ``poll_initial`` after its submission, so after the next round would
+start anyway. This is what ends a run: its last files are polled when due, not up to ``poll_initial`` later.
+Such an early round polls every followed file, each of which is then next due no sooner than its own
+interval (``poll_initial``, growing to ``poll_max``), so a steady stream of files, where some are always
+waiting to become due, never starts one.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Collection
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -24,7 +32,7 @@ from ingest.errors import PermanentError, TransientError
 from ingest.models import RemoteState
 from ingest.retry import RetryPolicy, retrying
 
-__all__ = ["POLL_CHUNK", "poller"]
+__all__ = ["POLL_CHUNK", "all_due", "next_start", "poller"]
 
 log = logging.getLogger("ingest.engine.poller")
 
@@ -66,9 +74,12 @@ async def poller(
         tg.start_soon(end_of_run)
         while not run.completion.all_done.is_set():
             now = time.monotonic()
-            due = [t for t in outstanding.values() if t.next_poll <= now] if now >= next_round else []
+            if now >= next_round or all_due(outstanding.values(), now):
+                due = [t for t in outstanding.values() if t.next_poll <= now]
+            else:
+                due = []
             if not due:
-                planned = max(next_round, min((t.next_poll for t in outstanding.values()), default=math.inf))
+                planned = next_start(outstanding.values(), next_round)
                 wake = anyio.Event()
                 with anyio.move_on_after(planned - now):
                     await wake.wait()
@@ -82,6 +93,21 @@ async def poller(
                 await _poll_round(run, due[start : start + POLL_CHUNK], outstanding, resubmit)
             run.progress.in_flight(len(outstanding))
         tg.cancel_scope.cancel()
+
+
+def all_due(followed: Collection[Tracked], now: float) -> bool:
+    """Whether every followed file is due by ``now`` (then a round need not wait for the spacing)."""
+    return bool(followed) and all(t.next_poll <= now for t in followed)
+
+
+def next_start(followed: Collection[Tracked], next_round: float) -> float:
+    """When the next round may start: when a file is due, no sooner than ``next_round`` (the spacing),
+    unless every followed file is due before then; never, while nothing is followed."""
+    if not followed:
+        return math.inf
+    earliest = min(t.next_poll for t in followed)
+    latest = max(t.next_poll for t in followed)
+    return min(max(next_round, earliest), latest)
 
 
 async def _poll_round(
