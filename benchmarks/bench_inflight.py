@@ -11,8 +11,9 @@ arrival and their answer; a sampler reads the count every 5 ms while one client 
 - ``batched``: ``ingest run --concurrency 32`` (20 files per request).
 
 Printed per client: wall time, when its first request arrived (start-up), the span with requests
-arriving, the mean number of uploads in flight over that span, the share of samples with none, and
-the timeline (mean uploads in flight per 100 ms)::
+arriving, the mean number of uploads in flight over that span, the share of samples with none, the
+tail (from the last upload's answer to the client's exit: the wait for the last tasks, the summary,
+the exit) with the requests it sent, and the timeline (mean uploads in flight per 100 ms)::
 
     python benchmarks/bench_inflight.py [--files 2000] [--repeat 1] [--only curl,ingest,batched]
 
@@ -53,6 +54,13 @@ class Trace:
     samples: list[tuple[float, int]] = field(default_factory=list)
     first_request_s: float | None = None
     last_request_s: float = 0.0
+    #: When the last upload was answered; after it, the client only waits for its tasks (polls) and exits.
+    last_upload_answered_s: float = 0.0
+    #: Requests arriving after ``last_upload_answered_s`` (the tail's polls).
+    tail_requests: int = 0
+
+    def tail_s(self) -> float:
+        return self.wall_s - self.last_upload_answered_s
 
     def active(self) -> list[int]:
         if self.first_request_s is None:
@@ -95,12 +103,16 @@ async def trace_one(client: str, src: Path, work: Path) -> Trace:
             trace.first_request_s = now
         trace.last_request_s = now
         if not request.path.endswith("/connectors/upload"):
+            if in_flight == 0 and trace.last_upload_answered_s:
+                trace.tail_requests += 1  # reset by a later upload: counts only what follows the last one
             return await handler(request)
         in_flight += 1
+        trace.tail_requests = 0
         try:
             return await handler(request)
         finally:
             in_flight -= 1
+            trace.last_upload_answered_s = time.monotonic() - started
 
     app.middlewares.insert(0, count_uploads)  # outermost: the latency the emulator adds is in flight too
     async with serve_in_background(app, moi.HOST) as url:
@@ -128,15 +140,19 @@ async def trace_one(client: str, src: Path, work: Path) -> Trace:
 
 
 def report(traces: Sequence[Trace]) -> str:
-    head = "| client | wall s | first request s | span s | uploads in flight (mean) | samples with none |"
-    lines = [head, "|---|---|---|---|---|---|"]
+    head = (
+        "| client | wall s | first request s | span s | uploads in flight (mean) | samples with none "
+        "| tail s (last upload answered to exit) | requests in the tail |"
+    )
+    lines = [head, "|---|---|---|---|---|---|---|---|"]
     for t in traces:
         active = t.active()
         mean = sum(active) / len(active) if active else 0.0
         none = sum(1 for n in active if n == 0) / len(active) if active else 0.0
         span = t.last_request_s - (t.first_request_s or 0.0)
         lines.append(
-            f"| {t.client} | {t.wall_s:.2f} | {t.first_request_s or 0.0:.2f} | {span:.2f} | {mean:.1f} | {none:.0%} |"
+            f"| {t.client} | {t.wall_s:.2f} | {t.first_request_s or 0.0:.2f} | {span:.2f} | {mean:.1f} | {none:.0%} "
+            f"| {t.tail_s():.3f} | {t.tail_requests} |"
         )
     lines.append("")
     lines += [f"{t.client} (uploads in flight, mean per 100 ms from the start): {t.timeline()}" for t in traces]
