@@ -14,17 +14,19 @@ from ingest.emulators.moi import MoiEmulatorConfig, create_moi_app
 pytestmark = pytest.mark.anyio
 
 BOUNDARY = "xYzBoundary"
+#: curl's: 24 dashes and 22 hex digits.
+LONG_BOUNDARY = "------------------------0123456789abcdef012345"
 
 
-def _form(parts: list[tuple[bytes, bytes]]) -> bytes:
+def _form(parts: list[tuple[bytes, bytes]], boundary: str = BOUNDARY) -> bytes:
     out = b""
     for disposition, body in parts:
-        out += f"--{BOUNDARY}\r\n".encode() + b"Content-Disposition: " + disposition + b"\r\n\r\n" + body + b"\r\n"
-    return out + f"--{BOUNDARY}--\r\n".encode()
+        out += f"--{boundary}\r\n".encode() + b"Content-Disposition: " + disposition + b"\r\n\r\n" + body + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode()
 
 
-async def _post(url: str, body: bytes) -> tuple[int, dict[str, object]]:
-    headers = {"moi-key": "k", "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+async def _post(url: str, body: bytes, boundary: str = BOUNDARY) -> tuple[int, dict[str, object]]:
+    headers = {"moi-key": "k", "Content-Type": f"multipart/form-data; boundary={boundary}"}
     async with aiohttp.ClientSession() as http, http.post(url + "/connectors/upload", data=body, headers=headers) as r:
         return r.status, await r.json()
 
@@ -58,3 +60,17 @@ async def test_deeply_nested_meta_is_400(tmp_path: Path) -> None:
     assert (status, reply["code"]) == (400, "ErrParamInvalid"), reply
     assert "nested too deeply" in str(reply["msg"])
     assert (json_status, json_reply["code"]) == (400, "ErrParamInvalid"), json_reply
+
+
+async def test_a_first_part_named_charset_with_a_long_boundary_is_400(tmp_path: Path) -> None:
+    """aiohttp reads a first ``_charset_`` part as the form's charset, and asserts on it when the boundary
+    is longer than 30 bytes, as curl's is: the client gets the platform's 400, not an internal error."""
+    body = _form(
+        [(b'form-data; name="_charset_"', b"utf-8"), (b'form-data; name="file"; filename="a.txt"', b"data")],
+        LONG_BOUNDARY,
+    )
+    config = MoiEmulatorConfig(data_dir=tmp_path / "moi", api_key="k", volumes=("1001",))
+    async with serve_in_background(create_moi_app(config)) as url:
+        status, reply = await _post(url, body, LONG_BOUNDARY)
+    assert (status, reply["code"]) == (400, "ErrParamInvalid"), reply
+    assert "multipart body could not be read" in str(reply["msg"])
