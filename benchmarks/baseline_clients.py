@@ -1,9 +1,19 @@
-"""Minimal clients for Keyue and VikingDB: the baselines of issue 11's goal 1 (and goal 8 for VikingDB).
+"""Minimal clients for MOI, Keyue and VikingDB: the baselines of issue 11's goals 1-2 (and 8 for VikingDB).
 
 Each one sends the requests ``ingest run`` sends for one file per request, at the same concurrency, end
 to end including status polling until every document is done, and nothing else: no manifest, no
 retries, no validation, no preflight (``ingest run``'s one to three opening requests are left out).
 
+  moi      per request: ``POST /connectors/upload`` with ``--batch-files`` files (1, or 20 as ingest's
+           default batching: consecutive files in name order), the form ingest sends (``VolumeID``, the
+           ``meta`` array of ``filename`` and ``path``, then one ``file`` part each, typed by
+           ``mimetypes``). Small files (every file of the request up to 64 KiB) are read whole and the
+           body encoded as one buffer, as ``ingest.formdata`` does (read on the loop up to 64 KiB a
+           request, in a thread above); any other request streams its files through aiohttp's
+           ``FormData``. Then the tasks the uploads made are followed as ``MoiTarget.poll`` does: with two
+           or more due, ``GET /task/list`` pages (newest first, ``TaskOrder``'s page size, at most 5
+           pages, ``tasklist.verdict``'s rule); a task the list does not settle, or a lone one, by its
+           ``GET /task/files``, 8 at a time. Polling rounds start at most every 0.1 s, as the engine's.
   keyue    per file: ``POST …/task/create/llm_document_import?dirId=…`` (multipart ``file`` streamed from
            disk by aiohttp, then ``taskExtend``); then ``GET …/llm/document/list`` pages of the directory,
            newest first, until every document sought is seen, as ``KeyueTarget.poll`` does.
@@ -19,6 +29,7 @@ retries, no validation, no preflight (``ingest run``'s one to three opening requ
 Polling follows the engine's schedule: a document is first asked about 0.1 s after it was accepted, then
 1.5 times later each time, at most every 5 s; due documents are asked about together. Usage::
 
+    MOI_KEY=… python benchmarks/baseline_clients.py moi DIR --endpoint URL --volume-id V [--batch-files N]
     KEYUE_TOKEN=… python benchmarks/baseline_clients.py keyue DIR --endpoint URL --uid U --username N
     VOLC_ACCESSKEY=… VOLC_SECRETKEY=… python benchmarks/baseline_clients.py viking DIR --endpoint URL \\
         --region R --collection C --staging-endpoint URL --staging-bucket B
@@ -31,16 +42,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import hashlib
+import itertools
 import json
+import math
 import mimetypes
 import os
 import re
 import sys
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -63,54 +78,75 @@ class Failed(Exception):
 
 
 class Poller:
-    """Documents accepted and not yet done, asked about on the engine's schedule."""
+    """Documents accepted and not yet done, asked about on the engine's schedule.
 
-    def __init__(self, check: Callable[[list[str]], Awaitable[set[str]]]) -> None:
+    ``round_every``: rounds start at least this far apart, as the engine's poller does (``poll_initial``),
+    so documents accepted one after another are asked about together. MOI's baseline uses it (its
+    ``/task/list`` page answers for a whole round); Keyue's and VikingDB's were measured without it
+    (0, a round whenever a document is due) and are left as they were."""
+
+    def __init__(self, check: Callable[[list[str]], Awaitable[set[str]]], *, round_every: float = 0.0) -> None:
         self._check = check  # due ids -> the ids now done (raises Failed)
-        self._pending: dict[str, tuple[float, float]] = {}  # id -> (next poll, interval)
+        self._round_every = round_every
+        self._pending: dict[str, tuple[float, float, int]] = {}  # id -> (next poll, interval, files)
         self._arrived = asyncio.Event()
         self.uploads_done = False
-        self.done = 0
+        self.done = 0  # files
 
-    def add(self, doc_id: str) -> None:
-        self._pending[doc_id] = (time.monotonic() + POLL_INITIAL, POLL_INITIAL)
+    def add(self, doc_id: str, files: int = 1) -> None:
+        """Follow ``doc_id`` (a MOI task carries ``files`` files; a document is one)."""
+        self._pending[doc_id] = (time.monotonic() + POLL_INITIAL, POLL_INITIAL, files)
         self._arrived.set()
 
     async def run(self) -> None:
+        next_round = 0.0
         while not (self.uploads_done and not self._pending):
             now = time.monotonic()
-            due = [d for d, (at, _) in self._pending.items() if at <= now]
+            due = [d for d, (at, _, _) in self._pending.items() if at <= now] if now >= next_round else []
             if not due:
-                wake = min((at for at, _ in self._pending.values()), default=now + 1.0)
+                first = min((at for at, _, _ in self._pending.values()), default=now + 1.0)
                 self._arrived.clear()
                 try:
-                    await asyncio.wait_for(self._arrived.wait(), max(0.0, wake - now))
+                    await asyncio.wait_for(self._arrived.wait(), max(0.0, max(first, next_round) - now))
                 except TimeoutError:
                     pass
                 continue
+            next_round = now + self._round_every
             finished = await self._check(due)
             now = time.monotonic()
             for doc_id in due:
+                _, interval, files = self._pending[doc_id]
                 if doc_id in finished:
                     del self._pending[doc_id]
-                    self.done += 1
+                    self.done += files
                 else:
-                    interval = min(self._pending[doc_id][1] * POLL_GROWTH, POLL_MAX)
-                    self._pending[doc_id] = (now + interval, interval)
+                    interval = min(interval * POLL_GROWTH, POLL_MAX)
+                    self._pending[doc_id] = (now + interval, interval, files)
 
 
 File = tuple[Path, int]  # a path and its size
+Item = TypeVar("Item")
+
+
+def _one(_: object) -> int:
+    return 1
 
 
 async def run_all(
-    files: Sequence[File], concurrency: int, send: Callable[[File], Awaitable[str]], poller: Poller
+    items: Sequence[Item],
+    concurrency: int,
+    send: Callable[[Item], Awaitable[str]],
+    poller: Poller,
+    files: Callable[[Item], int] = _one,
 ) -> None:
-    """``concurrency`` workers sending files (``send`` returns the document id to follow) while ``poller`` runs."""
-    queue = list(reversed(files))
+    """``concurrency`` workers sending ``items`` (a file, or MOI's group of files: ``files`` counts them;
+    ``send`` returns the document or task id to follow) while ``poller`` runs."""
+    queue = list(reversed(items))
 
     async def worker() -> None:
         while queue:
-            poller.add(await send(queue.pop()))
+            item = queue.pop()
+            poller.add(await send(item), files(item))
 
     polling = asyncio.create_task(poller.run())
     try:
@@ -125,6 +161,173 @@ def _envelope(body: Any, what: str, ok: Callable[[Any], bool]) -> Any:
     if not isinstance(body, dict) or not ok(body):
         raise Failed(f"{what}: {json.dumps(body)[:300]}")
     return body.get("data")
+
+
+# ----- MOI -------------------------------------------------------------------------------------------------
+
+#: ``ingest.smallfiles.SMALL_FILE_MAX`` and ``ingest.formdata.READ_ON_LOOP_MAX``: files up to 64 KiB are read
+#: whole, on the loop when the request's files add up to 64 KiB at most, else in one thread hop.
+SMALL_FILE_MAX = READ_ON_LOOP_MAX = 64 * 1024
+#: ``tasklist``: tasks per ``/task/list`` page at most and at least, room for other writers' tasks, pages
+#: per poll; ``MoiTarget``: tasks a poll needs before it lists, ``/task/files`` in flight and page size.
+MOI_LIST_PAGE, MOI_LIST_PAGE_MIN, MOI_LIST_SLACK, MOI_LIST_MAX_PAGES = 100, 20, 0.5, 5
+MOI_LIST_MIN_TASKS, MOI_FILES_PARALLEL, MOI_FILES_PAGE = 2, 8, 1000
+#: MOI's task status while it runs, pauses or is paused (``wire.TaskStatus``), and finished; a file's
+#: status in ``/task/files`` (the seed's table, ingest's default ``file_status_table``).
+MOI_TASK_RUNNING, MOI_TASK_FINISHED = frozenset({1, 2, 3}), 4
+MOI_FILE_FAILED, MOI_FILE_DONE = 4, 5
+
+
+def _quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _read_whole(paths: Sequence[Path]) -> list[bytes]:
+    out = []
+    for path in paths:
+        with open(path, "rb") as f:
+            out.append(f.read())
+    return out
+
+
+def _multipart(fields: Sequence[tuple[str, str]], files: Sequence[tuple[str, str, bytes]], boundary: str) -> bytes:
+    """The body as ``ingest.formdata._encode`` writes it (and aiohttp's ``MultipartWriter``): text fields, then
+    ``(filename, content type, bytes)`` as ``file`` parts."""
+    dash = f"--{boundary}\r\n".encode()
+    out = bytearray()
+    for name, value in fields:
+        out += dash + b"Content-Type: text/plain; charset=utf-8\r\n"
+        out += f"Content-Disposition: form-data; name={_quote(name)}\r\n\r\n".encode() + value.encode() + b"\r\n"
+    for filename, content_type, data in files:
+        out += dash + f'Content-Type: {content_type}\r\nContent-Disposition: form-data; name="file"; '.encode()
+        out += f"filename={_quote(filename)}\r\n\r\n".encode() + data + b"\r\n"
+    out += f"--{boundary}--\r\n".encode()
+    return bytes(out)
+
+
+async def moi(args: argparse.Namespace, files: Sequence[File]) -> int:
+    endpoint = args.endpoint.rstrip("/")
+    headers = {"moi-key": os.environ["MOI_KEY"], "User-Agent": "ingest/0.1 (+moi)"}
+    groups = [list(files[i : i + args.batch_files]) for i in range(0, len(files), args.batch_files)]
+    files_of: dict[str, int] = {}  # task id -> files its upload carried
+    made: dict[str, int] = {}  # task id -> its rank among the tasks made, while followed (``TaskOrder``)
+    ranks = itertools.count(1)
+    last = 0  # the rank of the newest task made
+    # ``HttpClient``'s pool as ``ingest run`` sizes it (--concurrency + 8).
+    connector = aiohttp.TCPConnector(limit=args.concurrency + 8, limit_per_host=args.concurrency + 8)
+    async with aiohttp.ClientSession(headers=headers, connector=connector) as http:
+
+        def ok(body: Any) -> bool:
+            return str(body.get("code", "")).lower() == "ok"
+
+        async def get(path: str, params: dict[str, str], what: str) -> Any:
+            async with http.get(endpoint + path, params=params) as r:
+                return _envelope(json.loads(await r.read()), what, ok)
+
+        async def send(group: list[File]) -> str:
+            meta = [{"filename": path.name, "path": path.name} for path, _ in group]
+            fields = [("VolumeID", args.volume_id), ("meta", json.dumps(meta, ensure_ascii=False))]
+            types = [mimetypes.guess_type(path.name)[0] or "application/octet-stream" for path, _ in group]
+            paths = [path for path, _ in group]
+            what = f"upload of {paths[0].name}"
+            if all(size <= SMALL_FILE_MAX for _, size in group):
+                if sum(size for _, size in group) <= READ_ON_LOOP_MAX:
+                    contents = _read_whole(paths)
+                else:
+                    contents = await asyncio.to_thread(_read_whole, paths)
+                boundary = uuid.uuid4().hex
+                body = _multipart(fields, [(p.name, t, c) for p, t, c in zip(paths, types, contents, strict=True)],
+                                  boundary)  # fmt: skip
+                content_type = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+                async with http.post(endpoint + "/connectors/upload", data=body, headers=content_type) as r:
+                    data = _envelope(json.loads(await r.read()), what, ok)
+            else:
+                with contextlib.ExitStack() as stack:
+                    form = aiohttp.FormData(quote_fields=False)
+                    for name, value in fields:
+                        form.add_field(name, value)
+                    for path, mime in zip(paths, types, strict=True):
+                        f = stack.enter_context(open(path, "rb"))  # noqa: ASYNC230 (aiohttp reads it in its executor)
+                        form.add_field("file", f, filename=path.name, content_type=mime)
+                    async with http.post(endpoint + "/connectors/upload", data=form) as r:
+                        data = _envelope(json.loads(await r.read()), what, ok)
+            refused = [res for res in data.get("results") or [] if not res.get("success")]
+            if refused or not data.get("task_id"):
+                raise Failed(f"{what}: {json.dumps(data)[:300]}")
+            task_id = str(data["task_id"])
+            files_of[task_id] = len(group)
+            nonlocal last
+            made[task_id] = last = next(ranks)
+            return task_id
+
+        async def listed(wanted: set[str], size: int) -> dict[str, dict[str, Any]]:
+            """``tasklist.listed_tasks``: the newest pages until every wanted task is seen, the list ends, a
+            page holds only older tasks, or ``MOI_LIST_MAX_PAGES`` were read."""
+            oldest = min((int(t) for t in wanted if t.isdigit()), default=None)
+            seen: dict[str, dict[str, Any]] = {}
+            for page_no in range(1, MOI_LIST_MAX_PAGES + 1):
+                params = {"is_desc": "true", "order_by": "created_at", "page": str(page_no), "page_size": str(size)}
+                page = await get("/task/list", params, "task list")
+                ids = [str(t["id"]) for t in page.get("tasks") or []]
+                for task_id, task in zip(ids, page.get("tasks") or [], strict=True):
+                    if task_id in wanted:
+                        seen.setdefault(task_id, task)
+                if (
+                    len(seen) == len(wanted)
+                    or len(ids) < size
+                    or page_no * size >= int(page.get("total") or 0)
+                    or (oldest is not None and all(i.isdigit() and int(i) < oldest for i in ids))
+                ):
+                    break
+            return seen
+
+        def listed_done(task: dict[str, Any] | None, files: int) -> bool | None:
+            """``tasklist.verdict``: done, still running (False), or ask its files (None)."""
+            if task is None:
+                return None
+            status = int(task.get("status") or 0)
+            if status in MOI_TASK_RUNNING:
+                return False
+            success, failed = task.get("success_file_count"), task.get("failed_file_count")
+            if status == MOI_TASK_FINISHED and failed is not None and int(failed) == 0 and success is not None:
+                return int(success) >= files or None
+            return None
+
+        async def task_done(task_id: str) -> bool:
+            params = {"task_id": task_id, "page": "1", "page_size": str(MOI_FILES_PAGE)}
+            page = await get("/task/files", params, f"files of task {task_id}")
+            statuses = [int(f.get("status") or 0) for f in page.get("files") or []]
+            if MOI_FILE_FAILED in statuses:
+                raise Failed(f"MOI task {task_id} failed a file: {json.dumps(page)[:300]}")
+            return len(statuses) >= files_of[task_id] and all(s == MOI_FILE_DONE for s in statuses)
+
+        async def check(due: list[str]) -> set[str]:
+            done: set[str] = set()
+            ask = due
+            if len(due) >= MOI_LIST_MIN_TASKS:
+                # ``TaskOrder.page_size``: our tasks made since the oldest due one, half as many again.
+                ours = last - min(made[t] for t in due) + 1
+                size = min(MOI_LIST_PAGE, max(MOI_LIST_PAGE_MIN, math.ceil(ours * (1 + MOI_LIST_SLACK))))
+                seen = await listed(set(due), size)
+                ask = []
+                for task_id in due:
+                    verdict = listed_done(seen.get(task_id), files_of[task_id])
+                    if verdict is None:
+                        ask.append(task_id)
+                    elif verdict:
+                        done.add(task_id)
+            for start in range(0, len(ask), MOI_FILES_PARALLEL):
+                chunk = ask[start : start + MOI_FILES_PARALLEL]
+                for task_id, finished in zip(chunk, await asyncio.gather(*map(task_done, chunk)), strict=True):
+                    if finished:
+                        done.add(task_id)
+            for task_id in done:
+                del made[task_id]  # ``TaskOrder.settled``
+            return done
+
+        poller = Poller(check, round_every=POLL_INITIAL)
+        await run_all(groups, args.concurrency, send, poller, files=len)
+        return poller.done
 
 
 # ----- Keyue -----------------------------------------------------------------------------------------------
@@ -281,6 +484,9 @@ def _upload_file(s3_args: dict[str, str], path: Path, bucket: str, key: str, met
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     sub = p.add_subparsers(dest="platform", required=True)
+    m = sub.add_parser("moi", help="MOI /connectors/upload + /task/list and /task/files polling")
+    m.add_argument("--volume-id", required=True)
+    m.add_argument("--batch-files", type=int, default=1, help="files per upload request (ingest's default: 20)")
     k = sub.add_parser("keyue", help="Keyue llm_document_import + document list polling")
     k.add_argument("--uid", required=True)
     k.add_argument("--username", required=True)
@@ -291,7 +497,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     v.add_argument("--staging-endpoint", required=True)
     v.add_argument("--staging-bucket", required=True)
     v.add_argument("--prefix", default="baseline/")
-    for s in (k, v):
+    for s in (m, k, v):
         s.add_argument("folder", type=Path, help="the files to send (the folder's own files, not below)")
         s.add_argument("--endpoint", required=True)
         s.add_argument("--concurrency", type=int, default=32)
@@ -303,8 +509,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     files = sorted((p, p.stat().st_size) for p in args.folder.iterdir() if p.is_file())
     started = time.perf_counter()
     try:
-        done = asyncio.run((keyue if args.platform == "keyue" else viking)(args, files))
-    except (Failed, aiohttp.ClientError, OSError, KeyError) as exc:
+        done = asyncio.run({"moi": moi, "keyue": keyue, "viking": viking}[args.platform](args, files))
+    except (Failed, aiohttp.ClientError, OSError, KeyError, ValueError) as exc:
         print(f"baseline {args.platform}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     print(json.dumps({"files": len(files), "done": done, "seconds": round(time.perf_counter() - started, 3)}))

@@ -11,6 +11,11 @@ dir, so every run stores into an empty volume 1001):
   (d) ingest      ``ingest run --concurrency 32 --batch-files 1`` (one file per request)
   (e) reference   curl --parallel sending 20 files per request, like ingest's batches: no target, it
                   shows what the emulator itself can absorb on this machine (the ceiling for (c))
+  (f) minimal     ``baseline_clients.py moi``, one file per request: the requests ingest sends (uploads,
+                  then ``/task/list`` and ``/task/files`` polls until every task is done) from one aiohttp
+                  session at the same concurrency, and nothing else (no manifest, retries, validation or
+                  preflight): end to end, what any Python+aiohttp client doing the same requests reaches
+  (g) minimal     the same client sending ingest's batches (20 files per request)
 
 One big file (default 1 GiB, a 1 MiB random block repeated): ``curl -F file=@big`` versus ``ingest run``
 on a folder holding just that file.
@@ -24,7 +29,8 @@ the median wall time. Usage::
 
     python benchmarks/bench_moi.py [--files 2000] [--size 4096] [--big-mib 1024] [--latency-ms 20]
                                    [--task-delay-ms 50] [--concurrency 32] [--repeat 3]
-                                   [--seed-loop-files N] [--skip-seed] [--no-reference] [--skip-big]
+                                   [--seed-loop-files N] [--skip-seed] [--no-reference] [--no-baseline]
+                                   [--skip-big]
                                    [--tmp-dir DIR] [--json-out FILE]
 
 Exit status: 0 when every run stored every file (targets met or not: read the verdicts), 1 otherwise.
@@ -333,6 +339,8 @@ class Settings:
     seed_loop_files: int
     skip_big: bool
     reference: bool
+    #: Scenarios (f) and (g), the minimal aiohttp client.
+    baseline: bool = True
 
 
 def curl_config(url: str, paths: Sequence[Path], per_request: int = 1) -> str:
@@ -505,6 +513,25 @@ def _client(
 
         return cmd, child_env(), parse_curl
 
+    if kind in ("baseline", "baseline-batched"):
+        per_request = BATCH_FILES if kind == "baseline-batched" else 1
+        cmd = [
+            sys.executable, str(HERE / "baseline_clients.py"), "moi", str(src), "--endpoint", url,
+            "--volume-id", VOLUME, "--concurrency", str(settings.concurrency), "--batch-files", str(per_request),
+        ]  # fmt: skip
+
+        def parse_baseline(m: Measured) -> tuple[str, float | None]:
+            problem = exit_problem(m)
+            try:
+                summary = json.loads(m.stdout)
+            except ValueError:
+                return problem or "no JSON summary", None
+            if summary.get("done") != len(paths):
+                problem = "; ".join(x for x in (problem, f"{summary.get('done')} of {len(paths)} done") if x)
+            return problem, float(summary["seconds"])
+
+        return cmd, child_env(MOI_KEY=API_KEY), parse_baseline
+
     extra = ["--batch-files", "1"] if kind == "ingest-nobatch" else []
 
     def parse_ingest(m: Measured) -> tuple[str, float | None]:
@@ -540,7 +567,8 @@ def _spread(sc: Scenario) -> str:
 
 
 def _own(r: Run) -> str:
-    """What ``ingest run --json`` itself reported as elapsed_s (no interpreter start-up), or a dash."""
+    """What ``ingest run --json`` itself reported as elapsed_s, or the minimal client its ``seconds`` (both
+    without interpreter start-up and imports), or a dash."""
     return "–" if r.ingest_elapsed_s is None else f"{r.ingest_elapsed_s:.2f}"
 
 
@@ -564,7 +592,7 @@ def small_table(scenarios: Sequence[Scenario]) -> str:
             ]
         )
     headers = [
-        "scenario", "runs", "wall s (median, min–max)", "files/s", "ingest's elapsed_s", "requests (upload+other)",
+        "scenario", "runs", "wall s (median, min–max)", "files/s", "own elapsed_s", "requests (upload+other)",
         "client peak RSS MiB", "client CPU s", "emulator CPU s", "stored ok", "notes / warnings",
     ]  # fmt: skip
     return md_table(headers, rows)
@@ -636,6 +664,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="skip (e), curl sending 20 files per request (the emulator's ceiling)",
     )
+    p.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="skip (f) and (g), the minimal aiohttp client (baseline_clients.py moi)",
+    )
     p.add_argument("--tmp-dir", type=Path, default=None, help="where to create the work folder (default: system temp)")
     p.add_argument("--json-out", type=Path, default=None, help="also write every run's numbers as JSON here")
     args = p.parse_args(argv)
@@ -706,6 +739,11 @@ def bench_small(work: Path, settings: Settings, *, skip_seed: bool) -> list[Scen
         f"(e) reference: curl --parallel-max {settings.concurrency}, {BATCH_FILES} files/request",
         note="not a target: the emulator's ceiling for batched uploads on this machine",
     )
+    minimal = Scenario("baseline", f"(f) minimal aiohttp client, {settings.concurrency} at a time, 1 file/request")
+    minimal_batched = Scenario(
+        "baseline-batched",
+        f"(g) minimal aiohttp client, {settings.concurrency} at a time, {BATCH_FILES} files/request",
+    )
     run = functools.partial(run_one, work=work, src=src, settings=settings)
 
     if not skip_seed:
@@ -722,6 +760,8 @@ def bench_small(work: Path, settings: Settings, *, skip_seed: bool) -> list[Scen
     kinds = [("curl-parallel", curl), ("ingest", batched), ("ingest-nobatch", unbatched)]
     if settings.reference:
         kinds.append(("curl-batched", reference))
+    if settings.baseline:
+        kinds += [("baseline", minimal), ("baseline-batched", minimal_batched)]
     for i in range(settings.repeat):
         for kind, sc in kinds:  # interleaved, so background noise spreads over all scenarios
             print(f"{sc.label}: run {i + 1}/{settings.repeat} ...", file=sys.stderr, flush=True)
@@ -770,6 +810,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed_loop_files=args.seed_loop_files,
         skip_big=args.skip_big,
         reference=not args.no_reference,
+        baseline=not args.no_baseline,
     )
     started = time.perf_counter()
     print(header(settings), flush=True)
@@ -795,6 +836,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             "\n(for information) ingest --batch-files 1 vs curl --parallel, files/s: "
             f"{by_key['ingest-nobatch'].median().files_per_s / by_key['curl'].median().files_per_s:.2f}×"
         )
+        if "baseline" in by_key:
+            fps = {key: sc.median().files_per_s for key, sc in by_key.items()}
+            print(
+                "(for information) against the minimal aiohttp client, files/s: ingest --batch-files 1 "
+                f"{fps['ingest-nobatch'] / fps['baseline']:.2f}×, ingest batching "
+                f"{fps['ingest'] / fps['baseline-batched']:.2f}×; the minimal client itself: 1 file/request "
+                f"{fps['baseline'] / fps['curl']:.2f}× curl --parallel"
+                + (f", batched {fps['baseline-batched'] / fps['curl-batched']:.2f}× curl's same batches"
+                   if "curl-batched" in fps else "")
+            )  # fmt: skip
         all_scenarios = list(small)
         save_json(args.json_out, settings, all_scenarios)
         missed = any(verdict(v, t, at_most=a) != "met" for _, v, _, t, a in ratios)

@@ -1,4 +1,4 @@
-"""The benchmark baselines of ``benchmarks/baseline_clients.py`` (issue 11, goal 1) do what a ratio
+"""The benchmark baselines of ``benchmarks/baseline_clients.py`` (issue 11, goals 1-2) do what a ratio
 against them assumes: every file stored with its md5 in a real emulator (``ingest serve``, on loopback;
 VikingDB's staging in the shared moto server), through the requests ``ingest run`` sends for one file
 (uploads, then status polls until done), and nothing else."""
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import SECRET_ENV
-from tests.harness import KEYUE, MOTO, VIKING, ServerProcess
+from tests.harness import KEYUE, MOI, MOTO, VIKING, ServerProcess
 
 BASELINE = Path(__file__).resolve().parent.parent / "benchmarks" / "baseline_clients.py"
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -50,6 +50,43 @@ def _stored(url: str) -> dict[str, str]:
 
 def _requests(url: str) -> dict[str, int]:
     return {k: v for k, v in _get(url + "/_emulator/stats")["requests"].items() if "/_emulator" not in k}
+
+
+def _run_moi_baseline(folder: Path, data_dir: Path, batch_files: int) -> tuple[dict[str, str], dict[str, int]]:
+    """The MOI baseline into a fresh emulator: what it stored (name -> md5) and the requests it got."""
+    server = ServerProcess(MOI.serve_command(data_dir))
+    try:
+        args = ["moi", str(folder), "--endpoint", server.url, "--volume-id", MOI.volume_id, "--concurrency", "4",
+                "--batch-files", str(batch_files)]  # fmt: skip
+        done = _run_baseline(args, {"MOI_KEY": MOI.api_key})
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["done"] == len(list(folder.iterdir()))
+        return _stored(server.url), _requests(server.url)
+    finally:
+        server.stop()
+
+
+def test_the_moi_baseline_uploads_one_file_per_request_and_follows_the_tasks_until_done(tmp_path: Path) -> None:
+    expected = _files(tmp_path / "docs", 12)
+    stored, requests = _run_moi_baseline(tmp_path / "docs", tmp_path / "data", batch_files=1)
+    assert stored == expected
+    assert requests.pop("POST /connectors/upload") == 12
+    # Status polls as ingest's MoiTarget.poll sends them (task list pages, each task's files when the list
+    # cannot settle it), and nothing else: no volume check, no /task/get.
+    assert set(requests) <= {"GET /task/list", "GET /task/files"}
+    assert requests
+
+
+def test_the_moi_baseline_sends_batches_small_files_read_whole_and_larger_ones_streamed(tmp_path: Path) -> None:
+    expected = _files(tmp_path / "docs", 11)
+    big = tmp_path / "docs" / "big.txt"  # above 64 KiB: its request streams the files (aiohttp's FormData)
+    big.write_bytes(b"0123456789abcdef" * 8192)
+    expected["big.txt"] = hashlib.md5(big.read_bytes(), usedforsecurity=False).hexdigest()
+    stored, requests = _run_moi_baseline(tmp_path / "docs", tmp_path / "data", batch_files=5)
+    assert stored == expected
+    assert requests.pop("POST /connectors/upload") == 3  # 5 + 5 + 2 files
+    assert set(requests) <= {"GET /task/list", "GET /task/files"}
+    assert requests
 
 
 def test_the_keyue_baseline_imports_every_file_and_lists_the_directory_until_all_are_learned(tmp_path: Path) -> None:
