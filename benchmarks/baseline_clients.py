@@ -1,8 +1,9 @@
 """Minimal clients for MOI, Keyue and VikingDB: the baselines of issue 11's goals 1-2 (and 8 for VikingDB).
 
-Each one sends the requests ``ingest run`` sends for one file per request, at the same concurrency, end
-to end including status polling until every document is done, and nothing else: no manifest, no
-retries, no validation, no preflight (``ingest run``'s one to three opening requests are left out).
+Each one sends the requests ``ingest run`` sends for one file per request (MOI: or in ingest's batches),
+at the same concurrency, end to end including status polling until every document is done, and nothing
+else: no manifest, no retries, no validation, no preflight (``ingest run``'s one to three opening requests
+are left out).
 
   moi      per request: ``POST /connectors/upload`` with ``--batch-files`` files (1, or 20 as ingest's
            default batching: consecutive files in name order), the form ingest sends (``VolumeID``, the
@@ -225,6 +226,7 @@ async def moi(args: argparse.Namespace, files: Sequence[File]) -> int:
                 return _envelope(json.loads(await r.read()), what, ok)
 
         async def send(group: list[File]) -> str:
+            nonlocal last
             meta = [{"filename": path.name, "path": path.name} for path, _ in group]
             fields = [("VolumeID", args.volume_id), ("meta", json.dumps(meta, ensure_ascii=False))]
             types = [mimetypes.guess_type(path.name)[0] or "application/octet-stream" for path, _ in group]
@@ -256,7 +258,6 @@ async def moi(args: argparse.Namespace, files: Sequence[File]) -> int:
                 raise Failed(f"{what}: {json.dumps(data)[:300]}")
             task_id = str(data["task_id"])
             files_of[task_id] = len(group)
-            nonlocal last
             made[task_id] = last = next(ranks)
             return task_id
 
