@@ -405,24 +405,30 @@ class _RangePayload(AsyncIterablePayload):
         self._size = part.size
 
     async def _chunks(self, part: FileRange) -> AsyncIterator[bytes]:
-        sent = crc = 0
-        while sent < part.size:
-            want = min(part.chunk_size, part.size - sent)
-            try:
-                chunk, crc = await anyio.to_thread.run_sync(_pread, part.fd, want, part.offset + sent, crc)
-            except OSError as exc:
-                self.failure = SourceFileError(part.name, f"read failed: {exc.strerror or exc}")
-                raise self.failure from None
-            sent += len(chunk)
-            if len(chunk) < want:
-                self.failure = SourceFileError(part.name, "file shrank while being sent; rerun to send it")
-                raise self.failure
-            if sent == part.size and crc != part.crc32:
-                # Before the last byte goes: the store must not get a whole part unlike the hashed one.
-                self.failure = SourceFileError(part.name, "file changed while being sent; rerun to send it")
-                raise self.failure
-            yield chunk
-            _failpoints.failpoint("mid-body")
+        # A descriptor of its own: aiohttp may leave this body's last read finishing in its thread after the
+        # request is over (a reply that came early, a cancelled send), when the upload has closed ``fd``.
+        fd = os.dup(part.fd)
+        try:
+            sent = crc = 0
+            while sent < part.size:
+                want = min(part.chunk_size, part.size - sent)
+                try:
+                    chunk, crc = await anyio.to_thread.run_sync(_pread, fd, want, part.offset + sent, crc)
+                except OSError as exc:
+                    self.failure = SourceFileError(part.name, f"read failed: {exc.strerror or exc}")
+                    raise self.failure from None
+                sent += len(chunk)
+                if len(chunk) < want:
+                    self.failure = SourceFileError(part.name, "file shrank while being sent; rerun to send it")
+                    raise self.failure
+                if sent == part.size and crc != part.crc32:
+                    # Before the last byte goes: the store must not get a whole part unlike the hashed one.
+                    self.failure = SourceFileError(part.name, "file changed while being sent; rerun to send it")
+                    raise self.failure
+                yield chunk
+                _failpoints.failpoint("mid-body")
+        finally:
+            os.close(fd)
 
 
 def _sha256(body: bytes | memoryview) -> str:
