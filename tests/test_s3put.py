@@ -386,6 +386,23 @@ async def test_a_file_that_shrinks_between_parts_fails_and_leaves_no_upload_open
     assert "Contents" not in boto3_client().list_objects_v2(Bucket=MOTO.bucket, Prefix=key)
 
 
+async def test_a_file_that_grew_after_the_walk_fails_and_leaves_no_upload_open(tmp_path: Path) -> None:
+    """The walk said 11 MiB; the file holds a byte more: found when the last part is hashed, before it is
+    sent, and the upload is aborted."""
+    src = tmp_path / "big.pdf"
+    src.write_bytes(os.urandom(11 * 1024 * 1024 + 1))
+    key = "s3put/grown/big.pdf"
+    staging = Staging(settings_for())
+    await staging.open()
+    try:
+        with pytest.raises(SourceFileError, match=r"big\.pdf: file grew while being sent"):
+            await staging.put(FileItem("big.pdf", src, 11 * 1024 * 1024, src.stat().st_mtime_ns), key, {})
+    finally:
+        await staging.aclose()
+    assert open_uploads(key) == []
+    assert "Contents" not in boto3_client().list_objects_v2(Bucket=MOTO.bucket, Prefix=key)
+
+
 async def test_a_missing_staging_bucket_fails_the_check_with_what_to_fix() -> None:
     staging = Staging(settings_for(bucket="no-such-staging"))
     try:
