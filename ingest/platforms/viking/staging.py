@@ -68,7 +68,7 @@ PART_RETRY = RetryPolicy(attempts=3, initial_delay=0.5, max_delay=5.0)
 PARTS_IN_FLIGHT = 2
 #: Parts of one upload sent at once when each is streamed from a local file (``Staging._put_streamed``): a
 #: send holds one ``chunk_size`` read (and what the socket has not taken yet), not a part, so more go at
-#: once for less memory: a 1 GiB file peaked at 61-68 MiB against 75-82 with two parts held
+#: once for less memory: a 1 GiB file peaked at 60-68 MiB against 74-82 with two parts held
 #: (benchmarks/README.md, "Issue 11", item 27, which also says why 6 and not 10 as s3transfer sends).
 STREAMED_PARTS_IN_FLIGHT = 6
 
