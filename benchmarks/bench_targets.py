@@ -13,11 +13,15 @@ emulator. One big file: ``ingest run`` on a folder holding just it, against
 
 VikingDB's big file is a ``.pdf`` (its only type allowed 1 GiB; ``.txt`` stops at 5 MiB). Every run is
 checked through ``/_emulator/files`` (each file stored with its md5).
-Used by ``run.py`` (parts ``targets`` and ``big``); the emulators and moto are on 127.0.0.1.
+Used by ``run.py`` (parts ``targets`` and ``big``); the emulators and moto are on 127.0.0.1. Run alone,
+one platform's big file against its baseline (``run.py --only big`` runs all three platforms'):
+
+    python benchmarks/bench_targets.py big viking --mib 1024 --repeat 2
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -242,3 +246,28 @@ def _empty_staging_bucket() -> None:
         keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
         if keys:
             s3.delete_objects(Bucket=MOTO.bucket, Delete={"Objects": keys})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="One platform's big file against its baseline (goal 8).")
+    parser.add_argument("part", choices=["big"])
+    parser.add_argument("platform", choices=[p.key for p in PLATFORMS])
+    parser.add_argument("--mib", type=int, default=1024, help="the file's size (default 1024)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each client, interleaved (default 3)")
+    args = parser.parse_args(argv)
+    platform = KEYUE if args.platform == "keyue" else VIKING
+    with moi.work_dir(None) as work:
+        scenarios = bench_big(platform, work, args.mib, repeat=args.repeat)
+    print(moi.big_table(scenarios), flush=True)
+    baseline, ingest = scenarios
+    ratio = ingest.median().mb_per_s / baseline.median().mb_per_s
+    print(f"MB/s ratio (medians): {ratio:.3f}; client peak RSS MiB: {max(r.max_rss_mib for r in ingest.runs):.1f}")
+    for sc in scenarios:
+        for r in sc.runs:
+            print(f"  {sc.key}: {r.wall_s:.1f} s, CPU {r.client_cpu_s:.2f} s, peak RSS {r.max_rss_mib:.1f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path[:0] = [str(HERE), str(HERE.parent)]  # as run.py: tests.harness for the emulators
+    sys.exit(main())

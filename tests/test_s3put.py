@@ -13,8 +13,9 @@ import io
 import os
 import subprocess
 import sys
+import tracemalloc
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
@@ -385,6 +386,23 @@ async def test_a_file_that_shrinks_between_parts_fails_and_leaves_no_upload_open
     assert "Contents" not in boto3_client().list_objects_v2(Bucket=MOTO.bucket, Prefix=key)
 
 
+async def test_a_file_that_grew_after_the_walk_fails_and_leaves_no_upload_open(tmp_path: Path) -> None:
+    """The walk said 11 MiB; the file holds a byte more: found when the last part is hashed, before it is
+    sent, and the upload is aborted."""
+    src = tmp_path / "big.pdf"
+    src.write_bytes(os.urandom(11 * 1024 * 1024 + 1))
+    key = "s3put/grown/big.pdf"
+    staging = Staging(settings_for())
+    await staging.open()
+    try:
+        with pytest.raises(SourceFileError, match=r"big\.pdf: file grew while being sent"):
+            await staging.put(FileItem("big.pdf", src, 11 * 1024 * 1024, src.stat().st_mtime_ns), key, {})
+    finally:
+        await staging.aclose()
+    assert open_uploads(key) == []
+    assert "Contents" not in boto3_client().list_objects_v2(Bucket=MOTO.bucket, Prefix=key)
+
+
 async def test_a_missing_staging_bucket_fails_the_check_with_what_to_fix() -> None:
     staging = Staging(settings_for(bucket="no-such-staging"))
     try:
@@ -437,18 +455,24 @@ anyio.run(main)
 
 class FlakyStore:
     """A real HTTP server in front of moto that answers the first ``failures`` ``UploadPart`` requests for
-    part ``part`` with a bare 500 and passes every other request through: a store failing mid-upload."""
+    part ``part`` with a bare 500 (calling ``on_failure`` first) and passes every other request through: a
+    store failing mid-upload."""
 
-    def __init__(self, *, part: int, failures: int) -> None:
-        self.part, self.failures = part, failures
+    def __init__(self, *, part: int, failures: int, on_failure: Callable[[], None] | None = None) -> None:
+        self.part, self.failures, self.on_failure = part, failures, on_failure
         self.seen: list[str] = []  # "METHOD partNumber-or-query" of every request, in order
+        self.received: list[str] = []  # "partNumber md5" of every part received whole
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         number = request.query.get("partNumber")
         self.seen.append(f"{request.method} {number or request.query_string}")
         body = await request.read()
+        if number is not None:
+            self.received.append(f"{number} {hashlib.md5(body).hexdigest()}")
         if number == str(self.part) and self.failures > 0:
             self.failures -= 1
+            if self.on_failure is not None:
+                self.on_failure()
             return web.Response(status=500)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
         url = MOTO.url() + request.path_qs
@@ -481,14 +505,69 @@ async def stage_through(store: FlakyStore, tmp_path: Path, key: str, data: bytes
 
 
 async def test_a_part_the_store_fails_once_is_sent_again(tmp_path: Path) -> None:
+    """The part is not kept in memory: it is read from the file again, the same bytes under the same
+    ``Content-MD5``."""
     store = FlakyStore(part=2, failures=1)
     data = os.urandom(11 * 1024 * 1024)
     await stage_through(store, tmp_path, "s3put/flaky/once.pdf", data)
-    # Two parts are in flight at once, so part 3 may go out while part 2 is sent again.
+    # Several parts are in flight at once, so part 3 may go out while part 2 is sent again.
     assert store.seen[:2] == ["HEAD ", "POST uploads"]
     assert sorted(store.seen[2:-1]) == ["PUT 1", "PUT 2", "PUT 2", "PUT 3"]
     assert store.seen[-1].startswith("POST uploadId=")
+    part_2 = hashlib.md5(data[5 * 1024 * 1024 : 10 * 1024 * 1024]).hexdigest()
+    assert [line for line in store.received if line.startswith("2 ")] == [f"2 {part_2}", f"2 {part_2}"]
     assert boto3_client().get_object(Bucket=MOTO.bucket, Key="s3put/flaky/once.pdf")["Body"].read() == data
+
+
+async def test_a_file_changed_before_a_part_is_sent_again_is_refused_and_leaves_no_upload_open(
+    tmp_path: Path,
+) -> None:
+    """Part 2 fails once; meanwhile the file is rewritten in place (same size). Sent again from the file,
+    its bytes no longer match what was hashed and signed: the body is cut short before its end (the store
+    never receives that part whole, whether or not it checks ``Content-MD5``: moto does not), the upload
+    is aborted and the file fails with one line saying why."""
+    data = os.urandom(11 * 1024 * 1024)
+    src = tmp_path / "big.pdf"
+
+    def rewrite_part_2() -> None:
+        with open(src, "r+b") as f:
+            f.seek(6 * 1024 * 1024)
+            f.write(b"changed")
+
+    store = FlakyStore(part=2, failures=1, on_failure=rewrite_part_2)
+    key = "s3put/flaky/changed.pdf"
+    with pytest.raises(SourceFileError) as raised:
+        await stage_through(store, tmp_path, key, data)
+    assert str(raised.value) == "big.pdf: file changed while being sent; rerun to send it"
+    assert [line for line in store.received if line.startswith("2 ")] == [
+        f"2 {hashlib.md5(data[5 * 1024 * 1024 : 10 * 1024 * 1024]).hexdigest()}"
+    ]
+    assert not any(line.startswith("POST uploadId=") for line in store.seen)  # never completed
+    assert store.seen[-1].startswith("DELETE uploadId=")
+    assert open_uploads(key) == []
+    assert "Contents" not in boto3_client().list_objects_v2(Bucket=MOTO.bucket, Prefix=key)
+
+
+async def test_a_file_in_parts_is_never_held_a_part_at_a_time(tmp_path: Path) -> None:
+    """Parts are streamed from the file (read in chunks, hashed first, sent after): the Python heap's peak
+    while ``STREAMED_PARTS_IN_FLIGHT`` parts of 5 MiB go out stays under one part. Holding the parts,
+    as a bucket source's upload still does, took two."""
+    data = os.urandom(8 * 5 * 1024 * 1024 + 5)
+    src = tmp_path / "big.pdf"
+    src.write_bytes(data)
+    item = FileItem("big.pdf", src, len(data), src.stat().st_mtime_ns)
+    staging = Staging(settings_for(), chunk_size=256 * 1024)
+    await staging.open()
+    tracemalloc.start()
+    try:
+        staged = await staging.put(item, "s3put/streamed/big.pdf", {})
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        await staging.aclose()
+    assert staged.md5 == hashlib.md5(data).hexdigest()
+    assert peak < 5 * 1024 * 1024, peak
+    assert boto3_client().get_object(Bucket=MOTO.bucket, Key="s3put/streamed/big.pdf")["Body"].read() == data
 
 
 async def test_a_part_the_store_keeps_failing_aborts_the_upload(tmp_path: Path) -> None:

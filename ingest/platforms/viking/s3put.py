@@ -23,8 +23,11 @@ import datetime as dt
 import functools
 import hashlib
 import hmac
+import os
 import re
+import zlib
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import cast
 from urllib.parse import quote, urlsplit
 from xml.sax.saxutils import escape
@@ -32,11 +35,12 @@ from xml.sax.saxutils import escape
 import anyio
 from aiohttp.payload import AsyncIterablePayload
 
-from ingest.errors import ErrorRules, IngestError, classify
+from ingest import _failpoints
+from ingest.errors import ErrorRules, IngestError, SourceFileError, classify
 from ingest.http import HttpClient, HttpReply
 from ingest.platforms.viking.signing import format_x_date, sha256_hex, x_date_now
 
-__all__ = ["UNSIGNED_PAYLOAD", "S3Bucket", "query_string", "sign_s3"]
+__all__ = ["UNSIGNED_PAYLOAD", "FileRange", "S3Bucket", "query_string", "sign_s3"]
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
@@ -168,9 +172,18 @@ class S3Bucket:
     def _path(self, key: str) -> str:
         return self._root + quote(f"/{key}", safe="/~")
 
-    async def _payload_hash(self, body: bytes | memoryview) -> str:
+    @property
+    def signs_payload(self) -> bool:
+        """Whether a body's sha256 is part of the signature (plain http); over https it is ``UNSIGNED-PAYLOAD``."""
+        return not self._https
+
+    async def _payload_hash(self, body: bytes | memoryview | FileRange) -> str:
         if self._https:
             return UNSIGNED_PAYLOAD
+        if isinstance(body, FileRange):
+            if body.sha256 is None:
+                raise ValueError("a FileRange sent over plain http needs its sha256 (S3Bucket.signs_payload)")
+            return body.sha256
         if len(body) > _HASH_IN_THREAD:  # hashlib lets go of the GIL: the loop goes on meanwhile
             return await anyio.to_thread.run_sync(_sha256, body)
         return _sha256(body)
@@ -183,11 +196,12 @@ class S3Bucket:
         what: str,
         query: Sequence[tuple[str, str]] = (),
         headers: Mapping[str, str] | None = None,
-        body: bytes | memoryview = b"",
+        body: bytes | memoryview | FileRange = b"",
         errors: ErrorRules | None = None,
     ) -> HttpReply:
         """One signed request; a reply that is not 2xx (or a 200 carrying an ``<Error>``, which S3 may
-        send for ``CompleteMultipartUpload``) becomes the error ``errors`` names."""
+        send for ``CompleteMultipartUpload``) becomes the error ``errors`` names. A ``FileRange`` body is
+        streamed from its file; if the file turns out changed, its ``SourceFileError`` is raised."""
         sent = {"host": self._host, **(headers or {})}
         if body or method in ("PUT", "POST"):
             sent["content-length"] = str(len(body))
@@ -204,14 +218,25 @@ class S3Bucket:
         )
         # botocore sends a parameter without a value (``?uploads``) bare; it is signed as ``uploads=``.
         sent_query = "&".join(k if v == "" else f"{k}={quote(v, safe='-_.~')}" for k, v in query)
-        reply = await self.http.request(
-            method,
-            path + (f"?{sent_query}" if sent_query else ""),
-            what=what,
-            data=(body if len(body) <= _SLICE else _Slices(body)) if body or method in ("PUT", "POST") else None,
-            headers={**sent, **signed},
-            encoded_path=True,
-        )
+        data: bytes | memoryview | _Slices | _RangePayload | None = None
+        if isinstance(body, FileRange):
+            data = _RangePayload(body)
+        elif body or method in ("PUT", "POST"):
+            data = body if len(body) <= _SLICE else _Slices(body)
+        try:
+            reply = await self.http.request(
+                method,
+                path + (f"?{sent_query}" if sent_query else ""),
+                what=what,
+                data=data,
+                headers={**sent, **signed},
+                encoded_path=True,
+            )
+        except IngestError:
+            # A body cut short because its file changed surfaces as a connection error: report the file.
+            if isinstance(data, _RangePayload) and data.failure is not None:
+                raise data.failure from None
+            raise
         text = reply.body if isinstance(reply.body, str) else ""
         if 200 <= reply.status < 300 and "<Error>" not in text:
             return reply
@@ -260,9 +285,17 @@ class S3Bucket:
         return found.group(1)
 
     async def upload_part(
-        self, key: str, upload_id: str, number: int, body: bytes | memoryview, *, content_md5: str, what: str
+        self,
+        key: str,
+        upload_id: str,
+        number: int,
+        body: bytes | memoryview | FileRange,
+        *,
+        content_md5: str,
+        what: str,
     ) -> str:
-        """``UploadPart``: the part's ETag (as the store quoted it)."""
+        """``UploadPart`` (the part held in memory, or streamed from its file): the part's ETag (as the
+        store quoted it)."""
         reply = await self.send(
             "PUT",
             self._path(key),
@@ -327,6 +360,75 @@ class _Slices(AsyncIterablePayload):
 async def _slices(view: memoryview) -> AsyncIterator[memoryview]:
     for start in range(0, len(view), _SLICE):
         yield view[start : start + _SLICE]
+
+
+@dataclass(frozen=True, slots=True)
+class FileRange:
+    """A byte range of an open file, sent as a body streamed from the file in ``chunk_size`` reads (each
+    send reads it again: a retry needs nothing kept in memory), never held whole.
+
+    Its hashes were taken by an earlier pass over the same bytes (``Content-MD5`` and, over http, the
+    signed ``sha256`` must be in the headers before the body). The bytes sent are checked against that
+    pass as they go (``crc32``, ~5x cheaper than a second md5): if the file changed in between, the body
+    is cut short before its last byte, so the store never receives a complete part that differs from
+    what was hashed, whether or not it checks ``Content-MD5`` (moto does not), and the send fails with
+    ``SourceFileError``.
+    """
+
+    fd: int
+    offset: int
+    size: int
+    #: The range's CRC-32 as hashed before.
+    crc32: int
+    #: The range's sha256 (hex) as hashed before: the payload hash over plain http (else ``None``).
+    sha256: str | None
+    #: The file, for the error (``FileItem.rel_path``).
+    name: str
+    chunk_size: int = 1024 * 1024
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def _pread(fd: int, n: int, offset: int, crc: int) -> tuple[bytes, int]:
+    chunk = os.pread(fd, n, offset)
+    return chunk, zlib.crc32(chunk, crc)  # zlib lets go of the GIL on big buffers: off the loop
+
+
+class _RangePayload(AsyncIterablePayload):
+    """A ``FileRange`` as an aiohttp body (one per send), with ``Content-Length`` declared; ``failure``
+    holds the ``SourceFileError`` that cut it short, if any."""
+
+    def __init__(self, part: FileRange) -> None:
+        self.failure: SourceFileError | None = None
+        super().__init__(self._chunks(part), content_type="application/octet-stream")
+        self._size = part.size
+
+    async def _chunks(self, part: FileRange) -> AsyncIterator[bytes]:
+        # A descriptor of its own: aiohttp may leave this body's last read finishing in its thread after the
+        # request is over (a reply that came early, a cancelled send), when the upload has closed ``fd``.
+        fd = os.dup(part.fd)
+        try:
+            sent = crc = 0
+            while sent < part.size:
+                want = min(part.chunk_size, part.size - sent)
+                try:
+                    chunk, crc = await anyio.to_thread.run_sync(_pread, fd, want, part.offset + sent, crc)
+                except OSError as exc:
+                    self.failure = SourceFileError(part.name, f"read failed: {exc.strerror or exc}")
+                    raise self.failure from None
+                sent += len(chunk)
+                if len(chunk) < want:
+                    self.failure = SourceFileError(part.name, "file shrank while being sent; rerun to send it")
+                    raise self.failure
+                if sent == part.size and crc != part.crc32:
+                    # Before the last byte goes: the store must not get a whole part unlike the hashed one.
+                    self.failure = SourceFileError(part.name, "file changed while being sent; rerun to send it")
+                    raise self.failure
+                yield chunk
+                _failpoints.failpoint("mid-body")
+        finally:
+            os.close(fd)
 
 
 def _sha256(body: bytes | memoryview) -> str:

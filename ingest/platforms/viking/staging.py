@@ -2,14 +2,18 @@
 S3-compatible store (TOS on Volcengine), so that VikingDB's ``doc/add`` can read them by ``tos_path`` or
 by a presigned URL.
 
-A file up to ``part_size`` goes up in one PUT; a larger one as a multipart upload, the next part read
-while the last one is sent (``PARTS_IN_FLIGHT``), each part retried up to three times (it is in memory),
-the upload aborted if it fails. Either way the file is read in ``chunk_size`` pieces (off the event loop,
-hashing as it goes: a file of one part once, its part's md5 being the file's) into part buffers, so
-memory per upload is bounded by ``PARTS_IN_FLIGHT`` parts whatever the file size (``Content-MD5`` must be
-known before a part is sent, so a part cannot be streamed from the file). Each PUT carries
-``Content-MD5``, so the store itself rejects a body damaged in transit. A file that changes size while
-being read fails with ``SourceFileError``.
+A file up to ``part_size`` goes up in one PUT (read and hashed once: its md5 is its part's); a larger
+one as a multipart upload, aborted if it fails, each part retried up to three times. A local file's
+parts are never held in memory: each part's byte range is read twice, once in a worker thread to hash it
+(the file's md5 for the manifest, in file order; the part's md5 for ``Content-MD5``, which must be in
+the headers before the body; its sha256 for the signature over plain http; a CRC-32), then streamed
+from the file (``s3put.FileRange``), ``STREAMED_PARTS_IN_FLIGHT`` parts at once. The streamed bytes are
+checked against the hashing pass as they go (the CRC-32): a file changed in between is cut off before
+the store has the whole part and fails with ``SourceFileError``, as a changed file does everywhere
+else; a retried part is read from the file again under the same check. A bucket object (read once, in
+order) and an upload aiobotocore sends keep the parts in memory, ``PARTS_IN_FLIGHT`` at once, read in
+``chunk_size`` pieces. Each PUT carries ``Content-MD5``, so the store itself rejects a body damaged in
+transit. A file that changes size while being read fails with ``SourceFileError``.
 
 The requests are signed and sent by ``s3put.S3Bucket`` through ``HttpClient``; ``botostore`` (aiobotocore,
 the ``viking`` extra) is created only for what ``S3Bucket`` does not take (``S3Bucket.takes``), so a
@@ -21,6 +25,8 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
+import os
+import zlib
 from collections.abc import Callable, Container, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
@@ -45,20 +51,26 @@ from ingest.formdata import READ_ON_LOOP_MAX
 from ingest.http import HttpClient
 from ingest.models import FileItem
 from ingest.platforms.viking.botostore import BotoBucket
-from ingest.platforms.viking.s3put import S3Bucket
+from ingest.platforms.viking.s3put import FileRange, S3Bucket
 from ingest.retry import RetryPolicy, retrying
 from ingest.smallfiles import is_small_local, read_small
-from ingest.sources.reader import BodyStream, open_body
+from ingest.sources.reader import BodyStream, open_body, open_local_fd
 
 __all__ = ["BUCKET_CHECK_ERRORS", "STAGING_ERRORS", "Staged", "Staging", "StagingSettings"]
 
 #: Attempts per multipart request (as aiobotocore's ``total_max_attempts`` was): a part is in memory,
 #: so repeating it is cheap, and sending the whole file again for one failed part is not.
 PART_RETRY = RetryPolicy(attempts=3, initial_delay=0.5, max_delay=5.0)
-#: Parts of one upload in memory at once: one sent while the next is read and hashed (in a worker
-#: thread), so reading, hashing and sending overlap. One at a time, a 1 GiB file went at half the speed
-#: of s3transfer's ten (benchmarks/README.md, "Issue 11", item 17); each part is ``part_size`` bytes.
+#: Parts of one upload in memory at once (a bucket object's, or aiobotocore's): one sent while the next is
+#: read and hashed (in a worker thread), so reading, hashing and sending overlap. One at a time, a 1 GiB
+#: file went at half the speed of s3transfer's ten (benchmarks/README.md, "Issue 11", item 17); each part
+#: is ``part_size`` bytes.
 PARTS_IN_FLIGHT = 2
+#: Parts of one upload sent at once when each is streamed from a local file (``Staging._put_streamed``): a
+#: send holds one ``chunk_size`` read (and what the socket has not taken yet), not a part, so more go at
+#: once for less memory: a 1 GiB file peaked at 60-68 MiB against 74-82 with two parts held
+#: (benchmarks/README.md, "Issue 11", item 27, which also says why 6 and not 10 as s3transfer sends).
+STREAMED_PARTS_IN_FLIGHT = 6
 
 
 def _staging_errors(missing_bucket_status: Container[int]) -> ErrorRules:
@@ -222,6 +234,10 @@ class Staging:
             md5 = base64.b64encode(whole_md5).decode()
             await store.put_object(key, data, content_md5=md5, metadata=metadata, what=what)
             return Staged(key, item.size, whole_md5.hex())
+        if item.size > self.settings.part_size and item.origin is None:
+            store = await self._store(key, multipart=True)
+            if isinstance(store, S3Bucket):
+                return await self._put_streamed(store, item, key, metadata)
         f = await open_body(item)  # a local file or a bucket object: read the same way
         try:
             if item.size <= self.settings.part_size:
@@ -235,6 +251,62 @@ class Staging:
             await self._put_multipart(f, item, key, metadata, digest)
         finally:
             await f.aclose()
+        return Staged(key, item.size, digest.hexdigest())
+
+    async def _put_streamed(self, store: S3Bucket, item: FileItem, key: str, metadata: Mapping[str, str]) -> Staged:
+        """A local file in parts, none held in memory: each part's byte range is read twice from the file,
+        once to hash it (in file order, feeding the whole file's md5 too), then streamed to the store
+        (``s3put.FileRange``, checked against that pass as it goes), ``STREAMED_PARTS_IN_FLIGHT`` at once."""
+        what = f"staging {item.rel_path}"
+        fd = open_local_fd(item)
+        try:
+            digest = hashlib.md5(usedforsecurity=False)
+            upload_id = await retrying(
+                lambda: store.create_multipart(key, metadata=metadata, what=what), PART_RETRY, what=what
+            )
+            etags: dict[int, str] = {}
+            slots = anyio.Semaphore(STREAMED_PARTS_IN_FLIGHT)
+
+            async def send_part(number: int, part: FileRange, md5: str) -> None:
+                send = functools.partial(store.upload_part, key, upload_id, number, part, content_md5=md5, what=what)
+                try:
+                    etags[number] = await retrying(send, PART_RETRY, what=f"{what}, part {number}")
+                finally:
+                    slots.release()
+
+            try:
+                try:
+                    async with anyio.create_task_group() as parts:
+                        offset = number = 0
+                        while offset < item.size:
+                            # Hashed only when it can be sent: the file has little time to change between
+                            # the passes, and the progress counts bytes about to go.
+                            await slots.acquire()
+                            want = min(self.settings.part_size, item.size - offset)
+                            try:
+                                part, md5 = await anyio.to_thread.run_sync(
+                                    _hash_range, fd, item, offset, want, digest, self._chunk_size, store.signs_payload
+                                )
+                            except BaseException:
+                                slots.release()
+                                raise
+                            if self._on_bytes is not None:
+                                self._on_bytes(want)
+                            offset += want
+                            number += 1
+                            parts.start_soon(send_part, number, part, base64.b64encode(md5).decode())
+                except BaseExceptionGroup as group:
+                    raise first_leaf(group) from None  # the error itself, as one part at a time raised it
+                ordered = [etags[n] for n in range(1, number + 1)]
+                await retrying(
+                    lambda: store.complete_multipart(key, upload_id, ordered, what=what), PART_RETRY, what=what
+                )
+            except BaseException:
+                with anyio.CancelScope(shield=True), suppress(Exception):
+                    await store.abort_multipart(key, upload_id, what=what)
+                raise
+        finally:
+            os.close(fd)  # every read is over: the task group waited for its sends, each for its thread
         return Staged(key, item.size, digest.hexdigest())
 
     async def _put_multipart(
@@ -314,3 +386,34 @@ class Staging:
         if isinstance(store, S3Bucket):
             return store.presign_get(key, expires)
         return await store.presign_get(key, expires)
+
+
+def _hash_range(
+    fd: int, item: FileItem, offset: int, size: int, whole: Any, chunk_size: int, sha256: bool
+) -> tuple[FileRange, bytes]:
+    """The hashing pass over one part (in a worker thread; hashlib and zlib let go of the GIL on big
+    buffers): the part as a ``FileRange`` to stream, and its md5 digest (``Content-MD5``). Feeds ``whole``
+    (the file's md5: parts are hashed one after the other, in file order)."""
+    md5 = hashlib.md5(usedforsecurity=False)
+    signed = hashlib.sha256() if sha256 else None
+    crc = done = 0
+    while done < size:
+        want = min(chunk_size, size - done)
+        try:
+            chunk = os.pread(fd, want, offset + done)
+        except OSError as exc:
+            raise SourceFileError(item.rel_path, f"read failed: {exc.strerror or exc}") from None
+        if len(chunk) < want:
+            raise SourceFileError(item.rel_path, "file shrank while being sent; rerun to send it")
+        whole.update(chunk)
+        md5.update(chunk)
+        if signed is not None:
+            signed.update(chunk)
+        crc = zlib.crc32(chunk, crc)
+        done += want
+    if offset + size == item.size and os.pread(fd, 1, item.size):
+        raise SourceFileError(item.rel_path, "file grew while being sent; rerun to send it")
+    part = FileRange(
+        fd, offset, size, crc, None if signed is None else signed.hexdigest(), item.rel_path, chunk_size=chunk_size
+    )
+    return part, md5.digest()
