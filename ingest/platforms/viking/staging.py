@@ -27,10 +27,10 @@ import functools
 import hashlib
 import os
 import zlib
-from collections.abc import Callable, Container, Mapping
+from collections.abc import Awaitable, Callable, Container, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import anyio
 
@@ -71,6 +71,18 @@ PARTS_IN_FLIGHT = 2
 #: once for less memory: a 1 GiB file peaked at 60-68 MiB against 74-82 with two parts held
 #: (benchmarks/README.md, "Issue 11", item 27, which also says why 6 and not 10 as s3transfer sends).
 STREAMED_PARTS_IN_FLIGHT = 6
+
+#: A part's body: in memory (``memoryview``) or a range streamed from its file (``FileRange``).
+_Part = TypeVar("_Part")
+_Body = TypeVar("_Body", contravariant=True)
+
+
+class _UploadPart(Protocol[_Body]):
+    """A store's ``upload_part``, for the bodies it takes."""
+
+    def __call__(
+        self, key: str, upload_id: str, number: int, body: _Body, *, content_md5: str, what: str
+    ) -> Awaitable[str]: ...
 
 
 def _staging_errors(missing_bucket_status: Container[int]) -> ErrorRules:
@@ -257,72 +269,59 @@ class Staging:
         """A local file in parts, none held in memory: each part's byte range is read twice from the file,
         once to hash it (in file order, feeding the whole file's md5 too), then streamed to the store
         (``s3put.FileRange``, checked against that pass as it goes), ``STREAMED_PARTS_IN_FLIGHT`` at once."""
-        what = f"staging {item.rel_path}"
         fd = open_local_fd(item)
         try:
             digest = hashlib.md5(usedforsecurity=False)
-            upload_id = await retrying(
-                lambda: store.create_multipart(key, metadata=metadata, what=what), PART_RETRY, what=what
-            )
-            etags: dict[int, str] = {}
-            slots = anyio.Semaphore(STREAMED_PARTS_IN_FLIGHT)
 
-            async def send_part(number: int, part: FileRange, md5: str) -> None:
-                send = functools.partial(store.upload_part, key, upload_id, number, part, content_md5=md5, what=what)
-                try:
-                    etags[number] = await retrying(send, PART_RETRY, what=f"{what}, part {number}")
-                finally:
-                    slots.release()
-
-            try:
-                try:
-                    async with anyio.create_task_group() as parts:
-                        offset = number = 0
-                        while offset < item.size:
-                            # Hashed only when it can be sent: the file has little time to change between
-                            # the passes, and the progress counts bytes about to go.
-                            await slots.acquire()
-                            want = min(self.settings.part_size, item.size - offset)
-                            try:
-                                part, md5 = await anyio.to_thread.run_sync(
-                                    _hash_range, fd, item, offset, want, digest, self._chunk_size, store.signs_payload
-                                )
-                            except BaseException:
-                                slots.release()
-                                raise
-                            if self._on_bytes is not None:
-                                self._on_bytes(want)
-                            offset += want
-                            number += 1
-                            parts.start_soon(send_part, number, part, base64.b64encode(md5).decode())
-                except BaseExceptionGroup as group:
-                    raise first_leaf(group) from None  # the error itself, as one part at a time raised it
-                ordered = [etags[n] for n in range(1, number + 1)]
-                await retrying(
-                    lambda: store.complete_multipart(key, upload_id, ordered, what=what), PART_RETRY, what=what
+            async def next_part(offset: int, want: int) -> tuple[FileRange, bytes]:
+                # Hashed only when it can be sent: the file has little time to change between the passes,
+                # and the progress counts bytes about to go.
+                hashed = await anyio.to_thread.run_sync(
+                    _hash_range, fd, item, offset, want, digest, self._chunk_size, store.signs_payload
                 )
-            except BaseException:
-                with anyio.CancelScope(shield=True), suppress(Exception):
-                    await store.abort_multipart(key, upload_id, what=what)
-                raise
+                if self._on_bytes is not None:
+                    self._on_bytes(want)
+                return hashed
+
+            await self._send_parts(store, store.upload_part, item, key, metadata, STREAMED_PARTS_IN_FLIGHT, next_part)
         finally:
-            os.close(fd)  # every read is over: the task group waited for its sends, each for its thread
+            os.close(fd)  # every read is over: the parts' task group waited for its sends, each for its thread
         return Staged(key, item.size, digest.hexdigest())
 
     async def _put_multipart(
         self, f: BodyStream, item: FileItem, key: str, metadata: Mapping[str, str], digest: Any
     ) -> None:
-        what = f"staging {item.rel_path}"
         store = await self._store(key, multipart=True)
+
+        async def next_part(offset: int, want: int) -> tuple[memoryview, bytes]:
+            return await self._read_part(f, item, want, digest, last=offset + want >= item.size)
+
+        # Taken before a part is read, given back once it is sent: at most PARTS_IN_FLIGHT parts in memory.
+        await self._send_parts(store, store.upload_part, item, key, metadata, PARTS_IN_FLIGHT, next_part)
+
+    async def _send_parts(
+        self,
+        store: S3Bucket | BotoBucket,
+        upload_part: _UploadPart[_Part],
+        item: FileItem,
+        key: str,
+        metadata: Mapping[str, str],
+        in_flight: int,
+        next_part: Callable[[int, int], Awaitable[tuple[_Part, bytes]]],
+    ) -> None:
+        """A multipart upload of ``item``: ``next_part(offset, size)`` gives each part's body and md5 digest,
+        in file order, once one of ``in_flight`` send slots is free (a slot is given back once its part is
+        sent); each part is retried on its own; the upload is completed in part order, or aborted on any
+        failure, with the first error raised as itself."""
+        what = f"staging {item.rel_path}"
         upload_id = await retrying(
             lambda: store.create_multipart(key, metadata=metadata, what=what), PART_RETRY, what=what
         )
         etags: dict[int, str] = {}
-        # Taken before a part is read, given back once it is sent: at most PARTS_IN_FLIGHT parts in memory.
-        slots = anyio.Semaphore(PARTS_IN_FLIGHT)
+        slots = anyio.Semaphore(in_flight)
 
-        async def send_part(number: int, body: memoryview, md5: str) -> None:
-            send = functools.partial(store.upload_part, key, upload_id, number, body, content_md5=md5, what=what)
+        async def send_part(number: int, body: _Part, md5: str) -> None:
+            send = functools.partial(upload_part, key, upload_id, number, body, content_md5=md5, what=what)
             try:
                 etags[number] = await retrying(send, PART_RETRY, what=f"{what}, part {number}")
             finally:
@@ -335,15 +334,15 @@ class Staging:
                     while offset < item.size:
                         await slots.acquire()
                         want = min(self.settings.part_size, item.size - offset)
-                        offset += want
                         try:
-                            body, md5 = await self._read_part(f, item, want, digest, last=offset >= item.size)
+                            body, md5 = await next_part(offset, want)
                         except BaseException:
                             slots.release()
                             raise
+                        offset += want
                         number += 1
                         parts.start_soon(send_part, number, body, base64.b64encode(md5).decode())
-                        del body
+                        del body  # the part's only reference is now its send's
             except BaseExceptionGroup as group:
                 raise first_leaf(group) from None  # the error itself, as one part at a time raised it
             ordered = [etags[n] for n in range(1, number + 1)]
